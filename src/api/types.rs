@@ -1,0 +1,400 @@
+//! Wire shapes of the Xquik API, lenient on input exactly where the workflow
+//! guide and the OpenAPI excerpt differ (SPEC: be lenient on input, strict on
+//! output): unknown fields are ignored, optional fields are optional, IDs may
+//! arrive as strings or integers, a send answers either the older
+//! `{messageId, success}` shape or a write-action record, and `error` is a
+//! string or a `{code, message, type}` object.
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// `GET /x/users/{id}`: the fields this tool uses; the rest is ignored.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UserProfile {
+    /// Numeric user ID, as a string.
+    #[serde(deserialize_with = "id_string")]
+    pub id: String,
+    /// Username without `@`.
+    pub username: String,
+    /// Display name.
+    #[serde(default)]
+    pub name: String,
+    /// Preflight hint: `false` means the recipient will refuse DMs; absent
+    /// means "decide from the DM write response".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub can_dm: Option<bool>,
+}
+
+/// `GET /x/dm/{userId}/history`: one page, newest to oldest.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct HistoryPage {
+    /// The page's messages; order inside a page is not promised.
+    #[serde(default)]
+    pub messages: Vec<WireMessage>,
+    /// Whether an older page exists.
+    #[serde(default)]
+    pub has_next_page: bool,
+    /// Opaque cursor of the next (older) page; `""` on the last page. A
+    /// missing or null value reads as `""`.
+    #[serde(default, deserialize_with = "string_or_null")]
+    pub next_cursor: String,
+}
+
+/// One history message as the API sends it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WireMessage {
+    /// Message ID (snowflake), kept as the exact string the API sent.
+    #[serde(deserialize_with = "id_string")]
+    pub id: String,
+    /// Sender user ID.
+    #[serde(deserialize_with = "id_string")]
+    pub sender_id: String,
+    /// Receiver user ID.
+    #[serde(deserialize_with = "id_string")]
+    pub receiver_id: String,
+    /// Message body: private data.
+    #[serde(default)]
+    pub text: Option<String>,
+    /// ISO-8601 timestamp, as sent.
+    #[serde(default)]
+    pub created_at: Option<String>,
+    /// Attached media URL, when the message has media.
+    #[serde(default)]
+    pub media_url: Option<String>,
+}
+
+/// `POST /x/dm/{userId}` request body. `reply_to_message_id` does not exist
+/// here on purpose: the API refuses it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SendDmRequest {
+    /// Sender account handle or ID.
+    pub account: String,
+    /// Non-empty text, at most 10,000 characters.
+    pub text: String,
+    /// Exactly one uploaded media ID, or absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub media_ids: Option<[String; 1]>,
+}
+
+/// The answer to a write (`POST /x/dm`, `POST /x/media`) or to a write-action
+/// poll: either the older `{messageId | mediaId, success}` shape or a durable
+/// write-action record. Both read into this one lenient struct.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WriteResponse {
+    /// `x_write_action` on a write-action record.
+    #[serde(default)]
+    pub object: Option<String>,
+    /// Write-action ID.
+    #[serde(default, deserialize_with = "opt_id_string")]
+    pub write_action_id: Option<String>,
+    /// Record ID (same as `writeActionId` on current servers).
+    #[serde(default, deserialize_with = "opt_id_string")]
+    pub id: Option<String>,
+    /// `accepted`, `dispatching`, `pending_confirmation`, `success`,
+    /// `failed`, `expired`.
+    #[serde(default)]
+    pub status: Option<String>,
+    /// Whether the record will change no more. Absent on the older shape,
+    /// which is always final.
+    #[serde(default)]
+    pub terminal: Option<bool>,
+    /// Whether the write succeeded.
+    #[serde(default)]
+    pub success: Option<bool>,
+    /// Where to poll a non-terminal record (relative to the API host).
+    #[serde(default)]
+    pub status_url: Option<String>,
+    /// Suggested poll delay.
+    #[serde(default)]
+    pub poll_after_ms: Option<u64>,
+    /// Sent DM ID (older shape and compatibility field).
+    #[serde(default, deserialize_with = "opt_id_string")]
+    pub message_id: Option<String>,
+    /// Uploaded media ID (older shape and compatibility field).
+    #[serde(default, deserialize_with = "opt_id_string")]
+    pub media_id: Option<String>,
+    /// Public media URL of an upload.
+    #[serde(default)]
+    pub media_url: Option<String>,
+    /// Confirmed result of the write.
+    #[serde(default)]
+    pub result: Option<WriteResult>,
+    /// Error code on a failed record.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// Credits charged, as a decimal string.
+    #[serde(default)]
+    pub charged_credits: Option<String>,
+}
+
+/// `result` of a write-action record.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct WriteResult {
+    /// `direct_message`, `media`, ...
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+    /// ID of what the write produced.
+    #[serde(default, deserialize_with = "opt_id_string")]
+    pub id: Option<String>,
+}
+
+impl WriteResponse {
+    /// The durable record's ID, if this is a write-action record.
+    pub fn action_id(&self) -> Option<&str> {
+        self.write_action_id.as_deref().or(self.id.as_deref())
+    }
+
+    /// Whether this answer is final. The older shape has no `terminal` and is
+    /// final; a record is final when it says so or has a final status.
+    pub fn is_terminal(&self) -> bool {
+        match self.terminal {
+            Some(t) => t,
+            None => !matches!(
+                self.status.as_deref(),
+                Some("accepted" | "dispatching" | "pending_confirmation")
+            ),
+        }
+    }
+
+    /// Whether the write succeeded: `success`, else a `success` status.
+    pub fn succeeded(&self) -> bool {
+        self.success
+            .unwrap_or(matches!(self.status.as_deref(), Some("success")))
+    }
+
+    /// The sent DM's ID: `messageId`, falling back to `result.id`.
+    pub fn message_id(&self) -> Option<&str> {
+        self.message_id
+            .as_deref()
+            .or_else(|| self.result.as_ref().and_then(|r| r.id.as_deref()))
+    }
+
+    /// The uploaded media ID: `mediaId`, falling back to `result.id`.
+    pub fn media_id(&self) -> Option<&str> {
+        self.media_id
+            .as_deref()
+            .or_else(|| self.result.as_ref().and_then(|r| r.id.as_deref()))
+    }
+}
+
+/// An error body: `{"error": "code"}` or `{"error": {"code", "message",
+/// "type"}}`. Only the code is kept (see `crate::error` for why).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorBody {
+    /// The error code, `""` when the body had none.
+    pub code: String,
+}
+
+impl ErrorBody {
+    /// Reads the code out of a parsed error body, whichever shape it has.
+    pub fn from_json(body: &serde_json::Value) -> ErrorBody {
+        let code = match body.get("error") {
+            Some(serde_json::Value::String(code)) => code.clone(),
+            Some(serde_json::Value::Object(obj)) => obj
+                .get("code")
+                .and_then(|c| c.as_str())
+                .unwrap_or_default()
+                .to_owned(),
+            _ => body
+                .get("code")
+                .and_then(|c| c.as_str())
+                .unwrap_or_default()
+                .to_owned(),
+        };
+        ErrorBody { code }
+    }
+}
+
+/// Accepts an ID as a JSON string or integer; keeps strings untouched.
+fn id_string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Id {
+        S(String),
+        U(u64),
+    }
+    Ok(match Id::deserialize(d)? {
+        Id::S(s) => s,
+        Id::U(n) => n.to_string(),
+    })
+}
+
+fn opt_id_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Id {
+        S(String),
+        U(u64),
+    }
+    Ok(match Option::<Id>::deserialize(d)? {
+        Some(Id::S(s)) => Some(s),
+        Some(Id::U(n)) => Some(n.to_string()),
+        None => None,
+    })
+}
+
+fn string_or_null<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> String {
+        let path = format!("{}/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    #[test]
+    fn user_profile_without_can_dm() {
+        let p: UserProfile = serde_json::from_str(&fixture("user_profile.json")).unwrap();
+        assert_eq!(p.id, "9876543210");
+        assert_eq!(p.username, "elonmusk");
+        assert_eq!(p.name, "Elon Musk");
+        assert_eq!(p.can_dm, None);
+        // Strict on output: an absent canDm stays absent.
+        assert_eq!(
+            serde_json::to_string(&p).unwrap(),
+            r#"{"id":"9876543210","username":"elonmusk","name":"Elon Musk"}"#
+        );
+    }
+
+    #[test]
+    fn user_profile_with_can_dm_false() {
+        let p: UserProfile =
+            serde_json::from_str(r#"{"id":"1","username":"a","name":"A","canDm":false}"#).unwrap();
+        assert_eq!(p.can_dm, Some(false));
+    }
+
+    #[test]
+    fn history_page_from_openapi_example() {
+        let page: HistoryPage = serde_json::from_str(&fixture("history_page.json")).unwrap();
+        assert!(page.has_next_page);
+        assert_eq!(page.next_cursor, "DAACCgACGRElMJcAAA");
+        assert_eq!(page.messages.len(), 1);
+        let m = &page.messages[0];
+        assert_eq!(m.id, "1234567890123456789");
+        assert_eq!(m.sender_id, "9876543210");
+        assert_eq!(m.receiver_id, "1234567890");
+        assert_eq!(m.text.as_deref(), Some("Hey, how are you?"));
+        assert_eq!(m.created_at, None);
+        assert_eq!(m.media_url, None);
+    }
+
+    #[test]
+    fn history_page_lenient_fields() {
+        let page: HistoryPage =
+            serde_json::from_str(&fixture("history_page_lenient.json")).unwrap();
+        assert!(!page.has_next_page);
+        assert_eq!(page.next_cursor, "");
+        let [a, b] = &page.messages[..] else {
+            panic!("two messages expected")
+        };
+        assert_eq!(
+            a.text.as_deref(),
+            Some("line one\nline two \"quoted\" \u{202e}RTL\u{202c} 👩‍👩‍👧 漢字")
+        );
+        assert_eq!(a.created_at.as_deref(), Some("2025-01-15T14:00:00+02:00"));
+        assert_eq!(
+            a.media_url.as_deref(),
+            Some("https://pbs.twimg.com/dm_media/abc.jpg")
+        );
+        // An integer ID is accepted and kept as its decimal string.
+        assert_eq!(b.id, "1234567890123456789");
+        assert_eq!(b.text, None);
+    }
+
+    #[test]
+    fn null_cursor_reads_as_empty() {
+        let page: HistoryPage =
+            serde_json::from_str(r#"{"messages":[],"has_next_page":false,"next_cursor":null}"#)
+                .unwrap();
+        assert_eq!(page.next_cursor, "");
+    }
+
+    #[test]
+    fn send_legacy_shape() {
+        let r: WriteResponse = serde_json::from_str(&fixture("send_legacy.json")).unwrap();
+        assert!(r.is_terminal());
+        assert!(r.succeeded());
+        assert_eq!(r.message_id(), Some("1900000000000000123"));
+        assert_eq!(r.action_id(), None);
+    }
+
+    #[test]
+    fn send_write_action_shape_falls_back_on_result_id() {
+        let r: WriteResponse =
+            serde_json::from_str(&fixture("write_action_send_dm.json")).unwrap();
+        assert!(r.is_terminal());
+        assert!(r.succeeded());
+        assert_eq!(r.message_id(), Some("1900000000000000456"));
+        assert_eq!(r.action_id(), Some("22001"));
+    }
+
+    #[test]
+    fn media_shapes() {
+        let legacy: WriteResponse = serde_json::from_str(&fixture("media_legacy.json")).unwrap();
+        assert_eq!(legacy.media_id(), Some("1234567890123456789"));
+        assert_eq!(
+            legacy.media_url.as_deref(),
+            Some("https://pbs.twimg.com/media/abc.jpg")
+        );
+        let record: WriteResponse =
+            serde_json::from_str(&fixture("write_action_upload_media.json")).unwrap();
+        assert_eq!(record.media_id(), Some("1234567890123456789"));
+        assert!(record.is_terminal() && record.succeeded());
+    }
+
+    #[test]
+    fn accepted_record_is_not_terminal() {
+        let r: WriteResponse =
+            serde_json::from_str(&fixture("write_action_accepted.json")).unwrap();
+        assert!(!r.is_terminal());
+        assert!(!r.succeeded());
+        assert_eq!(r.status_url.as_deref(), Some("/api/v1/x/write-actions/12346"));
+        assert_eq!(r.poll_after_ms, Some(2000));
+        assert_eq!(r.message_id(), None);
+    }
+
+    #[test]
+    fn error_codes_in_both_shapes() {
+        for (file, code) in [
+            ("error_account_required.json", "account_required"),
+            ("error_dm_not_permitted.json", "dm_not_permitted"),
+            ("error_rate_limited.json", "rate_limit_exceeded"),
+            ("error_payment_required.json", "insufficient_credits"),
+            ("error_idempotency_conflict.json", "idempotency_conflict"),
+            ("error_write_invalid_input.json", "invalid_input"),
+            ("error_write_tracking_unavailable.json", "write_tracking_unavailable"),
+            ("error_structured.json", "x_dm_not_allowed"),
+        ] {
+            let body: serde_json::Value = serde_json::from_str(&fixture(file)).unwrap();
+            assert_eq!(ErrorBody::from_json(&body).code, code, "{file}");
+        }
+        assert_eq!(ErrorBody::from_json(&serde_json::json!({})).code, "");
+    }
+
+    #[test]
+    fn send_request_omits_absent_media_and_never_has_reply_to() {
+        let req = SendDmRequest {
+            account: "acme".into(),
+            text: "hi".into(),
+            media_ids: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&req).unwrap(),
+            r#"{"account":"acme","text":"hi"}"#
+        );
+        let req = SendDmRequest {
+            media_ids: Some(["42".into()]),
+            ..req
+        };
+        assert_eq!(
+            serde_json::to_string(&req).unwrap(),
+            r#"{"account":"acme","text":"hi","media_ids":["42"]}"#
+        );
+    }
+}

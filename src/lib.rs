@@ -1,0 +1,21 @@
+//! xquik-dm moves X direct messages between the Xquik API and the private
+//! systems where teams keep them.
+//!
+//! The data flow, one module per step:
+//! - [`api`]: the HTTP client, retry rules and wire shapes of the Xquik API;
+//! - [`commands`]: what each subcommand does, each returning a report;
+//! - [`mock`]: an embedded, realistic mock of the API for the demo and tests.
+//!
+//! The binary (`src/main.rs`) only parses the command line (`cli`), calls a
+//! command and maps its outcome to an exit status.
+
+pub mod api;
+pub mod cli;
+pub mod commands;
+pub mod error;
+pub mod logging;
+
+pub use api::client::{ApiKey, Client, ClientConfig, DEFAULT_BASE_URL};
+pub use api::retry::RetryPolicy;
+pub use api::{Account, Endpoint, IdempotencyKey, UserRef};
+pub use error::{ApiError, Error, ErrorClass, Result};
