@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::api::UserRef;
 use crate::api::client::{ApiKey, ClientConfig, DEFAULT_BASE_URL, check_base_url};
 use crate::api::retry::RetryPolicy;
-use crate::api::UserRef;
 use crate::error::{Error, Result};
 use crate::logging::LogFormat;
 
@@ -180,7 +180,10 @@ impl Args {
                 api_key,
             } => {
                 if !(0.0..=1.0).contains(&transient_rate) {
-                    return Err(Error::invalid("--transient-rate", "must be between 0 and 1"));
+                    return Err(Error::invalid(
+                        "--transient-rate",
+                        "must be between 0 and 1",
+                    ));
                 }
                 if page_size == 0 {
                     return Err(Error::invalid("--page-size", "must be at least 1"));

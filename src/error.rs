@@ -128,19 +128,21 @@ impl Error {
     /// request the job would make next.
     pub fn stops_job(&self) -> bool {
         match self {
-            Error::Api(api) => matches!(
-                api.code.as_str(),
-                "unauthenticated"
-                    | "insufficient_credits"
-                    | "no_credits"
-                    | "no_subscription"
-                    | "subscription_inactive"
-                    | "x_daily_limit"
-                    | "account_needs_reauth"
-                    | "account_restricted"
-                    | "account_not_found"
-            ) || api.status == 401
-                || api.status == 402,
+            Error::Api(api) => {
+                matches!(
+                    api.code.as_str(),
+                    "unauthenticated"
+                        | "insufficient_credits"
+                        | "no_credits"
+                        | "no_subscription"
+                        | "subscription_inactive"
+                        | "x_daily_limit"
+                        | "account_needs_reauth"
+                        | "account_restricted"
+                        | "account_not_found"
+                ) || api.status == 401
+                    || api.status == 402
+            }
             Error::RetriesExhausted { last, .. } => last.stops_job(),
             Error::MissingApiKey | Error::InsecureBaseUrl { .. } | Error::Io { .. } => true,
             _ => false,
@@ -231,16 +233,26 @@ impl ApiError {
             "account_not_found" | "user_not_found" | "not_found" | "x_target_not_found" => {
                 ErrorClass::NotFound
             }
-            "x_dm_not_allowed" | "x_rejected" | "media_download_failed" | "x_content_too_long"
-            | "x_duplicate_action" | "x_account_suspended" | "x_account_protected"
+            "x_dm_not_allowed"
+            | "x_rejected"
+            | "media_download_failed"
+            | "x_content_too_long"
+            | "x_duplicate_action"
+            | "x_account_suspended"
+            | "x_account_protected"
             | "x_account_feature_required" => ErrorClass::Rejected,
-            "invalid_input" | "invalid_user_id" | "account_required" | "unknown_field"
-            | "unsupported_field" | "invalid_idempotency_key" | "missing_idempotency_key"
-            | "body_too_large" | "unsupported_media_type" | "invalid_json" => {
-                ErrorClass::BadInput
-            }
+            "invalid_input"
+            | "invalid_user_id"
+            | "account_required"
+            | "unknown_field"
+            | "unsupported_field"
+            | "invalid_idempotency_key"
+            | "missing_idempotency_key"
+            | "body_too_large"
+            | "unsupported_media_type"
+            | "invalid_json" => ErrorClass::BadInput,
             _ => match self.status {
-                401 | 402 | 403 => ErrorClass::NeedsPerson,
+                401..=403 => ErrorClass::NeedsPerson,
                 404 => ErrorClass::NotFound,
                 422 => ErrorClass::Rejected,
                 400..=499 => ErrorClass::BadInput,
@@ -365,7 +377,10 @@ mod tests {
         for &(status, code, _) in DOCUMENTED {
             let advice = api(status, code).advice();
             let generic = advice_for(status, "some_unknown_code");
-            assert_ne!(advice, generic, "{status} {code} falls back to generic advice");
+            assert_ne!(
+                advice, generic,
+                "{status} {code} falls back to generic advice"
+            );
         }
     }
 

@@ -27,7 +27,10 @@ fn main() -> ExitCode {
     };
     logging::init(config.log, config.verbose);
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => return fail(&xquik_dm::Error::io("<tokio runtime>", e)),
     };

@@ -109,8 +109,12 @@ impl Client {
     /// text to anything but a loopback host.
     pub fn new(config: ClientConfig) -> Result<Client> {
         let base = check_base_url(&config.base_url)?;
-        let mut key = HeaderValue::from_str(&config.api_key.0)
-            .map_err(|_| Error::invalid("XQUIK_API_KEY", "contains characters not allowed in an HTTP header"))?;
+        let mut key = HeaderValue::from_str(&config.api_key.0).map_err(|_| {
+            Error::invalid(
+                "XQUIK_API_KEY",
+                "contains characters not allowed in an HTTP header",
+            )
+        })?;
         key.set_sensitive(true);
         let http = reqwest::Client::builder()
             .user_agent(concat!("xquik-dm/", env!("CARGO_PKG_VERSION")))
@@ -144,7 +148,8 @@ impl Client {
     /// `GET /x/users/{id}`: a profile by numeric ID or username. 1 credit.
     pub async fn user(&self, user: &UserRef) -> Result<Reply<UserProfile>> {
         let url = format!("{}/x/users/{}", self.base_str, user.as_path());
-        self.call(Endpoint::User, None, || self.http.get(&url)).await
+        self.call(Endpoint::User, None, || self.http.get(&url))
+            .await
     }
 
     /// `GET /x/dm/{userId}/history`: one page, older than `cursor` when
@@ -206,7 +211,9 @@ impl Client {
         let url = format!("{}/x/media", self.base_str);
         let body = serde_json::json!({ "account": account.as_str(), "url": media_url });
         let reply = self
-            .call(Endpoint::Media, Some(key), || self.http.post(&url).json(&body))
+            .call(Endpoint::Media, Some(key), || {
+                self.http.post(&url).json(&body)
+            })
             .await?;
         self.finish_write(Endpoint::Media, reply).await
     }
@@ -220,7 +227,9 @@ impl Client {
     ) -> Result<Reply<WriteResponse>> {
         let url = format!("{}/x/dm/{}", self.base_str, path_id(recipient_id)?);
         let reply = self
-            .call(Endpoint::SendDm, Some(key), || self.http.post(&url).json(request))
+            .call(Endpoint::SendDm, Some(key), || {
+                self.http.post(&url).json(request)
+            })
             .await?;
         self.finish_write(Endpoint::SendDm, reply).await
     }
@@ -236,7 +245,10 @@ impl Client {
         if url.origin() != self.base.origin() {
             return Err(Error::Decode {
                 endpoint: Endpoint::WriteAction,
-                reason: format!("statusUrl points to another origin ({})", url.origin().ascii_serialization()),
+                reason: format!(
+                    "statusUrl points to another origin ({})",
+                    url.origin().ascii_serialization()
+                ),
             });
         }
         self.call(Endpoint::WriteAction, None, || self.http.get(url.clone()))
@@ -275,7 +287,11 @@ impl Client {
                 return Err(Error::WriteFailed {
                     endpoint,
                     write_action_id: reply.value.action_id().unwrap_or("?").to_owned(),
-                    status: reply.value.status.clone().unwrap_or_else(|| "pending".into()),
+                    status: reply
+                        .value
+                        .status
+                        .clone()
+                        .unwrap_or_else(|| "pending".into()),
                     code: Some("poll_deadline".into()),
                     advice: "the write is still pending: rerun later with the same job key to pick up its result without sending twice",
                 });
@@ -289,7 +305,11 @@ impl Client {
             return Err(Error::WriteFailed {
                 endpoint,
                 write_action_id: reply.value.action_id().unwrap_or("?").to_owned(),
-                status: reply.value.status.clone().unwrap_or_else(|| "failed".into()),
+                status: reply
+                    .value
+                    .status
+                    .clone()
+                    .unwrap_or_else(|| "failed".into()),
                 code: reply.value.error.clone(),
                 advice: crate::error::advice_for(422, reply.value.error.as_deref().unwrap_or("")),
             });
@@ -300,7 +320,12 @@ impl Client {
     /// Sends one logical request, retrying transient failures per the
     /// policy. `make` builds a fresh request for each attempt (a multipart
     /// body cannot be replayed); the `Idempotency-Key` is the same on all.
-    async fn call<T, F>(&self, endpoint: Endpoint, key: Option<&IdempotencyKey>, make: F) -> Result<Reply<T>>
+    async fn call<T, F>(
+        &self,
+        endpoint: Endpoint,
+        key: Option<&IdempotencyKey>,
+        make: F,
+    ) -> Result<Reply<T>>
     where
         T: DeserializeOwned,
         F: Fn() -> reqwest::RequestBuilder,
@@ -331,7 +356,9 @@ impl Client {
                 return Err(err);
             }
             let wait = self.with_rng(|rng| self.retry.delay(attempts, hint, rng));
-            if attempts >= self.retry.max_attempts || started.elapsed() + wait > self.retry.max_elapsed {
+            if attempts >= self.retry.max_attempts
+                || started.elapsed() + wait > self.retry.max_elapsed
+            {
                 return Err(Error::RetriesExhausted {
                     endpoint,
                     attempts,
@@ -362,13 +389,19 @@ impl Client {
         endpoint: Endpoint,
         req: reqwest::RequestBuilder,
     ) -> std::result::Result<(T, CallMeta), (Error, Option<Duration>)> {
-        let resp = req.send().await.map_err(|e| (transport(endpoint, &e), None))?;
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| (transport(endpoint, &e), None))?;
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
         let header_wait = header_str(&headers, "retry-after")
             .and_then(|v| retry::parse_retry_after(v, SystemTime::now()));
         let request_id = header_str(&headers, "x-request-id").map(str::to_owned);
-        let body = resp.bytes().await.map_err(|e| (transport(endpoint, &e), None))?;
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| (transport(endpoint, &e), None))?;
         if (200..300).contains(&status) {
             let value = serde_json::from_slice::<T>(&body).map_err(|e| {
                 (
@@ -413,16 +446,18 @@ impl Client {
     }
 
     fn with_rng<R>(&self, f: impl FnOnce(&mut fastrand::Rng) -> R) -> R {
-        let mut rng = self.rng.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut rng = self
+            .rng
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         f(&mut rng)
     }
 }
 
 /// Checks the base URL: https anywhere, plain http only on loopback.
 pub fn check_base_url(base_url: &str) -> Result<url::Url> {
-    let url = url::Url::parse(base_url.trim()).map_err(|e| {
-        Error::invalid("--base-url", format!("{base_url:?} is not a URL ({e})"))
-    })?;
+    let url = url::Url::parse(base_url.trim())
+        .map_err(|e| Error::invalid("--base-url", format!("{base_url:?} is not a URL ({e})")))?;
     let loopback = match url.host() {
         Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
         Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
@@ -447,7 +482,10 @@ fn path_id(id: &str) -> Result<&str> {
     if super::is_numeric_id(id) {
         Ok(id)
     } else {
-        Err(Error::invalid("user ID", format!("{id:?} is not a numeric user ID")))
+        Err(Error::invalid(
+            "user ID",
+            format!("{id:?} is not a numeric user ID"),
+        ))
     }
 }
 

@@ -89,7 +89,10 @@ impl UserRef {
             return if is_username(name) {
                 Ok(UserRef::Username(name.to_owned()))
             } else {
-                Err(Error::invalid(field, format!("{s:?} is not a valid @username (1-15 letters, digits or _)")))
+                Err(Error::invalid(
+                    field,
+                    format!("{s:?} is not a valid @username (1-15 letters, digits or _)"),
+                ))
             };
         }
         if is_numeric_id(s) {
@@ -123,7 +126,9 @@ impl fmt::Display for UserRef {
 }
 
 /// A connected sender account: its handle without `@`, or its numeric ID.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(transparent)]
 pub struct Account(String);
 
@@ -221,8 +226,19 @@ mod tests {
             UserRef::parse("jack_2", "--to").unwrap(),
             UserRef::Username("jack_2".into())
         );
-        assert_eq!(UserRef::parse("@123", "--to").unwrap(), UserRef::Username("123".into()));
-        for bad in ["", "@", "a b", "@jack!", "x/../y", "123456789012345678901", "@waytoolongusername1"] {
+        assert_eq!(
+            UserRef::parse("@123", "--to").unwrap(),
+            UserRef::Username("123".into())
+        );
+        for bad in [
+            "",
+            "@",
+            "a b",
+            "@jack!",
+            "x/../y",
+            "123456789012345678901",
+            "@waytoolongusername1",
+        ] {
             let err = UserRef::parse(bad, "--to").unwrap_err();
             assert_eq!(err.exit_code(), 2, "{bad:?}");
             assert!(err.to_string().starts_with("invalid --to: "), "{err}");
@@ -231,7 +247,10 @@ mod tests {
 
     #[test]
     fn accounts() {
-        assert_eq!(Account::parse("@acme_support").unwrap().as_str(), "acme_support");
+        assert_eq!(
+            Account::parse("@acme_support").unwrap().as_str(),
+            "acme_support"
+        );
         assert_eq!(Account::parse("42").unwrap().as_str(), "42");
         assert!(Account::parse("acme support").is_err());
         assert!(Account::parse("").is_err());

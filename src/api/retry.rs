@@ -87,13 +87,22 @@ impl RetryPolicy {
     /// the same 429 spread out instead of returning in lockstep. A server
     /// hint is a floor, clamped to `max_server_wait`: `Retry-After: 0` thus
     /// still waits the backoff instead of hammering the API.
-    pub fn delay(&self, retry: u32, server_hint: Option<Duration>, rng: &mut fastrand::Rng) -> Duration {
+    pub fn delay(
+        &self,
+        retry: u32,
+        server_hint: Option<Duration>,
+        rng: &mut fastrand::Rng,
+    ) -> Duration {
         let exp = self
             .base_delay
-            .saturating_mul(1u32.checked_shl(retry.saturating_sub(1)).unwrap_or(u32::MAX))
+            .saturating_mul(
+                1u32.checked_shl(retry.saturating_sub(1))
+                    .unwrap_or(u32::MAX),
+            )
             .min(self.max_delay);
         let half = exp / 2;
-        let jitter = Duration::from_nanos(rng.u64(0..=half.as_nanos().min(u64::MAX as u128) as u64));
+        let jitter =
+            Duration::from_nanos(rng.u64(0..=half.as_nanos().min(u64::MAX as u128) as u64));
         let backoff = half + jitter;
         match server_hint {
             Some(hint) => hint.min(self.max_server_wait).max(backoff),
@@ -196,10 +205,16 @@ mod tests {
     #[test]
     fn retry_after_as_seconds() {
         let now = SystemTime::now();
-        assert_eq!(parse_retry_after("120", now), Some(Duration::from_secs(120)));
+        assert_eq!(
+            parse_retry_after("120", now),
+            Some(Duration::from_secs(120))
+        );
         assert_eq!(parse_retry_after(" 3 ", now), Some(Duration::from_secs(3)));
         assert_eq!(parse_retry_after("0", now), Some(Duration::ZERO));
-        assert_eq!(parse_retry_after("1.5", now), Some(Duration::from_millis(1500)));
+        assert_eq!(
+            parse_retry_after("1.5", now),
+            Some(Duration::from_millis(1500))
+        );
     }
 
     #[test]
@@ -247,7 +262,10 @@ mod tests {
         for retry in 1..=40 {
             let expected = (100u64 << (retry - 1).min(20)).min(1000);
             let d = policy.delay(retry, None, &mut rng);
-            assert!(d >= Duration::from_millis(expected / 2), "retry {retry}: {d:?}");
+            assert!(
+                d >= Duration::from_millis(expected / 2),
+                "retry {retry}: {d:?}"
+            );
             assert!(d <= Duration::from_millis(expected), "retry {retry}: {d:?}");
         }
     }
@@ -258,7 +276,11 @@ mod tests {
         let mut rng = fastrand::Rng::with_seed(1);
         let waits: std::collections::BTreeSet<_> =
             (0..20).map(|_| policy.delay(3, None, &mut rng)).collect();
-        assert!(waits.len() > 15, "jitter gave only {} distinct waits", waits.len());
+        assert!(
+            waits.len() > 15,
+            "jitter gave only {} distinct waits",
+            waits.len()
+        );
     }
 
     #[test]
@@ -281,6 +303,9 @@ mod tests {
         );
         // Retry-After: 0 still backs off a little instead of hammering.
         let d = policy.delay(1, Some(Duration::ZERO), &mut rng);
-        assert!(d >= Duration::from_millis(5) && d <= Duration::from_millis(10), "{d:?}");
+        assert!(
+            d >= Duration::from_millis(5) && d <= Duration::from_millis(10),
+            "{d:?}"
+        );
     }
 }

@@ -326,8 +326,7 @@ mod tests {
 
     #[test]
     fn send_write_action_shape_falls_back_on_result_id() {
-        let r: WriteResponse =
-            serde_json::from_str(&fixture("write_action_send_dm.json")).unwrap();
+        let r: WriteResponse = serde_json::from_str(&fixture("write_action_send_dm.json")).unwrap();
         assert!(r.is_terminal());
         assert!(r.succeeded());
         assert_eq!(r.message_id(), Some("1900000000000000456"));
@@ -354,7 +353,10 @@ mod tests {
             serde_json::from_str(&fixture("write_action_accepted.json")).unwrap();
         assert!(!r.is_terminal());
         assert!(!r.succeeded());
-        assert_eq!(r.status_url.as_deref(), Some("/api/v1/x/write-actions/12346"));
+        assert_eq!(
+            r.status_url.as_deref(),
+            Some("/api/v1/x/write-actions/12346")
+        );
         assert_eq!(r.poll_after_ms, Some(2000));
         assert_eq!(r.message_id(), None);
     }
@@ -368,7 +370,10 @@ mod tests {
             ("error_payment_required.json", "insufficient_credits"),
             ("error_idempotency_conflict.json", "idempotency_conflict"),
             ("error_write_invalid_input.json", "invalid_input"),
-            ("error_write_tracking_unavailable.json", "write_tracking_unavailable"),
+            (
+                "error_write_tracking_unavailable.json",
+                "write_tracking_unavailable",
+            ),
             ("error_structured.json", "x_dm_not_allowed"),
         ] {
             let body: serde_json::Value = serde_json::from_str(&fixture(file)).unwrap();

@@ -1,9 +1,9 @@
 //! `xquik-dm lookup`: a recipient's profile, for the `canDm` preflight and to
 //! turn a username into the numeric ID that DM writes need.
 
+use crate::api::UserRef;
 use crate::api::client::Client;
 use crate::api::types::UserProfile;
-use crate::api::UserRef;
 use crate::error::Result;
 
 /// Looks a user up by numeric ID or username. 1 credit.
