@@ -99,6 +99,15 @@ pub enum Error {
         advice: &'static str,
     },
 
+    /// An output no longer matches what the checkpoint committed.
+    #[error("{}: {reason}", path.display())]
+    Corrupt {
+        /// The file at fault.
+        path: PathBuf,
+        /// What does not match, and what to do.
+        reason: String,
+    },
+
     /// A file or folder could not be read or written.
     #[error("{}: {source}", path.display())]
     Io {
@@ -118,7 +127,7 @@ impl Error {
             }
             Error::Api(api) => api.class(),
             Error::RetriesExhausted { .. } | Error::Transport { .. } => ErrorClass::Retryable,
-            Error::WriteFailed { .. } => ErrorClass::NeedsPerson,
+            Error::WriteFailed { .. } | Error::Corrupt { .. } => ErrorClass::NeedsPerson,
             Error::Decode { .. } | Error::Io { .. } => ErrorClass::Internal,
         }
     }
@@ -144,7 +153,10 @@ impl Error {
                     || api.status == 402
             }
             Error::RetriesExhausted { last, .. } => last.stops_job(),
-            Error::MissingApiKey | Error::InsecureBaseUrl { .. } | Error::Io { .. } => true,
+            Error::MissingApiKey
+            | Error::InsecureBaseUrl { .. }
+            | Error::Io { .. }
+            | Error::Corrupt { .. } => true,
             _ => false,
         }
     }

@@ -12,8 +12,11 @@
 pub mod api;
 pub mod cli;
 pub mod commands;
+pub mod dedupe;
 pub mod error;
 pub mod logging;
+pub mod normalize;
+pub mod sinks;
 
 pub use api::client::{ApiKey, Client, ClientConfig, DEFAULT_BASE_URL};
 pub use api::retry::RetryPolicy;

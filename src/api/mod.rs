@@ -4,6 +4,7 @@
 //! checked here so that bad input is refused before any request is made.
 
 pub mod client;
+pub mod pagination;
 pub mod retry;
 pub mod types;
 

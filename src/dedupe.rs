@@ -1,0 +1,204 @@
+//! Dedupe by message ID, within a run and across runs, in constant memory.
+//!
+//! History pages come newest to oldest (SPEC §1), so what a conversation has
+//! written is always one contiguous block of IDs, `[oldest, newest]`: the
+//! initial backfill grows it downwards, and each incremental scan fetches
+//! from the top down to the block's `newest` (the boundary) and then extends
+//! it upwards. A message is new exactly when its ID falls outside every
+//! block already written — which needs two IDs per block, not a set of every
+//! ID ever seen, and survives overlapping, repeated and unordered pages.
+//!
+//! IDs are compared by numeric value (X IDs are snowflakes, increasing with
+//! time); they are never rewritten or stored as numbers.
+
+use std::cmp::Ordering;
+use std::collections::HashSet;
+
+use serde::{Deserialize, Serialize};
+
+/// Orders message IDs: numeric IDs by value, and (leniently) anything
+/// non-numeric after them, lexicographically.
+pub fn cmp_ids(a: &str, b: &str) -> Ordering {
+    let numeric = |s: &str| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit());
+    match (numeric(a), numeric(b)) {
+        (true, true) => {
+            let (a, b) = (a.trim_start_matches('0'), b.trim_start_matches('0'));
+            a.len().cmp(&b.len()).then_with(|| a.cmp(b))
+        }
+        (true, false) => Ordering::Less,
+        (false, true) => Ordering::Greater,
+        (false, false) => a.cmp(b),
+    }
+}
+
+/// An inclusive block of written message IDs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Block {
+    /// The newest (largest) ID in the block.
+    pub newest: String,
+    /// The oldest (smallest) ID in the block.
+    pub oldest: String,
+}
+
+impl Block {
+    fn widen(block: &mut Option<Block>, id: &str) {
+        match block {
+            None => {
+                *block = Some(Block {
+                    newest: id.to_owned(),
+                    oldest: id.to_owned(),
+                })
+            }
+            Some(b) => {
+                if cmp_ids(id, &b.newest) == Ordering::Greater {
+                    b.newest = id.to_owned();
+                }
+                if cmp_ids(id, &b.oldest) == Ordering::Less {
+                    b.oldest = id.to_owned();
+                }
+            }
+        }
+    }
+}
+
+/// Which messages of one page are new.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admission {
+    /// `keep[i]`: whether the page's i-th message is new.
+    pub keep: Vec<bool>,
+    /// Messages dropped as already written (overlap, repeat, boundary).
+    pub dropped: usize,
+    /// Whether the page reached `floor` (an incremental scan is done).
+    pub boundary: bool,
+}
+
+/// Admits the messages of one page into `block`, the block the current scan
+/// is growing downwards. A message is new when it is below `block.oldest`
+/// (as it stood before this page: later pages only go older) and above
+/// `floor`, the newest ID of the block written before (incremental scans
+/// only). The block is widened by the admitted IDs.
+pub fn admit<'a>(
+    ids: impl IntoIterator<Item = &'a str>,
+    floor: Option<&str>,
+    block: &mut Option<Block>,
+) -> Admission {
+    let ceiling = block.as_ref().map(|b| b.oldest.clone());
+    let mut in_page = HashSet::new();
+    let mut keep = Vec::new();
+    let mut dropped = 0;
+    let mut boundary = false;
+    for id in ids {
+        let above_floor = floor.is_none_or(|f| cmp_ids(id, f) == Ordering::Greater);
+        let below_ceiling = ceiling
+            .as_deref()
+            .is_none_or(|c| cmp_ids(id, c) == Ordering::Less);
+        if !above_floor {
+            boundary = true;
+        }
+        let new = above_floor && below_ceiling && in_page.insert(id);
+        if new {
+            Block::widen(block, id);
+        } else {
+            dropped += 1;
+        }
+        keep.push(new);
+    }
+    Admission {
+        keep,
+        dropped,
+        boundary,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(list: &[u64]) -> Vec<String> {
+        list.iter().map(|n| format!("{n:019}")).collect()
+    }
+
+    fn run(pages: &[&[u64]], floor: Option<&str>, block: &mut Option<Block>) -> Vec<u64> {
+        let mut kept = Vec::new();
+        for page in pages {
+            let page_ids = ids(page);
+            let a = admit(page_ids.iter().map(String::as_str), floor, block);
+            for (id, keep) in page.iter().zip(a.keep) {
+                if keep {
+                    kept.push(*id);
+                }
+            }
+        }
+        kept
+    }
+
+    #[test]
+    fn numeric_ids_compare_by_value() {
+        assert_eq!(cmp_ids("9", "10"), Ordering::Less);
+        assert_eq!(
+            cmp_ids("1900000000000000001", "999999999999999999"),
+            Ordering::Greater
+        );
+        assert_eq!(cmp_ids("007", "7"), Ordering::Equal);
+        assert_eq!(cmp_ids("12", "abc"), Ordering::Less);
+    }
+
+    #[test]
+    fn overlapping_and_unordered_pages_keep_each_message_once() {
+        let mut block = None;
+        let kept = run(
+            &[&[10, 8, 9, 7], &[7, 8, 6, 5], &[5, 4, 3, 3], &[1, 2]],
+            None,
+            &mut block,
+        );
+        let mut sorted = kept.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), kept.len(), "duplicates kept: {kept:?}");
+        assert_eq!(sorted, vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+        let block = block.unwrap();
+        assert_eq!(
+            (block.newest.as_str(), block.oldest.as_str()),
+            ("0000000000000000010", "0000000000000000001")
+        );
+    }
+
+    #[test]
+    fn a_repeated_page_adds_nothing() {
+        let mut block = None;
+        let kept = run(&[&[10, 9], &[8, 7], &[8, 7], &[10, 9]], None, &mut block);
+        assert_eq!(kept, vec![10, 9, 8, 7]);
+    }
+
+    #[test]
+    fn incremental_scan_stops_at_the_boundary() {
+        // Written before: [1, 10]. New messages 11..=14 arrived.
+        let floor = "0000000000000000010";
+        let mut scan = None;
+        let page = ids(&[14, 12, 13, 11, 10, 9]);
+        let a = admit(page.iter().map(String::as_str), Some(floor), &mut scan);
+        assert!(a.boundary);
+        assert_eq!(a.keep, vec![true, true, true, true, false, false]);
+        assert_eq!(a.dropped, 2);
+        assert_eq!(scan.unwrap().newest, "0000000000000000014");
+    }
+
+    #[test]
+    fn incremental_scan_over_several_pages() {
+        let floor = "0000000000000000010";
+        let mut scan = None;
+        let kept = run(
+            &[&[16, 15, 14], &[14, 13, 12], &[11, 10, 9]],
+            Some(floor),
+            &mut scan,
+        );
+        assert_eq!(kept, vec![16, 15, 14, 13, 12, 11]);
+    }
+
+    #[test]
+    fn duplicates_inside_one_page_are_dropped() {
+        let mut block = None;
+        let kept = run(&[&[5, 5, 4, 5]], None, &mut block);
+        assert_eq!(kept, vec![5, 4]);
+    }
+}

@@ -1,0 +1,197 @@
+//! The JSON Lines handoff file, `xquik-dm-handoff.jsonl`: append-only across
+//! runs, one record per line.
+//!
+//! It is also the run's write-ahead log. The checkpoint records how many
+//! bytes of it are committed; anything past that on disk is a torn tail or
+//! the uncommitted end of a killed run, and is cut back before a run appends
+//! (the rows it held are fetched again, so nothing is lost or duplicated).
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use super::{WrittenFile, open_private};
+use crate::error::{Error, Result};
+
+/// File name of the handoff file inside the output folder.
+pub const FILE_NAME: &str = "xquik-dm-handoff.jsonl";
+
+/// An open handoff file, positioned at its committed end.
+#[derive(Debug)]
+pub struct JsonlSink {
+    file: File,
+    path: PathBuf,
+    len: u64,
+    segment_offset: u64,
+    segment_hasher: Sha256,
+    segment_rows: u64,
+}
+
+impl JsonlSink {
+    /// Opens (or creates) the file and cuts it back to `committed` bytes.
+    /// Returns the sink and the number of bytes cut. A file shorter than
+    /// `committed` was truncated by something else: that is refused, since
+    /// appending would silently lose the missing records.
+    pub fn open(path: &Path, committed: u64) -> Result<(JsonlSink, u64)> {
+        let file = open_private(
+            path,
+            OpenOptions::new().read(true).append(true).create(true),
+        )?;
+        let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        if len < committed {
+            return Err(Error::Corrupt {
+                path: path.to_owned(),
+                reason: format!(
+                    "the checkpoint says {committed} bytes are committed but the file has {len}: restore it, or start over in an empty --out folder"
+                ),
+            });
+        }
+        let cut = len - committed;
+        if cut > 0 {
+            // Durably cut before anything is appended after it.
+            file.set_len(committed)
+                .and_then(|()| file.sync_all())
+                .map_err(|e| Error::io(path, e))?;
+        }
+        Ok((
+            JsonlSink {
+                file,
+                path: path.to_owned(),
+                len: committed,
+                segment_offset: committed,
+                segment_hasher: Sha256::new(),
+                segment_rows: 0,
+            },
+            cut,
+        ))
+    }
+
+    /// Appends complete lines (the caller batches many records per call).
+    pub fn append(&mut self, lines: &[u8], rows: u64) -> Result<()> {
+        self.file
+            .write_all(lines)
+            .map_err(|e| Error::io(&self.path, e))?;
+        self.segment_hasher.update(lines);
+        self.segment_rows += rows;
+        self.len += lines.len() as u64;
+        Ok(())
+    }
+
+    /// Makes everything appended durable and returns the new committed length.
+    pub fn sync(&mut self) -> Result<u64> {
+        self.file
+            .sync_data()
+            .map_err(|e| Error::io(&self.path, e))?;
+        Ok(self.len)
+    }
+
+    /// The current length (everything appended, synced or not).
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether nothing was ever written.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The segment this sink appended, for the audit manifest.
+    pub fn segment(&self) -> Option<WrittenFile> {
+        let length = self.len - self.segment_offset;
+        (length > 0).then(|| WrittenFile {
+            path: FILE_NAME.to_owned(),
+            sha256: hex::encode(self.segment_hasher.clone().finalize()),
+            bytes: length,
+            rows: self.segment_rows,
+            offset: Some(self.segment_offset),
+            length: Some(length),
+        })
+    }
+}
+
+/// Reads the lines of `path` between byte offsets `from` and `to` (both on
+/// line boundaries), calling `each` with every line (without its newline).
+pub fn for_each_line(
+    path: &Path,
+    from: u64,
+    to: u64,
+    mut each: impl FnMut(&[u8]) -> Result<()>,
+) -> Result<()> {
+    let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
+    file.seek(SeekFrom::Start(from))
+        .map_err(|e| Error::io(path, e))?;
+    let mut reader = BufReader::with_capacity(1 << 20, file.take(to.saturating_sub(from)));
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let n = reader
+            .read_until(b'\n', &mut line)
+            .map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            return Ok(());
+        }
+        if line.last() == Some(&b'\n') {
+            line.pop();
+        }
+        each(&line)?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn torn_tail_is_cut_back_to_the_committed_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        let (mut sink, cut) = JsonlSink::open(&path, 0).unwrap();
+        assert_eq!(cut, 0);
+        sink.append(b"{\"a\":1}\n", 1).unwrap();
+        let committed = sink.sync().unwrap();
+        sink.append(b"{\"b\":2}\n{\"c\":", 1).unwrap();
+        drop(sink);
+        let (sink, cut) = JsonlSink::open(&path, committed).unwrap();
+        assert_eq!(cut, 13);
+        assert_eq!(sink.len(), committed);
+        assert_eq!(std::fs::read(&path).unwrap(), b"{\"a\":1}\n");
+    }
+
+    #[test]
+    fn a_file_shorter_than_committed_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        std::fs::write(&path, b"{}\n").unwrap();
+        let err = JsonlSink::open(&path, 10).unwrap_err();
+        assert!(err.to_string().contains("10 bytes are committed"), "{err}");
+    }
+
+    #[test]
+    fn segment_digest_covers_exactly_the_appended_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        std::fs::write(&path, b"{\"old\":1}\n").unwrap();
+        let (mut sink, _) = JsonlSink::open(&path, 10).unwrap();
+        sink.append(b"{\"new\":2}\n", 1).unwrap();
+        sink.sync().unwrap();
+        let seg = sink.segment().unwrap();
+        assert_eq!((seg.offset, seg.length, seg.rows), (Some(10), Some(10), 1));
+        assert_eq!(seg.sha256, super::super::sha256_hex(b"{\"new\":2}\n"));
+    }
+
+    #[test]
+    fn lines_between_offsets() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        std::fs::write(&path, b"a\nbb\nccc\n").unwrap();
+        let mut seen = Vec::new();
+        for_each_line(&path, 2, 9, |l| {
+            seen.push(String::from_utf8(l.to_vec()).unwrap());
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen, ["bb", "ccc"]);
+    }
+}

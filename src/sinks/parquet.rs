@@ -1,0 +1,479 @@
+//! Parquet outputs for warehouses: `parquet/messages/` (history rows) and
+//! `parquet/sends/` (outbound sends).
+//!
+//! Layout: `parquet/<table>/date=YYYY-MM-DD/part-<run>-<seq>.parquet`. The
+//! partition is the UTC date of the run, not of the messages: a backfill of
+//! years of history would otherwise scatter into thousands of tiny files,
+//! and the folder value must be a date, never an ID (DuckDB and Spark turn
+//! numeric-looking folder values into integers). File names carry the run
+//! ID, so every run adds an immutable file set and never rewrites one.
+//!
+//! A file is written under a temporary name and only renamed into place
+//! once closed and fsynced, so no reader and no later run ever sees a
+//! half-written file. A file the checkpoint does not list (a run killed
+//! between the rename and its checkpoint) is removed by the next run and
+//! rebuilt from the committed JSONL.
+
+use std::collections::HashSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow_array::builder::{ArrayBuilder, StringBuilder, TimestampMicrosecondBuilder};
+use arrow_array::{ArrayRef, RecordBatch};
+use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
+
+use super::{HashingWriter, WrittenFile, create_private_dir, fsync_dir, open_private};
+use crate::error::{Error, Result};
+use crate::normalize::HistoryRow;
+
+/// Rows per row group: large enough for warehouse scans, small enough that
+/// the writer's in-memory row group stays within the memory budget.
+pub const ROW_GROUP_ROWS: usize = 262_144;
+/// Rows per file before a new file is started.
+pub const FILE_ROWS: u64 = 1_048_576;
+/// Rows gathered before they are handed to the Parquet encoder.
+const BATCH_ROWS: usize = 16_384;
+
+/// The columns of one table: an Arrow schema and builders for its rows.
+pub trait Columns: Send {
+    /// The row type.
+    type Row;
+    /// The folder under `parquet/`.
+    const TABLE: &'static str;
+    /// The Arrow schema; column order is fixed.
+    fn schema() -> SchemaRef;
+    /// Empty builders.
+    fn new() -> Self;
+    /// Appends one row.
+    fn push(&mut self, row: &Self::Row);
+    /// Rows appended since the last `take`.
+    fn len(&self) -> usize;
+    /// Whether no row is pending.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The pending rows as arrays, in schema order; the builders are reset.
+    fn take(&mut self) -> Vec<ArrayRef>;
+    /// Columns whose values are all distinct (IDs, texts): dictionary
+    /// encoding would only cost time there.
+    fn high_cardinality() -> &'static [&'static str];
+}
+
+fn utf8(name: &str, nullable: bool) -> Field {
+    Field::new(name, DataType::Utf8, nullable)
+}
+
+fn timestamp(name: &str, nullable: bool) -> Field {
+    Field::new(
+        name,
+        DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+        nullable,
+    )
+}
+
+/// Columns of `parquet/messages/`: the history record of SPEC §3.
+#[derive(Debug)]
+pub struct MessageColumns {
+    record_type: StringBuilder,
+    message_id: StringBuilder,
+    conversation_user_id: StringBuilder,
+    account: StringBuilder,
+    sender_id: StringBuilder,
+    receiver_id: StringBuilder,
+    created_at: TimestampMicrosecondBuilder,
+    message_text: StringBuilder,
+    media_url: StringBuilder,
+}
+
+impl Columns for MessageColumns {
+    type Row = HistoryRow;
+    const TABLE: &'static str = "messages";
+
+    fn schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            utf8("record_type", false),
+            utf8("message_id", false),
+            utf8("conversation_user_id", false),
+            utf8("account", false),
+            utf8("sender_id", false),
+            utf8("receiver_id", false),
+            timestamp("created_at", true),
+            utf8("message_text", true),
+            utf8("media_url", true),
+        ]))
+    }
+
+    fn new() -> Self {
+        MessageColumns {
+            record_type: StringBuilder::new(),
+            message_id: StringBuilder::new(),
+            conversation_user_id: StringBuilder::new(),
+            account: StringBuilder::new(),
+            sender_id: StringBuilder::new(),
+            receiver_id: StringBuilder::new(),
+            created_at: TimestampMicrosecondBuilder::new().with_timezone("UTC"),
+            message_text: StringBuilder::new(),
+            media_url: StringBuilder::new(),
+        }
+    }
+
+    fn push(&mut self, row: &HistoryRow) {
+        self.record_type.append_value("history");
+        self.message_id.append_value(&row.message_id);
+        self.conversation_user_id
+            .append_value(&row.conversation_user_id);
+        self.account.append_value(&row.account);
+        self.sender_id.append_value(&row.sender_id);
+        self.receiver_id.append_value(&row.receiver_id);
+        self.created_at.append_option(row.created_at);
+        self.message_text.append_option(row.message_text.as_deref());
+        self.media_url.append_option(row.media_url.as_deref());
+    }
+
+    fn len(&self) -> usize {
+        self.message_id.len()
+    }
+
+    fn take(&mut self) -> Vec<ArrayRef> {
+        vec![
+            Arc::new(self.record_type.finish()),
+            Arc::new(self.message_id.finish()),
+            Arc::new(self.conversation_user_id.finish()),
+            Arc::new(self.account.finish()),
+            Arc::new(self.sender_id.finish()),
+            Arc::new(self.receiver_id.finish()),
+            Arc::new(self.created_at.finish()),
+            Arc::new(self.message_text.finish()),
+            Arc::new(self.media_url.finish()),
+        ]
+    }
+
+    fn high_cardinality() -> &'static [&'static str] {
+        &["message_id", "message_text", "created_at"]
+    }
+}
+
+/// The writer settings, built in this one place.
+fn writer_properties<C: Columns>() -> WriterProperties {
+    let mut builder = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        .set_created_by(concat!("xquik-dm ", env!("CARGO_PKG_VERSION")).to_owned());
+    for column in C::high_cardinality() {
+        builder = builder.set_column_dictionary_enabled(ColumnPath::from(*column), false);
+    }
+    builder.build()
+}
+
+struct OpenFile {
+    writer: ArrowWriter<HashingWriter<BufWriter<File>>>,
+    tmp: PathBuf,
+    target: PathBuf,
+    rel: String,
+    rows: u64,
+}
+
+/// Writes one table's rows of one run into immutable Parquet files.
+pub struct ParquetSink<C: Columns> {
+    out: PathBuf,
+    rel_dir: String,
+    run_id: String,
+    seq: u32,
+    columns: C,
+    open: Option<OpenFile>,
+}
+
+impl<C: Columns> std::fmt::Debug for ParquetSink<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ParquetSink")
+            .field("rel_dir", &self.rel_dir)
+            .field("run_id", &self.run_id)
+            .field("seq", &self.seq)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C: Columns> ParquetSink<C> {
+    /// A sink writing under `out/parquet/<table>/date=<date>/`.
+    pub fn new(out: &Path, date: &str, run_id: &str) -> Self {
+        ParquetSink {
+            out: out.to_owned(),
+            rel_dir: format!("parquet/{}/date={date}", C::TABLE),
+            run_id: run_id.to_owned(),
+            seq: 0,
+            columns: C::new(),
+            open: None,
+        }
+    }
+
+    /// Adds a row. Returns a finished file when the row filled one.
+    pub fn push(&mut self, row: &C::Row) -> Result<Option<WrittenFile>> {
+        self.columns.push(row);
+        if self.columns.len() >= BATCH_ROWS {
+            self.write_pending()?;
+        }
+        match &self.open {
+            Some(open) if open.rows >= FILE_ROWS => self.close(),
+            _ => Ok(None),
+        }
+    }
+
+    /// Closes the current file, if any, and returns it (renamed into place
+    /// and durable).
+    pub fn close(&mut self) -> Result<Option<WrittenFile>> {
+        self.write_pending()?;
+        let Some(open) = self.open.take() else {
+            return Ok(None);
+        };
+        let OpenFile {
+            writer,
+            tmp,
+            target,
+            rel,
+            rows,
+        } = open;
+        let hashing = writer.into_inner().map_err(|e| parquet_error(&tmp, e))?;
+        let (buffered, sha256, bytes) = hashing.finish();
+        let file = buffered
+            .into_inner()
+            .map_err(|e| Error::io(&tmp, e.into_error()))?;
+        file.sync_all().map_err(|e| Error::io(&tmp, e))?;
+        drop(file);
+        fs::rename(&tmp, &target).map_err(|e| Error::io(&target, e))?;
+        fsync_dir(target.parent().unwrap_or(&self.out))?;
+        Ok(Some(WrittenFile {
+            path: rel,
+            sha256,
+            bytes,
+            rows,
+            offset: None,
+            length: None,
+        }))
+    }
+
+    fn write_pending(&mut self) -> Result<()> {
+        if self.columns.is_empty() {
+            return Ok(());
+        }
+        if self.open.is_none() {
+            self.open = Some(self.start_file()?);
+        }
+        let Some(open) = self.open.as_mut() else {
+            return Ok(());
+        };
+        let rows = self.columns.len() as u64;
+        let batch = RecordBatch::try_new(C::schema(), self.columns.take())
+            .map_err(|e| Error::io(&open.tmp, std::io::Error::other(e)))?;
+        open.writer
+            .write(&batch)
+            .map_err(|e| parquet_error(&open.tmp, e))?;
+        open.rows += rows;
+        Ok(())
+    }
+
+    fn start_file(&mut self) -> Result<OpenFile> {
+        let dir = self.out.join(&self.rel_dir);
+        create_private_dir(&dir)?;
+        self.seq += 1;
+        let name = format!("part-{}-{:04}.parquet", self.run_id, self.seq);
+        let tmp = dir.join(format!(".{name}.tmp"));
+        let target = dir.join(&name);
+        let file = open_private(
+            &tmp,
+            OpenOptions::new().write(true).create(true).truncate(true),
+        )?;
+        let sink = HashingWriter::new(BufWriter::with_capacity(1 << 20, file));
+        let writer = ArrowWriter::try_new(sink, C::schema(), Some(writer_properties::<C>()))
+            .map_err(|e| parquet_error(&tmp, e))?;
+        Ok(OpenFile {
+            writer,
+            tmp,
+            target,
+            rel: format!("{}/{name}", self.rel_dir),
+            rows: 0,
+        })
+    }
+}
+
+fn parquet_error(path: &Path, e: parquet::errors::ParquetError) -> Error {
+    match e {
+        parquet::errors::ParquetError::External(inner) => {
+            match inner.downcast::<std::io::Error>() {
+                Ok(io) => Error::io(path, *io),
+                Err(other) => Error::io(path, std::io::Error::other(other)),
+            }
+        }
+        other => Error::io(path, std::io::Error::other(other)),
+    }
+}
+
+/// Removes what a killed run may have left under `out/parquet/`: temporary
+/// files, and finished files that no checkpoint lists (`committed` holds
+/// relative paths). Returns the relative paths removed.
+pub fn remove_uncommitted(out: &Path, committed: &HashSet<String>) -> Result<Vec<String>> {
+    let root = out.join("parquet");
+    let mut removed = Vec::new();
+    if !root.exists() {
+        return Ok(removed);
+    }
+    let mut stack = vec![root];
+    while let Some(dir) = stack.pop() {
+        for entry in fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))? {
+            let entry = entry.map_err(|e| Error::io(&dir, e))?;
+            let path = entry.path();
+            let kind = entry.file_type().map_err(|e| Error::io(&path, e))?;
+            if kind.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let rel = relative(out, &path);
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let stray_tmp = name.starts_with('.') && name.ends_with(".tmp");
+            let unlisted = name.ends_with(".parquet") && !committed.contains(&rel);
+            if stray_tmp || unlisted {
+                fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+                removed.push(rel);
+            }
+        }
+    }
+    removed.sort();
+    Ok(removed)
+}
+
+/// `path` relative to `out`, `/`-separated.
+pub fn relative(out: &Path, path: &Path) -> String {
+    path.strip_prefix(out)
+        .unwrap_or(path)
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy())
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::normalize::RecordType;
+    use arrow_array::{Array, StringArray, TimestampMicrosecondArray};
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+    fn row(i: u64, text: Option<&str>) -> HistoryRow {
+        HistoryRow {
+            record_type: RecordType::History,
+            message_id: format!("{}", 1_900_000_000_000_000_000u64 + i),
+            conversation_user_id: "42".into(),
+            account: "acme".into(),
+            sender_id: "42".into(),
+            receiver_id: "7".into(),
+            created_at: (i % 3 != 0).then_some(1_736_942_400_000_000 + i as i64),
+            message_text: text.map(Into::into),
+            media_url: (i % 5 == 0).then(|| format!("https://m/{i}.jpg")),
+        }
+    }
+
+    #[test]
+    fn rows_read_back_equal_what_was_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = ParquetSink::<MessageColumns>::new(dir.path(), "2026-11-26", "r1");
+        let texts = ["héllo \"q\"\n👩‍👩‍👧", "مرحبا", "漢字\t\\", ""];
+        let rows: Vec<HistoryRow> = (0..40_000)
+            .map(|i| row(i, (i % 7 != 0).then_some(texts[i as usize % texts.len()])))
+            .collect();
+        for r in &rows {
+            assert!(sink.push(r).unwrap().is_none());
+        }
+        let file = sink.close().unwrap().unwrap();
+        assert_eq!(file.rows, 40_000);
+        assert_eq!(
+            file.path,
+            "parquet/messages/date=2026-11-26/part-r1-0001.parquet"
+        );
+        let bytes = fs::read(dir.path().join(&file.path)).unwrap();
+        assert_eq!(file.bytes, bytes.len() as u64);
+        assert_eq!(file.sha256, super::super::sha256_hex(&bytes));
+
+        let reader = ParquetRecordBatchReaderBuilder::try_new(
+            File::open(dir.path().join(&file.path)).unwrap(),
+        )
+        .unwrap()
+        .build()
+        .unwrap();
+        let mut i = 0usize;
+        for batch in reader {
+            let batch = batch.unwrap();
+            assert_eq!(batch.schema(), MessageColumns::schema());
+            let ids = batch
+                .column(1)
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .unwrap();
+            let created = batch
+                .column(6)
+                .as_any()
+                .downcast_ref::<TimestampMicrosecondArray>()
+                .unwrap();
+            let text = batch
+                .column(7)
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .unwrap();
+            let media = batch
+                .column(8)
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .unwrap();
+            for j in 0..batch.num_rows() {
+                let r = &rows[i];
+                assert_eq!(ids.value(j), r.message_id);
+                assert_eq!(created.is_null(j), r.created_at.is_none());
+                if let Some(c) = r.created_at {
+                    assert_eq!(created.value(j), c);
+                }
+                assert_eq!(
+                    (!text.is_null(j)).then(|| text.value(j)),
+                    r.message_text.as_deref()
+                );
+                assert_eq!(
+                    (!media.is_null(j)).then(|| media.value(j)),
+                    r.media_url.as_deref()
+                );
+                i += 1;
+            }
+        }
+        assert_eq!(i, rows.len());
+    }
+
+    #[test]
+    fn nothing_is_visible_before_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = ParquetSink::<MessageColumns>::new(dir.path(), "2026-11-26", "r2");
+        for i in 0..(BATCH_ROWS as u64 + 10) {
+            sink.push(&row(i, Some("x"))).unwrap();
+        }
+        let visible = remove_uncommitted(dir.path(), &HashSet::new()).unwrap();
+        // Only the temporary file exists, and it is what gets cleaned up.
+        assert_eq!(visible.len(), 1);
+        assert!(visible[0].ends_with(".parquet.tmp"), "{visible:?}");
+    }
+
+    #[test]
+    fn unlisted_files_are_removed_and_listed_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = ParquetSink::<MessageColumns>::new(dir.path(), "2026-11-26", "r3");
+        sink.push(&row(1, Some("x"))).unwrap();
+        let kept = sink.close().unwrap().unwrap();
+        let mut sink = ParquetSink::<MessageColumns>::new(dir.path(), "2026-11-26", "r4");
+        sink.push(&row(2, Some("y"))).unwrap();
+        let orphan = sink.close().unwrap().unwrap();
+        let committed: HashSet<String> = [kept.path.clone()].into();
+        let removed = remove_uncommitted(dir.path(), &committed).unwrap();
+        assert_eq!(removed, vec![orphan.path]);
+        assert!(dir.path().join(&kept.path).exists());
+    }
+}
