@@ -108,6 +108,13 @@ pub enum Error {
         reason: String,
     },
 
+    /// Another run holds the output folder.
+    #[error("{}: another xquik-dm run is using this output folder; wait for it to finish (scheduled runs must not overlap)", path.display())]
+    Locked {
+        /// The output folder.
+        path: PathBuf,
+    },
+
     /// A file or folder could not be read or written.
     #[error("{}: {source}", path.display())]
     Io {
@@ -126,7 +133,9 @@ impl Error {
                 ErrorClass::BadInput
             }
             Error::Api(api) => api.class(),
-            Error::RetriesExhausted { .. } | Error::Transport { .. } => ErrorClass::Retryable,
+            Error::RetriesExhausted { .. } | Error::Transport { .. } | Error::Locked { .. } => {
+                ErrorClass::Retryable
+            }
             Error::WriteFailed { .. } | Error::Corrupt { .. } => ErrorClass::NeedsPerson,
             Error::Decode { .. } | Error::Io { .. } => ErrorClass::Internal,
         }

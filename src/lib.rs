@@ -10,6 +10,7 @@
 //! command and maps its outcome to an exit status.
 
 pub mod api;
+pub mod checkpoint;
 pub mod cli;
 pub mod commands;
 pub mod dedupe;
@@ -17,6 +18,7 @@ pub mod error;
 pub mod logging;
 pub mod normalize;
 pub mod sinks;
+pub mod store;
 
 pub use api::client::{ApiKey, Client, ClientConfig, DEFAULT_BASE_URL};
 pub use api::retry::RetryPolicy;

@@ -5,6 +5,7 @@
 //! attempts, time spent waiting) because the audit manifest records exactly
 //! that for each page and each write.
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -102,6 +103,10 @@ pub struct Client {
     key: HeaderValue,
     retry: RetryPolicy,
     rng: Mutex<fastrand::Rng>,
+    /// Per-account "not before" instants. The API's rate limit is per
+    /// account, so a 429 seen by one conversation holds back every request
+    /// of that account, not only the one that was refused.
+    gates: Mutex<HashMap<String, Instant>>,
 }
 
 impl Client {
@@ -137,6 +142,7 @@ impl Client {
             key,
             retry: config.retry,
             rng: Mutex::new(fastrand::Rng::new()),
+            gates: Mutex::new(HashMap::new()),
         })
     }
 
@@ -148,7 +154,7 @@ impl Client {
     /// `GET /x/users/{id}`: a profile by numeric ID or username. 1 credit.
     pub async fn user(&self, user: &UserRef) -> Result<Reply<UserProfile>> {
         let url = format!("{}/x/users/{}", self.base_str, user.as_path());
-        self.call(Endpoint::User, None, || self.http.get(&url))
+        self.call(Endpoint::User, None, None, || self.http.get(&url))
             .await
     }
 
@@ -161,7 +167,7 @@ impl Client {
         cursor: Option<&str>,
     ) -> Result<Reply<HistoryPage>> {
         let url = format!("{}/x/dm/{}/history", self.base_str, path_id(user_id)?);
-        self.call(Endpoint::History, None, || {
+        self.call(Endpoint::History, Some(account), None, || {
             let mut req = self.http.get(&url).query(&[("account", account.as_str())]);
             if let Some(c) = cursor.filter(|c| !c.is_empty()) {
                 req = req.query(&[("cursor", c)]);
@@ -184,7 +190,7 @@ impl Client {
         let url = format!("{}/x/media", self.base_str);
         let bytes = bytes::Bytes::from(bytes);
         let reply = self
-            .call(Endpoint::Media, Some(key), || {
+            .call(Endpoint::Media, Some(account), Some(key), || {
                 let part = reqwest::multipart::Part::stream(reqwest::Body::from(bytes.clone()))
                     .file_name(file_name.to_owned());
                 let part = match part.mime_str(mime) {
@@ -211,7 +217,7 @@ impl Client {
         let url = format!("{}/x/media", self.base_str);
         let body = serde_json::json!({ "account": account.as_str(), "url": media_url });
         let reply = self
-            .call(Endpoint::Media, Some(key), || {
+            .call(Endpoint::Media, Some(account), Some(key), || {
                 self.http.post(&url).json(&body)
             })
             .await?;
@@ -226,8 +232,9 @@ impl Client {
         key: &IdempotencyKey,
     ) -> Result<Reply<WriteResponse>> {
         let url = format!("{}/x/dm/{}", self.base_str, path_id(recipient_id)?);
+        let account = Account(request.account.clone());
         let reply = self
-            .call(Endpoint::SendDm, Some(key), || {
+            .call(Endpoint::SendDm, Some(&account), Some(key), || {
                 self.http.post(&url).json(request)
             })
             .await?;
@@ -251,7 +258,7 @@ impl Client {
                 ),
             });
         }
-        self.call(Endpoint::WriteAction, None, || self.http.get(url.clone()))
+        self.call(Endpoint::WriteAction, None, None, || self.http.get(url.clone()))
             .await
     }
 
@@ -323,6 +330,7 @@ impl Client {
     async fn call<T, F>(
         &self,
         endpoint: Endpoint,
+        account: Option<&Account>,
         key: Option<&IdempotencyKey>,
         make: F,
     ) -> Result<Reply<T>>
@@ -335,6 +343,9 @@ impl Client {
         let mut attempts = 0u32;
         loop {
             attempts += 1;
+            if let Some(account) = account {
+                waited += self.wait_for_gate(account).await;
+            }
             let mut req = make().header("x-api-key", self.key.clone());
             if let Some(key) = key {
                 req = req.header("Idempotency-Key", key.as_str());
@@ -370,6 +381,9 @@ impl Client {
                 Error::Api(api) => api.status,
                 _ => 0,
             };
+            if let (Some(account), 429) = (account, status) {
+                self.close_gate(account, wait);
+            }
             tracing::warn!(
                 endpoint = endpoint.as_str(),
                 attempt = attempts,
@@ -443,6 +457,32 @@ impl Client {
             retry_after: wait,
         };
         Err((Error::Api(err), wait))
+    }
+
+    /// Sleeps until the account's gate is open; returns the time slept.
+    async fn wait_for_gate(&self, account: &Account) -> Duration {
+        let until = {
+            let gates = self.gates.lock().unwrap_or_else(|p| p.into_inner());
+            gates.get(account.as_str()).copied()
+        };
+        let now = Instant::now();
+        match until {
+            Some(until) if until > now => {
+                tokio::time::sleep(until - now).await;
+                until - now
+            }
+            _ => Duration::ZERO,
+        }
+    }
+
+    /// Holds every request of `account` back for `wait`.
+    fn close_gate(&self, account: &Account, wait: Duration) {
+        let until = Instant::now() + wait;
+        let mut gates = self.gates.lock().unwrap_or_else(|p| p.into_inner());
+        let gate = gates.entry(account.as_str().to_owned()).or_insert(until);
+        if *gate < until {
+            *gate = until;
+        }
     }
 
     fn with_rng<R>(&self, f: impl FnOnce(&mut fastrand::Rng) -> R) -> R {

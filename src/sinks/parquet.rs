@@ -212,16 +212,20 @@ impl<C: Columns> ParquetSink<C> {
         }
     }
 
-    /// Adds a row. Returns a finished file when the row filled one.
-    pub fn push(&mut self, row: &C::Row) -> Result<Option<WrittenFile>> {
+    /// Adds a row.
+    pub fn push(&mut self, row: &C::Row) -> Result<()> {
         self.columns.push(row);
         if self.columns.len() >= BATCH_ROWS {
             self.write_pending()?;
         }
-        match &self.open {
-            Some(open) if open.rows >= FILE_ROWS => self.close(),
-            _ => Ok(None),
-        }
+        Ok(())
+    }
+
+    /// Whether the current file is full and should be closed (the caller
+    /// closes it at a record boundary it can name in the checkpoint).
+    pub fn is_full(&self) -> bool {
+        let written = self.open.as_ref().map_or(0, |o| o.rows);
+        written + self.columns.len() as u64 >= FILE_ROWS
     }
 
     /// Closes the current file, if any, and returns it (renamed into place
@@ -386,8 +390,9 @@ mod tests {
             .map(|i| row(i, (i % 7 != 0).then_some(texts[i as usize % texts.len()])))
             .collect();
         for r in &rows {
-            assert!(sink.push(r).unwrap().is_none());
+            sink.push(r).unwrap();
         }
+        assert!(!sink.is_full());
         let file = sink.close().unwrap().unwrap();
         assert_eq!(file.rows, 40_000);
         assert_eq!(

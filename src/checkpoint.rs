@@ -1,0 +1,293 @@
+//! The one checkpoint object, `state/checkpoint.json` (the guide's
+//! "recipient / history / send / audit checkpoint"), and the lock that keeps
+//! two runs out of the same output folder.
+//!
+//! The checkpoint says what is committed: how many bytes of the JSONL, which
+//! Parquet files, and per conversation which block of message IDs is written
+//! and where paging resumes. It holds IDs, cursors, counts and statuses,
+//! never a message body. It is replaced atomically and only after the data
+//! it describes is durable, so after a crash it never points past the data.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions, TryLockError};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::api::pagination::StopReason;
+use crate::dedupe::Block;
+use crate::error::{Error, Result};
+use crate::sinks::{WrittenFile, create_private_dir, open_private, write_atomic};
+
+/// Folder of the checkpoint and the lock, inside the output folder.
+pub const STATE_DIR: &str = "state";
+/// Checkpoint file name.
+pub const FILE_NAME: &str = "checkpoint.json";
+const FORMAT_VERSION: u32 = 1;
+
+/// The checkpoint.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// Format version.
+    pub version: u32,
+    /// Committed part of the JSONL handoff file.
+    pub jsonl: JsonlState,
+    /// Committed Parquet files.
+    pub parquet: ParquetState,
+    /// Usernames resolved to numeric IDs (the recipient checkpoint), by
+    /// lowercase username.
+    #[serde(default)]
+    pub recipients: BTreeMap<String, Recipient>,
+    /// History state per conversation, by `account/user_id`.
+    #[serde(default)]
+    pub conversations: BTreeMap<String, Conversation>,
+    /// The audit chain's head.
+    #[serde(default)]
+    pub audit: AuditPointer,
+}
+
+/// Committed part of the JSONL file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JsonlState {
+    /// Bytes committed; anything after this on disk is cut back.
+    pub committed_bytes: u64,
+    /// History records in the committed bytes.
+    #[serde(default)]
+    pub history_rows: u64,
+    /// Send records in the committed bytes.
+    #[serde(default)]
+    pub send_rows: u64,
+}
+
+/// Committed Parquet files.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParquetState {
+    /// Every JSONL record before this byte offset is in a listed Parquet
+    /// file; records after it are rebuilt into Parquet by the next run.
+    pub covered_bytes: u64,
+    /// Every committed Parquet file, oldest first.
+    #[serde(default)]
+    pub files: Vec<WrittenFile>,
+}
+
+/// A resolved recipient (from `GET /x/users/{id}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Recipient {
+    /// Numeric user ID.
+    pub id: String,
+    /// Username without `@`.
+    pub username: String,
+    /// The `canDm` preflight hint, when the API gave one.
+    #[serde(default, rename = "canDm", skip_serializing_if = "Option::is_none")]
+    pub can_dm: Option<bool>,
+}
+
+/// History state of one conversation.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Conversation {
+    /// The connected account reading it.
+    pub account: String,
+    /// The other participant.
+    pub user_id: String,
+    /// The contiguous block of message IDs written so far.
+    #[serde(default)]
+    pub written: Option<Block>,
+    /// The downward backfill below `written`.
+    #[serde(default)]
+    pub backfill: Backfill,
+    /// An incremental scan from the newest page down to `written.newest`
+    /// that has not reached it yet.
+    #[serde(default)]
+    pub top_scan: Option<TopScan>,
+    /// History records written for this conversation, all runs.
+    #[serde(default)]
+    pub messages_written: u64,
+    /// The last page synced: the guide's history checkpoint.
+    #[serde(default)]
+    pub last_page: Option<PageState>,
+    /// How the last run left it.
+    #[serde(default)]
+    pub status: Option<String>,
+    /// Why it stopped (a stop reason or an error code).
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// The downward backfill of a conversation.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Backfill {
+    /// Cursor of the next older page; `None` before the first page.
+    pub cursor: Option<String>,
+    /// Whether the oldest message was reached.
+    pub done: bool,
+}
+
+/// An unfinished incremental scan.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopScan {
+    /// IDs this scan has written (above the conversation's `written` block).
+    pub block: Option<Block>,
+    /// Cursor of its next page; `None` to start from the newest page.
+    pub cursor: Option<String>,
+}
+
+/// The paging fields of the last page fetched.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PageState {
+    /// Messages the page returned.
+    pub messages_count: u64,
+    /// Its `next_cursor`.
+    pub next_cursor: String,
+    /// Its `has_next_page`.
+    pub has_next_page: bool,
+    /// Why paging stopped after it, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop: Option<StopReason>,
+}
+
+/// Where the audit chain stands.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditPointer {
+    /// Runs committed so far.
+    #[serde(default)]
+    pub runs: u64,
+    /// Path of the last run's manifest, relative to the output folder.
+    #[serde(default)]
+    pub last_manifest: Option<String>,
+    /// SHA-256 of that manifest.
+    #[serde(default)]
+    pub last_digest: Option<String>,
+}
+
+/// The key of a conversation in the checkpoint.
+pub fn conversation_key(account: &str, user_id: &str) -> String {
+    format!("{account}/{user_id}")
+}
+
+impl Checkpoint {
+    /// The checkpoint's path inside `out`.
+    pub fn path(out: &Path) -> PathBuf {
+        out.join(STATE_DIR).join(FILE_NAME)
+    }
+
+    /// Loads the checkpoint of `out`; a folder without one starts empty.
+    pub fn load(out: &Path) -> Result<Checkpoint> {
+        let path = Self::path(out);
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Checkpoint {
+                    version: FORMAT_VERSION,
+                    ..Checkpoint::default()
+                });
+            }
+            Err(e) => return Err(Error::io(&path, e)),
+        };
+        let checkpoint: Checkpoint = serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
+            path: path.clone(),
+            reason: format!(
+                "not a checkpoint (JSON error at line {} column {}): restore it from backup",
+                e.line(),
+                e.column()
+            ),
+        })?;
+        if checkpoint.version > FORMAT_VERSION {
+            return Err(Error::Corrupt {
+                path,
+                reason: format!(
+                    "written by a newer xquik-dm (format {}): upgrade xquik-dm",
+                    checkpoint.version
+                ),
+            });
+        }
+        Ok(checkpoint)
+    }
+
+    /// Replaces the checkpoint atomically and durably. Call only once the
+    /// data it describes is durable.
+    pub fn save(&self, out: &Path) -> Result<()> {
+        let bytes = serde_json::to_vec_pretty(self).map_err(|e| Error::io(Self::path(out), std::io::Error::other(e)))?;
+        write_atomic(&Self::path(out), &bytes)
+    }
+}
+
+/// An exclusive lock on an output folder, held for a run's lifetime and
+/// released by the kernel when the process ends, however it ends.
+#[derive(Debug)]
+pub struct DirLock {
+    _file: File,
+}
+
+impl DirLock {
+    /// Creates the state folder if needed and takes the lock, or says which
+    /// run holds it.
+    pub fn acquire(out: &Path) -> Result<DirLock> {
+        let dir = out.join(STATE_DIR);
+        create_private_dir(&dir)?;
+        let path = dir.join("lock");
+        let file = open_private(&path, OpenOptions::new().read(true).write(true).create(true).truncate(false))?;
+        match file.try_lock() {
+            Ok(()) => Ok(DirLock { _file: file }),
+            Err(TryLockError::WouldBlock) => Err(Error::Locked { path: out.to_owned() }),
+            Err(TryLockError::Error(e)) => Err(Error::io(&path, e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_checkpoint_starts_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Checkpoint::load(dir.path()).unwrap();
+        assert_eq!(c.version, FORMAT_VERSION);
+        assert!(c.conversations.is_empty());
+    }
+
+    #[test]
+    fn save_and_load_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join(STATE_DIR)).unwrap();
+        let mut c = Checkpoint::load(dir.path()).unwrap();
+        c.jsonl.committed_bytes = 123;
+        c.conversations.insert(
+            conversation_key("acme", "42"),
+            Conversation {
+                account: "acme".into(),
+                user_id: "42".into(),
+                written: Some(Block {
+                    newest: "9".into(),
+                    oldest: "1".into(),
+                }),
+                backfill: Backfill {
+                    cursor: Some("opaque+/=".into()),
+                    done: false,
+                },
+                ..Conversation::default()
+            },
+        );
+        c.save(dir.path()).unwrap();
+        assert_eq!(Checkpoint::load(dir.path()).unwrap(), c);
+    }
+
+    #[test]
+    fn a_damaged_checkpoint_is_refused_with_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join(STATE_DIR)).unwrap();
+        std::fs::write(Checkpoint::path(dir.path()), b"{\"version\": 1, \"jsonl\": ").unwrap();
+        let err = Checkpoint::load(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("checkpoint.json"), "{err}");
+    }
+
+    #[test]
+    fn a_second_lock_on_the_same_folder_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = DirLock::acquire(dir.path()).unwrap();
+        let err = DirLock::acquire(dir.path()).unwrap_err();
+        assert!(matches!(err, Error::Locked { .. }), "{err}");
+        drop(first);
+        assert!(DirLock::acquire(dir.path()).is_ok());
+    }
+}
