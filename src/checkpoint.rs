@@ -183,14 +183,15 @@ impl Checkpoint {
             }
             Err(e) => return Err(Error::io(&path, e)),
         };
-        let checkpoint: Checkpoint = serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
-            path: path.clone(),
-            reason: format!(
-                "not a checkpoint (JSON error at line {} column {}): restore it from backup",
-                e.line(),
-                e.column()
-            ),
-        })?;
+        let checkpoint: Checkpoint =
+            serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
+                path: path.clone(),
+                reason: format!(
+                    "not a checkpoint (JSON error at line {} column {}): restore it from backup",
+                    e.line(),
+                    e.column()
+                ),
+            })?;
         if checkpoint.version > FORMAT_VERSION {
             return Err(Error::Corrupt {
                 path,
@@ -206,7 +207,8 @@ impl Checkpoint {
     /// Replaces the checkpoint atomically and durably. Call only once the
     /// data it describes is durable.
     pub fn save(&self, out: &Path) -> Result<()> {
-        let bytes = serde_json::to_vec_pretty(self).map_err(|e| Error::io(Self::path(out), std::io::Error::other(e)))?;
+        let bytes = serde_json::to_vec_pretty(self)
+            .map_err(|e| Error::io(Self::path(out), std::io::Error::other(e)))?;
         write_atomic(&Self::path(out), &bytes)
     }
 }
@@ -225,10 +227,19 @@ impl DirLock {
         let dir = out.join(STATE_DIR);
         create_private_dir(&dir)?;
         let path = dir.join("lock");
-        let file = open_private(&path, OpenOptions::new().read(true).write(true).create(true).truncate(false))?;
+        let file = open_private(
+            &path,
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false),
+        )?;
         match file.try_lock() {
             Ok(()) => Ok(DirLock { _file: file }),
-            Err(TryLockError::WouldBlock) => Err(Error::Locked { path: out.to_owned() }),
+            Err(TryLockError::WouldBlock) => Err(Error::Locked {
+                path: out.to_owned(),
+            }),
             Err(TryLockError::Error(e)) => Err(Error::io(&path, e)),
         }
     }
@@ -276,7 +287,11 @@ mod tests {
     fn a_damaged_checkpoint_is_refused_with_its_path() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join(STATE_DIR)).unwrap();
-        std::fs::write(Checkpoint::path(dir.path()), b"{\"version\": 1, \"jsonl\": ").unwrap();
+        std::fs::write(
+            Checkpoint::path(dir.path()),
+            b"{\"version\": 1, \"jsonl\": ",
+        )
+        .unwrap();
         let err = Checkpoint::load(dir.path()).unwrap_err();
         assert!(err.to_string().contains("checkpoint.json"), "{err}");
     }

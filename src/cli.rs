@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::api::UserRef;
 use crate::api::client::{ApiKey, ClientConfig, DEFAULT_BASE_URL, check_base_url};
 use crate::api::retry::RetryPolicy;
+use crate::api::{Account, UserRef};
+use crate::commands::sync::{SyncOptions, Target};
 use crate::error::{Error, Result};
 use crate::logging::LogFormat;
 
@@ -53,6 +54,38 @@ pub struct Args {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum CommandArgs {
+    /// Page DM history into deduplicated JSONL and Parquet, with a resumable checkpoint.
+    ///
+    /// Name conversations with --account and --user, or list them in a job file
+    /// (--job), or both. Reruns fetch only what is new and finish any interrupted
+    /// backfill. Exit status: 0 done, 2 bad input, 3 a person must act (credits,
+    /// auth, permissions), 4 partial (rerun to continue).
+    Sync {
+        /// Connected account (X handle) that reads the conversations.
+        #[arg(long, value_name = "HANDLE")]
+        account: Option<String>,
+        /// Other participant of a conversation: numeric ID or @username (repeatable).
+        #[arg(long = "user", value_name = "ID or @username")]
+        users: Vec<String>,
+        /// Output folder (created private, mode 0700).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Job file (TOML) listing accounts and conversations for scheduled runs.
+        #[arg(long, value_name = "FILE")]
+        job: Option<PathBuf>,
+        /// Conversations paged at the same time.
+        #[arg(long, value_name = "N")]
+        concurrency: Option<usize>,
+        /// Stop before this run spends more credits (exit 4; rerun to continue).
+        #[arg(long, value_name = "CREDITS")]
+        max_credits: Option<u64>,
+        /// Consecutive empty pages that end a conversation's paging.
+        #[arg(long, default_value_t = 5, value_name = "N")]
+        max_empty_pages: u32,
+        /// Print the run report as JSON on stdout instead of a summary.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a user's profile (id, username, name, canDm) as JSON. 1 credit.
     Lookup {
         /// Numeric user ID or @username.
@@ -110,6 +143,13 @@ pub struct Config {
 /// A validated command.
 #[derive(Debug)]
 pub enum Command {
+    /// `sync`.
+    Sync {
+        /// Everything the run needs.
+        options: SyncOptions,
+        /// Report as JSON.
+        json: bool,
+    },
     /// `lookup`.
     Lookup {
         /// How to reach the API.
@@ -164,6 +204,70 @@ impl Args {
             })
         };
         let command = match self.command {
+            CommandArgs::Sync {
+                account,
+                users,
+                out,
+                job,
+                concurrency,
+                max_credits,
+                max_empty_pages,
+                json,
+            } => {
+                let job = match job {
+                    Some(path) => Some(JobFile::load(&path)?),
+                    None => None,
+                };
+                let mut targets = Vec::new();
+                match (&account, users.is_empty()) {
+                    (Some(account), false) => {
+                        let account = Account::parse(account)?;
+                        for user in &users {
+                            targets.push(Target {
+                                account: account.clone(),
+                                user: UserRef::parse(user, "--user")?,
+                            });
+                        }
+                    }
+                    (Some(_), true) => {
+                        return Err(Error::invalid(
+                            "--user",
+                            "name at least one conversation with --user",
+                        ));
+                    }
+                    (None, false) => {
+                        return Err(Error::invalid(
+                            "--account",
+                            "--user needs the --account that reads it",
+                        ));
+                    }
+                    (None, true) => {}
+                }
+                if let Some(job) = &job {
+                    targets.extend(job.targets()?);
+                }
+                if targets.is_empty() {
+                    return Err(Error::invalid(
+                        "--user",
+                        "name conversations with --account and --user, or with --job",
+                    ));
+                }
+                let out = out
+                    .or_else(|| job.as_ref().and_then(|j| j.out.clone()))
+                    .ok_or_else(|| Error::invalid("--out", "name the output folder"))?;
+                let concurrency = concurrency
+                    .or(job.as_ref().and_then(|j| j.concurrency))
+                    .unwrap_or(8);
+                if !(1..=256).contains(&concurrency) {
+                    return Err(Error::invalid("--concurrency", "must be between 1 and 256"));
+                }
+                let mut options = SyncOptions::new(api(api_key)?, out, targets);
+                options.concurrency = concurrency;
+                options.max_credits = max_credits.or(job.as_ref().and_then(|j| j.max_credits));
+                options.max_empty_pages = max_empty_pages.max(1);
+                options.progress = !json;
+                Command::Sync { options, json }
+            }
             CommandArgs::Lookup { user } => {
                 // Input first, then the key: both are checked before any request.
                 let user = UserRef::parse(&user, "<ID or @username>")?;
@@ -203,6 +307,70 @@ impl Args {
             verbose: self.verbose,
             command,
         })
+    }
+}
+
+/// A job file for scheduled runs:
+///
+/// ```toml
+/// out = "/data/xquik-dm"      # optional; --out wins
+/// concurrency = 8             # optional
+/// max_credits = 50000         # optional
+///
+/// [[conversations]]
+/// account = "acme_support"
+/// users = ["@jack", "1234567890"]
+/// ```
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobFile {
+    /// Output folder.
+    pub out: Option<PathBuf>,
+    /// Conversations paged at the same time.
+    pub concurrency: Option<usize>,
+    /// Credit ceiling per run.
+    pub max_credits: Option<u64>,
+    /// Accounts and their conversations.
+    #[serde(default)]
+    pub conversations: Vec<JobConversations>,
+}
+
+/// One account's conversations in a job file.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobConversations {
+    /// The connected account.
+    pub account: String,
+    /// The other participants.
+    pub users: Vec<String>,
+}
+
+impl JobFile {
+    /// Reads and parses a job file.
+    pub fn load(path: &std::path::Path) -> Result<JobFile> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::parse(&text)
+            .map_err(|reason| Error::invalid("--job", format!("{}: {reason}", path.display())))
+    }
+
+    /// Parses job file text.
+    pub fn parse(text: &str) -> std::result::Result<JobFile, String> {
+        toml::from_str(text).map_err(|e| e.message().to_owned())
+    }
+
+    /// The conversations it names, validated.
+    pub fn targets(&self) -> Result<Vec<Target>> {
+        let mut targets = Vec::new();
+        for group in &self.conversations {
+            let account = Account::parse(&group.account)?;
+            for user in &group.users {
+                targets.push(Target {
+                    account: account.clone(),
+                    user: UserRef::parse(user, "--job users")?,
+                });
+            }
+        }
+        Ok(targets)
     }
 }
 
@@ -253,6 +421,75 @@ mod tests {
         };
         assert_eq!(user, UserRef::Username("jack".into()));
         assert_eq!(api.base_url, "http://127.0.0.1:9/api/v1");
+    }
+
+    #[test]
+    fn sync_config_from_flags_and_job_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let job = dir.path().join("job.toml");
+        std::fs::write(
+            &job,
+            "out = \"/tmp/x\"\nmax_credits = 500\n[[conversations]]\naccount = \"@other\"\nusers = [\"@jack\", \"7\"]\n",
+        )
+        .unwrap();
+        let config = parse(&[
+            "sync",
+            "--account",
+            "acme",
+            "--user",
+            "42",
+            "--job",
+            job.to_str().unwrap(),
+        ])
+        .into_config(Some("k".into()))
+        .unwrap();
+        let Command::Sync { options, .. } = config.command else {
+            panic!("sync expected")
+        };
+        assert_eq!(options.targets.len(), 3);
+        assert_eq!(options.targets[1].user, UserRef::Username("jack".into()));
+        assert_eq!(options.targets[1].account.as_str(), "other");
+        assert_eq!(options.out, PathBuf::from("/tmp/x"));
+        assert_eq!(options.max_credits, Some(500));
+    }
+
+    #[test]
+    fn sync_refuses_bad_input_before_the_key_is_needed() {
+        for args in [
+            &["sync", "--account", "acme", "--out", "/tmp/x"][..],
+            &["sync", "--user", "42", "--out", "/tmp/x"][..],
+            &[
+                "sync",
+                "--account",
+                "acme",
+                "--user",
+                "not valid",
+                "--out",
+                "/tmp/x",
+            ][..],
+            &["sync", "--account", "acme", "--user", "42"][..],
+            &[
+                "sync",
+                "--account",
+                "acme",
+                "--user",
+                "42",
+                "--out",
+                "/x",
+                "--concurrency",
+                "0",
+            ][..],
+        ] {
+            let err = parse(args).into_config(Some("k".into())).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn job_files_with_unknown_keys_are_refused() {
+        let err =
+            JobFile::parse("[[conversations]]\naccount = \"a\"\nuser = [\"1\"]\n").unwrap_err();
+        assert!(err.contains("unknown field"), "{err}");
     }
 
     #[test]

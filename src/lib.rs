@@ -16,6 +16,7 @@ pub mod commands;
 pub mod dedupe;
 pub mod error;
 pub mod logging;
+pub mod mock;
 pub mod normalize;
 pub mod sinks;
 pub mod store;

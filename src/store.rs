@@ -62,8 +62,10 @@ impl Store {
         create_private_dir(out)?;
         let lock = DirLock::acquire(out)?;
         let checkpoint = Checkpoint::load(out)?;
-        let (jsonl, cut) =
-            JsonlSink::open(&out.join(jsonl::FILE_NAME), checkpoint.jsonl.committed_bytes)?;
+        let (jsonl, cut) = JsonlSink::open(
+            &out.join(jsonl::FILE_NAME),
+            checkpoint.jsonl.committed_bytes,
+        )?;
         let listed: HashSet<String> = checkpoint
             .parquet
             .files
@@ -275,9 +277,15 @@ mod tests {
         let files = store.finish().unwrap();
         assert_eq!(files.len(), 1);
         assert_eq!(files[0].rows, 3);
-        assert_eq!(std::fs::read(out.join(jsonl::FILE_NAME)).unwrap(), lines(&first));
+        assert_eq!(
+            std::fs::read(out.join(jsonl::FILE_NAME)).unwrap(),
+            lines(&first)
+        );
         let checkpoint = Checkpoint::load(out).unwrap();
-        assert_eq!(checkpoint.parquet.covered_bytes, checkpoint.jsonl.committed_bytes);
+        assert_eq!(
+            checkpoint.parquet.covered_bytes,
+            checkpoint.jsonl.committed_bytes
+        );
         assert_eq!(checkpoint.jsonl.history_rows, 3);
     }
 

@@ -258,8 +258,10 @@ impl Client {
                 ),
             });
         }
-        self.call(Endpoint::WriteAction, None, None, || self.http.get(url.clone()))
-            .await
+        self.call(Endpoint::WriteAction, None, None, || {
+            self.http.get(url.clone())
+        })
+        .await
     }
 
     /// Polls a non-terminal write until it is terminal, honouring

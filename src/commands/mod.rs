@@ -1,7 +1,10 @@
 //! One module per subcommand. Each takes validated configuration and returns
 //! a [`Report`]; `main` prints it and turns it into the exit status.
 
+pub mod demo;
 pub mod lookup;
+pub mod mock;
+pub mod sync;
 
 use std::io::Write;
 
@@ -14,9 +17,17 @@ use crate::error::{Error, Result};
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Report {
+    /// `sync`: the run report, as a summary or JSON.
+    Sync {
+        /// The report.
+        report: Box<sync::SyncReport>,
+        /// Print as JSON.
+        json: bool,
+    },
     /// `lookup`: the profile, printed as JSON.
     Lookup(UserProfile),
     /// `demo`: a human summary.
+    Demo(Box<demo::DemoReport>),
     /// `mock`: served until stopped.
     MockStopped,
 }
@@ -29,24 +40,58 @@ impl Report {
                 let json = serde_json::to_string_pretty(profile).map_err(std::io::Error::other)?;
                 writeln!(out, "{json}")
             }
+            Report::Sync { report, json: true } => {
+                let json = serde_json::to_string_pretty(report).map_err(std::io::Error::other)?;
+                writeln!(out, "{json}")
+            }
+            Report::Sync {
+                report,
+                json: false,
+            } => write!(out, "{report}"),
+            Report::Demo(report) => write!(out, "{report}"),
             Report::MockStopped => Ok(()),
         }
     }
 
     /// The exit status (SPEC §2).
     pub fn exit_code(&self) -> u8 {
-        0
+        match self {
+            Report::Sync { report, .. } => report.exit_code(),
+            Report::Demo(report) => report.exit_code(),
+            Report::Lookup(_) | Report::MockStopped => 0,
+        }
     }
 }
 
 /// Runs a validated command.
 pub async fn execute(command: Command) -> Result<Report> {
     match command {
+        Command::Sync { options, json } => Ok(Report::Sync {
+            report: Box::new(sync::run(options).await?),
+            json,
+        }),
         Command::Lookup { api, user } => {
             let client = Client::new(api)?;
             Ok(Report::Lookup(lookup::run(&client, &user).await?))
         }
-        _ => Ok(Report::MockStopped),
+        Command::Mock {
+            port,
+            seed,
+            page_size,
+            transient_rate,
+            api_key,
+        } => {
+            mock::run(mock::MockOptions {
+                port,
+                seed,
+                page_size,
+                transient_rate,
+                api_key,
+            })
+            .await?;
+            Ok(Report::MockStopped)
+        }
+        Command::Demo { out } => Ok(Report::Demo(Box::new(demo::run(out).await?))),
     }
 }
 

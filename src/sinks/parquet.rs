@@ -375,9 +375,9 @@ mod tests {
             account: "acme".into(),
             sender_id: "42".into(),
             receiver_id: "7".into(),
-            created_at: (i % 3 != 0).then_some(1_736_942_400_000_000 + i as i64),
+            created_at: (!i.is_multiple_of(3)).then_some(1_736_942_400_000_000 + i as i64),
             message_text: text.map(Into::into),
-            media_url: (i % 5 == 0).then(|| format!("https://m/{i}.jpg")),
+            media_url: i.is_multiple_of(5).then(|| format!("https://m/{i}.jpg")),
         }
     }
 

@@ -1,0 +1,919 @@
+//! `xquik-dm sync`: page the DM history of many conversations into the
+//! store, deduplicated, resumable and crash-safe.
+//!
+//! Shape of a run: validate and lock the output folder (before any request),
+//! resolve usernames once (remembered in the checkpoint), then one task per
+//! conversation (bounded by `--concurrency`) pages the history and sends
+//! each page's new rows to a single writer thread, which owns the store and
+//! commits every second or so. A conversation's state in the checkpoint
+//! always travels with the rows it covers, so a crash at any instant resumes
+//! exactly where the committed data ends.
+//!
+//! Per conversation, a run first finishes an interrupted incremental scan,
+//! then scans from the newest page down to what is already written (at most
+//! one page of known messages), then continues any unfinished backfill.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::{Semaphore, mpsc};
+
+use crate::api::client::{Client, ClientConfig};
+use crate::api::pagination::{Next, PageGuard, StopReason};
+use crate::api::{Account, Endpoint, UserRef};
+use crate::checkpoint::{Conversation, PageState, Recipient, TopScan, conversation_key};
+use crate::dedupe::admit;
+use crate::error::{Error, ErrorClass, Result};
+use crate::normalize::{HistoryRow, normalize};
+use crate::sinks::WrittenFile;
+use crate::store::{Repair, Store};
+
+/// One conversation to sync.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The connected account reading it.
+    pub account: Account,
+    /// The other participant.
+    pub user: UserRef,
+}
+
+/// Validated options of a sync run.
+#[derive(Debug, Clone)]
+pub struct SyncOptions {
+    /// How to reach the API.
+    pub api: ClientConfig,
+    /// Output folder.
+    pub out: PathBuf,
+    /// Conversations.
+    pub targets: Vec<Target>,
+    /// Conversations paged at the same time.
+    pub concurrency: usize,
+    /// Stop before the run spends more credits than this.
+    pub max_credits: Option<u64>,
+    /// Consecutive empty pages that end a scan.
+    pub max_empty_pages: u32,
+    /// Longest time between commits.
+    pub commit_interval: Duration,
+    /// Print progress lines while running.
+    pub progress: bool,
+}
+
+impl SyncOptions {
+    /// Options with the defaults for everything but the essentials.
+    pub fn new(api: ClientConfig, out: PathBuf, targets: Vec<Target>) -> SyncOptions {
+        SyncOptions {
+            api,
+            out,
+            targets,
+            concurrency: 8,
+            max_credits: None,
+            max_empty_pages: 5,
+            commit_interval: Duration::from_secs(1),
+            progress: false,
+        }
+    }
+}
+
+/// How a conversation ended in this run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConversationStatus {
+    /// Everything the API serves is written.
+    Complete,
+    /// Stopped early; a later run continues (credits, anomaly, job stop).
+    Partial,
+    /// Failed on an error; nothing more can be done without a person.
+    Failed,
+}
+
+/// One conversation's outcome.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConversationReport {
+    /// The account.
+    pub account: String,
+    /// The user ID, or the username when it could not be resolved.
+    pub user: String,
+    /// Outcome.
+    pub status: ConversationStatus,
+    /// Why it stopped: a stop reason or an error code.
+    pub reason: String,
+    /// The error, rendered (no bodies), when it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Error class, when it failed.
+    #[serde(skip)]
+    pub class: Option<ErrorClass>,
+    /// Pages fetched this run.
+    pub pages: u64,
+    /// Messages the API returned this run.
+    pub fetched: u64,
+    /// New messages written this run.
+    pub new_messages: u64,
+}
+
+/// One history page fetched, as the audit manifest records it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PageRecord {
+    /// `account/user_id`.
+    pub conversation: String,
+    /// Always `GET /x/dm/{userId}/history`.
+    pub endpoint: Endpoint,
+    /// The cursor sent (`null` for the newest page).
+    pub cursor_in: Option<String>,
+    /// The `next_cursor` received.
+    pub next_cursor: String,
+    /// The `has_next_page` received.
+    pub has_next_page: bool,
+    /// Messages the page returned.
+    pub messages_count: u64,
+    /// Of which new.
+    pub new_count: u64,
+    /// Final HTTP status.
+    pub status: u16,
+    /// Requests made for it.
+    pub attempts: u32,
+    /// Time waited between attempts, in milliseconds.
+    pub waited_ms: u64,
+    /// Why paging stopped after it, if it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop: Option<StopReason>,
+}
+
+/// The outcome of a sync run.
+#[derive(Debug, Clone, Serialize)]
+pub struct SyncReport {
+    /// This run's ID.
+    pub run_id: String,
+    /// Output folder.
+    pub out: PathBuf,
+    /// Per conversation.
+    pub conversations: Vec<ConversationReport>,
+    /// Pages fetched.
+    pub pages: u64,
+    /// Messages the API returned.
+    pub messages_fetched: u64,
+    /// New messages written.
+    pub new_messages: u64,
+    /// Messages dropped as already written (overlaps, repeats, boundary).
+    pub duplicates_dropped: u64,
+    /// Messages whose `createdAt` could not be parsed (written as null).
+    pub bad_timestamps: u64,
+    /// Retried requests.
+    pub retries: u64,
+    /// Credits spent, by endpoint.
+    pub credits: BTreeMap<Endpoint, u64>,
+    /// Files and segments written.
+    pub files: Vec<WrittenFile>,
+    /// Every page fetched.
+    #[serde(skip)]
+    pub page_log: Vec<PageRecord>,
+    /// What opening the folder repaired.
+    #[serde(skip)]
+    pub repair: Repair,
+    /// Wall time.
+    pub elapsed: Duration,
+    /// The error that stopped the whole job, if one did.
+    pub stopped_by: Option<String>,
+    /// Whether the job stop was an error a person must fix.
+    #[serde(skip)]
+    stop_needs_person: bool,
+}
+
+impl SyncReport {
+    /// Total credits spent.
+    pub fn credits_total(&self) -> u64 {
+        self.credits.values().sum()
+    }
+
+    /// The exit status (SPEC §2): 0 all done; 3 stopped on an error a
+    /// person must fix with nothing else left to do; 4 partial.
+    pub fn exit_code(&self) -> u8 {
+        if self.stopped_by.is_some() {
+            return if self.stop_needs_person { 3 } else { 4 };
+        }
+        let unfinished: Vec<_> = self
+            .conversations
+            .iter()
+            .filter(|c| c.status != ConversationStatus::Complete)
+            .collect();
+        if unfinished.is_empty() {
+            return 0;
+        }
+        let all_failed_for_a_person = unfinished.len() == self.conversations.len()
+            && unfinished.iter().all(|c| {
+                c.status == ConversationStatus::Failed
+                    && matches!(
+                        c.class,
+                        Some(ErrorClass::NeedsPerson | ErrorClass::NotFound | ErrorClass::Rejected)
+                    )
+            });
+        if all_failed_for_a_person { 3 } else { 4 }
+    }
+}
+
+/// What a conversation task sends to the writer.
+enum Event {
+    /// A page's new rows and the conversation state after it.
+    Page {
+        key: String,
+        lines: Vec<u8>,
+        rows: Vec<HistoryRow>,
+        state: Box<Conversation>,
+        record: PageRecord,
+    },
+    /// The final state of a conversation (status and reason).
+    Done {
+        key: String,
+        state: Box<Conversation>,
+    },
+}
+
+/// State shared by the tasks of one run.
+struct Run {
+    client: Client,
+    options: SyncOptions,
+    /// Set when the whole job must stop (402, 401, disk full, ...).
+    stop: AtomicBool,
+    /// The job-stopping error, rendered, and its exit status.
+    stop_error: Mutex<Option<(String, u8)>>,
+    /// Credits spent plus credits reserved by requests in flight.
+    credits_committed: AtomicU64,
+    /// Largest page seen: the reservation for the next page request.
+    page_estimate: AtomicU64,
+    credits: Mutex<BTreeMap<Endpoint, u64>>,
+    retries: AtomicU64,
+    pages: AtomicU64,
+    fetched: AtomicU64,
+    new_messages: AtomicU64,
+    dropped: AtomicU64,
+    bad_timestamps: AtomicU64,
+}
+
+impl Run {
+    fn stop_job(&self, error: &Error) {
+        let mut slot = self.stop_error.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            tracing::error!(error = %error, "stopping the job");
+            *slot = Some((error.to_string(), error.exit_code()));
+        }
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    /// Reserves `amount` credits under `--max-credits`; false when the
+    /// reservation would exceed it.
+    fn reserve(&self, amount: u64) -> bool {
+        let Some(limit) = self.options.max_credits else {
+            self.credits_committed.fetch_add(amount, Ordering::SeqCst);
+            return true;
+        };
+        self.credits_committed
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |spent| {
+                (spent + amount <= limit).then_some(spent + amount)
+            })
+            .is_ok()
+    }
+
+    /// Settles a reservation: `reserved` is released, `spent` charged.
+    fn settle(&self, endpoint: Endpoint, reserved: u64, spent: u64) {
+        self.credits_committed.fetch_add(spent, Ordering::SeqCst);
+        self.credits_committed.fetch_sub(reserved, Ordering::SeqCst);
+        if spent > 0 {
+            let mut credits = self.credits.lock().unwrap_or_else(|p| p.into_inner());
+            *credits.entry(endpoint).or_default() += spent;
+        }
+    }
+}
+
+/// Runs a sync.
+pub async fn run(options: SyncOptions) -> Result<SyncReport> {
+    if options.targets.is_empty() {
+        return Err(Error::invalid("--user", "name at least one conversation"));
+    }
+    let started = Instant::now();
+    let now = chrono::Utc::now();
+    let run_id = format!("{}-{:04x}", now.format("%Y%m%dT%H%M%SZ"), fastrand::u16(..));
+    let date = now.format("%Y-%m-%d").to_string();
+    let client = Client::new(options.api.clone())?;
+
+    // The folder is opened, locked and repaired before any request: an
+    // unusable folder costs no credit.
+    let out = options.out.clone();
+    let (store_date, store_run) = (date.clone(), run_id.clone());
+    let mut store = tokio::task::spawn_blocking(move || Store::open(&out, &store_date, &store_run))
+        .await
+        .map_err(|e| Error::io(&options.out, std::io::Error::other(e)))??;
+    let repair = store.repair().clone();
+    if repair != Repair::default() {
+        tracing::warn!(
+            jsonl_bytes_cut = repair.jsonl_bytes_cut,
+            parquet_removed = repair.parquet_removed.len(),
+            parquet_rebuilt_rows = repair.parquet_rebuilt_rows,
+            "repaired what an interrupted run left"
+        );
+    }
+
+    let run = Arc::new(Run {
+        client,
+        options: options.clone(),
+        stop: AtomicBool::new(false),
+        stop_error: Mutex::new(None),
+        credits_committed: AtomicU64::new(0),
+        page_estimate: AtomicU64::new(100),
+        credits: Mutex::new(BTreeMap::new()),
+        retries: AtomicU64::new(0),
+        pages: AtomicU64::new(0),
+        fetched: AtomicU64::new(0),
+        new_messages: AtomicU64::new(0),
+        dropped: AtomicU64::new(0),
+        bad_timestamps: AtomicU64::new(0),
+    });
+
+    let (resolved, mut reports) = resolve_targets(&run, &mut store).await;
+
+    let (tx, rx) = mpsc::channel::<Event>(64);
+    let writer_run = run.clone();
+    let writer = std::thread::Builder::new()
+        .name("xquik-dm-writer".into())
+        .spawn(move || writer_loop(store, rx, &writer_run))
+        .map_err(|e| Error::io("<writer thread>", e))?;
+
+    let progress = options
+        .progress
+        .then(|| spawn_progress(run.clone(), started));
+    let semaphore = Arc::new(Semaphore::new(options.concurrency.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (account, user_id, state) in resolved {
+        let (run, tx, semaphore) = (run.clone(), tx.clone(), semaphore.clone());
+        tasks.spawn(async move {
+            let _permit = semaphore.acquire_owned().await;
+            sync_conversation(&run, account, user_id, state, tx).await
+        });
+    }
+    drop(tx);
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok(report) => reports.push(report),
+            Err(e) => run.stop_job(&Error::io("<conversation task>", std::io::Error::other(e))),
+        }
+    }
+    if let Some(p) = progress {
+        p.abort();
+    }
+    let writer_result = tokio::task::spawn_blocking(move || writer.join())
+        .await
+        .map_err(|e| Error::io("<writer thread>", std::io::Error::other(e)))?
+        .map_err(|_| Error::io("<writer thread>", std::io::Error::other("writer panicked")))?;
+    let (files, page_log) = writer_result?;
+
+    reports.sort_by(|a, b| (&a.account, &a.user).cmp(&(&b.account, &b.user)));
+    let stop_error = run
+        .stop_error
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    let credits = run
+        .credits
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    Ok(SyncReport {
+        run_id,
+        out: options.out.clone(),
+        conversations: reports,
+        pages: run.pages.load(Ordering::SeqCst),
+        messages_fetched: run.fetched.load(Ordering::SeqCst),
+        new_messages: run.new_messages.load(Ordering::SeqCst),
+        duplicates_dropped: run.dropped.load(Ordering::SeqCst),
+        bad_timestamps: run.bad_timestamps.load(Ordering::SeqCst),
+        retries: run.retries.load(Ordering::SeqCst),
+        credits,
+        files,
+        page_log,
+        repair,
+        elapsed: started.elapsed(),
+        stop_needs_person: stop_error.as_ref().is_some_and(|(_, code)| *code == 3),
+        stopped_by: stop_error.map(|(text, _)| text),
+    })
+}
+
+/// Resolves usernames to IDs (once: remembered in the checkpoint) and loads
+/// each conversation's state. Targets that cannot be resolved are reported
+/// as failed; the others go on.
+async fn resolve_targets(
+    run: &Run,
+    store: &mut Store,
+) -> (
+    Vec<(Account, String, Conversation)>,
+    Vec<ConversationReport>,
+) {
+    let mut resolved: Vec<(Account, String, Conversation)> = Vec::new();
+    let mut failed = Vec::new();
+    for target in &run.options.targets {
+        let user_id = match &target.user {
+            UserRef::Id(id) => id.clone(),
+            UserRef::Username(name) => {
+                let key = name.to_lowercase();
+                if let Some(r) = store.checkpoint().recipients.get(&key) {
+                    r.id.clone()
+                } else if run.stopped() || !run.reserve(1) {
+                    failed.push(unresolved(target, "not_started", None));
+                    continue;
+                } else {
+                    let result = run.client.user(&target.user).await;
+                    run.settle(Endpoint::User, 1, u64::from(result.is_ok()));
+                    match result {
+                        Ok(reply) => {
+                            let profile = reply.value;
+                            store.checkpoint_mut().recipients.insert(
+                                key,
+                                Recipient {
+                                    id: profile.id.clone(),
+                                    username: profile.username,
+                                    can_dm: profile.can_dm,
+                                },
+                            );
+                            profile.id
+                        }
+                        Err(e) => {
+                            if e.stops_job() {
+                                run.stop_job(&e);
+                            }
+                            failed.push(unresolved(target, "lookup_failed", Some(e)));
+                            continue;
+                        }
+                    }
+                }
+            }
+        };
+        if resolved
+            .iter()
+            .any(|(a, u, _)| a == &target.account && u == &user_id)
+        {
+            continue; // the same conversation named twice
+        }
+        let key = conversation_key(target.account.as_str(), &user_id);
+        let state = store
+            .checkpoint()
+            .conversations
+            .get(&key)
+            .cloned()
+            .unwrap_or_else(|| Conversation {
+                account: target.account.as_str().to_owned(),
+                user_id: user_id.clone(),
+                ..Conversation::default()
+            });
+        resolved.push((target.account.clone(), user_id, state));
+    }
+    (resolved, failed)
+}
+
+fn unresolved(target: &Target, reason: &str, error: Option<Error>) -> ConversationReport {
+    ConversationReport {
+        account: target.account.to_string(),
+        user: target.user.to_string(),
+        status: match &error {
+            Some(e) if e.class() != ErrorClass::Retryable && !e.stops_job() => {
+                ConversationStatus::Failed
+            }
+            _ => ConversationStatus::Partial,
+        },
+        reason: match &error {
+            Some(Error::Api(api)) => api.code.clone(),
+            _ => reason.to_owned(),
+        },
+        class: error.as_ref().map(Error::class),
+        error: error.map(|e| e.to_string()),
+        pages: 0,
+        fetched: 0,
+        new_messages: 0,
+    }
+}
+
+/// Which scan a conversation runs next.
+enum Scan {
+    /// Downward from the bottom of what is written (or from the top).
+    Backfill,
+    /// From the top down to what is written.
+    Top,
+}
+
+/// Pages one conversation until it is complete, stopped or failed.
+async fn sync_conversation(
+    run: &Run,
+    account: Account,
+    user_id: String,
+    mut state: Conversation,
+    tx: mpsc::Sender<Event>,
+) -> ConversationReport {
+    let key = conversation_key(account.as_str(), &user_id);
+    let mut report = ConversationReport {
+        account: account.to_string(),
+        user: user_id.clone(),
+        status: ConversationStatus::Complete,
+        reason: "end".into(),
+        error: None,
+        class: None,
+        pages: 0,
+        fetched: 0,
+        new_messages: 0,
+    };
+    // A conversation with nothing written starts over from the newest page:
+    // an earlier run may have found it empty.
+    if state.written.is_none() && state.top_scan.is_none() {
+        state.backfill = Default::default();
+    }
+    let mut top_scan_started = false;
+    let outcome: std::result::Result<(), Halt> = async {
+        loop {
+            let scan = if state.top_scan.is_some() {
+                Scan::Top
+            } else if state.written.is_some() && !top_scan_started {
+                top_scan_started = true;
+                state.top_scan = Some(TopScan::default());
+                Scan::Top
+            } else if !state.backfill.done {
+                Scan::Backfill
+            } else {
+                return Ok(());
+            };
+            if let Some(anomaly) = page_scan(
+                run,
+                &account,
+                &user_id,
+                &key,
+                &mut state,
+                scan,
+                &tx,
+                &mut report,
+            )
+            .await?
+            {
+                return Err(Halt::Anomaly(anomaly));
+            }
+        }
+    }
+    .await;
+    match outcome {
+        Ok(()) => {}
+        Err(Halt::Anomaly(reason)) => {
+            report.status = ConversationStatus::Partial;
+            report.reason = serde_plain(reason);
+        }
+        Err(Halt::Budget) => {
+            report.status = ConversationStatus::Partial;
+            report.reason = "max_credits".into();
+        }
+        Err(Halt::JobStopped) => {
+            report.status = ConversationStatus::Partial;
+            report.reason = "job_stopped".into();
+        }
+        Err(Halt::Failed(e)) => {
+            report.reason = match &e {
+                Error::Api(api) => api.code.clone(),
+                Error::RetriesExhausted { .. } => "retries_exhausted".into(),
+                _ => "error".into(),
+            };
+            report.class = Some(e.class());
+            // Transient failures and job stops (402, ...) leave the
+            // conversation for a later run; the rest need a person.
+            report.status = if e.class() == ErrorClass::Retryable || e.stops_job() {
+                ConversationStatus::Partial
+            } else {
+                ConversationStatus::Failed
+            };
+            tracing::warn!(conversation = %key, error = %e, "conversation stopped");
+            report.error = Some(e.to_string());
+        }
+    }
+    state.status = Some(serde_plain(report.status));
+    state.reason = Some(report.reason.clone());
+    let _ = tx
+        .send(Event::Done {
+            key,
+            state: Box::new(state),
+        })
+        .await;
+    report
+}
+
+/// Why a conversation stopped before completing.
+enum Halt {
+    Anomaly(StopReason),
+    Budget,
+    JobStopped,
+    Failed(Error),
+}
+
+fn serde_plain<T: Serialize>(value: T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => "unknown".into(),
+    }
+}
+
+/// Runs one scan to its end. Returns the anomaly that ended it, if any.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site; the pieces are the scan's context"
+)]
+async fn page_scan(
+    run: &Run,
+    account: &Account,
+    user_id: &str,
+    key: &str,
+    state: &mut Conversation,
+    scan: Scan,
+    tx: &mpsc::Sender<Event>,
+    report: &mut ConversationReport,
+) -> std::result::Result<Option<StopReason>, Halt> {
+    let mut cursor = match scan {
+        Scan::Top => state.top_scan.as_ref().and_then(|t| t.cursor.clone()),
+        Scan::Backfill => state.backfill.cursor.clone(),
+    };
+    let mut guard = PageGuard::new(cursor.as_deref(), run.options.max_empty_pages);
+    loop {
+        if run.stopped() {
+            return Err(Halt::JobStopped);
+        }
+        let reserve = run.page_estimate.load(Ordering::SeqCst);
+        if !run.reserve(reserve) {
+            return Err(Halt::Budget);
+        }
+        let reply = match run
+            .client
+            .history_page(account, user_id, cursor.as_deref())
+            .await
+        {
+            Ok(reply) => reply,
+            Err(e) => {
+                run.settle(Endpoint::History, reserve, 0);
+                if let Error::RetriesExhausted { attempts, .. } = &e {
+                    run.retries
+                        .fetch_add(u64::from(attempts.saturating_sub(1)), Ordering::Relaxed);
+                }
+                if e.stops_job() {
+                    run.stop_job(&e);
+                }
+                return Err(Halt::Failed(e));
+            }
+        };
+        let page = reply.value;
+        let count = page.messages.len() as u64;
+        run.settle(Endpoint::History, reserve, count);
+        run.page_estimate.fetch_max(count, Ordering::SeqCst);
+        run.retries
+            .fetch_add(u64::from(reply.meta.attempts - 1), Ordering::Relaxed);
+
+        let ids: Vec<&str> = page.messages.iter().map(|m| m.id.as_str()).collect();
+        let admission = match scan {
+            Scan::Backfill => admit(ids, None, &mut state.written),
+            Scan::Top => {
+                let floor = state.written.as_ref().map(|b| b.newest.clone());
+                let top = state.top_scan.get_or_insert_with(TopScan::default);
+                admit(ids, floor.as_deref(), &mut top.block)
+            }
+        };
+        let next = guard.next(page.messages.len(), page.has_next_page, &page.next_cursor);
+        let stop = match (&scan, &next) {
+            (Scan::Top, _) if admission.boundary => Some(StopReason::Boundary),
+            (_, Next::Stop(reason)) => Some(*reason),
+            (_, Next::Page(_)) => None,
+        };
+
+        let mut lines = Vec::with_capacity(page.messages.len() * 200);
+        let mut rows = Vec::with_capacity(page.messages.len());
+        for (msg, keep) in page.messages.into_iter().zip(&admission.keep) {
+            if !keep {
+                continue;
+            }
+            let n = normalize(msg, account.as_str(), user_id);
+            if n.bad_created_at {
+                run.bad_timestamps.fetch_add(1, Ordering::Relaxed);
+            }
+            // A row always serializes: every field is a string, number or null.
+            if serde_json::to_writer(&mut lines, &n.row).is_ok() {
+                lines.push(b'\n');
+                rows.push(n.row);
+            }
+        }
+        let new_count = rows.len() as u64;
+
+        // Advance the state this page's rows commit together with.
+        match (&scan, stop, &next) {
+            (Scan::Backfill, None, Next::Page(c)) => state.backfill.cursor = Some(c.clone()),
+            (Scan::Backfill, Some(StopReason::End), _) => {
+                state.backfill.done = true;
+                state.backfill.cursor = None;
+            }
+            (Scan::Top, Some(StopReason::Boundary | StopReason::End), _) => {
+                if let Some(block) = state.top_scan.take().and_then(|t| t.block) {
+                    match &mut state.written {
+                        Some(written) => written.newest = block.newest,
+                        None => state.written = Some(block),
+                    }
+                }
+            }
+            (Scan::Top, None, Next::Page(c)) => {
+                if let Some(top) = state.top_scan.as_mut() {
+                    top.cursor = Some(c.clone());
+                }
+            }
+            // An anomaly leaves the cursor where it was: the next run retries
+            // that page instead of following a broken cursor.
+            _ => {}
+        }
+        state.messages_written += new_count;
+        state.last_page = Some(PageState {
+            messages_count: count,
+            next_cursor: page.next_cursor.clone(),
+            has_next_page: page.has_next_page,
+            stop,
+        });
+
+        report.pages += 1;
+        report.fetched += count;
+        report.new_messages += new_count;
+        run.pages.fetch_add(1, Ordering::Relaxed);
+        run.fetched.fetch_add(count, Ordering::Relaxed);
+        run.new_messages.fetch_add(new_count, Ordering::Relaxed);
+        run.dropped
+            .fetch_add(admission.dropped as u64, Ordering::Relaxed);
+
+        let record = PageRecord {
+            conversation: key.to_owned(),
+            endpoint: Endpoint::History,
+            cursor_in: cursor.clone(),
+            next_cursor: page.next_cursor,
+            has_next_page: page.has_next_page,
+            messages_count: count,
+            new_count,
+            status: reply.meta.status,
+            attempts: reply.meta.attempts,
+            waited_ms: reply.meta.waited.as_millis() as u64,
+            stop,
+        };
+        let event = Event::Page {
+            key: key.to_owned(),
+            lines,
+            rows,
+            state: Box::new(state.clone()),
+            record,
+        };
+        if tx.send(event).await.is_err() {
+            // The writer is gone (it failed and said why).
+            return Err(Halt::JobStopped);
+        }
+        match stop {
+            None => {
+                if let Next::Page(c) = next {
+                    cursor = Some(c);
+                }
+            }
+            Some(StopReason::End | StopReason::Boundary) => return Ok(None),
+            Some(anomaly) => return Ok(Some(anomaly)),
+        }
+    }
+}
+
+/// The writer thread: owns the store, appends every page, commits at most
+/// every `commit_interval` (and whenever 16 MiB are pending), and finishes
+/// the store when the tasks are done.
+fn writer_loop(
+    mut store: Store,
+    mut rx: mpsc::Receiver<Event>,
+    run: &Run,
+) -> Result<(Vec<WrittenFile>, Vec<PageRecord>)> {
+    const COMMIT_BYTES: u64 = 16 << 20;
+    let mut page_log = Vec::new();
+    let mut last_commit = Instant::now();
+    let result = (|| {
+        while let Some(event) = rx.blocking_recv() {
+            match event {
+                Event::Page {
+                    key,
+                    lines,
+                    rows,
+                    state,
+                    record,
+                } => {
+                    store.append_history(&lines, &rows)?;
+                    store.set_conversation(key, *state);
+                    page_log.push(record);
+                }
+                Event::Done { key, state } => store.set_conversation(key, *state),
+            }
+            if store.uncommitted_bytes() >= COMMIT_BYTES
+                || last_commit.elapsed() >= run.options.commit_interval
+            {
+                store.commit()?;
+                last_commit = Instant::now();
+            }
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        // Stop the tasks; what was committed stays committed.
+        run.stop_job(&e);
+        rx.close();
+        return Err(e);
+    }
+    Ok((store.finish()?, page_log))
+}
+
+fn spawn_progress(run: Arc<Run>, started: Instant) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(2));
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let fetched = run.fetched.load(Ordering::Relaxed);
+            let secs = started.elapsed().as_secs_f64().max(0.001);
+            tracing::info!(
+                pages = run.pages.load(Ordering::Relaxed),
+                messages = fetched,
+                new = run.new_messages.load(Ordering::Relaxed),
+                rate_per_s = (fetched as f64 / secs) as u64,
+                retries = run.retries.load(Ordering::Relaxed),
+                "syncing"
+            );
+        }
+    })
+}
+
+impl std::fmt::Display for SyncReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let count =
+            |s: ConversationStatus| self.conversations.iter().filter(|c| c.status == s).count();
+        writeln!(f, "sync run {} -> {}", self.run_id, self.out.display())?;
+        writeln!(
+            f,
+            "  conversations  {} ({} complete, {} partial, {} failed)",
+            self.conversations.len(),
+            count(ConversationStatus::Complete),
+            count(ConversationStatus::Partial),
+            count(ConversationStatus::Failed)
+        )?;
+        writeln!(
+            f,
+            "  messages       {} fetched in {} pages: {} new, {} duplicates dropped",
+            self.messages_fetched, self.pages, self.new_messages, self.duplicates_dropped
+        )?;
+        if self.bad_timestamps > 0 {
+            writeln!(
+                f,
+                "  timestamps     {} unparseable createdAt written as null",
+                self.bad_timestamps
+            )?;
+        }
+        let by_endpoint: Vec<String> = self
+            .credits
+            .iter()
+            .map(|(e, c)| format!("{e}: {c}"))
+            .collect();
+        writeln!(
+            f,
+            "  credits        {} ({})",
+            self.credits_total(),
+            if by_endpoint.is_empty() {
+                "none".to_owned()
+            } else {
+                by_endpoint.join(", ")
+            }
+        )?;
+        writeln!(f, "  retries        {}", self.retries)?;
+        for file in &self.files {
+            writeln!(
+                f,
+                "  wrote          {} ({} rows, {} bytes)",
+                file.path, file.rows, file.bytes
+            )?;
+        }
+        writeln!(f, "  elapsed        {:.2} s", self.elapsed.as_secs_f64())?;
+        for c in self
+            .conversations
+            .iter()
+            .filter(|c| c.status != ConversationStatus::Complete)
+        {
+            writeln!(
+                f,
+                "  {:<13}  {}/{}: {}",
+                serde_plain(c.status),
+                c.account,
+                c.user,
+                c.error.as_deref().unwrap_or(&c.reason)
+            )?;
+        }
+        if let Some(stop) = &self.stopped_by {
+            writeln!(f, "  stopped        {stop}")?;
+        }
+        Ok(())
+    }
+}
