@@ -242,7 +242,8 @@ struct Run {
     stop_error: Mutex<Option<(String, u8)>>,
     /// Credits spent plus credits reserved by requests in flight.
     credits_committed: AtomicU64,
-    /// Largest page seen: the reservation for the next page request.
+    /// Largest page seen (0 before the first): the reservation for the next
+    /// page request, since a page's cost is only known once it is served.
     page_estimate: AtomicU64,
     credits: Mutex<BTreeMap<Endpoint, u64>>,
     retries: AtomicU64,
@@ -326,7 +327,7 @@ pub async fn run(options: SyncOptions) -> Result<SyncReport> {
         stop: AtomicBool::new(false),
         stop_error: Mutex::new(None),
         credits_committed: AtomicU64::new(0),
-        page_estimate: AtomicU64::new(100),
+        page_estimate: AtomicU64::new(0),
         credits: Mutex::new(BTreeMap::new()),
         retries: AtomicU64::new(0),
         pages: AtomicU64::new(0),
@@ -527,10 +528,13 @@ async fn sync_conversation(
     };
     // A conversation with nothing written starts over from the newest page:
     // an earlier run may have found it empty.
+    // Its backfill then starts at the newest page, so no incremental scan
+    // is needed in this run.
+    let mut top_scan_started = false;
     if state.written.is_none() && state.top_scan.is_none() {
         state.backfill = Default::default();
+        top_scan_started = true;
     }
-    let mut top_scan_started = false;
     let outcome: std::result::Result<(), Halt> = async {
         loop {
             let scan = if state.top_scan.is_some() {
@@ -604,6 +608,10 @@ async fn sync_conversation(
     report
 }
 
+/// Credits reserved for a page before any page size is known: the API's
+/// usual page size.
+const FIRST_PAGE_ESTIMATE: u64 = 100;
+
 /// Why a conversation stopped before completing.
 enum Halt {
     Anomaly(StopReason),
@@ -643,7 +651,10 @@ async fn page_scan(
         if run.stopped() {
             return Err(Halt::JobStopped);
         }
-        let reserve = run.page_estimate.load(Ordering::SeqCst);
+        let reserve = match run.page_estimate.load(Ordering::SeqCst) {
+            0 => FIRST_PAGE_ESTIMATE,
+            seen => seen,
+        };
         if !run.reserve(reserve) {
             return Err(Halt::Budget);
         }

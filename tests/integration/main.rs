@@ -2,10 +2,144 @@
 //! on 127.0.0.1 port 0: the embedded mock, or a scripted server when a test
 //! needs exact control over each answer.
 
+mod cli;
 mod client;
 mod scripted;
+mod sync;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+use xquik_dm::mock::{MockAccount, MockConfig, MockConversation, MockServer, MockUser};
+use xquik_dm::{ApiKey, ClientConfig, RetryPolicy};
+
+/// The key the test mocks accept.
+pub const KEY: &str = "xq-test-key-8d1f0e";
+/// The account of the test worlds.
+pub const ACCOUNT: &str = "acme";
 
 /// Installs the TLS provider reqwest needs before any client is built.
 pub fn init() {
     let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// A world with one account and conversations of the given sizes with users
+/// `1000001`, `1000002`, ... (username `user1`, `user2`, ...). No rate limit:
+/// tests that page fast must not be throttled unless they ask to be.
+pub fn world(sizes: &[u64], page_size: usize) -> MockConfig {
+    let users: Vec<MockUser> = (1..=sizes.len())
+        .map(|i| MockUser {
+            id: user_id(i),
+            username: format!("user{i}"),
+            name: format!("User {i}"),
+            can_dm: Some(true),
+        })
+        .collect();
+    MockConfig {
+        api_key: Some(KEY.to_owned()),
+        accounts: vec![MockAccount {
+            handle: ACCOUNT.to_owned(),
+            user_id: "1612345678901234567".to_owned(),
+        }],
+        conversations: sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| MockConversation {
+                account: ACCOUNT.to_owned(),
+                user_id: user_id(i + 1),
+                messages: n,
+            })
+            .collect(),
+        users,
+        page_size,
+        get_limit_per_sec: 0,
+        post_limit_per_min: 0,
+        ..MockConfig::default()
+    }
+}
+
+/// The ID of the i-th test user (1-based).
+pub fn user_id(i: usize) -> String {
+    format!("{}", 1_000_000 + i)
+}
+
+/// A client configuration for `server` with millisecond retries.
+pub fn api(server: &MockServer) -> ClientConfig {
+    init();
+    let mut config = ClientConfig::new(server.base_url(), ApiKey::new(KEY).unwrap());
+    config.retry = RetryPolicy {
+        max_attempts: 12,
+        ..RetryPolicy::fast()
+    };
+    config.timeout = Duration::from_secs(10);
+    config
+}
+
+/// Every JSONL record of an output folder, parsed independently of the
+/// library's own types.
+pub fn jsonl_records(out: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(out.join("xquik-dm-handoff.jsonl")).unwrap_or_default();
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSONL line {l:?}: {e}")))
+        .collect()
+}
+
+/// History records by conversation, then by message ID; panics on a
+/// duplicate ID within a conversation.
+pub fn history_by_conversation(out: &Path) -> BTreeMap<String, BTreeMap<String, Value>> {
+    let mut by: BTreeMap<String, BTreeMap<String, Value>> = BTreeMap::new();
+    for r in jsonl_records(out) {
+        if r["record_type"] != "history" {
+            continue;
+        }
+        let conv = r["conversation_user_id"].as_str().unwrap().to_owned();
+        let id = r["message_id"].as_str().unwrap().to_owned();
+        let previous = by.entry(conv.clone()).or_default().insert(id.clone(), r);
+        assert!(
+            previous.is_none(),
+            "duplicate message {id} in conversation {conv}"
+        );
+    }
+    by
+}
+
+/// Asserts that the outputs hold exactly the mock's ground truth for the
+/// conversations with `users`: every message, byte for byte, once.
+pub fn assert_ground_truth(out: &Path, server: &MockServer, users: &[String]) {
+    let written = history_by_conversation(out);
+    for user in users {
+        let truth = server.history(ACCOUNT, user);
+        let got = written.get(user).cloned().unwrap_or_default();
+        assert_eq!(got.len(), truth.len(), "conversation {user}: message count");
+        for m in &truth {
+            let r = got
+                .get(&m.id)
+                .unwrap_or_else(|| panic!("conversation {user}: message {} missing", m.id));
+            assert_eq!(r["sender_id"], m.sender_id.as_str());
+            assert_eq!(r["receiver_id"], m.receiver_id.as_str());
+            assert_eq!(r["account"], ACCOUNT);
+            assert_eq!(
+                r["message_text"].as_str(),
+                m.text.as_deref(),
+                "text of {}",
+                m.id
+            );
+            assert_eq!(r["media_url"].as_str(), m.media_url.as_deref());
+            match &m.created_at {
+                None => assert!(r["created_at"].is_null()),
+                Some(t) => {
+                    let expected = chrono::DateTime::parse_from_rfc3339(t)
+                        .unwrap()
+                        .with_timezone(&chrono::Utc);
+                    let got =
+                        chrono::DateTime::parse_from_rfc3339(r["created_at"].as_str().unwrap())
+                            .unwrap();
+                    assert_eq!(got, expected, "created_at of {}", m.id);
+                    assert!(r["created_at"].as_str().unwrap().ends_with('Z'));
+                }
+            }
+        }
+    }
 }

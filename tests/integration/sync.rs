@@ -1,0 +1,432 @@
+//! `sync` against the embedded mock: each guarantee of SPEC §4 checked
+//! against the mock's ground truth and credits ledger.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+use arrow_array::{Array, StringArray, TimestampMicrosecondArray};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use xquik_dm::commands::sync::{self, ConversationStatus, SyncOptions, SyncReport, Target};
+use xquik_dm::mock::{Faults, MockServer};
+use xquik_dm::{Account, UserRef};
+
+use crate::{ACCOUNT, api, assert_ground_truth, history_by_conversation, user_id, world};
+
+fn users(n: usize) -> Vec<String> {
+    (1..=n).map(user_id).collect()
+}
+
+fn options(server: &MockServer, out: &Path, users: &[String]) -> SyncOptions {
+    let targets = users
+        .iter()
+        .map(|u| Target {
+            account: Account::parse(ACCOUNT).unwrap(),
+            user: UserRef::Id(u.clone()),
+        })
+        .collect();
+    let mut options = SyncOptions::new(api(server), out.to_owned(), targets);
+    options.concurrency = 4;
+    options.commit_interval = Duration::from_millis(5);
+    options
+}
+
+fn history_credits(server: &MockServer) -> u64 {
+    server
+        .ledger()
+        .credits_by_endpoint
+        .get("GET /x/dm/{userId}/history")
+        .copied()
+        .unwrap_or(0)
+}
+
+fn status_of<'a>(report: &'a SyncReport, user: &str) -> &'a sync::ConversationReport {
+    report
+        .conversations
+        .iter()
+        .find(|c| c.user == user)
+        .unwrap()
+}
+
+#[tokio::test]
+async fn faulty_pages_under_transient_errors_give_exactly_the_ground_truth() {
+    let mut config = world(&[700, 333, 1, 0, 1200], 50);
+    config.faults = Faults {
+        transient_rate: 0.2,
+        retry_after_ms: 1,
+        overlap: 7,
+        unordered: true,
+        empty_page_every: Some(4),
+        ..Faults::default()
+    };
+    let server = MockServer::start(config).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let users = users(5);
+    let report = sync::run(options(&server, dir.path(), &users))
+        .await
+        .unwrap();
+    assert_eq!(report.exit_code(), 0, "{report}");
+    assert!(report.retries > 0, "the fault knob produced no retry");
+    assert!(
+        report.duplicates_dropped > 0,
+        "overlapping pages produced no duplicate"
+    );
+    assert_eq!(report.new_messages, 700 + 333 + 1 + 1200);
+    assert_ground_truth(dir.path(), &server, &users);
+    assert_parquet_equals_jsonl(dir.path());
+}
+
+#[tokio::test]
+async fn repeated_and_dangling_cursors_end_with_a_reason() {
+    for (faults, reason) in [
+        (
+            Faults {
+                repeated_cursor_after: Some(3),
+                ..Faults::default()
+            },
+            "repeated_cursor",
+        ),
+        (
+            Faults {
+                dangling_cursor_after: Some(2),
+                ..Faults::default()
+            },
+            "empty_cursor",
+        ),
+    ] {
+        let mut config = world(&[1000], 50);
+        config.faults = faults;
+        let server = MockServer::start(config).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let users = users(1);
+        let report = tokio::time::timeout(
+            Duration::from_secs(20),
+            sync::run(options(&server, dir.path(), &users)),
+        )
+        .await
+        .expect("paging must end")
+        .unwrap();
+        let c = status_of(&report, &users[0]);
+        assert_eq!(c.status, ConversationStatus::Partial, "{report}");
+        assert_eq!(c.reason, reason);
+        assert!(report.pages <= 6, "{} pages", report.pages);
+        assert_eq!(report.exit_code(), 4);
+        // What was fetched is written once, and the checkpoint says why it stopped.
+        history_by_conversation(dir.path());
+        let checkpoint: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(dir.path().join("state/checkpoint.json")).unwrap(),
+        )
+        .unwrap();
+        let conv = &checkpoint["conversations"][format!("{ACCOUNT}/{}", users[0])];
+        assert_eq!(conv["reason"], reason);
+    }
+}
+
+#[tokio::test]
+async fn one_forbidden_conversation_leaves_the_others_complete() {
+    let mut config = world(&[120, 80, 60], 50);
+    config.faults.forbidden = vec![(ACCOUNT.to_owned(), user_id(2))];
+    let server = MockServer::start(config).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let users = users(3);
+    let report = sync::run(options(&server, dir.path(), &users))
+        .await
+        .unwrap();
+    assert_eq!(report.exit_code(), 4, "{report}");
+    let failed = status_of(&report, &users[1]);
+    assert_eq!(failed.status, ConversationStatus::Failed);
+    assert_eq!(failed.reason, "dm_not_permitted");
+    assert!(
+        failed
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("participates in this conversation")
+    );
+    assert_ground_truth(dir.path(), &server, &[users[0].clone(), users[2].clone()]);
+}
+
+#[tokio::test]
+async fn a_single_conversation_refused_for_a_person_exits_3() {
+    let mut config = world(&[10], 50);
+    config.faults.forbidden = vec![(ACCOUNT.to_owned(), user_id(1))];
+    let server = MockServer::start(config).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let report = sync::run(options(&server, dir.path(), &users(1)))
+        .await
+        .unwrap();
+    assert_eq!(report.exit_code(), 3, "{report}");
+}
+
+#[tokio::test]
+async fn running_out_of_credits_stops_with_3_and_the_rerun_completes() {
+    let mut config = world(&[400, 400, 400], 50);
+    config.credit_limit = Some(500);
+    let server = MockServer::start(config).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let users = users(3);
+    let report = sync::run(options(&server, dir.path(), &users))
+        .await
+        .unwrap();
+    assert_eq!(report.exit_code(), 3, "{report}");
+    assert!(
+        report
+            .stopped_by
+            .as_deref()
+            .unwrap()
+            .contains("insufficient_credits")
+    );
+    assert!(report.new_messages <= 500);
+    let written_before: usize = history_by_conversation(dir.path())
+        .values()
+        .map(|c| c.len())
+        .sum();
+    assert_eq!(
+        written_before as u64, report.new_messages,
+        "committed work is kept"
+    );
+
+    server.set_credit_limit(None);
+    let report = sync::run(options(&server, dir.path(), &users))
+        .await
+        .unwrap();
+    assert_eq!(report.exit_code(), 0, "{report}");
+    assert_ground_truth(dir.path(), &server, &users);
+}
+
+#[tokio::test]
+async fn max_credits_stops_before_exceeding_and_the_rerun_continues() {
+    let server = MockServer::start(world(&[300, 300], 50)).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let users = users(2);
+    let mut opts = options(&server, dir.path(), &users);
+    opts.max_credits = Some(260);
+    let report = sync::run(opts.clone()).await.unwrap();
+    assert_eq!(report.exit_code(), 4, "{report}");
+    assert!(report.credits_total() <= 260, "{report}");
+    assert!(history_credits(&server) <= 260);
+    assert!(
+        report
+            .conversations
+            .iter()
+            .any(|c| c.reason == "max_credits")
+    );
+
+    opts.max_credits = None;
+    let report = sync::run(opts).await.unwrap();
+    assert_eq!(report.exit_code(), 0, "{report}");
+    assert_ground_truth(dir.path(), &server, &users);
+}
+
+#[tokio::test]
+async fn an_incremental_rerun_fetches_only_new_messages_and_the_boundary_page() {
+    let page = 50u64;
+    let server = MockServer::start(world(&[500, 260, 75, 0], page as usize))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let users = users(4);
+    let first = sync::run(options(&server, dir.path(), &users))
+        .await
+        .unwrap();
+    assert_eq!(first.exit_code(), 0);
+    assert_eq!(first.credits_total(), 500 + 260 + 75);
+
+    // Nothing new: one page per conversation, and nothing written.
+    let before = history_credits(&server);
+    let idle = sync::run(options(&server, dir.path(), &users))
+        .await
+        .unwrap();
+    assert_eq!(idle.new_messages, 0);
+    assert_eq!(idle.pages, 4);
+    assert!(history_credits(&server) - before <= 3 * page);
+
+    // New messages in three conversations (one of them was empty).
+    let arrived = [(0usize, 120u64), (1, 3), (3, 10)];
+    for (i, n) in arrived {
+        server.append_messages(ACCOUNT, &users[i], n);
+    }
+    let before = history_credits(&server);
+    let calls_before = server.ledger().calls_by_endpoint["GET /x/dm/{userId}/history"];
+    let rerun = sync::run(options(&server, dir.path(), &users))
+        .await
+        .unwrap();
+    assert_eq!(rerun.exit_code(), 0, "{rerun}");
+    assert_eq!(rerun.new_messages, 133);
+    let spent = history_credits(&server) - before;
+    let new: u64 = arrived.iter().map(|(_, n)| n).sum();
+    // New messages plus at most one page of known ones per conversation.
+    assert!(
+        spent >= new && spent <= new + 4 * page,
+        "spent {spent} for {new} new"
+    );
+    let calls = server.ledger().calls_by_endpoint["GET /x/dm/{userId}/history"] - calls_before;
+    // 120 new at 50 per page: 3 pages; others 1 page each.
+    assert_eq!(calls, 3 + 1 + 1 + 1);
+    assert_ground_truth(dir.path(), &server, &users);
+}
+
+#[tokio::test]
+async fn an_interrupted_backfill_is_finished_by_the_next_run() {
+    let server = MockServer::start(world(&[600], 50)).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let users = users(1);
+    let mut opts = options(&server, dir.path(), &users);
+    opts.max_credits = Some(200);
+    let partial = sync::run(opts.clone()).await.unwrap();
+    assert_eq!(partial.new_messages, 200);
+    server.append_messages(ACCOUNT, &users[0], 30);
+    opts.max_credits = None;
+    let rest = sync::run(opts).await.unwrap();
+    assert_eq!(rest.exit_code(), 0, "{rest}");
+    assert_eq!(rest.new_messages, 430);
+    assert_ground_truth(dir.path(), &server, &users);
+}
+
+#[tokio::test]
+async fn usernames_are_resolved_once_and_remembered() {
+    let server = MockServer::start(world(&[20], 50)).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = options(&server, dir.path(), &[]);
+    opts.targets = vec![Target {
+        account: Account::parse(ACCOUNT).unwrap(),
+        user: UserRef::Username("User1".into()),
+    }];
+    sync::run(opts.clone()).await.unwrap();
+    sync::run(opts).await.unwrap();
+    assert_eq!(server.ledger().calls_by_endpoint["GET /x/users/{id}"], 1);
+    assert_ground_truth(dir.path(), &server, &users(1));
+}
+
+#[tokio::test]
+async fn outputs_are_private() {
+    let server = MockServer::start(world(&[30], 50)).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    sync::run(options(&server, &out, &users(1))).await.unwrap();
+    let mut seen = 0;
+    let mut stack = vec![out.clone()];
+    while let Some(d) = stack.pop() {
+        assert_eq!(
+            std::fs::metadata(&d).unwrap().permissions().mode() & 0o777,
+            0o700,
+            "{d:?}"
+        );
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else {
+                let mode = e.metadata().unwrap().permissions().mode() & 0o777;
+                assert_eq!(mode, 0o600, "{:?}", e.path());
+                seen += 1;
+            }
+        }
+    }
+    assert!(seen >= 4, "{seen} files");
+}
+
+#[tokio::test]
+async fn a_folder_in_use_is_refused_before_any_request() {
+    let server = MockServer::start(world(&[30], 50)).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let _held = xquik_dm::store::Store::open(dir.path(), "2026-01-01", "other").unwrap();
+    let err = sync::run(options(&server, dir.path(), &users(1)))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("another xquik-dm run"), "{err}");
+    assert_eq!(server.ledger().calls_by_endpoint.values().sum::<u64>(), 0);
+}
+
+#[tokio::test]
+async fn an_unusable_output_folder_is_refused_before_any_request() {
+    let server = MockServer::start(world(&[30], 50)).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-folder");
+    std::fs::write(&file, b"x").unwrap();
+    let err = sync::run(options(&server, &file, &users(1)))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("not-a-folder"), "{err}");
+    assert_eq!(server.ledger().calls_by_endpoint.values().sum::<u64>(), 0);
+}
+
+/// Reads every Parquet file of `out/parquet/messages` back and checks it
+/// holds exactly the JSONL's history records.
+pub fn assert_parquet_equals_jsonl(out: &Path) {
+    let jsonl = history_by_conversation(out);
+    let mut seen = HashSet::new();
+    let mut files = Vec::new();
+    let mut stack = vec![out.join("parquet/messages")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                assert!(
+                    p.file_name()
+                        .unwrap()
+                        .to_str()
+                        .unwrap()
+                        .starts_with("date=")
+                );
+                stack.push(p);
+            } else {
+                files.push(p);
+            }
+        }
+    }
+    for path in files {
+        assert!(path.extension().is_some_and(|e| e == "parquet"), "{path:?}");
+        let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(&path).unwrap())
+            .unwrap()
+            .build()
+            .unwrap();
+        for batch in reader {
+            let batch = batch.unwrap();
+            let col = |name: &str| {
+                batch
+                    .column_by_name(name)
+                    .unwrap()
+                    .as_any()
+                    .downcast_ref::<StringArray>()
+                    .unwrap()
+                    .clone()
+            };
+            let (ids, convs, texts, media) = (
+                col("message_id"),
+                col("conversation_user_id"),
+                col("message_text"),
+                col("media_url"),
+            );
+            let created = batch
+                .column_by_name("created_at")
+                .unwrap()
+                .as_any()
+                .downcast_ref::<TimestampMicrosecondArray>()
+                .unwrap()
+                .clone();
+            for i in 0..batch.num_rows() {
+                let key = (convs.value(i).to_owned(), ids.value(i).to_owned());
+                assert!(seen.insert(key.clone()), "duplicate row {key:?} in Parquet");
+                let r = &jsonl[&key.0][&key.1];
+                let text = (!texts.is_null(i)).then(|| texts.value(i));
+                assert_eq!(text, r["message_text"].as_str());
+                let m = (!media.is_null(i)).then(|| media.value(i));
+                assert_eq!(m, r["media_url"].as_str());
+                match r["created_at"].as_str() {
+                    None => assert!(created.is_null(i)),
+                    Some(t) => assert_eq!(
+                        created.value(i),
+                        chrono::DateTime::parse_from_rfc3339(t)
+                            .unwrap()
+                            .timestamp_micros()
+                    ),
+                }
+            }
+        }
+    }
+    let total: usize = jsonl.values().map(|c| c.len()).sum();
+    assert_eq!(seen.len(), total, "Parquet rows vs JSONL history records");
+}
