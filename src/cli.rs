@@ -85,6 +85,9 @@ pub enum CommandArgs {
         /// Print the run report as JSON on stdout instead of a summary.
         #[arg(long)]
         json: bool,
+        /// Longest time between commits, in milliseconds (tests shorten it).
+        #[arg(long, default_value_t = 1000, hide = true)]
+        commit_interval_ms: u64,
     },
     /// Print a user's profile (id, username, name, canDm) as JSON. 1 credit.
     Lookup {
@@ -213,6 +216,7 @@ impl Args {
                 max_credits,
                 max_empty_pages,
                 json,
+                commit_interval_ms,
             } => {
                 let job = match job {
                     Some(path) => Some(JobFile::load(&path)?),
@@ -266,6 +270,7 @@ impl Args {
                 options.max_credits = max_credits.or(job.as_ref().and_then(|j| j.max_credits));
                 options.max_empty_pages = max_empty_pages.max(1);
                 options.progress = !json;
+                options.commit_interval = Duration::from_millis(commit_interval_ms.max(1));
                 Command::Sync { options, json }
             }
             CommandArgs::Lookup { user } => {

@@ -1,1 +1,300 @@
-//! The binary end to end.
+//! The `xquik-dm` binary end to end: exit statuses, stdout/stderr, the mock
+//! as a separate process, and a sync killed with SIGKILL at random moments.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use xquik_dm::mock::{Faults, MockServer};
+
+use crate::sync::assert_parquet_equals_jsonl;
+use crate::{ACCOUNT, KEY, assert_ground_truth, user_id, world};
+
+fn bin() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_xquik-dm"));
+    cmd.env_remove("XQUIK_API_KEY")
+        .env_remove("XQUIK_BASE_URL")
+        .env_remove("XQUIK_DM_LOG")
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// `xquik-dm mock --port 0` as a child process; killed on drop.
+struct MockProcess {
+    child: Child,
+    base_url: String,
+}
+
+impl MockProcess {
+    fn start() -> MockProcess {
+        let mut child = bin()
+            .args(["mock", "--port", "0"])
+            .env("XQUIK_MOCK_API_KEY", KEY)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let base_url = line.trim().to_owned();
+        assert!(base_url.starts_with("http://127.0.0.1:"), "{base_url:?}");
+        MockProcess { child, base_url }
+    }
+}
+
+impl Drop for MockProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn run(cmd: &mut Command) -> (i32, String, String) {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = cmd.output().unwrap();
+    (
+        status.code().unwrap_or(-1),
+        String::from_utf8(stdout).unwrap(),
+        String::from_utf8(stderr).unwrap(),
+    )
+}
+
+#[test]
+fn lookup_against_the_mock_process() {
+    let mock = MockProcess::start();
+    let lookup = |user: &str| {
+        run(bin()
+            .args(["--base-url", &mock.base_url, "lookup", user])
+            .env("XQUIK_API_KEY", KEY))
+    };
+
+    let (code, stdout, stderr) = lookup("@ada_lovelace");
+    assert_eq!(code, 0, "{stderr}");
+    let profile: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(profile["id"], "2244994945");
+    assert_eq!(profile["username"], "ada_lovelace");
+    assert_eq!(profile["canDm"], true);
+    assert!(!stderr.contains(KEY) && !stdout.contains(KEY));
+
+    // By numeric ID; no canDm hint on this profile: the field is absent.
+    let (code, stdout, _) = lookup("1098765432109876543");
+    assert_eq!(code, 0);
+    let profile: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(profile["username"], "mina_kato");
+    assert!(profile.get("canDm").is_none(), "{profile}");
+
+    let (code, _, stderr) = lookup("@nobody_here");
+    assert_eq!(code, 3);
+    assert!(stderr.contains("404 user_not_found"), "{stderr}");
+
+    let (code, _, stderr) = run(bin()
+        .args(["--base-url", &mock.base_url, "lookup", "@ada_lovelace"])
+        .env("XQUIK_API_KEY", "wrong-key"));
+    assert_eq!(code, 3);
+    assert!(stderr.contains("401 unauthenticated"), "{stderr}");
+    assert!(!stderr.contains("wrong-key"), "{stderr}");
+}
+
+#[test]
+fn bad_input_exits_2_before_any_request() {
+    // Nothing listens at this base URL: any request would fail differently.
+    let base = ["--base-url", "http://127.0.0.1:9/api/v1"];
+    let (code, _, stderr) = run(bin()
+        .args(base)
+        .args(["lookup", "not a user"])
+        .env("XQUIK_API_KEY", KEY));
+    assert_eq!(code, 2);
+    assert!(stderr.contains("invalid <ID or @username>"), "{stderr}");
+
+    let (code, _, stderr) = run(bin().args(base).args(["lookup", "@jack"]));
+    assert_eq!(code, 2);
+    assert!(stderr.contains("XQUIK_API_KEY is not set"), "{stderr}");
+
+    let (code, _, stderr) = run(bin()
+        .args(["--base-url", "http://example.com/api/v1", "lookup", "@jack"])
+        .env("XQUIK_API_KEY", KEY));
+    assert_eq!(code, 2);
+    assert!(stderr.contains("refusing to send the API key"), "{stderr}");
+
+    let (code, _, _) = run(bin().args(["sync", "--account", "acme"]));
+    assert_eq!(code, 2);
+    let (code, _, _) = run(bin().args(["no-such-command"]));
+    assert_eq!(code, 2);
+    let (code, stdout, _) = run(bin().args(["--help"]));
+    assert_eq!(code, 0);
+    assert!(stdout.contains("sync") && stdout.contains("lookup") && stdout.contains("demo"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sync_binary_reports_and_exits_per_spec() {
+    let mut config = world(&[250, 40], 50);
+    config.faults.forbidden = vec![(ACCOUNT.to_owned(), user_id(2))];
+    let server = MockServer::start(config).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().to_owned();
+    let base_url = server.base_url();
+    let (code, stdout, stderr) = tokio::task::spawn_blocking(move || {
+        run(bin()
+            .args(["--base-url", &base_url, "sync", "--account", ACCOUNT])
+            .args(["--user", &user_id(1), "--user", &user_id(2), "--json"])
+            .arg("--out")
+            .arg(&out)
+            .env("XQUIK_API_KEY", KEY))
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 4, "{stdout}{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["new_messages"], 250);
+    let convs = report["conversations"].as_array().unwrap();
+    assert_eq!(convs.len(), 2);
+    assert_eq!(convs[1]["reason"], "dm_not_permitted");
+    // Logs are JSON lines when stderr is not a terminal.
+    for line in stderr.lines() {
+        serde_json::from_str::<serde_json::Value>(line)
+            .unwrap_or_else(|_| panic!("not JSON: {line}"));
+    }
+    assert_no_bodies(&server, &[user_id(1)], dir.path(), &[&stdout, &stderr]);
+}
+
+/// Asserts that no message body of 8+ characters appears in the state
+/// folder or in the given texts (logs, reports).
+fn assert_no_bodies(server: &MockServer, users: &[String], out: &Path, texts: &[&str]) {
+    let mut haystacks: Vec<(String, String)> = texts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (format!("output #{i}"), (*t).to_owned()))
+        .collect();
+    for entry in std::fs::read_dir(out.join("state")).unwrap() {
+        let path = entry.unwrap().path();
+        haystacks.push((
+            path.display().to_string(),
+            String::from_utf8_lossy(&std::fs::read(&path).unwrap()).into_owned(),
+        ));
+    }
+    let mut checked = 0;
+    for user in users {
+        for m in server.history(ACCOUNT, user) {
+            let Some(text) = m.text.filter(|t| t.chars().count() >= 8) else {
+                continue;
+            };
+            checked += 1;
+            for (name, hay) in &haystacks {
+                assert!(!hay.contains(&text), "a message body leaked into {name}");
+                // JSON escaping must not hide a leak either.
+                let escaped = serde_json::to_string(&text).unwrap();
+                assert!(
+                    !hay.contains(escaped.trim_matches('"')),
+                    "an escaped body leaked into {name}"
+                );
+            }
+        }
+    }
+    assert!(checked > 10, "only {checked} bodies checked");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_at_random_moments_then_rerun_converges_to_the_ground_truth() {
+    let sizes = vec![2_500u64; 40];
+    let mut config = world(&sizes, 100);
+    config.faults = Faults {
+        transient_rate: 0.02,
+        retry_after_ms: 1,
+        overlap: 2,
+        unordered: true,
+        ..Faults::default()
+    };
+    let server = MockServer::start(config).await.unwrap();
+    let users: Vec<String> = (1..=sizes.len()).map(user_id).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().to_owned();
+    let base_url = server.base_url();
+    let sync_cmd = {
+        let users = users.clone();
+        move || {
+            let mut cmd = bin();
+            cmd.args([
+                "--base-url",
+                &base_url,
+                "--max-attempts",
+                "20",
+                "sync",
+                "--account",
+                ACCOUNT,
+            ]);
+            for u in &users {
+                cmd.args(["--user", u]);
+            }
+            cmd.arg("--out")
+                .arg(&out)
+                .args(["--concurrency", "8", "--commit-interval-ms", "15"])
+                .env("XQUIK_API_KEY", KEY)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            cmd
+        }
+    };
+    let seed = std::env::var("KILL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5eed_u64);
+    let cmd = sync_cmd.clone();
+    let out = dir.path().to_owned();
+    let (kills, torn, progressed) = tokio::task::spawn_blocking(move || {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let (mut killed_mid_run, mut torn_tails, mut progressed) = (0, 0, 0);
+        let mut last_committed = 0;
+        for _ in 0..12 {
+            let mut child = cmd().spawn().unwrap();
+            std::thread::sleep(Duration::from_millis(rng.u64(5..500)));
+            if child.try_wait().unwrap().is_none() {
+                child.kill().unwrap(); // SIGKILL
+                killed_mid_run += 1;
+            }
+            child.wait().unwrap();
+            // What the kill left: committed bytes vs bytes on disk.
+            let committed = std::fs::read(out.join("state/checkpoint.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .and_then(|c| c["jsonl"]["committed_bytes"].as_u64())
+                .unwrap_or(0);
+            let on_disk =
+                std::fs::metadata(out.join("xquik-dm-handoff.jsonl")).map_or(0, |m| m.len());
+            assert!(on_disk >= committed, "the checkpoint points past the data");
+            torn_tails += usize::from(on_disk > committed);
+            progressed += usize::from(committed > last_committed);
+            last_committed = committed;
+        }
+        (killed_mid_run, torn_tails, progressed)
+    })
+    .await
+    .unwrap();
+    // The scenario must really cover the cases: kills mid-run, uncommitted
+    // tails left behind, and runs that committed before being killed.
+    assert!(
+        kills >= 6,
+        "only {kills} runs were killed mid-run (seed {seed})"
+    );
+    assert!(
+        torn >= 2,
+        "only {torn} kills left an uncommitted tail (seed {seed})"
+    );
+    assert!(
+        progressed >= 3,
+        "only {progressed} killed runs committed anything (seed {seed})"
+    );
+
+    let cmd = sync_cmd.clone();
+    let status = tokio::task::spawn_blocking(move || cmd().status().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "final run (seed {seed})");
+    assert_ground_truth(dir.path(), &server, &users);
+    assert_parquet_equals_jsonl(dir.path());
+}
