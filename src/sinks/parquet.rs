@@ -454,6 +454,42 @@ mod tests {
         assert_eq!(i, rows.len());
     }
 
+    /// `schemas/messages.arrow.json` documents the schema for analysts; it
+    /// must say exactly what the writer writes.
+    #[test]
+    fn documented_schema_matches_the_writer() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/schemas/messages.arrow.json");
+        let doc: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(path).unwrap()).unwrap();
+        let documented: Vec<(String, String, bool)> = doc["fields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| {
+                (
+                    f["name"].as_str().unwrap().to_owned(),
+                    f["type"].as_str().unwrap().to_owned(),
+                    f["nullable"].as_bool().unwrap(),
+                )
+            })
+            .collect();
+        let actual: Vec<(String, String, bool)> = MessageColumns::schema()
+            .fields()
+            .iter()
+            .map(|f| {
+                let ty = match f.data_type() {
+                    DataType::Utf8 => "Utf8".to_owned(),
+                    DataType::Timestamp(TimeUnit::Microsecond, Some(tz)) => {
+                        format!("Timestamp(Microsecond, \"{tz}\")")
+                    }
+                    other => panic!("undocumented type {other:?}"),
+                };
+                (f.name().clone(), ty, f.is_nullable())
+            })
+            .collect();
+        assert_eq!(documented, actual);
+    }
+
     #[test]
     fn nothing_is_visible_before_close() {
         let dir = tempfile::tempdir().unwrap();
