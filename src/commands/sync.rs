@@ -252,6 +252,9 @@ struct Run {
     new_messages: AtomicU64,
     dropped: AtomicU64,
     bad_timestamps: AtomicU64,
+    /// Conversations finished (any outcome) and in all.
+    done: AtomicU64,
+    total: AtomicU64,
 }
 
 impl Run {
@@ -335,6 +338,8 @@ pub async fn run(options: SyncOptions) -> Result<SyncReport> {
         new_messages: AtomicU64::new(0),
         dropped: AtomicU64::new(0),
         bad_timestamps: AtomicU64::new(0),
+        done: AtomicU64::new(0),
+        total: AtomicU64::new(0),
     });
 
     let (resolved, mut reports) = resolve_targets(&run, &mut store).await;
@@ -364,9 +369,13 @@ pub async fn run(options: SyncOptions) -> Result<SyncReport> {
             Ok(report) => reports.push(report),
             Err(e) => run.stop_job(&Error::io("<conversation task>", std::io::Error::other(e))),
         }
+        run.done.fetch_add(1, Ordering::Relaxed);
     }
-    if let Some(p) = progress {
-        p.abort();
+    if let Some((task, bar)) = progress {
+        task.abort();
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
+        }
     }
     let writer_result = tokio::task::spawn_blocking(move || writer.join())
         .await
@@ -839,24 +848,53 @@ fn writer_loop(
     Ok((store.finish()?, page_log))
 }
 
-fn spawn_progress(run: Arc<Run>, started: Instant) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(2));
+/// Progress while a run goes on: a live line on a terminal, a log line every
+/// few seconds otherwise (what a scheduler's log keeps). Counts only.
+fn spawn_progress(
+    run: Arc<Run>,
+    started: Instant,
+) -> (tokio::task::JoinHandle<()>, Option<indicatif::ProgressBar>) {
+    use std::io::IsTerminal;
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new_spinner();
+        if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} {elapsed} {msg}") {
+            bar.set_style(style);
+        }
+        bar
+    });
+    let line = bar.clone();
+    let task = tokio::spawn(async move {
+        let period = if line.is_some() { 200 } else { 5_000 };
+        let mut tick = tokio::time::interval(Duration::from_millis(period));
         tick.tick().await;
         loop {
             tick.tick().await;
             let fetched = run.fetched.load(Ordering::Relaxed);
-            let secs = started.elapsed().as_secs_f64().max(0.001);
-            tracing::info!(
-                pages = run.pages.load(Ordering::Relaxed),
-                messages = fetched,
-                new = run.new_messages.load(Ordering::Relaxed),
-                rate_per_s = (fetched as f64 / secs) as u64,
-                retries = run.retries.load(Ordering::Relaxed),
-                "syncing"
+            let rate = (fetched as f64 / started.elapsed().as_secs_f64().max(0.001)) as u64;
+            let (done, total) = (
+                run.done.load(Ordering::Relaxed),
+                run.total.load(Ordering::Relaxed),
             );
+            let new = run.new_messages.load(Ordering::Relaxed);
+            let retries = run.retries.load(Ordering::Relaxed);
+            match &line {
+                Some(bar) => bar.set_message(format!(
+                    "{done}/{total} conversations · {fetched} messages ({new} new) · {rate}/s · {retries} retries"
+                )),
+                None => tracing::info!(
+                    conversations_done = done,
+                    conversations = total,
+                    pages = run.pages.load(Ordering::Relaxed),
+                    messages = fetched,
+                    new,
+                    rate_per_s = rate,
+                    retries,
+                    "syncing"
+                ),
+            }
         }
-    })
+    });
+    (task, bar)
 }
 
 impl std::fmt::Display for SyncReport {
