@@ -157,6 +157,9 @@ pub struct AuditPointer {
     /// SHA-256 of that manifest.
     #[serde(default)]
     pub last_digest: Option<String>,
+    /// How far the manifests cover the outputs.
+    #[serde(default)]
+    pub coverage: crate::audit::Coverage,
 }
 
 /// The key of a conversation in the checkpoint.

@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::api::client::{ApiKey, ClientConfig, DEFAULT_BASE_URL, check_base_url};
 use crate::api::retry::RetryPolicy;
 use crate::api::{Account, UserRef};
+use crate::audit::AuditKey;
 use crate::commands::sync::{SyncOptions, Target};
 use crate::error::{Error, Result};
 use crate::logging::LogFormat;
@@ -89,6 +90,19 @@ pub enum CommandArgs {
         #[arg(long, default_value_t = 1000, hide = true)]
         commit_interval_ms: u64,
     },
+    /// Check every manifest, digest and the chain of runs in an output folder.
+    ///
+    /// For audit reviewers: reads no message body. Exit status 0 when
+    /// everything verifies, 5 on any integrity failure. Manifest signatures
+    /// are checked when XQUIK_DM_AUDIT_KEY is set.
+    Verify {
+        /// The output folder of sync/send.
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a user's profile (id, username, name, canDm) as JSON. 1 credit.
     Lookup {
         /// Numeric user ID or @username.
@@ -153,6 +167,15 @@ pub enum Command {
         /// Report as JSON.
         json: bool,
     },
+    /// `verify`.
+    Verify {
+        /// The folder.
+        dir: PathBuf,
+        /// Signature key.
+        key: Option<AuditKey>,
+        /// Report as JSON.
+        json: bool,
+    },
     /// `lookup`.
     Lookup {
         /// How to reach the API.
@@ -184,6 +207,15 @@ impl Args {
     /// Validates the arguments. `api_key` is the value of `XQUIK_API_KEY`;
     /// it is required only by commands that call the API.
     pub fn into_config(self, api_key: Option<String>) -> Result<Config> {
+        self.into_config_with(api_key, audit_key_from_env())
+    }
+
+    /// [`Args::into_config`] with the audit key given explicitly.
+    pub fn into_config_with(
+        self,
+        api_key: Option<String>,
+        audit_key: Option<AuditKey>,
+    ) -> Result<Config> {
         let log = match self.log_format {
             LogFormatArg::Auto => LogFormat::auto(),
             LogFormatArg::Text => LogFormat::Text,
@@ -270,6 +302,7 @@ impl Args {
                 options.max_credits = max_credits.or(job.as_ref().and_then(|j| j.max_credits));
                 options.max_empty_pages = max_empty_pages.max(1);
                 options.progress = !json;
+                options.audit_key = audit_key;
                 options.commit_interval = Duration::from_millis(commit_interval_ms.max(1));
                 Command::Sync { options, json }
             }
@@ -306,6 +339,11 @@ impl Args {
                 }
             }
             CommandArgs::Demo { out } => Command::Demo { out },
+            CommandArgs::Verify { dir, json } => Command::Verify {
+                dir,
+                key: audit_key,
+                json,
+            },
         };
         Ok(Config {
             log,
@@ -313,6 +351,13 @@ impl Args {
             command,
         })
     }
+}
+
+/// The manifest signing key from `XQUIK_DM_AUDIT_KEY`, if set and non-empty.
+pub fn audit_key_from_env() -> Option<AuditKey> {
+    std::env::var_os(crate::audit::AUDIT_KEY_ENV)
+        .filter(|k| !k.is_empty())
+        .map(|k| AuditKey(k.into_encoded_bytes()))
 }
 
 /// A job file for scheduled runs:

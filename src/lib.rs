@@ -10,6 +10,7 @@
 //! command and maps its outcome to an exit status.
 
 pub mod api;
+pub mod audit;
 pub mod checkpoint;
 pub mod cli;
 pub mod commands;

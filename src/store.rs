@@ -1,27 +1,33 @@
 //! The output folder as one transactional store: the JSONL handoff file,
-//! the Parquet files and the checkpoint, with the commit protocol that ties
-//! them together.
+//! the Parquet files, the checkpoint and the audit trail, with the commit
+//! protocol that ties them together.
 //!
 //! Commit order (SPEC §4.3, crash safety):
-//! 1. records are appended to the JSONL and pushed to the open Parquet file;
+//! 1. records are appended to the JSONL, pushed to the open Parquet file and
+//!    their IDs to the run's audit rows file;
 //! 2. `commit` fsyncs the JSONL, then atomically replaces the checkpoint with
 //!    the new committed length and the conversation states those records
 //!    advance — so the checkpoint never points past durable data;
 //! 3. a Parquet file is closed (fsync, rename into place) and only then
-//!    listed in the checkpoint, with the JSONL offset it covers.
+//!    listed in the checkpoint, with the JSONL offset it covers;
+//! 4. `seal` ends the run: last commit, audit rows file, manifest, chain
+//!    entry, checkpoint audit pointer, `SHA256SUMS` — each durable before
+//!    the next refers to it.
 //!
 //! Opening the store repairs whatever a killed run left: the JSONL is cut
-//! back to its committed length, unlisted Parquet files are removed, and the
-//! committed JSONL records that no listed Parquet file holds yet are pushed
-//! into this run's Parquet file. The outputs thus converge to what an
-//! uninterrupted run would have written.
+//! back to its committed length, unlisted Parquet files and unchained
+//! manifests are removed, and committed records that no listed Parquet file
+//! or no manifest covers yet are taken into this run's Parquet file and
+//! manifest. The outputs thus converge to what an uninterrupted run would
+//! have written, and every committed byte ends up in exactly one manifest.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{Checkpoint, Conversation, DirLock};
+use crate::audit::{self, AuditRows, ChainEntry, Coverage, Manifest, RowsInfo};
+use crate::checkpoint::{self, AuditPointer, Checkpoint, Conversation, DirLock};
 use crate::error::{Error, Result};
 use crate::normalize::{HistoryRow, RecordType};
 use crate::sinks::jsonl::{self, JsonlSink};
@@ -29,7 +35,7 @@ use crate::sinks::parquet::{MessageColumns, ParquetSink, remove_uncommitted};
 use crate::sinks::{WrittenFile, create_private_dir};
 
 /// What opening the store had to repair.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Repair {
     /// Bytes cut from the end of the JSONL (a torn or uncommitted tail).
     pub jsonl_bytes_cut: u64,
@@ -37,6 +43,44 @@ pub struct Repair {
     pub parquet_removed: Vec<String>,
     /// Committed JSONL records re-pushed to Parquet.
     pub parquet_rebuilt_rows: u64,
+    /// Audit files removed (manifests no chain entry names).
+    pub audit_removed: Vec<String>,
+}
+
+/// The command-specific content of a run's manifest.
+#[derive(Debug, Clone)]
+pub struct ManifestBody {
+    /// `sync` or `send`.
+    pub command: &'static str,
+    /// RFC 3339 UTC start time.
+    pub started_at: String,
+    /// The run's exit status.
+    pub exit_code: u8,
+    /// Options used (no secrets).
+    pub options: serde_json::Value,
+    /// Per-conversation outcomes.
+    pub conversations: serde_json::Value,
+    /// Pages fetched.
+    pub pages: serde_json::Value,
+    /// Sends made.
+    pub sends: serde_json::Value,
+    /// Credits by endpoint.
+    pub credits: BTreeMap<String, u64>,
+    /// Counters.
+    pub counts: serde_json::Value,
+    /// HMAC key for the manifest, if any.
+    pub signing_key: Option<audit::AuditKey>,
+}
+
+/// What sealing a run produced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sealed {
+    /// Files and segments the manifest lists.
+    pub files: Vec<WrittenFile>,
+    /// The chain entry of the run.
+    pub chain: ChainEntry,
+    /// The rows file.
+    pub audit_rows: RowsInfo,
 }
 
 /// An open output folder, locked for this run.
@@ -44,14 +88,15 @@ pub struct Repair {
 pub struct Store {
     out: PathBuf,
     _lock: DirLock,
+    run_id: String,
     checkpoint: Checkpoint,
+    chain: Vec<ChainEntry>,
     jsonl: JsonlSink,
     messages: ParquetSink<MessageColumns>,
+    rows: AuditRows,
     /// History rows appended since the last commit.
     uncommitted_history: u64,
     uncommitted_bytes: u64,
-    /// Parquet files this run closed.
-    parquet_written: Vec<WrittenFile>,
     repair: Repair,
 }
 
@@ -61,10 +106,16 @@ impl Store {
     pub fn open(out: &Path, date: &str, run_id: &str) -> Result<Store> {
         create_private_dir(out)?;
         let lock = DirLock::acquire(out)?;
-        let checkpoint = Checkpoint::load(out)?;
+        let mut checkpoint = Checkpoint::load(out)?;
+        let (chain, audit_removed) = audit::repair(out)?;
+        // The chain is the durable record of sealed runs: a run killed after
+        // appending to it but before its checkpoint is believed from it.
+        checkpoint.audit = pointer_from_chain(out, &chain)?;
+        let coverage = checkpoint.audit.coverage;
         let (jsonl, cut) = JsonlSink::open(
             &out.join(jsonl::FILE_NAME),
             checkpoint.jsonl.committed_bytes,
+            coverage.jsonl_bytes,
         )?;
         let listed: HashSet<String> = checkpoint
             .parquet
@@ -72,53 +123,61 @@ impl Store {
             .iter()
             .map(|f| f.path.clone())
             .collect();
-        let removed = remove_uncommitted(out, &listed)?;
+        let parquet_removed = remove_uncommitted(out, &listed)?;
         let mut store = Store {
             out: out.to_owned(),
             _lock: lock,
+            run_id: run_id.to_owned(),
             checkpoint,
+            chain,
             jsonl,
             messages: ParquetSink::new(out, date, run_id),
+            rows: AuditRows::create(out, run_id)?,
             uncommitted_history: 0,
             uncommitted_bytes: 0,
-            parquet_written: Vec::new(),
             repair: Repair {
                 jsonl_bytes_cut: cut,
-                parquet_removed: removed,
+                parquet_removed,
                 parquet_rebuilt_rows: 0,
+                audit_removed,
             },
         };
-        store.rebuild_parquet()?;
+        store.take_over_unsealed()?;
         Ok(store)
     }
 
-    /// Pushes the committed JSONL records that no listed Parquet file holds
-    /// into this run's Parquet file.
-    fn rebuild_parquet(&mut self) -> Result<()> {
-        let from = self.checkpoint.parquet.covered_bytes;
-        let to = self.checkpoint.jsonl.committed_bytes;
-        if from >= to {
+    /// Takes the committed records that an earlier, killed run left without
+    /// Parquet or without a manifest into this run: Parquet rows for those
+    /// past `parquet.covered_bytes`, audit rows for those past the audit
+    /// coverage.
+    fn take_over_unsealed(&mut self) -> Result<()> {
+        let committed = self.checkpoint.jsonl.committed_bytes;
+        let parquet_from = self.checkpoint.parquet.covered_bytes;
+        let audit_from = self.checkpoint.audit.coverage.jsonl_bytes;
+        let from = parquet_from.min(audit_from);
+        if from >= committed {
             return Ok(());
         }
         let path = self.out.join(jsonl::FILE_NAME);
         let mut offset = from;
         let mut rebuilt = 0u64;
-        let messages = &mut self.messages;
         let mut closed = Vec::new();
-        jsonl::for_each_line(&path, from, to, |line| {
+        let (messages, rows) = (&mut self.messages, &mut self.rows);
+        jsonl::for_each_line(&path, from, committed, |line| {
+            let start = offset;
             offset += line.len() as u64 + 1;
-            #[derive(Deserialize)]
-            struct Tag {
-                record_type: RecordType,
-            }
             let corrupt = |what: &str| Error::Corrupt {
                 path: path.clone(),
                 reason: format!(
-                    "committed record ending at byte {offset} is {what}: restore the file from backup"
+                    "committed record at byte {start} is {what}: restore the file from backup"
                 ),
             };
-            let tag: Tag = serde_json::from_slice(line).map_err(|_| corrupt("not a record"))?;
-            if tag.record_type == RecordType::History {
+            let record: Record =
+                serde_json::from_slice(line).map_err(|_| corrupt("not a record"))?;
+            if start >= audit_from {
+                rows.push(record.tag(), record.user_id(), &record.message_id)?;
+            }
+            if start >= parquet_from && record.record_type == RecordType::History {
                 let row: HistoryRow =
                     serde_json::from_slice(line).map_err(|_| corrupt("not a history record"))?;
                 messages.push(&row)?;
@@ -148,13 +207,18 @@ impl Store {
         &self.out
     }
 
+    /// This run's ID.
+    pub fn run_id(&self) -> &str {
+        &self.run_id
+    }
+
     /// The checkpoint as it will be committed next.
     pub fn checkpoint(&self) -> &Checkpoint {
         &self.checkpoint
     }
 
     /// Mutable access for state that takes effect at the next commit
-    /// (resolved recipients, the audit pointer).
+    /// (resolved recipients).
     pub fn checkpoint_mut(&mut self) -> &mut Checkpoint {
         &mut self.checkpoint
     }
@@ -168,6 +232,8 @@ impl Store {
         self.jsonl.append(lines, rows.len() as u64)?;
         for row in rows {
             self.messages.push(row)?;
+            self.rows
+                .push("history", &row.conversation_user_id, &row.message_id)?;
         }
         self.uncommitted_history += rows.len() as u64;
         self.uncommitted_bytes += lines.len() as u64;
@@ -204,24 +270,156 @@ impl Store {
         self.checkpoint.save(&self.out)
     }
 
-    /// Closes the open Parquet file and commits. Returns every file and
-    /// segment this run wrote, for the audit manifest.
-    pub fn finish(mut self) -> Result<Vec<WrittenFile>> {
+    /// Ends the run: closes the Parquet file, commits, and writes the audit
+    /// rows file, the manifest, the chain entry, the checkpoint's audit
+    /// pointer and `SHA256SUMS`, in that order.
+    pub fn seal(mut self, body: ManifestBody) -> Result<Sealed> {
         if let Some(file) = self.messages.close()? {
             let covered = self.jsonl.len();
             self.list_parquet(file, covered);
         }
         self.commit()?;
-        let mut files = Vec::new();
-        files.extend(self.jsonl.segment());
-        files.extend(self.parquet_written);
-        Ok(files)
+        let audit_rows = self.rows.finish()?;
+
+        let previous = self.chain.last().cloned();
+        let mut files: Vec<WrittenFile> = self.jsonl.segment().into_iter().collect();
+        let listed_before = self.checkpoint.audit.coverage.parquet_files as usize;
+        files.extend(
+            self.checkpoint
+                .parquet
+                .files
+                .iter()
+                .skip(listed_before)
+                .cloned(),
+        );
+        let coverage = Coverage {
+            jsonl_bytes: self.jsonl.len(),
+            parquet_files: self.checkpoint.parquet.files.len() as u64,
+        };
+        let mut manifest = Manifest {
+            format: audit::MANIFEST_FORMAT.to_owned(),
+            run_id: self.run_id.clone(),
+            command: body.command.to_owned(),
+            tool_version: env!("CARGO_PKG_VERSION").to_owned(),
+            started_at: body.started_at,
+            finished_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            previous_manifest_sha256: previous.as_ref().map(|p| p.sha256.clone()),
+            exit_code: body.exit_code,
+            options: body.options,
+            conversations: body.conversations,
+            pages: body.pages,
+            sends: body.sends,
+            credits: body.credits,
+            counts: body.counts,
+            repair: serde_json::to_value(&self.repair).unwrap_or_default(),
+            files: files.clone(),
+            audit_rows: audit_rows.clone(),
+            coverage,
+            signature: None,
+        };
+        if let Some(key) = &body.signing_key {
+            manifest.sign(&key.0)?;
+        }
+        let entry = audit::append_run(&self.out, &manifest, previous.as_ref())?;
+        self.chain.push(entry.clone());
+        self.checkpoint.audit = AuditPointer {
+            runs: entry.seq,
+            last_manifest: Some(entry.manifest.clone()),
+            last_digest: Some(entry.sha256.clone()),
+            coverage,
+        };
+        self.checkpoint.save(&self.out)?;
+        write_sums(&self.out, &self.checkpoint, &self.chain, &audit_rows)?;
+        Ok(Sealed {
+            files,
+            chain: entry,
+            audit_rows,
+        })
     }
 
     fn list_parquet(&mut self, file: WrittenFile, covered: u64) {
-        self.checkpoint.parquet.files.push(file.clone());
+        self.checkpoint.parquet.files.push(file);
         self.checkpoint.parquet.covered_bytes = covered;
-        self.parquet_written.push(file);
+    }
+}
+
+/// Rewrites `SHA256SUMS` for the current state. Digests of immutable
+/// files (Parquet, manifests, rows files) are known or reused from the
+/// previous `SHA256SUMS`; the mutable files are hashed again.
+fn write_sums(
+    out: &Path,
+    checkpoint: &Checkpoint,
+    chain: &[ChainEntry],
+    rows: &RowsInfo,
+) -> Result<()> {
+    let mut known: BTreeMap<String, String> = audit::read_sums(out)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(digest, path)| (path, digest))
+        .collect();
+    for mutable in [jsonl::FILE_NAME, audit::CHAIN, checkpoint::STATE_DIR] {
+        known.retain(|path, _| !path.starts_with(mutable));
+    }
+    let mut files = vec![
+        jsonl::FILE_NAME.to_owned(),
+        audit::CHAIN.to_owned(),
+        format!("{}/{}", checkpoint::STATE_DIR, checkpoint::FILE_NAME),
+    ];
+    for f in &checkpoint.parquet.files {
+        known.insert(f.path.clone(), f.sha256.clone());
+        files.push(f.path.clone());
+    }
+    for entry in chain {
+        known.insert(entry.manifest.clone(), entry.sha256.clone());
+        files.push(entry.manifest.clone());
+        files.push(format!("{}/{}.rows.jsonl", audit::RUNS_DIR, entry.run_id));
+    }
+    known.insert(rows.path.clone(), rows.sha256.clone());
+    if !out.join(jsonl::FILE_NAME).exists() {
+        files.retain(|f| f != jsonl::FILE_NAME);
+    }
+    audit::write_sums(out, &files, &known)
+}
+
+/// The audit pointer as the chain says it stands.
+fn pointer_from_chain(out: &Path, chain: &[ChainEntry]) -> Result<AuditPointer> {
+    let Some(last) = chain.last() else {
+        return Ok(AuditPointer::default());
+    };
+    let (manifest, _) = audit::read_manifest(out, &last.manifest)?;
+    Ok(AuditPointer {
+        runs: last.seq,
+        last_manifest: Some(last.manifest.clone()),
+        last_digest: Some(last.sha256.clone()),
+        coverage: manifest.coverage,
+    })
+}
+
+/// The fields of a JSONL record that every record type has, or that tell
+/// where it belongs.
+#[derive(Debug, Deserialize)]
+struct Record {
+    record_type: RecordType,
+    message_id: String,
+    #[serde(default)]
+    conversation_user_id: Option<String>,
+    #[serde(default)]
+    recipient_user_id: Option<String>,
+}
+
+impl Record {
+    fn tag(&self) -> &'static str {
+        match self.record_type {
+            RecordType::History => "history",
+            RecordType::Send => "send",
+        }
+    }
+
+    fn user_id(&self) -> &str {
+        self.conversation_user_id
+            .as_deref()
+            .or(self.recipient_user_id.as_deref())
+            .unwrap_or_default()
     }
 }
 
@@ -253,12 +451,27 @@ mod tests {
         out
     }
 
+    fn body() -> ManifestBody {
+        ManifestBody {
+            command: "sync",
+            started_at: "2026-11-26T00:00:00Z".into(),
+            exit_code: 0,
+            options: serde_json::json!({}),
+            conversations: serde_json::json!([]),
+            pages: serde_json::json!([]),
+            sends: serde_json::json!([]),
+            credits: BTreeMap::new(),
+            counts: serde_json::json!({}),
+            signing_key: None,
+        }
+    }
+
     #[test]
-    fn uncommitted_appends_vanish_and_committed_ones_reach_parquet() {
+    fn uncommitted_appends_vanish_and_committed_ones_reach_parquet_and_the_manifest() {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path();
-        // Run 1 commits 3 rows, appends 2 more and dies before committing
-        // or closing its Parquet file.
+        // Run 1 commits 3 rows, appends 2 more and dies before committing,
+        // closing its Parquet file or sealing.
         let mut store = Store::open(out, "2026-11-26", "run1").unwrap();
         let first: Vec<_> = (0..3).map(row).collect();
         store.append_history(&lines(&first), &first).unwrap();
@@ -267,16 +480,21 @@ mod tests {
         store.append_history(&lines(&lost), &lost).unwrap();
         drop(store);
 
-        // Run 2 repairs: cuts the JSONL back, rebuilds Parquet for run 1's rows.
+        // Run 2 repairs and takes run 1's committed rows over.
         let store = Store::open(out, "2026-11-26", "run2").unwrap();
         let repair = store.repair().clone();
         assert_eq!(repair.jsonl_bytes_cut, lines(&lost).len() as u64);
         assert_eq!(repair.parquet_rebuilt_rows, 3);
-        // Run 1 never reached its first Parquet batch: nothing to remove.
-        assert!(repair.parquet_removed.is_empty(), "{repair:?}");
-        let files = store.finish().unwrap();
-        assert_eq!(files.len(), 1);
-        assert_eq!(files[0].rows, 3);
+        assert_eq!(
+            repair.audit_removed,
+            vec!["audit/runs/.run1.rows.jsonl.tmp"]
+        );
+        let sealed = store.seal(body()).unwrap();
+        assert_eq!(sealed.files.len(), 2, "{:?}", sealed.files);
+        assert_eq!(sealed.files[0].offset, Some(0));
+        assert_eq!(sealed.files[0].rows, 3);
+        assert_eq!(sealed.files[1].rows, 3);
+        assert_eq!(sealed.audit_rows.rows, 3);
         assert_eq!(
             std::fs::read(out.join(jsonl::FILE_NAME)).unwrap(),
             lines(&first)
@@ -287,6 +505,30 @@ mod tests {
             checkpoint.jsonl.committed_bytes
         );
         assert_eq!(checkpoint.jsonl.history_rows, 3);
+        assert_eq!(
+            checkpoint.audit.coverage.jsonl_bytes,
+            checkpoint.jsonl.committed_bytes
+        );
+        assert_eq!(checkpoint.audit.last_digest, Some(sealed.chain.sha256));
+    }
+
+    #[test]
+    fn a_second_run_manifest_covers_only_its_own_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path();
+        let mut store = Store::open(out, "2026-11-26", "a").unwrap();
+        let first: Vec<_> = (0..3).map(row).collect();
+        store.append_history(&lines(&first), &first).unwrap();
+        let a = store.seal(body()).unwrap();
+        let mut store = Store::open(out, "2026-11-26", "b").unwrap();
+        let second: Vec<_> = (3..4).map(row).collect();
+        store.append_history(&lines(&second), &second).unwrap();
+        let b = store.seal(body()).unwrap();
+        let len_a = lines(&first).len() as u64;
+        assert_eq!(b.files[0].offset, Some(len_a));
+        assert_eq!(b.files[0].rows, 1);
+        assert_eq!(b.chain.previous_sha256, Some(a.chain.sha256));
+        assert_eq!(b.chain.seq, 2);
     }
 
     #[test]

@@ -5,6 +5,7 @@ pub mod demo;
 pub mod lookup;
 pub mod mock;
 pub mod sync;
+pub mod verify;
 
 use std::io::Write;
 
@@ -24,6 +25,13 @@ pub enum Report {
         /// Print as JSON.
         json: bool,
     },
+    /// `verify`: the integrity report.
+    Verify {
+        /// The report.
+        report: verify::VerifyReport,
+        /// Print as JSON.
+        json: bool,
+    },
     /// `lookup`: the profile, printed as JSON.
     Lookup(UserProfile),
     /// `demo`: a human summary.
@@ -40,14 +48,8 @@ impl Report {
                 let json = serde_json::to_string_pretty(profile).map_err(std::io::Error::other)?;
                 writeln!(out, "{json}")
             }
-            Report::Sync { report, json: true } => {
-                let json = serde_json::to_string_pretty(report).map_err(std::io::Error::other)?;
-                writeln!(out, "{json}")
-            }
-            Report::Sync {
-                report,
-                json: false,
-            } => write!(out, "{report}"),
+            Report::Sync { report, json } => write_report(out, report.as_ref(), *json),
+            Report::Verify { report, json } => write_report(out, report, *json),
             Report::Demo(report) => write!(out, "{report}"),
             Report::MockStopped => Ok(()),
         }
@@ -57,9 +59,24 @@ impl Report {
     pub fn exit_code(&self) -> u8 {
         match self {
             Report::Sync { report, .. } => report.exit_code(),
+            Report::Verify { report, .. } => report.exit_code(),
             Report::Demo(report) => report.exit_code(),
             Report::Lookup(_) | Report::MockStopped => 0,
         }
+    }
+}
+
+/// Writes a report as pretty JSON or as its human summary.
+fn write_report<T: serde::Serialize + std::fmt::Display>(
+    out: &mut impl Write,
+    report: &T,
+    json: bool,
+) -> std::io::Result<()> {
+    if json {
+        let text = serde_json::to_string_pretty(report).map_err(std::io::Error::other)?;
+        writeln!(out, "{text}")
+    } else {
+        write!(out, "{report}")
     }
 }
 
@@ -70,6 +87,12 @@ pub async fn execute(command: Command) -> Result<Report> {
             report: Box::new(sync::run(options).await?),
             json,
         }),
+        Command::Verify { dir, key, json } => {
+            let report = tokio::task::spawn_blocking(move || verify::run(&dir, key.as_ref()))
+                .await
+                .map_err(|e| Error::io("<verify>", std::io::Error::other(e)))??;
+            Ok(Report::Verify { report, json })
+        }
         Command::Lookup { api, user } => {
             let client = Client::new(api)?;
             Ok(Report::Lookup(lookup::run(&client, &user).await?))

@@ -25,12 +25,13 @@ use tokio::sync::{Semaphore, mpsc};
 use crate::api::client::{Client, ClientConfig};
 use crate::api::pagination::{Next, PageGuard, StopReason};
 use crate::api::{Account, Endpoint, UserRef};
+use crate::audit::AuditKey;
 use crate::checkpoint::{Conversation, PageState, Recipient, TopScan, conversation_key};
 use crate::dedupe::admit;
 use crate::error::{Error, ErrorClass, Result};
 use crate::normalize::{HistoryRow, normalize};
 use crate::sinks::WrittenFile;
-use crate::store::{Repair, Store};
+use crate::store::{ManifestBody, Repair, Store};
 
 /// One conversation to sync.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +61,8 @@ pub struct SyncOptions {
     pub commit_interval: Duration,
     /// Print progress lines while running.
     pub progress: bool,
+    /// Key for signing the run's manifest.
+    pub audit_key: Option<AuditKey>,
 }
 
 impl SyncOptions {
@@ -74,6 +77,7 @@ impl SyncOptions {
             max_empty_pages: 5,
             commit_interval: Duration::from_secs(1),
             progress: false,
+            audit_key: None,
         }
     }
 }
@@ -166,8 +170,10 @@ pub struct SyncReport {
     pub retries: u64,
     /// Credits spent, by endpoint.
     pub credits: BTreeMap<Endpoint, u64>,
-    /// Files and segments written.
+    /// Files and segments written (as the manifest lists them).
     pub files: Vec<WrittenFile>,
+    /// The run's manifest, relative to the output folder.
+    pub manifest: String,
     /// Every page fetched.
     #[serde(skip)]
     pub page_log: Vec<PageRecord>,
@@ -303,6 +309,7 @@ pub async fn run(options: SyncOptions) -> Result<SyncReport> {
     }
     let started = Instant::now();
     let now = chrono::Utc::now();
+    let started_at = now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     let run_id = format!("{}-{:04x}", now.format("%Y%m%dT%H%M%SZ"), fastrand::u16(..));
     let date = now.format("%Y-%m-%d").to_string();
     let client = Client::new(options.api.clone())?;
@@ -381,7 +388,7 @@ pub async fn run(options: SyncOptions) -> Result<SyncReport> {
         .await
         .map_err(|e| Error::io("<writer thread>", std::io::Error::other(e)))?
         .map_err(|_| Error::io("<writer thread>", std::io::Error::other("writer panicked")))?;
-    let (files, page_log) = writer_result?;
+    let (store, page_log) = writer_result?;
 
     reports.sort_by(|a, b| (&a.account, &a.user).cmp(&(&b.account, &b.user)));
     let stop_error = run
@@ -394,7 +401,7 @@ pub async fn run(options: SyncOptions) -> Result<SyncReport> {
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
-    Ok(SyncReport {
+    let mut report = SyncReport {
         run_id,
         out: options.out.clone(),
         conversations: reports,
@@ -405,13 +412,59 @@ pub async fn run(options: SyncOptions) -> Result<SyncReport> {
         bad_timestamps: run.bad_timestamps.load(Ordering::SeqCst),
         retries: run.retries.load(Ordering::SeqCst),
         credits,
-        files,
+        files: Vec::new(),
+        manifest: String::new(),
         page_log,
         repair,
-        elapsed: started.elapsed(),
+        elapsed: Duration::ZERO,
         stop_needs_person: stop_error.as_ref().is_some_and(|(_, code)| *code == 3),
         stopped_by: stop_error.map(|(text, _)| text),
-    })
+    };
+    let body = manifest_body(&report, &options, started_at);
+    let sealed = tokio::task::spawn_blocking(move || store.seal(body))
+        .await
+        .map_err(|e| Error::io(&options.out, std::io::Error::other(e)))??;
+    report.files = sealed.files;
+    report.manifest = sealed.chain.manifest;
+    report.elapsed = started.elapsed();
+    Ok(report)
+}
+
+/// The manifest content of a sync run: IDs, cursors, statuses, counts and
+/// credits — no message body, no key.
+fn manifest_body(report: &SyncReport, options: &SyncOptions, started_at: String) -> ManifestBody {
+    let accounts: std::collections::BTreeSet<&str> =
+        options.targets.iter().map(|t| t.account.as_str()).collect();
+    ManifestBody {
+        command: "sync",
+        started_at,
+        exit_code: report.exit_code(),
+        options: serde_json::json!({
+            "base_url": options.api.base_url,
+            "accounts": accounts,
+            "conversations": options.targets.len(),
+            "concurrency": options.concurrency,
+            "max_credits": options.max_credits,
+            "max_empty_pages": options.max_empty_pages,
+        }),
+        conversations: serde_json::to_value(&report.conversations).unwrap_or_default(),
+        pages: serde_json::to_value(&report.page_log).unwrap_or_default(),
+        sends: serde_json::json!([]),
+        credits: report
+            .credits
+            .iter()
+            .map(|(e, c)| (e.as_str().to_owned(), *c))
+            .collect(),
+        counts: serde_json::json!({
+            "pages": report.pages,
+            "messages_fetched": report.messages_fetched,
+            "new_messages": report.new_messages,
+            "duplicates_dropped": report.duplicates_dropped,
+            "bad_timestamps": report.bad_timestamps,
+            "retries": report.retries,
+        }),
+        signing_key: options.audit_key.clone(),
+    }
 }
 
 /// Resolves usernames to IDs (once: remembered in the checkpoint) and loads
@@ -557,7 +610,7 @@ async fn sync_conversation(
             } else {
                 return Ok(());
             };
-            if let Some(anomaly) = page_scan(
+            let stop = page_scan(
                 run,
                 &account,
                 &user_id,
@@ -567,10 +620,11 @@ async fn sync_conversation(
                 &tx,
                 &mut report,
             )
-            .await?
-            {
-                return Err(Halt::Anomaly(anomaly));
+            .await?;
+            if stop.is_anomaly() {
+                return Err(Halt::Anomaly(stop));
             }
+            report.reason = serde_plain(stop);
         }
     }
     .await;
@@ -636,7 +690,7 @@ fn serde_plain<T: Serialize>(value: T) -> String {
     }
 }
 
-/// Runs one scan to its end. Returns the anomaly that ended it, if any.
+/// Runs one scan to its end. Returns why it stopped.
 #[expect(
     clippy::too_many_arguments,
     reason = "one call site; the pieces are the scan's context"
@@ -650,7 +704,7 @@ async fn page_scan(
     scan: Scan,
     tx: &mpsc::Sender<Event>,
     report: &mut ConversationReport,
-) -> std::result::Result<Option<StopReason>, Halt> {
+) -> std::result::Result<StopReason, Halt> {
     let mut cursor = match scan {
         Scan::Top => state.top_scan.as_ref().and_then(|t| t.cursor.clone()),
         Scan::Backfill => state.backfill.cursor.clone(),
@@ -797,20 +851,19 @@ async fn page_scan(
                     cursor = Some(c);
                 }
             }
-            Some(StopReason::End | StopReason::Boundary) => return Ok(None),
-            Some(anomaly) => return Ok(Some(anomaly)),
+            Some(reason) => return Ok(reason),
         }
     }
 }
 
 /// The writer thread: owns the store, appends every page, commits at most
-/// every `commit_interval` (and whenever 16 MiB are pending), and finishes
-/// the store when the tasks are done.
+/// every `commit_interval` (and whenever 16 MiB are pending), and hands the
+/// store back, committed, when the tasks are done.
 fn writer_loop(
     mut store: Store,
     mut rx: mpsc::Receiver<Event>,
     run: &Run,
-) -> Result<(Vec<WrittenFile>, Vec<PageRecord>)> {
+) -> Result<(Store, Vec<PageRecord>)> {
     const COMMIT_BYTES: u64 = 16 << 20;
     let mut page_log = Vec::new();
     let mut last_commit = Instant::now();
@@ -845,7 +898,8 @@ fn writer_loop(
         rx.close();
         return Err(e);
     }
-    Ok((store.finish()?, page_log))
+    store.commit()?;
+    Ok((store, page_log))
 }
 
 /// Progress while a run goes on: a live line on a terminal, a log line every

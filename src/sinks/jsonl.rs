@@ -34,7 +34,12 @@ impl JsonlSink {
     /// Returns the sink and the number of bytes cut. A file shorter than
     /// `committed` was truncated by something else: that is refused, since
     /// appending would silently lose the missing records.
-    pub fn open(path: &Path, committed: u64) -> Result<(JsonlSink, u64)> {
+    ///
+    /// The segment reported by [`JsonlSink::segment`] starts at
+    /// `segment_from` (where the last audit manifest's coverage ends), so
+    /// records committed by a run that died before sealing its manifest are
+    /// covered by the next one.
+    pub fn open(path: &Path, committed: u64, segment_from: u64) -> Result<(JsonlSink, u64)> {
         let file = open_private(
             path,
             OpenOptions::new().read(true).append(true).create(true),
@@ -48,6 +53,14 @@ impl JsonlSink {
                 ),
             });
         }
+        if segment_from > committed {
+            return Err(Error::Corrupt {
+                path: path.to_owned(),
+                reason: format!(
+                    "the audit chain covers {segment_from} bytes but only {committed} are committed: restore the output folder from backup"
+                ),
+            });
+        }
         let cut = len - committed;
         if cut > 0 {
             // Durably cut before anything is appended after it.
@@ -55,14 +68,32 @@ impl JsonlSink {
                 .and_then(|()| file.sync_all())
                 .map_err(|e| Error::io(path, e))?;
         }
+        let mut segment_hasher = Sha256::new();
+        let mut segment_rows = 0;
+        if segment_from < committed {
+            let mut reader = File::open(path).map_err(|e| Error::io(path, e))?;
+            reader
+                .seek(SeekFrom::Start(segment_from))
+                .map_err(|e| Error::io(path, e))?;
+            let mut reader = reader.take(committed - segment_from);
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = reader.read(&mut buf).map_err(|e| Error::io(path, e))?;
+                if n == 0 {
+                    break;
+                }
+                segment_hasher.update(&buf[..n]);
+                segment_rows += buf[..n].iter().filter(|b| **b == b'\n').count() as u64;
+            }
+        }
         Ok((
             JsonlSink {
                 file,
                 path: path.to_owned(),
                 len: committed,
-                segment_offset: committed,
-                segment_hasher: Sha256::new(),
-                segment_rows: 0,
+                segment_offset: segment_from,
+                segment_hasher,
+                segment_rows,
             },
             cut,
         ))
@@ -147,13 +178,13 @@ mod tests {
     fn torn_tail_is_cut_back_to_the_committed_length() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(FILE_NAME);
-        let (mut sink, cut) = JsonlSink::open(&path, 0).unwrap();
+        let (mut sink, cut) = JsonlSink::open(&path, 0, 0).unwrap();
         assert_eq!(cut, 0);
         sink.append(b"{\"a\":1}\n", 1).unwrap();
         let committed = sink.sync().unwrap();
         sink.append(b"{\"b\":2}\n{\"c\":", 1).unwrap();
         drop(sink);
-        let (sink, cut) = JsonlSink::open(&path, committed).unwrap();
+        let (sink, cut) = JsonlSink::open(&path, committed, committed).unwrap();
         assert_eq!(cut, 13);
         assert_eq!(sink.len(), committed);
         assert_eq!(std::fs::read(&path).unwrap(), b"{\"a\":1}\n");
@@ -164,7 +195,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(FILE_NAME);
         std::fs::write(&path, b"{}\n").unwrap();
-        let err = JsonlSink::open(&path, 10).unwrap_err();
+        let err = JsonlSink::open(&path, 10, 0).unwrap_err();
         assert!(err.to_string().contains("10 bytes are committed"), "{err}");
     }
 
@@ -173,12 +204,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(FILE_NAME);
         std::fs::write(&path, b"{\"old\":1}\n").unwrap();
-        let (mut sink, _) = JsonlSink::open(&path, 10).unwrap();
+        let (mut sink, _) = JsonlSink::open(&path, 10, 10).unwrap();
         sink.append(b"{\"new\":2}\n", 1).unwrap();
         sink.sync().unwrap();
         let seg = sink.segment().unwrap();
         assert_eq!((seg.offset, seg.length, seg.rows), (Some(10), Some(10), 1));
         assert_eq!(seg.sha256, super::super::sha256_hex(b"{\"new\":2}\n"));
+        drop(sink);
+        // A segment starting before the committed end covers the bytes
+        // already there (committed by a run that never sealed).
+        let (mut sink, _) = JsonlSink::open(&path, 20, 0).unwrap();
+        sink.append(b"{\"c\":3}\n", 1).unwrap();
+        let seg = sink.segment().unwrap();
+        assert_eq!((seg.offset, seg.length, seg.rows), (Some(0), Some(28), 3));
+        assert_eq!(
+            seg.sha256,
+            super::super::sha256_hex(&std::fs::read(&path).unwrap())
+        );
     }
 
     #[test]

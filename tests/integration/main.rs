@@ -6,6 +6,7 @@ mod cli;
 mod client;
 mod scripted;
 mod sync;
+mod verify;
 mod warehouse;
 
 use std::collections::BTreeMap;

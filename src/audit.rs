@@ -1,0 +1,658 @@
+//! The body-free audit trail under `audit/`: one manifest per run, a rows
+//! file of the message IDs the run wrote, a hash chain linking the runs, and
+//! `SHA256SUMS` for checking with coreutils alone.
+//!
+//! Layout:
+//! - `audit/runs/<run>.manifest.json`: what the run fetched and wrote, with
+//!   the digest of the previous run's manifest (the chain);
+//! - `audit/runs/<run>.rows.jsonl`: one line per record the run wrote
+//!   (`record_type`, `conversation_user_id` or `recipient_user_id`,
+//!   `message_id`), with a Merkle root over them in the manifest, so a single
+//!   message can be proven written without revealing the others;
+//! - `audit/chain.jsonl`: one line per run: its manifest's path and SHA-256
+//!   and the previous one's. Removing, editing, inserting or reordering a
+//!   run breaks a link;
+//! - `SHA256SUMS`: the current digest of every output file, for
+//!   `sha256sum -c SHA256SUMS` run from the output folder.
+//!
+//! Nothing here ever holds a message body: manifests carry IDs, cursors,
+//! statuses, endpoints, media references, counts, credits and digests.
+//!
+//! With `XQUIK_DM_AUDIT_KEY` set, each manifest also carries an HMAC-SHA256
+//! over its canonical bytes (the manifest without its `signature`, as
+//! compact JSON with sorted keys).
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use hmac::{KeyInit, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+use crate::sinks::{
+    WrittenFile, create_private_dir, fsync_dir, open_private, sha256_hex, write_atomic,
+};
+
+/// Folder of the manifests and rows files.
+pub const RUNS_DIR: &str = "audit/runs";
+/// The chain file.
+pub const CHAIN: &str = "audit/chain.jsonl";
+/// The coreutils checksum file.
+pub const SUMS: &str = "SHA256SUMS";
+/// Environment variable holding the optional manifest signing key.
+pub const AUDIT_KEY_ENV: &str = "XQUIK_DM_AUDIT_KEY";
+/// Manifest format tag.
+pub const MANIFEST_FORMAT: &str = "xquik-dm-manifest/1";
+
+/// The manifest signing key (from `XQUIK_DM_AUDIT_KEY`); redacted in `Debug`.
+#[derive(Clone)]
+pub struct AuditKey(pub Vec<u8>);
+
+impl std::fmt::Debug for AuditKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuditKey(<redacted>)")
+    }
+}
+
+/// A streaming Merkle tree (RFC 6962 shape: leaf `H(0x00 || data)`, node
+/// `H(0x01 || left || right)`), in O(log n) memory.
+#[derive(Debug, Default, Clone)]
+pub struct Merkle {
+    stack: Vec<(u32, [u8; 32])>,
+    leaves: u64,
+}
+
+impl Merkle {
+    /// Adds a leaf.
+    pub fn push(&mut self, data: &[u8]) {
+        let mut h = Sha256::new();
+        h.update([0u8]);
+        h.update(data);
+        let mut node: [u8; 32] = h.finalize().into();
+        let mut level = 0;
+        while let Some(&(top_level, top)) = self.stack.last() {
+            if top_level != level {
+                break;
+            }
+            self.stack.pop();
+            node = Self::node(&top, &node);
+            level += 1;
+        }
+        self.stack.push((level, node));
+        self.leaves += 1;
+    }
+
+    fn node(left: &[u8; 32], right: &[u8; 32]) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update([1u8]);
+        h.update(left);
+        h.update(right);
+        h.finalize().into()
+    }
+
+    /// The root, hex; `None` for no leaves.
+    pub fn root(&self) -> Option<String> {
+        let mut iter = self.stack.iter().rev();
+        let mut acc = iter.next()?.1;
+        for (_, left) in iter {
+            acc = Self::node(left, &acc);
+        }
+        Some(hex::encode(acc))
+    }
+
+    /// Leaves added.
+    pub fn len(&self) -> u64 {
+        self.leaves
+    }
+
+    /// Whether no leaf was added.
+    pub fn is_empty(&self) -> bool {
+        self.leaves == 0
+    }
+}
+
+/// One line of a rows file. Field names are the handoff record's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRow {
+    /// `history` or `send`.
+    pub record_type: String,
+    /// The conversation (history) or recipient (send).
+    pub user_id: String,
+    /// The message ID.
+    pub message_id: String,
+}
+
+/// The rows file of a run, written as the run appends records.
+#[derive(Debug)]
+pub struct AuditRows {
+    tmp: PathBuf,
+    target: PathBuf,
+    rel: String,
+    file: BufWriter<File>,
+    hasher: Sha256,
+    merkle: Merkle,
+    bytes: u64,
+    line: Vec<u8>,
+}
+
+/// The rows file as the manifest describes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RowsInfo {
+    /// Path relative to the output folder.
+    pub path: String,
+    /// SHA-256 of the file.
+    pub sha256: String,
+    /// Size in bytes.
+    pub bytes: u64,
+    /// Lines.
+    pub rows: u64,
+    /// Merkle root over the lines (without their newline); null when empty.
+    pub merkle_root: Option<String>,
+}
+
+impl AuditRows {
+    /// Starts the rows file of `run_id` (under a temporary name).
+    pub fn create(out: &Path, run_id: &str) -> Result<AuditRows> {
+        let dir = out.join(RUNS_DIR);
+        create_private_dir(&dir)?;
+        let name = format!("{run_id}.rows.jsonl");
+        let tmp = dir.join(format!(".{name}.tmp"));
+        let file = open_private(
+            &tmp,
+            OpenOptions::new().write(true).create(true).truncate(true),
+        )?;
+        Ok(AuditRows {
+            tmp,
+            target: dir.join(&name),
+            rel: format!("{RUNS_DIR}/{name}"),
+            file: BufWriter::with_capacity(1 << 20, file),
+            hasher: Sha256::new(),
+            merkle: Merkle::default(),
+            bytes: 0,
+            line: Vec::with_capacity(128),
+        })
+    }
+
+    /// Adds one record's IDs.
+    pub fn push(&mut self, record_type: &str, user_id: &str, message_id: &str) -> Result<()> {
+        self.line.clear();
+        let row = AuditRow {
+            record_type: record_type.to_owned(),
+            user_id: user_id.to_owned(),
+            message_id: message_id.to_owned(),
+        };
+        serde_json::to_writer(&mut self.line, &row).map_err(|e| Error::io(&self.tmp, e.into()))?;
+        self.merkle.push(&self.line);
+        self.line.push(b'\n');
+        self.file
+            .write_all(&self.line)
+            .map_err(|e| Error::io(&self.tmp, e))?;
+        self.hasher.update(&self.line);
+        self.bytes += self.line.len() as u64;
+        Ok(())
+    }
+
+    /// Makes the file durable under its final name.
+    pub fn finish(self) -> Result<RowsInfo> {
+        let file = self
+            .file
+            .into_inner()
+            .map_err(|e| Error::io(&self.tmp, e.into_error()))?;
+        file.sync_all().map_err(|e| Error::io(&self.tmp, e))?;
+        drop(file);
+        fs::rename(&self.tmp, &self.target).map_err(|e| Error::io(&self.target, e))?;
+        if let Some(dir) = self.target.parent() {
+            fsync_dir(dir)?;
+        }
+        Ok(RowsInfo {
+            path: self.rel,
+            sha256: hex::encode(self.hasher.finalize()),
+            bytes: self.bytes,
+            rows: self.merkle.len(),
+            merkle_root: self.merkle.root(),
+        })
+    }
+}
+
+/// How far the manifests cover the append-only outputs, cumulatively.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Coverage {
+    /// JSONL bytes covered by this and earlier manifests' segments.
+    pub jsonl_bytes: u64,
+    /// Parquet files (in checkpoint order) listed by this and earlier manifests.
+    pub parquet_files: u64,
+}
+
+/// An HMAC over a manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Signature {
+    /// Always `HMAC-SHA256`.
+    pub algorithm: String,
+    /// Hex MAC over the canonical bytes.
+    pub value: String,
+}
+
+/// A run's manifest. The command-specific parts (`options`,
+/// `conversations`, `pages`, `sends`, `counts`) are JSON values built by the
+/// command; this module only needs the parts it checks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// [`MANIFEST_FORMAT`].
+    pub format: String,
+    /// The run's ID.
+    pub run_id: String,
+    /// `sync` or `send`.
+    pub command: String,
+    /// xquik-dm version.
+    pub tool_version: String,
+    /// RFC 3339 UTC.
+    pub started_at: String,
+    /// RFC 3339 UTC.
+    pub finished_at: String,
+    /// SHA-256 of the previous run's manifest; null for the first run.
+    pub previous_manifest_sha256: Option<String>,
+    /// The run's exit status.
+    pub exit_code: u8,
+    /// Options the run used (no secrets).
+    pub options: serde_json::Value,
+    /// Per-conversation outcomes.
+    #[serde(default)]
+    pub conversations: serde_json::Value,
+    /// Every page fetched.
+    #[serde(default)]
+    pub pages: serde_json::Value,
+    /// Every send.
+    #[serde(default)]
+    pub sends: serde_json::Value,
+    /// Credits by endpoint.
+    pub credits: BTreeMap<String, u64>,
+    /// Counters (messages, duplicates, retries, ...).
+    pub counts: serde_json::Value,
+    /// What the run repaired when it started.
+    #[serde(default)]
+    pub repair: serde_json::Value,
+    /// Every file or appended segment written since the previous manifest.
+    pub files: Vec<WrittenFile>,
+    /// The run's rows file.
+    pub audit_rows: RowsInfo,
+    /// Cumulative coverage after this run.
+    pub coverage: Coverage,
+    /// HMAC, when a key was set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<Signature>,
+}
+
+impl Manifest {
+    /// The bytes an HMAC covers: the manifest without its signature, as
+    /// compact JSON with sorted keys.
+    pub fn canonical_bytes(&self) -> Result<Vec<u8>> {
+        let mut value =
+            serde_json::to_value(self).map_err(|e| Error::io("<manifest>", e.into()))?;
+        if let Some(map) = value.as_object_mut() {
+            map.remove("signature");
+        }
+        // serde_json's map keeps keys sorted, so this is canonical.
+        serde_json::to_vec(&value).map_err(|e| Error::io("<manifest>", e.into()))
+    }
+
+    /// Signs the manifest with `key`.
+    pub fn sign(&mut self, key: &[u8]) -> Result<()> {
+        self.signature = None;
+        let mac = hmac_hex(key, &self.canonical_bytes()?);
+        self.signature = Some(Signature {
+            algorithm: "HMAC-SHA256".into(),
+            value: mac,
+        });
+        Ok(())
+    }
+
+    /// Whether the signature matches `key`; `None` when unsigned.
+    pub fn check_signature(&self, key: &[u8]) -> Result<Option<bool>> {
+        let Some(sig) = &self.signature else {
+            return Ok(None);
+        };
+        let expected = hmac_hex(key, &self.canonical_bytes()?);
+        Ok(Some(
+            sig.algorithm == "HMAC-SHA256"
+                && constant_time_eq(sig.value.as_bytes(), expected.as_bytes()),
+        ))
+    }
+}
+
+fn hmac_hex(key: &[u8], bytes: &[u8]) -> String {
+    // HMAC accepts keys of any length; new_from_slice cannot fail for it.
+    match hmac::Hmac::<Sha256>::new_from_slice(key) {
+        Ok(mut mac) => {
+            mac.update(bytes);
+            hex::encode(mac.finalize().into_bytes())
+        }
+        Err(_) => String::new(),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// One line of `audit/chain.jsonl`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainEntry {
+    /// 1 for the first run.
+    pub seq: u64,
+    /// The run.
+    pub run_id: String,
+    /// Manifest path, relative to the output folder.
+    pub manifest: String,
+    /// SHA-256 of the manifest file.
+    pub sha256: String,
+    /// SHA-256 of the previous manifest; null for the first.
+    pub previous_sha256: Option<String>,
+}
+
+/// Reads the chain. A last line without its newline (a torn append) is
+/// reported separately so the caller can cut it.
+pub fn read_chain(out: &Path) -> Result<(Vec<ChainEntry>, Option<u64>)> {
+    let path = out.join(CHAIN);
+    let bytes = match fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), None)),
+        Err(e) => return Err(Error::io(&path, e)),
+    };
+    let mut entries = Vec::new();
+    let mut good_len = 0u64;
+    for line in bytes.split_inclusive(|b| *b == b'\n') {
+        if line.last() != Some(&b'\n') {
+            return Ok((entries, Some(good_len)));
+        }
+        let entry: ChainEntry =
+            serde_json::from_slice(&line[..line.len() - 1]).map_err(|e| Error::Corrupt {
+                path: path.clone(),
+                reason: format!(
+                    "line {} is not a chain entry ({})",
+                    entries.len() + 1,
+                    e.classify_str()
+                ),
+            })?;
+        entries.push(entry);
+        good_len += line.len() as u64;
+    }
+    Ok((entries, None))
+}
+
+trait ClassifyStr {
+    fn classify_str(&self) -> &'static str;
+}
+
+impl ClassifyStr for serde_json::Error {
+    fn classify_str(&self) -> &'static str {
+        match self.classify() {
+            serde_json::error::Category::Io => "I/O error",
+            serde_json::error::Category::Syntax => "malformed JSON",
+            serde_json::error::Category::Data => "unexpected fields",
+            serde_json::error::Category::Eof => "truncated JSON",
+        }
+    }
+}
+
+/// Writes a manifest durably, then appends it to the chain durably.
+/// Returns its chain entry.
+pub fn append_run(
+    out: &Path,
+    manifest: &Manifest,
+    previous: Option<&ChainEntry>,
+) -> Result<ChainEntry> {
+    let rel = format!("{RUNS_DIR}/{}.manifest.json", manifest.run_id);
+    create_private_dir(&out.join(RUNS_DIR))?;
+    let mut bytes = serde_json::to_vec_pretty(manifest).map_err(|e| Error::io(&rel, e.into()))?;
+    bytes.push(b'\n');
+    write_atomic(&out.join(&rel), &bytes)?;
+    let entry = ChainEntry {
+        seq: previous.map_or(1, |p| p.seq + 1),
+        run_id: manifest.run_id.clone(),
+        manifest: rel,
+        sha256: sha256_hex(&bytes),
+        previous_sha256: previous.map(|p| p.sha256.clone()),
+    };
+    let path = out.join(CHAIN);
+    let mut line = serde_json::to_vec(&entry).map_err(|e| Error::io(&path, e.into()))?;
+    line.push(b'\n');
+    let mut file = open_private(&path, OpenOptions::new().append(true).create(true))?;
+    file.write_all(&line)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| Error::io(&path, e))?;
+    fsync_dir(path.parent().unwrap_or(out))?;
+    Ok(entry)
+}
+
+/// Cuts a torn last chain line and removes manifests and rows files that the
+/// chain does not reference (a run killed while sealing). Returns the
+/// chain and the relative paths removed.
+pub fn repair(out: &Path) -> Result<(Vec<ChainEntry>, Vec<String>)> {
+    let (chain, torn_at) = read_chain(out)?;
+    if let Some(len) = torn_at {
+        let path = out.join(CHAIN);
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        file.set_len(len)
+            .and_then(|()| file.sync_all())
+            .map_err(|e| Error::io(&path, e))?;
+    }
+    let mut removed = Vec::new();
+    let dir = out.join(RUNS_DIR);
+    if dir.exists() {
+        let known: Vec<&str> = chain.iter().map(|e| e.run_id.as_str()).collect();
+        for entry in fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))? {
+            let entry = entry.map_err(|e| Error::io(&dir, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let run = name
+                .strip_suffix(".manifest.json")
+                .or_else(|| name.strip_suffix(".rows.jsonl"));
+            let orphan = match run {
+                Some(run) => !known.contains(&run),
+                None => name.starts_with('.') && name.ends_with(".tmp"),
+            };
+            if orphan {
+                fs::remove_file(entry.path()).map_err(|e| Error::io(entry.path(), e))?;
+                removed.push(format!("{RUNS_DIR}/{name}"));
+            }
+        }
+    }
+    Ok((chain, removed))
+}
+
+/// Reads a manifest file.
+pub fn read_manifest(out: &Path, rel: &str) -> Result<(Manifest, Vec<u8>)> {
+    let path = out.join(rel);
+    let bytes = fs::read(&path).map_err(|e| Error::io(&path, e))?;
+    let manifest = serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
+        path,
+        reason: format!("not a manifest ({})", e.classify_str()),
+    })?;
+    Ok((manifest, bytes))
+}
+
+/// SHA-256 and size of a whole file, streamed.
+pub fn file_digest(path: &Path) -> Result<(String, u64)> {
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    digest_reader(file).map_err(|e| Error::io(path, e))
+}
+
+/// SHA-256 and size of bytes `[offset, offset + length)` of a file.
+pub fn range_digest(path: &Path, offset: u64, length: u64) -> Result<(String, u64)> {
+    use std::io::{Seek, SeekFrom};
+    let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
+    file.seek(SeekFrom::Start(offset))
+        .map_err(|e| Error::io(path, e))?;
+    digest_reader(file.take(length)).map_err(|e| Error::io(path, e))
+}
+
+fn digest_reader(mut reader: impl Read) -> std::io::Result<(String, u64)> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = reader.read(&mut buf)?;
+        if n == 0 {
+            return Ok((hex::encode(hasher.finalize()), total));
+        }
+        hasher.update(&buf[..n]);
+        total += n as u64;
+    }
+}
+
+/// Rewrites `SHA256SUMS` atomically: one `<sha256>  <path>` line per file
+/// (paths relative to the output folder, sorted), in the format
+/// `sha256sum -c` reads. `known` holds digests already computed (Parquet
+/// files, manifests), keyed by relative path; the rest is hashed here.
+pub fn write_sums(out: &Path, files: &[String], known: &BTreeMap<String, String>) -> Result<()> {
+    let mut lines = String::new();
+    let mut sorted: Vec<&String> = files.iter().collect();
+    sorted.sort();
+    sorted.dedup();
+    for rel in sorted {
+        let digest = match known.get(rel) {
+            Some(d) => d.clone(),
+            None => file_digest(&out.join(rel))?.0,
+        };
+        lines.push_str(&format!("{digest}  {rel}\n"));
+    }
+    write_atomic(&out.join(SUMS), lines.as_bytes())
+}
+
+/// Parses `SHA256SUMS` into (digest, path) pairs.
+pub fn read_sums(out: &Path) -> Result<Vec<(String, String)>> {
+    let path = out.join(SUMS);
+    let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
+    let mut sums = Vec::new();
+    for line in BufReader::new(file).lines() {
+        let line = line.map_err(|e| Error::io(&path, e))?;
+        let Some((digest, rel)) = line.split_once("  ") else {
+            return Err(Error::Corrupt {
+                path: path.clone(),
+                reason: "a line is not '<sha256>  <path>'".into(),
+            });
+        };
+        sums.push((digest.to_owned(), rel.to_owned()));
+    }
+    Ok(sums)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leaf(data: &[u8]) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update([0u8]);
+        h.update(data);
+        h.finalize().into()
+    }
+
+    /// RFC 6962's recursive definition, as the reference.
+    fn reference_root(leaves: &[&[u8]]) -> [u8; 32] {
+        if leaves.len() == 1 {
+            return leaf(leaves[0]);
+        }
+        let mut k = 1;
+        while k * 2 < leaves.len() {
+            k *= 2;
+        }
+        Merkle::node(&reference_root(&leaves[..k]), &reference_root(&leaves[k..]))
+    }
+
+    #[test]
+    fn streaming_merkle_matches_the_recursive_definition() {
+        let data: Vec<Vec<u8>> = (0..37u32)
+            .map(|i| format!("row {i}").into_bytes())
+            .collect();
+        for n in 1..=data.len() {
+            let mut m = Merkle::default();
+            for d in &data[..n] {
+                m.push(d);
+            }
+            let refs: Vec<&[u8]> = data[..n].iter().map(Vec::as_slice).collect();
+            assert_eq!(
+                m.root().unwrap(),
+                hex::encode(reference_root(&refs)),
+                "{n} leaves"
+            );
+        }
+        assert_eq!(Merkle::default().root(), None);
+    }
+
+    fn manifest() -> Manifest {
+        Manifest {
+            format: MANIFEST_FORMAT.into(),
+            run_id: "r1".into(),
+            command: "sync".into(),
+            tool_version: "0.1.0".into(),
+            started_at: "2026-11-26T00:00:00Z".into(),
+            finished_at: "2026-11-26T00:00:01Z".into(),
+            previous_manifest_sha256: None,
+            exit_code: 0,
+            options: serde_json::json!({"concurrency": 8}),
+            conversations: serde_json::json!([]),
+            pages: serde_json::json!([]),
+            sends: serde_json::json!([]),
+            credits: BTreeMap::new(),
+            counts: serde_json::json!({}),
+            repair: serde_json::json!({}),
+            files: vec![],
+            audit_rows: RowsInfo {
+                path: "audit/runs/r1.rows.jsonl".into(),
+                sha256: "00".into(),
+                bytes: 0,
+                rows: 0,
+                merkle_root: None,
+            },
+            coverage: Coverage::default(),
+            signature: None,
+        }
+    }
+
+    #[test]
+    fn signatures_catch_any_change() {
+        let mut m = manifest();
+        assert_eq!(m.check_signature(b"k").unwrap(), None);
+        m.sign(b"secret").unwrap();
+        assert_eq!(m.check_signature(b"secret").unwrap(), Some(true));
+        assert_eq!(m.check_signature(b"other").unwrap(), Some(false));
+        m.exit_code = 4;
+        assert_eq!(m.check_signature(b"secret").unwrap(), Some(false));
+    }
+
+    #[test]
+    fn a_torn_chain_line_and_orphan_manifests_are_repaired() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path();
+        let first = append_run(out, &manifest(), None).unwrap();
+        let mut m2 = manifest();
+        m2.run_id = "r2".into();
+        append_run(out, &m2, Some(&first)).unwrap();
+        // Tear the second line, and leave an orphan rows file.
+        let chain = out.join(CHAIN);
+        let len = fs::metadata(&chain).unwrap().len();
+        OpenOptions::new()
+            .write(true)
+            .open(&chain)
+            .unwrap()
+            .set_len(len - 5)
+            .unwrap();
+        fs::write(out.join(RUNS_DIR).join("r3.rows.jsonl"), b"").unwrap();
+        let (entries, removed) = repair(out).unwrap();
+        assert_eq!(entries, vec![first]);
+        assert_eq!(
+            removed
+                .iter()
+                .map(String::as_str)
+                .collect::<std::collections::BTreeSet<_>>(),
+            ["audit/runs/r2.manifest.json", "audit/runs/r3.rows.jsonl"].into()
+        );
+        assert_eq!(read_chain(out).unwrap(), (entries, None));
+    }
+}

@@ -1,0 +1,385 @@
+//! `xquik-dm verify DIR`: what an audit reviewer runs. Recomputes every
+//! digest and checks that the audit trail accounts for every byte, without
+//! reading a message body into the report:
+//!
+//! - the chain: sequence numbers, each manifest's SHA-256, each link to the
+//!   previous manifest, and the checkpoint's pointer to the last run;
+//! - each manifest: the files and JSONL segments it lists (SHA-256, size),
+//!   its rows file and Merkle root, and its HMAC when a key is given;
+//! - completeness: the JSONL segments tile the handoff file from its first
+//!   to its last byte, and the Parquet and audit files on disk are exactly
+//!   the ones the manifests list — nothing missing, nothing extra;
+//! - `SHA256SUMS`, line by line, as `sha256sum -c` would.
+
+use std::collections::BTreeSet;
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::audit::{self, AuditKey, ChainEntry, Manifest, Merkle};
+use crate::checkpoint::Checkpoint;
+use crate::error::{Error, Result};
+use crate::sinks::jsonl;
+use crate::sinks::parquet::relative;
+
+/// One integrity failure.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Failure {
+    /// The file at fault, relative to the folder.
+    pub path: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// The outcome of `verify`.
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyReport {
+    /// The folder verified.
+    pub dir: PathBuf,
+    /// Runs in the chain.
+    pub runs: u64,
+    /// Files and segments whose digest was recomputed.
+    pub checked: u64,
+    /// Manifests whose HMAC was checked.
+    pub signatures_checked: u64,
+    /// Everything that failed.
+    pub failures: Vec<Failure>,
+    /// Remarks that are not failures.
+    pub notes: Vec<String>,
+}
+
+impl VerifyReport {
+    /// Whether everything verified.
+    pub fn ok(&self) -> bool {
+        self.failures.is_empty()
+    }
+
+    /// 0 when everything verified, 5 otherwise (SPEC §2).
+    pub fn exit_code(&self) -> u8 {
+        if self.ok() { 0 } else { 5 }
+    }
+
+    fn fail(&mut self, path: impl Into<String>, reason: impl Into<String>) {
+        self.failures.push(Failure {
+            path: path.into(),
+            reason: reason.into(),
+        });
+    }
+}
+
+/// Verifies the output folder `dir`. `key` checks manifest signatures.
+pub fn run(dir: &Path, key: Option<&AuditKey>) -> Result<VerifyReport> {
+    if !dir.is_dir() {
+        return Err(Error::invalid(
+            "DIR",
+            format!("{} is not a folder", dir.display()),
+        ));
+    }
+    let mut report = VerifyReport {
+        dir: dir.to_owned(),
+        runs: 0,
+        checked: 0,
+        signatures_checked: 0,
+        failures: Vec::new(),
+        notes: Vec::new(),
+    };
+    let manifests = check_chain(dir, key, &mut report);
+    check_files(dir, &manifests, &mut report);
+    check_sums(dir, &mut report);
+    Ok(report)
+}
+
+/// Checks the chain and each manifest's own digest and signature; returns
+/// the manifests that could be read, in chain order.
+fn check_chain(dir: &Path, key: Option<&AuditKey>, report: &mut VerifyReport) -> Vec<Manifest> {
+    let (chain, torn) = match audit::read_chain(dir) {
+        Ok(c) => c,
+        Err(e) => {
+            report.fail(audit::CHAIN, e.to_string());
+            return Vec::new();
+        }
+    };
+    if torn.is_some() {
+        report.fail(audit::CHAIN, "the last line is torn (no newline)");
+    }
+    if chain.is_empty() {
+        report.fail(
+            audit::CHAIN,
+            "no runs recorded: missing or empty audit chain",
+        );
+        return Vec::new();
+    }
+    report.runs = chain.len() as u64;
+    let mut manifests = Vec::new();
+    let mut previous: Option<&ChainEntry> = None;
+    let mut unsigned = 0;
+    for entry in &chain {
+        let expected_seq = previous.map_or(1, |p| p.seq + 1);
+        if entry.seq != expected_seq {
+            report.fail(
+                audit::CHAIN,
+                format!(
+                    "run {} has seq {}, expected {expected_seq}",
+                    entry.run_id, entry.seq
+                ),
+            );
+        }
+        if entry.previous_sha256 != previous.map(|p| p.sha256.clone()) {
+            report.fail(
+                audit::CHAIN,
+                format!("run {} does not link to the run before it", entry.run_id),
+            );
+        }
+        previous = Some(entry);
+        let (manifest, bytes) = match audit::read_manifest(dir, &entry.manifest) {
+            Ok(m) => m,
+            Err(e) => {
+                report.fail(&entry.manifest, e.to_string());
+                continue;
+            }
+        };
+        report.checked += 1;
+        if crate::sinks::sha256_hex(&bytes) != entry.sha256 {
+            // Either side may have been changed: name both.
+            report.fail(&entry.manifest, "SHA-256 differs from its chain entry");
+            report.fail(
+                audit::CHAIN,
+                format!(
+                    "the entry of run {} does not match its manifest",
+                    entry.run_id
+                ),
+            );
+        }
+        if manifest.run_id != entry.run_id
+            || manifest.previous_manifest_sha256 != entry.previous_sha256
+        {
+            report.fail(
+                &entry.manifest,
+                "run ID or previous digest differs from its chain entry",
+            );
+            report.fail(
+                audit::CHAIN,
+                format!(
+                    "the entry of run {} does not match its manifest",
+                    manifest.run_id
+                ),
+            );
+        }
+        match (
+            key,
+            manifest.check_signature(key.map_or(&[][..], |k| &k.0[..])),
+        ) {
+            (Some(_), Ok(Some(true))) => report.signatures_checked += 1,
+            (Some(_), Ok(Some(false))) => report.fail(
+                &entry.manifest,
+                "HMAC does not match: changed, or signed with another key",
+            ),
+            (Some(_), Ok(None)) => report.fail(&entry.manifest, "not signed, but a key was given"),
+            (None, Ok(Some(_))) => unsigned += 1,
+            (_, Err(e)) => report.fail(&entry.manifest, e.to_string()),
+            (None, Ok(None)) => {}
+        }
+        manifests.push(manifest);
+    }
+    if unsigned > 0 {
+        report.notes.push(format!(
+            "{unsigned} manifests are signed; set {} to check their HMAC",
+            audit::AUDIT_KEY_ENV
+        ));
+    }
+    match Checkpoint::load(dir) {
+        Ok(c) => {
+            let last = chain.last();
+            if c.audit.last_digest.as_deref() != last.map(|e| e.sha256.as_str())
+                || c.audit.last_manifest.as_deref() != last.map(|e| e.manifest.as_str())
+            {
+                report.fail(
+                    "state/checkpoint.json",
+                    "the audit pointer does not name the last run of the chain",
+                );
+            }
+        }
+        Err(e) => report.fail("state/checkpoint.json", e.to_string()),
+    }
+    manifests
+}
+
+/// Checks every listed file, segment and rows file, and completeness.
+fn check_files(dir: &Path, manifests: &[Manifest], report: &mut VerifyReport) {
+    let jsonl_path = dir.join(jsonl::FILE_NAME);
+    let mut covered = 0u64;
+    let mut listed = BTreeSet::new();
+    for m in manifests {
+        listed.insert(format!("{}/{}.manifest.json", audit::RUNS_DIR, m.run_id));
+        listed.insert(m.audit_rows.path.clone());
+        check_rows(dir, m, report);
+        for f in &m.files {
+            let path = dir.join(&f.path);
+            let digest = match (f.offset, f.length) {
+                (Some(offset), Some(length)) => {
+                    if offset != covered {
+                        report.fail(
+                            &f.path,
+                            format!("segment of run {} starts at byte {offset}, but the previous one ended at {covered}", m.run_id),
+                        );
+                    }
+                    covered = offset + length;
+                    audit::range_digest(&path, offset, length)
+                }
+                _ => {
+                    listed.insert(f.path.clone());
+                    audit::file_digest(&path)
+                }
+            };
+            report.checked += 1;
+            match digest {
+                Ok((sha, bytes)) if sha == f.sha256 && bytes == f.bytes => {}
+                Ok((_, bytes)) if bytes != f.bytes => report.fail(
+                    &f.path,
+                    format!(
+                        "run {} wrote {} bytes here, found {bytes}",
+                        m.run_id, f.bytes
+                    ),
+                ),
+                Ok(_) => report.fail(
+                    &f.path,
+                    format!("SHA-256 differs from run {}'s manifest", m.run_id),
+                ),
+                Err(e) => report.fail(&f.path, e.to_string()),
+            }
+        }
+        if m.coverage.jsonl_bytes != covered {
+            report.fail(
+                format!("{}/{}.manifest.json", audit::RUNS_DIR, m.run_id),
+                "its coverage does not match its segments",
+            );
+        }
+    }
+    // Every JSONL byte belongs to exactly one sealed run.
+    let len = std::fs::metadata(&jsonl_path).map_or(0, |m| m.len());
+    if len > covered {
+        report.fail(
+            jsonl::FILE_NAME,
+            format!("{} bytes after the last sealed segment (appended outside a run, or a run was interrupted: rerun sync)", len - covered),
+        );
+    }
+    // Nothing unlisted on disk.
+    for rel in files_under(dir, "parquet")
+        .into_iter()
+        .chain(files_under(dir, audit::RUNS_DIR))
+    {
+        if !listed.contains(&rel) {
+            report.fail(&rel, "not listed in any manifest");
+        }
+    }
+}
+
+/// Checks a run's rows file: digest, size, line count and Merkle root.
+fn check_rows(dir: &Path, m: &Manifest, report: &mut VerifyReport) {
+    let info = &m.audit_rows;
+    report.checked += 1;
+    let path = dir.join(&info.path);
+    let file = match std::fs::File::open(&path) {
+        Ok(f) => f,
+        Err(e) => return report.fail(&info.path, format!("cannot read: {e}")),
+    };
+    match audit::file_digest(&path) {
+        Ok((sha, bytes)) if sha == info.sha256 && bytes == info.bytes => {}
+        Ok(_) => {
+            return report.fail(
+                &info.path,
+                format!("SHA-256 differs from run {}'s manifest", m.run_id),
+            );
+        }
+        Err(e) => return report.fail(&info.path, e.to_string()),
+    }
+    let mut merkle = Merkle::default();
+    for line in std::io::BufReader::new(file).split(b'\n') {
+        match line {
+            Ok(line) => merkle.push(&line),
+            Err(e) => return report.fail(&info.path, format!("cannot read: {e}")),
+        }
+    }
+    if merkle.len() != info.rows || merkle.root() != info.merkle_root {
+        report.fail(
+            &info.path,
+            "Merkle root or row count differs from the manifest",
+        );
+    }
+}
+
+/// Checks `SHA256SUMS` as `sha256sum -c` would.
+fn check_sums(dir: &Path, report: &mut VerifyReport) {
+    let sums = match audit::read_sums(dir) {
+        Ok(s) => s,
+        Err(e) => return report.fail(audit::SUMS, e.to_string()),
+    };
+    for (digest, rel) in sums {
+        report.checked += 1;
+        match audit::file_digest(&dir.join(&rel)) {
+            Ok((sha, _)) if sha == digest => {}
+            Ok(_) => report.fail(&rel, "SHA-256 differs from SHA256SUMS"),
+            Err(e) => report.fail(&rel, e.to_string()),
+        }
+    }
+}
+
+/// Regular files below `dir/sub`, relative to `dir` (temporary files of a
+/// run in progress are skipped).
+fn files_under(dir: &Path, sub: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.join(sub)];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if !entry.file_name().to_string_lossy().starts_with('.') {
+                found.push(relative(dir, &path));
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+impl std::fmt::Display for VerifyReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.ok() {
+            writeln!(
+                f,
+                "OK: {} runs, {} files and segments verified in {}",
+                self.runs,
+                self.checked,
+                self.dir.display()
+            )?;
+        } else {
+            writeln!(
+                f,
+                "FAILED: {} problems in {} ({} runs, {} files and segments checked)",
+                self.failures.len(),
+                self.dir.display(),
+                self.runs,
+                self.checked
+            )?;
+            for failure in &self.failures {
+                writeln!(f, "  {}: {}", failure.path, failure.reason)?;
+            }
+        }
+        if self.signatures_checked > 0 {
+            writeln!(
+                f,
+                "  {} manifest signatures verified",
+                self.signatures_checked
+            )?;
+        }
+        for note in &self.notes {
+            writeln!(f, "  note: {note}")?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,268 @@
+//! `verify` and the audit trail: an untouched folder verifies (also with
+//! coreutils' `sha256sum -c`), and every kind of tampering is caught and
+//! named; no message body ever reaches `audit/` or `state/`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use xquik_dm::audit::AuditKey;
+use xquik_dm::commands::sync::{self, SyncOptions, Target};
+use xquik_dm::commands::verify;
+use xquik_dm::mock::MockServer;
+use xquik_dm::{Account, UserRef};
+
+use crate::{ACCOUNT, api, user_id, world};
+
+/// A folder with two sealed sync runs (the second incremental), signed
+/// with `key` when given.
+async fn two_runs(key: Option<&[u8]>) -> (tempfile::TempDir, MockServer) {
+    let server = MockServer::start(world(&[700, 120, 5], 100)).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let targets: Vec<Target> = (1..=3)
+        .map(|i| Target {
+            account: Account::parse(ACCOUNT).unwrap(),
+            user: UserRef::Id(user_id(i)),
+        })
+        .collect();
+    let mut options = SyncOptions::new(api(&server), dir.path().to_owned(), targets);
+    options.audit_key = key.map(|k| AuditKey(k.to_vec()));
+    assert_eq!(sync::run(options.clone()).await.unwrap().exit_code(), 0);
+    server.append_messages(ACCOUNT, &user_id(1), 40);
+    assert_eq!(sync::run(options).await.unwrap().exit_code(), 0);
+    (dir, server)
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+fn files(dir: &Path, sub: &str, suffix: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.join(sub)];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.to_string_lossy().ends_with(suffix) {
+                out.push(p.strip_prefix(dir).unwrap().to_string_lossy().into_owned());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Applies `tamper` to a copy of `base` and asserts that verify fails and
+/// names `expect_path`.
+fn assert_caught(base: &Path, what: &str, expect_path: &str, tamper: impl FnOnce(&Path)) {
+    let copy = tempfile::tempdir().unwrap();
+    copy_dir(base, copy.path());
+    tamper(copy.path());
+    let report = verify::run(copy.path(), None).unwrap();
+    assert_eq!(report.exit_code(), 5, "{what}: not caught");
+    // Caught by the manifests and the chain themselves, not only by
+    // SHA256SUMS (which whoever tampers could rewrite as well).
+    assert!(
+        report
+            .failures
+            .iter()
+            .any(|f| f.path == expect_path && !f.reason.contains("SHA256SUMS")),
+        "{what}: {expect_path} not named in {:?}",
+        report.failures
+    );
+}
+
+fn flip(path: &Path, at: f64) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let i = ((bytes.len() - 1) as f64 * at) as usize;
+    bytes[i] ^= 0x01;
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_untouched_folder_verifies_also_with_sha256sum() {
+    let (dir, _server) = two_runs(None).await;
+    let report = verify::run(dir.path(), None).unwrap();
+    assert!(report.ok(), "{report}");
+    assert_eq!(report.runs, 2);
+    let out = Command::new("sha256sum")
+        .args(["-c", "--strict", "SHA256SUMS"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let listed = String::from_utf8_lossy(&out.stdout).lines().count();
+    // JSONL, chain, checkpoint, 2 Parquet files, 2 manifests, 2 rows files.
+    assert_eq!(listed, 9, "{}", String::from_utf8_lossy(&out.stdout));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_kind_of_tampering_is_caught_and_named() {
+    let (dir, _server) = two_runs(None).await;
+    let base = dir.path();
+    let jsonl = "xquik-dm-handoff.jsonl";
+    let mut targets: Vec<String> = vec![jsonl.into(), "audit/chain.jsonl".into()];
+    targets.extend(files(base, "parquet", ".parquet"));
+    targets.extend(files(base, "audit/runs", ".manifest.json"));
+    targets.extend(files(base, "audit/runs", ".rows.jsonl"));
+    assert_eq!(targets.len(), 8);
+    for target in &targets {
+        for at in [0.0, 0.37, 0.5, 0.81, 1.0] {
+            // A flipped chain byte is named by the chain itself or by the
+            // manifest it no longer matches.
+            assert_caught(base, &format!("flip {target} at {at}"), target, |d| {
+                flip(&d.join(target), at)
+            });
+        }
+    }
+    let manifests = files(base, "audit/runs", ".manifest.json");
+    assert_caught(base, "delete a manifest", &manifests[0], |d| {
+        std::fs::remove_file(d.join(&manifests[0])).unwrap()
+    });
+    assert_caught(base, "reorder the chain", "audit/chain.jsonl", |d| {
+        let text = std::fs::read_to_string(d.join("audit/chain.jsonl")).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        std::fs::write(
+            d.join("audit/chain.jsonl"),
+            format!("{}\n{}\n", lines[1], lines[0]),
+        )
+        .unwrap();
+    });
+    assert_caught(
+        base,
+        "drop the first run from the chain",
+        "audit/chain.jsonl",
+        |d| {
+            let text = std::fs::read_to_string(d.join("audit/chain.jsonl")).unwrap();
+            let second = text.lines().nth(1).unwrap().to_owned();
+            std::fs::write(d.join("audit/chain.jsonl"), format!("{second}\n")).unwrap();
+        },
+    );
+    assert_caught(base, "truncate the JSONL", jsonl, |d| {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(d.join(jsonl))
+            .unwrap();
+        let len = f.metadata().unwrap().len();
+        f.set_len(len - 1).unwrap();
+    });
+    assert_caught(base, "extend the JSONL", jsonl, |d| {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(d.join(jsonl))
+            .unwrap();
+        f.write_all(b"{\"record_type\":\"history\"}\n").unwrap();
+    });
+    let parquet = files(base, "parquet", ".parquet");
+    assert_caught(base, "delete a Parquet file", &parquet[0], |d| {
+        std::fs::remove_file(d.join(&parquet[0])).unwrap()
+    });
+    assert_caught(
+        base,
+        "add an unlisted Parquet file",
+        "parquet/messages/date=2020-01-01/extra.parquet",
+        |d| {
+            let extra = d.join("parquet/messages/date=2020-01-01");
+            std::fs::create_dir_all(&extra).unwrap();
+            std::fs::copy(d.join(&parquet[0]), extra.join("extra.parquet")).unwrap();
+        },
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn signed_manifests_verify_with_the_key_and_a_mismatch_is_caught() {
+    let key = b"audit-key-for-tests";
+    let (dir, _server) = two_runs(Some(key)).await;
+    let good = verify::run(dir.path(), Some(&AuditKey(key.to_vec()))).unwrap();
+    assert!(good.ok(), "{good}");
+    assert_eq!(good.signatures_checked, 2);
+    let without = verify::run(dir.path(), None).unwrap();
+    assert!(without.ok());
+    assert!(
+        without
+            .notes
+            .iter()
+            .any(|n| n.contains("XQUIK_DM_AUDIT_KEY")),
+        "{without}"
+    );
+    let wrong = verify::run(dir.path(), Some(&AuditKey(b"another key".to_vec()))).unwrap();
+    assert_eq!(wrong.exit_code(), 5);
+    assert!(
+        wrong.failures.iter().all(|f| f.reason.contains("HMAC")),
+        "{wrong}"
+    );
+    assert_eq!(wrong.failures.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_binary_exits_5_naming_the_file() {
+    let (dir, _server) = two_runs(None).await;
+    let parquet = files(dir.path(), "parquet", ".parquet");
+    flip(&dir.path().join(&parquet[1]), 0.5);
+    let out: PathBuf = dir.path().to_owned();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_xquik-dm"))
+            .arg("verify")
+            .arg(&out)
+            .env_remove("XQUIK_DM_AUDIT_KEY")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(output.status.code(), Some(5));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.starts_with("FAILED"), "{stdout}");
+    assert!(stdout.contains(&parquet[1]), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_message_body_reaches_the_audit_trail_or_the_state() {
+    let (dir, server) = two_runs(None).await;
+    let mut haystacks = Vec::new();
+    for sub in ["audit", "state"] {
+        for rel in files(dir.path(), sub, "") {
+            haystacks.push((
+                rel.clone(),
+                std::fs::read_to_string(dir.path().join(&rel)).unwrap(),
+            ));
+        }
+    }
+    haystacks.push((
+        "SHA256SUMS".into(),
+        std::fs::read_to_string(dir.path().join("SHA256SUMS")).unwrap(),
+    ));
+    let mut checked = 0;
+    for i in 1..=3 {
+        for m in server.history(ACCOUNT, &user_id(i)) {
+            let Some(text) = m.text.filter(|t| t.chars().count() >= 8) else {
+                continue;
+            };
+            checked += 1;
+            let escaped = serde_json::to_string(&text).unwrap();
+            for (name, hay) in &haystacks {
+                assert!(!hay.contains(&text), "a message body leaked into {name}");
+                assert!(
+                    !hay.contains(escaped.trim_matches('"')),
+                    "an escaped body leaked into {name}"
+                );
+            }
+        }
+    }
+    assert!(checked > 500, "{checked}");
+}
