@@ -143,6 +143,39 @@ print(n)
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn manifests_and_audit_rows_match_their_json_schemas() {
+    let (dir, _server, _) = synced_folder().await;
+    let script = r#"
+import json, sys, glob, os, jsonschema
+schemas, out = sys.argv[1], sys.argv[2]
+def validator(name):
+    schema = json.load(open(os.path.join(schemas, name)))
+    return jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker())
+manifest, row = validator("manifest.schema.json"), validator("audit-row.schema.json")
+checked = 0
+for path in glob.glob(os.path.join(out, "audit/runs/*.manifest.json")):
+    errors = list(manifest.iter_errors(json.load(open(path))))
+    if errors:
+        sys.exit(f"{path}: {errors[0].json_path}: {errors[0].message}")
+    checked += 1
+for path in glob.glob(os.path.join(out, "audit/runs/*.rows.jsonl")):
+    for line in open(path, encoding="utf-8"):
+        errors = list(row.iter_errors(json.loads(line)))
+        if errors:
+            sys.exit(f"{path}: {errors[0].message}")
+        checked += 1
+print(checked)
+"#;
+    let out = run_python(
+        python_with(&["jsonschema"]),
+        script,
+        &[Path::new(SCHEMAS), dir.path()],
+    );
+    // One manifest and one audit row per message written.
+    assert_eq!(out.trim(), "942");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn duckdb_loads_the_parquet_and_the_jsonl_exactly() {
     let (dir, server, users) = synced_folder().await;
     let (count, expected) = expected_digest(&server, &users);
