@@ -373,28 +373,13 @@ pub fn read_chain(out: &Path) -> Result<(Vec<ChainEntry>, Option<u64>)> {
                 reason: format!(
                     "line {} is not a chain entry ({})",
                     entries.len() + 1,
-                    e.classify_str()
+                    crate::error::json_error_category(&e)
                 ),
             })?;
         entries.push(entry);
         good_len += line.len() as u64;
     }
     Ok((entries, None))
-}
-
-trait ClassifyStr {
-    fn classify_str(&self) -> &'static str;
-}
-
-impl ClassifyStr for serde_json::Error {
-    fn classify_str(&self) -> &'static str {
-        match self.classify() {
-            serde_json::error::Category::Io => "I/O error",
-            serde_json::error::Category::Syntax => "malformed JSON",
-            serde_json::error::Category::Data => "unexpected fields",
-            serde_json::error::Category::Eof => "truncated JSON",
-        }
-    }
 }
 
 /// Writes a manifest durably, then appends it to the chain durably.
@@ -471,7 +456,7 @@ pub fn read_manifest(out: &Path, rel: &str) -> Result<(Manifest, Vec<u8>)> {
     let bytes = fs::read(&path).map_err(|e| Error::io(&path, e))?;
     let manifest = serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
         path,
-        reason: format!("not a manifest ({})", e.classify_str()),
+        reason: format!("not a manifest ({})", crate::error::json_error_category(&e)),
     })?;
     Ok((manifest, bytes))
 }

@@ -41,9 +41,45 @@ pub struct Checkpoint {
     /// History state per conversation, by `account/user_id`.
     #[serde(default)]
     pub conversations: BTreeMap<String, Conversation>,
+    /// Outbound sends by their DM `Idempotency-Key` (the text-send and
+    /// media checkpoints).
+    #[serde(default)]
+    pub sends: BTreeMap<String, SendState>,
     /// The audit chain's head.
     #[serde(default)]
     pub audit: AuditPointer,
+}
+
+/// Where one outbound send stands. No text: the key identifies it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SendState {
+    /// The sender account.
+    pub account: String,
+    /// The numeric recipient ID.
+    pub recipient_user_id: String,
+    /// `media_uploaded`, `sent` or `failed`.
+    pub status: String,
+    /// The uploaded media ID, once uploaded (reused on a rerun).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media_id: Option<String>,
+    /// The uploaded media's public URL, when the API gave one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media_url: Option<String>,
+    /// The sent DM's ID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
+    /// The write action's final status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send_status: Option<String>,
+    /// When the job sent it (RFC 3339 UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_at: Option<String>,
+    /// Whether its send record is in the committed JSONL.
+    #[serde(default)]
+    pub recorded: bool,
+    /// The error code it failed with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// Committed part of the JSONL file.

@@ -12,6 +12,7 @@ use crate::api::client::{ApiKey, ClientConfig, DEFAULT_BASE_URL, check_base_url}
 use crate::api::retry::RetryPolicy;
 use crate::api::{Account, UserRef};
 use crate::audit::AuditKey;
+use crate::commands::send::{BatchLine, SendOptions, SendRequest};
 use crate::commands::sync::{SyncOptions, Target};
 use crate::error::{Error, Result};
 use crate::logging::LogFormat;
@@ -90,6 +91,44 @@ pub enum CommandArgs {
         #[arg(long, default_value_t = 1000, hide = true)]
         commit_interval_ms: u64,
     },
+    /// Send a text DM, optionally with one media item; or a batch of DMs.
+    ///
+    /// Each DM carries an Idempotency-Key derived from the account, recipient,
+    /// text, media and --idempotency-key, reused on every retry and rerun, so a
+    /// DM is never sent twice: to send identical content again on purpose, give
+    /// a new --idempotency-key. Everything is validated before any request.
+    Send {
+        /// Connected account (X handle) that sends; the default for batch lines.
+        #[arg(long, value_name = "HANDLE")]
+        account: Option<String>,
+        /// Recipient: numeric ID or @username.
+        #[arg(long, value_name = "ID or @username", conflicts_with = "batch")]
+        to: Option<String>,
+        /// The message text (at most 10,000 characters).
+        #[arg(long, conflicts_with = "batch")]
+        text: Option<String>,
+        /// One media file to attach (JPEG, PNG, GIF, WebP or MP4).
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["media_url", "batch"])]
+        media: Option<PathBuf>,
+        /// One public https media URL for the API to download and attach.
+        #[arg(long, value_name = "URL", conflicts_with = "batch")]
+        media_url: Option<String>,
+        /// The job's key for this DM (part of the Idempotency-Key).
+        #[arg(long, value_name = "KEY", conflicts_with = "batch")]
+        idempotency_key: Option<String>,
+        /// JSON Lines file, one DM per line: {"to", "text", "account"?, "media"?, "media_url"?, "key"?}.
+        #[arg(long, value_name = "FILE.jsonl")]
+        batch: Option<PathBuf>,
+        /// Output folder (the same as sync's).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Send even when the recipient's profile says canDm: false.
+        #[arg(long)]
+        ignore_can_dm: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check every manifest, digest and the chain of runs in an output folder.
     ///
     /// For audit reviewers: reads no message body. Exit status 0 when
@@ -164,6 +203,13 @@ pub enum Command {
     Sync {
         /// Everything the run needs.
         options: SyncOptions,
+        /// Report as JSON.
+        json: bool,
+    },
+    /// `send`.
+    Send {
+        /// Everything the run needs.
+        options: SendOptions,
         /// Report as JSON.
         json: bool,
     },
@@ -338,6 +384,50 @@ impl Args {
                     api_key,
                 }
             }
+            CommandArgs::Send {
+                account,
+                to,
+                text,
+                media,
+                media_url,
+                idempotency_key,
+                batch,
+                out,
+                ignore_can_dm,
+                json,
+            } => {
+                let (lines, is_batch) = match batch {
+                    Some(path) => (read_batch(&path, account.as_deref())?, true),
+                    None => {
+                        let (Some(account), Some(to), Some(text)) = (account, to, text) else {
+                            return Err(Error::invalid(
+                                "send",
+                                "give --account, --to and --text (or --batch FILE)",
+                            ));
+                        };
+                        let request = SendRequest::validate(
+                            &account,
+                            &to,
+                            &text,
+                            media.as_deref(),
+                            media_url.as_deref(),
+                            idempotency_key.as_deref(),
+                        )?;
+                        (vec![BatchLine::Valid(request)], false)
+                    }
+                };
+                Command::Send {
+                    options: SendOptions {
+                        api: api(api_key)?,
+                        out,
+                        lines,
+                        batch: is_batch,
+                        ignore_can_dm,
+                        audit_key: audit_key.clone(),
+                    },
+                    json,
+                }
+            }
             CommandArgs::Demo { out } => Command::Demo { out },
             CommandArgs::Verify { dir, json } => Command::Verify {
                 dir,
@@ -351,6 +441,74 @@ impl Args {
             command,
         })
     }
+}
+
+/// One line of a `send --batch` file.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchFileLine {
+    account: Option<String>,
+    to: String,
+    text: String,
+    media: Option<PathBuf>,
+    media_url: Option<String>,
+    key: Option<String>,
+}
+
+/// Reads a batch file; each line is validated on its own, so one bad line
+/// refuses that line only. Relative media paths are read from the batch
+/// file's folder. An unreadable or empty file is refused whole.
+fn read_batch(path: &std::path::Path, default_account: Option<&str>) -> Result<Vec<BatchLine>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::invalid("--batch", format!("{}: {e}", path.display())))?;
+    let base = path.parent().unwrap_or(std::path::Path::new("."));
+    let mut lines = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        if raw.trim().is_empty() {
+            continue;
+        }
+        let parsed: std::result::Result<BatchFileLine, _> = serde_json::from_str(raw);
+        let line = match parsed {
+            Err(e) => BatchLine::Invalid(format!(
+                "line {}: not a batch line ({})",
+                i + 1,
+                crate::error::json_error_category(&e)
+            )),
+            Ok(l) => {
+                let account = l.account.as_deref().or(default_account);
+                match account {
+                    None => BatchLine::Invalid(format!(
+                        "line {}: no account (give \"account\" or --account)",
+                        i + 1
+                    )),
+                    Some(account) => {
+                        let media = l
+                            .media
+                            .map(|m| if m.is_absolute() { m } else { base.join(m) });
+                        match SendRequest::validate(
+                            account,
+                            &l.to,
+                            &l.text,
+                            media.as_deref(),
+                            l.media_url.as_deref(),
+                            l.key.as_deref(),
+                        ) {
+                            Ok(r) => BatchLine::Valid(r),
+                            Err(e) => BatchLine::Invalid(format!("line {}: {e}", i + 1)),
+                        }
+                    }
+                }
+            }
+        };
+        lines.push(line);
+    }
+    if lines.is_empty() {
+        return Err(Error::invalid(
+            "--batch",
+            format!("{} has no lines", path.display()),
+        ));
+    }
+    Ok(lines)
 }
 
 /// The manifest signing key from `XQUIK_DM_AUDIT_KEY`, if set and non-empty.

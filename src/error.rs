@@ -108,6 +108,15 @@ pub enum Error {
         reason: String,
     },
 
+    /// The recipient's profile says it accepts no DMs from this account.
+    #[error(
+        "{recipient} does not accept DMs from this account (canDm: false): ask them to allow messages, or pass --ignore-can-dm to try anyway"
+    )]
+    RecipientRefuses {
+        /// The recipient as given.
+        recipient: String,
+    },
+
     /// Another run holds the output folder.
     #[error("{}: another xquik-dm run is using this output folder; wait for it to finish (scheduled runs must not overlap)", path.display())]
     Locked {
@@ -136,7 +145,9 @@ impl Error {
             Error::RetriesExhausted { .. } | Error::Transport { .. } | Error::Locked { .. } => {
                 ErrorClass::Retryable
             }
-            Error::WriteFailed { .. } | Error::Corrupt { .. } => ErrorClass::NeedsPerson,
+            Error::WriteFailed { .. } | Error::Corrupt { .. } | Error::RecipientRefuses { .. } => {
+                ErrorClass::NeedsPerson
+            }
             Error::Decode { .. } | Error::Io { .. } => ErrorClass::Internal,
         }
     }
@@ -341,6 +352,17 @@ pub(crate) fn advice_for(status: u16, code: &str) -> &'static str {
             400..=499 => "fix the request",
             _ => "unexpected server error: rerun later, and report it if it persists",
         },
+    }
+}
+
+/// A JSON error's category, without the offending value: `serde_json`
+/// messages quote values, which may be message bodies.
+pub fn json_error_category(e: &serde_json::Error) -> &'static str {
+    match e.classify() {
+        serde_json::error::Category::Io => "I/O error",
+        serde_json::error::Category::Syntax => "malformed JSON",
+        serde_json::error::Category::Data => "unexpected JSON shape",
+        serde_json::error::Category::Eof => "truncated JSON",
     }
 }
 

@@ -19,6 +19,7 @@ pub mod error;
 pub mod logging;
 pub mod mock;
 pub mod normalize;
+pub mod records;
 pub mod sinks;
 pub mod store;
 

@@ -6,46 +6,9 @@
 //! never a crash, never a guess.
 
 use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
-use serde::{Deserialize, Serialize};
 
 use crate::api::types::WireMessage;
-
-/// One history message as written to JSONL and Parquet. Field order is the
-/// column order of both outputs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HistoryRow {
-    /// Always `"history"`.
-    pub record_type: RecordType,
-    /// Message ID, as the API sent it.
-    pub message_id: String,
-    /// The other participant of the conversation (the `{userId}` synced).
-    pub conversation_user_id: String,
-    /// The connected account that read the conversation.
-    pub account: String,
-    /// Sender user ID.
-    pub sender_id: String,
-    /// Receiver user ID.
-    pub receiver_id: String,
-    /// RFC 3339 UTC with microsecond precision at most; null when the API
-    /// gave no usable timestamp.
-    #[serde(with = "micros_rfc3339")]
-    pub created_at: Option<i64>,
-    /// Message body (private); null when the message has none.
-    pub message_text: Option<String>,
-    /// Attached media URL; omitted when the message has none.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub media_url: Option<String>,
-}
-
-/// The `record_type` tag of a JSONL record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RecordType {
-    /// A history message.
-    History,
-    /// An outbound send.
-    Send,
-}
+use crate::records::{HistoryRow, RecordType};
 
 /// The outcome of normalizing one message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,30 +79,6 @@ pub fn parse_timestamp(raw: &str) -> Option<i64> {
 pub fn format_micros(micros: i64) -> Option<String> {
     DateTime::<Utc>::from_timestamp_micros(micros)
         .map(|dt| dt.to_rfc3339_opts(SecondsFormat::AutoSi, true))
-}
-
-/// Serde adapter: `Option<i64>` microseconds as an RFC 3339 string or null.
-pub mod micros_rfc3339 {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    /// Serializes microseconds as RFC 3339 UTC, or null.
-    pub fn serialize<S: Serializer>(v: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
-        match v.and_then(super::format_micros) {
-            Some(text) => s.serialize_str(&text),
-            None => s.serialize_none(),
-        }
-    }
-
-    /// Reads RFC 3339 (or null) back into microseconds.
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
-        let raw = Option::<String>::deserialize(d)?;
-        match raw {
-            None => Ok(None),
-            Some(text) => super::parse_timestamp(&text)
-                .map(Some)
-                .ok_or_else(|| serde::de::Error::custom("created_at is not RFC 3339")),
-        }
-    }
 }
 
 #[cfg(test)]

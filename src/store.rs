@@ -29,9 +29,9 @@ use serde::{Deserialize, Serialize};
 use crate::audit::{self, AuditRows, ChainEntry, Coverage, Manifest, RowsInfo};
 use crate::checkpoint::{self, AuditPointer, Checkpoint, Conversation, DirLock};
 use crate::error::{Error, Result};
-use crate::normalize::{HistoryRow, RecordType};
+use crate::records::{HistoryRow, RecordType, SendRow};
 use crate::sinks::jsonl::{self, JsonlSink};
-use crate::sinks::parquet::{MessageColumns, ParquetSink, remove_uncommitted};
+use crate::sinks::parquet::{MessageColumns, ParquetSink, SendColumns, remove_uncommitted};
 use crate::sinks::{WrittenFile, create_private_dir};
 
 /// What opening the store had to repair.
@@ -93,9 +93,11 @@ pub struct Store {
     chain: Vec<ChainEntry>,
     jsonl: JsonlSink,
     messages: ParquetSink<MessageColumns>,
+    sends: ParquetSink<SendColumns>,
     rows: AuditRows,
-    /// History rows appended since the last commit.
+    /// History and send rows appended since the last commit.
     uncommitted_history: u64,
+    uncommitted_sends: u64,
     uncommitted_bytes: u64,
     repair: Repair,
 }
@@ -132,8 +134,10 @@ impl Store {
             chain,
             jsonl,
             messages: ParquetSink::new(out, date, run_id),
+            sends: ParquetSink::new(out, date, run_id),
             rows: AuditRows::create(out, run_id)?,
             uncommitted_history: 0,
+            uncommitted_sends: 0,
             uncommitted_bytes: 0,
             repair: Repair {
                 jsonl_bytes_cut: cut,
@@ -161,8 +165,9 @@ impl Store {
         let path = self.out.join(jsonl::FILE_NAME);
         let mut offset = from;
         let mut rebuilt = 0u64;
-        let mut closed = Vec::new();
-        let (messages, rows) = (&mut self.messages, &mut self.rows);
+        // No file is rolled over here: the open files close at the run's
+        // next roll point or when it is sealed, covering all of this.
+        let (messages, sends, rows) = (&mut self.messages, &mut self.sends, &mut self.rows);
         jsonl::for_each_line(&path, from, committed, |line| {
             let start = offset;
             offset += line.len() as u64 + 1;
@@ -177,22 +182,23 @@ impl Store {
             if start >= audit_from {
                 rows.push(record.tag(), record.user_id(), &record.message_id)?;
             }
-            if start >= parquet_from && record.record_type == RecordType::History {
-                let row: HistoryRow =
-                    serde_json::from_slice(line).map_err(|_| corrupt("not a history record"))?;
-                messages.push(&row)?;
-                rebuilt += 1;
-                if messages.is_full()
-                    && let Some(file) = messages.close()?
-                {
-                    closed.push((file, offset));
+            if start >= parquet_from {
+                match record.record_type {
+                    RecordType::History => {
+                        let row: HistoryRow = serde_json::from_slice(line)
+                            .map_err(|_| corrupt("not a history record"))?;
+                        messages.push(&row)?;
+                    }
+                    RecordType::Send => {
+                        let row: SendRow = serde_json::from_slice(line)
+                            .map_err(|_| corrupt("not a send record"))?;
+                        sends.push(&row)?;
+                    }
                 }
+                rebuilt += 1;
             }
             Ok(())
         })?;
-        for (file, covered) in closed {
-            self.list_parquet(file, covered);
-        }
         self.repair.parquet_rebuilt_rows = rebuilt;
         Ok(())
     }
@@ -240,10 +246,22 @@ impl Store {
         if self.messages.is_full()
             && let Some(file) = self.messages.close()?
         {
-            // Everything appended so far is in this file or an earlier one.
-            let covered = self.jsonl.len();
-            self.list_parquet(file, covered);
+            self.list_parquet(file);
         }
+        Ok(())
+    }
+
+    /// Appends one send record (JSONL, Parquet, audit row).
+    pub fn append_send(&mut self, row: &SendRow) -> Result<()> {
+        let mut line = serde_json::to_vec(row)
+            .map_err(|e| Error::io(self.out.join(jsonl::FILE_NAME), e.into()))?;
+        line.push(b'\n');
+        self.jsonl.append(&line, 1)?;
+        self.sends.push(row)?;
+        self.rows
+            .push("send", &row.recipient_user_id, &row.message_id)?;
+        self.uncommitted_sends += 1;
+        self.uncommitted_bytes += line.len() as u64;
         Ok(())
     }
 
@@ -265,7 +283,9 @@ impl Store {
         let committed = self.jsonl.sync()?;
         self.checkpoint.jsonl.committed_bytes = committed;
         self.checkpoint.jsonl.history_rows += self.uncommitted_history;
+        self.checkpoint.jsonl.send_rows += self.uncommitted_sends;
         self.uncommitted_history = 0;
+        self.uncommitted_sends = 0;
         self.uncommitted_bytes = 0;
         self.checkpoint.save(&self.out)
     }
@@ -274,9 +294,11 @@ impl Store {
     /// rows file, the manifest, the chain entry, the checkpoint's audit
     /// pointer and `SHA256SUMS`, in that order.
     pub fn seal(mut self, body: ManifestBody) -> Result<Sealed> {
-        if let Some(file) = self.messages.close()? {
-            let covered = self.jsonl.len();
-            self.list_parquet(file, covered);
+        for file in [self.messages.close()?, self.sends.close()?]
+            .into_iter()
+            .flatten()
+        {
+            self.list_parquet(file);
         }
         self.commit()?;
         let audit_rows = self.rows.finish()?;
@@ -337,9 +359,14 @@ impl Store {
         })
     }
 
-    fn list_parquet(&mut self, file: WrittenFile, covered: u64) {
+    /// Lists a closed Parquet file. When no rows wait in any open file,
+    /// every record appended so far is in a listed file: the JSONL is
+    /// covered up to its end.
+    fn list_parquet(&mut self, file: WrittenFile) {
         self.checkpoint.parquet.files.push(file);
-        self.checkpoint.parquet.covered_bytes = covered;
+        if !self.messages.has_pending() && !self.sends.has_pending() {
+            self.checkpoint.parquet.covered_bytes = self.jsonl.len();
+        }
     }
 }
 
@@ -426,7 +453,7 @@ impl Record {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::normalize::RecordType;
+    use crate::records::RecordType;
 
     fn row(i: u64) -> HistoryRow {
         HistoryRow {

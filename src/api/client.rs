@@ -570,12 +570,7 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 /// Describes a JSON error by category and position only: `serde_json`
 /// messages quote the offending value, which may be a message body.
 fn describe_json_error(e: &serde_json::Error) -> String {
-    let category = match e.classify() {
-        serde_json::error::Category::Io => "I/O error",
-        serde_json::error::Category::Syntax => "malformed JSON",
-        serde_json::error::Category::Data => "unexpected JSON shape",
-        serde_json::error::Category::Eof => "truncated JSON",
-    };
+    let category = crate::error::json_error_category(e);
     format!("{category} at line {} column {}", e.line(), e.column())
 }
 

@@ -4,6 +4,7 @@
 pub mod demo;
 pub mod lookup;
 pub mod mock;
+pub mod send;
 pub mod sync;
 pub mod verify;
 
@@ -22,6 +23,13 @@ pub enum Report {
     Sync {
         /// The report.
         report: Box<sync::SyncReport>,
+        /// Print as JSON.
+        json: bool,
+    },
+    /// `send`: per-send outcomes.
+    Send {
+        /// The report.
+        report: Box<send::SendReport>,
         /// Print as JSON.
         json: bool,
     },
@@ -50,6 +58,7 @@ impl Report {
             }
             Report::Sync { report, json } => write_report(out, report.as_ref(), *json),
             Report::Verify { report, json } => write_report(out, report, *json),
+            Report::Send { report, json } => write_report(out, report.as_ref(), *json),
             Report::Demo(report) => write!(out, "{report}"),
             Report::MockStopped => Ok(()),
         }
@@ -60,6 +69,7 @@ impl Report {
         match self {
             Report::Sync { report, .. } => report.exit_code(),
             Report::Verify { report, .. } => report.exit_code(),
+            Report::Send { report, .. } => report.exit_code(),
             Report::Demo(report) => report.exit_code(),
             Report::Lookup(_) | Report::MockStopped => 0,
         }
@@ -85,6 +95,10 @@ pub async fn execute(command: Command) -> Result<Report> {
     match command {
         Command::Sync { options, json } => Ok(Report::Sync {
             report: Box::new(sync::run(options).await?),
+            json,
+        }),
+        Command::Send { options, json } => Ok(Report::Send {
+            report: Box::new(send::run(options).await?),
             json,
         }),
         Command::Verify { dir, key, json } => {

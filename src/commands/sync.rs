@@ -29,7 +29,8 @@ use crate::audit::AuditKey;
 use crate::checkpoint::{Conversation, PageState, Recipient, TopScan, conversation_key};
 use crate::dedupe::admit;
 use crate::error::{Error, ErrorClass, Result};
-use crate::normalize::{HistoryRow, normalize};
+use crate::normalize::normalize;
+use crate::records::HistoryRow;
 use crate::sinks::WrittenFile;
 use crate::store::{ManifestBody, Repair, Store};
 

@@ -20,7 +20,9 @@ use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow_array::builder::{ArrayBuilder, StringBuilder, TimestampMicrosecondBuilder};
+use arrow_array::builder::{
+    ArrayBuilder, BooleanBuilder, ListBuilder, StringBuilder, TimestampMicrosecondBuilder,
+};
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use parquet::arrow::ArrowWriter;
@@ -30,7 +32,7 @@ use parquet::schema::types::ColumnPath;
 
 use super::{HashingWriter, WrittenFile, create_private_dir, fsync_dir, open_private};
 use crate::error::{Error, Result};
-use crate::normalize::HistoryRow;
+use crate::records::{HistoryRow, SendRow};
 
 /// Rows per row group: large enough for warehouse scans, small enough that
 /// the writer's in-memory row group stays within the memory budget.
@@ -159,6 +161,104 @@ impl Columns for MessageColumns {
     }
 }
 
+/// Columns of `parquet/sends/`: the send record of SPEC §3.
+#[derive(Debug)]
+pub struct SendColumns {
+    record_type: StringBuilder,
+    message_id: StringBuilder,
+    success: BooleanBuilder,
+    send_status: StringBuilder,
+    sender_account: StringBuilder,
+    recipient_user_id: StringBuilder,
+    message_text: StringBuilder,
+    sent_at: TimestampMicrosecondBuilder,
+    media_id: StringBuilder,
+    media_ids: ListBuilder<StringBuilder>,
+}
+
+impl Columns for SendColumns {
+    type Row = SendRow;
+    const TABLE: &'static str = "sends";
+
+    fn schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            utf8("record_type", false),
+            utf8("message_id", false),
+            Field::new("success", DataType::Boolean, false),
+            utf8("send_status", false),
+            utf8("sender_account", false),
+            utf8("recipient_user_id", false),
+            utf8("message_text", false),
+            timestamp("sent_at", false),
+            utf8("media_id", true),
+            Field::new(
+                "media_ids",
+                DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))),
+                true,
+            ),
+        ]))
+    }
+
+    fn new() -> Self {
+        SendColumns {
+            record_type: StringBuilder::new(),
+            message_id: StringBuilder::new(),
+            success: BooleanBuilder::new(),
+            send_status: StringBuilder::new(),
+            sender_account: StringBuilder::new(),
+            recipient_user_id: StringBuilder::new(),
+            message_text: StringBuilder::new(),
+            sent_at: TimestampMicrosecondBuilder::new().with_timezone("UTC"),
+            media_id: StringBuilder::new(),
+            media_ids: ListBuilder::new(StringBuilder::new()),
+        }
+    }
+
+    fn push(&mut self, row: &SendRow) {
+        self.record_type.append_value("send");
+        self.message_id.append_value(&row.message_id);
+        self.success.append_value(row.success);
+        self.send_status.append_value(&row.send_status);
+        self.sender_account.append_value(&row.sender_account);
+        self.recipient_user_id.append_value(&row.recipient_user_id);
+        self.message_text.append_value(&row.message_text);
+        self.sent_at.append_value(row.sent_at);
+        self.media_id.append_option(row.media_id.as_deref());
+        match &row.media_ids {
+            Some(ids) => {
+                for id in ids {
+                    self.media_ids.values().append_value(id);
+                }
+                self.media_ids.append(true);
+            }
+            None => self.media_ids.append(false),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.message_id.len()
+    }
+
+    fn take(&mut self) -> Vec<ArrayRef> {
+        vec![
+            Arc::new(self.record_type.finish()),
+            Arc::new(self.message_id.finish()),
+            Arc::new(self.success.finish()),
+            Arc::new(self.send_status.finish()),
+            Arc::new(self.sender_account.finish()),
+            Arc::new(self.recipient_user_id.finish()),
+            Arc::new(self.message_text.finish()),
+            Arc::new(self.sent_at.finish()),
+            Arc::new(self.media_id.finish()),
+            Arc::new(self.media_ids.finish()),
+        ]
+    }
+
+    fn high_cardinality() -> &'static [&'static str] {
+        &["message_id", "message_text", "sent_at"]
+    }
+}
+
 /// The writer settings, built in this one place.
 fn writer_properties<C: Columns>() -> WriterProperties {
     let mut builder = WriterProperties::builder()
@@ -219,6 +319,11 @@ impl<C: Columns> ParquetSink<C> {
             self.write_pending()?;
         }
         Ok(())
+    }
+
+    /// Whether rows are waiting that no closed file holds yet.
+    pub fn has_pending(&self) -> bool {
+        self.open.is_some() || !self.columns.is_empty()
     }
 
     /// Whether the current file is full and should be closed (the caller
@@ -363,7 +468,7 @@ pub fn relative(out: &Path, path: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::normalize::RecordType;
+    use crate::records::RecordType;
     use arrow_array::{Array, StringArray, TimestampMicrosecondArray};
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 

@@ -5,6 +5,7 @@
 mod cli;
 mod client;
 mod scripted;
+mod send;
 mod sync;
 mod verify;
 mod warehouse;

@@ -1,0 +1,748 @@
+//! `xquik-dm send`: text and media DMs, never sent twice.
+//!
+//! Everything is validated before the first request (text length, one media
+//! item, file type and size, recipient form), so bad input costs nothing.
+//! Each send carries an `Idempotency-Key` derived from the account, the
+//! recipient, the payload and the job key, reused on every retry and on
+//! every rerun: a rerun after a crash, even one that struck after the API
+//! accepted the DM, gets the same DM back instead of a second one. The
+//! checkpoint remembers uploaded media (reused on a rerun, not uploaded
+//! again) and recorded sends (not repeated).
+//!
+//! Per send: optional `POST /x/media`, then `POST /x/dm/{userId}` with
+//! exactly one `media_ids` item, polled to its terminal state; then one
+//! send record in the JSONL and `parquet/sends/`, an audit row, and the
+//! checkpoint — and at the end of the run a manifest like sync's.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::api::client::{Client, ClientConfig};
+use crate::api::types::SendDmRequest;
+use crate::api::{Account, Endpoint, IdempotencyKey, UserRef};
+use crate::audit::AuditKey;
+use crate::checkpoint::{Recipient, SendState};
+use crate::error::{Error, ErrorClass, Result};
+use crate::records::{RecordType, SendRow};
+use crate::store::{ManifestBody, Store};
+
+/// Longest DM text the API accepts, in Unicode scalar values.
+pub const MAX_TEXT_CHARS: usize = 10_000;
+
+/// Where the one media item of a DM comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MediaSource {
+    /// A local file, uploaded as multipart.
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Its MIME type, from its content.
+        mime: &'static str,
+        /// SHA-256 of its content (part of the idempotency key).
+        sha256: String,
+    },
+    /// A public https URL the API downloads.
+    Url(String),
+}
+
+/// One validated outbound DM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendRequest {
+    /// The connected sender account.
+    pub account: Account,
+    /// The recipient.
+    pub to: UserRef,
+    /// The text: non-empty, at most 10,000 characters.
+    pub text: String,
+    /// At most one media item.
+    pub media: Option<MediaSource>,
+    /// The caller's job key, if any (sending identical content again needs a new one).
+    pub job_key: Option<String>,
+}
+
+/// A media file type the API takes, and its size limit.
+struct MediaKind {
+    mime: &'static str,
+    max_bytes: u64,
+}
+
+const MIB: u64 = 1 << 20;
+
+/// The media type of a file, from its first bytes (not its name).
+fn sniff(head: &[u8]) -> Option<MediaKind> {
+    let kind = |mime, max_bytes| Some(MediaKind { mime, max_bytes });
+    match head {
+        [0xFF, 0xD8, 0xFF, ..] => kind("image/jpeg", 5 * MIB),
+        [0x89, b'P', b'N', b'G', ..] => kind("image/png", 5 * MIB),
+        [b'G', b'I', b'F', b'8', ..] => kind("image/gif", 15 * MIB),
+        [
+            b'R',
+            b'I',
+            b'F',
+            b'F',
+            _,
+            _,
+            _,
+            _,
+            b'W',
+            b'E',
+            b'B',
+            b'P',
+            ..,
+        ] => kind("image/webp", 5 * MIB),
+        [_, _, _, _, b'f', b't', b'y', b'p', ..] => kind("video/mp4", 512 * MIB),
+        _ => None,
+    }
+}
+
+impl SendRequest {
+    /// Validates one send. `media` and `media_url` are mutually exclusive.
+    /// Reads the media file to check its type and size and to hash it.
+    pub fn validate(
+        account: &str,
+        to: &str,
+        text: &str,
+        media: Option<&Path>,
+        media_url: Option<&str>,
+        job_key: Option<&str>,
+    ) -> Result<SendRequest> {
+        let account = Account::parse(account)?;
+        let to = UserRef::parse(to, "--to")?;
+        if text.trim().is_empty() {
+            return Err(Error::invalid("--text", "the text is empty"));
+        }
+        let chars = text.chars().count();
+        if chars > MAX_TEXT_CHARS {
+            return Err(Error::invalid(
+                "--text",
+                format!("{chars} characters; the API takes at most {MAX_TEXT_CHARS}"),
+            ));
+        }
+        if let Some(key) = job_key {
+            IdempotencyKey::try_new(key)?;
+        }
+        let media = match (media, media_url) {
+            (Some(_), Some(_)) => {
+                return Err(Error::invalid(
+                    "--media",
+                    "a DM carries at most one media item: give --media or --media-url",
+                ));
+            }
+            (Some(path), None) => Some(check_media_file(path)?),
+            (None, Some(url)) => {
+                let parsed = url::Url::parse(url)
+                    .map_err(|_| Error::invalid("--media-url", format!("{url:?} is not a URL")))?;
+                if parsed.scheme() != "https" {
+                    return Err(Error::invalid(
+                        "--media-url",
+                        "the API downloads https URLs only",
+                    ));
+                }
+                Some(MediaSource::Url(url.to_owned()))
+            }
+            (None, None) => None,
+        };
+        Ok(SendRequest {
+            account,
+            to,
+            text: text.to_owned(),
+            media,
+            job_key: job_key.map(str::to_owned),
+        })
+    }
+
+    /// The DM's idempotency key. Length-prefixed parts, so no two different
+    /// sends share a key; the text enters as a digest.
+    fn dm_key(&self, recipient_id: &str) -> IdempotencyKey {
+        let text_digest = Sha256::digest(self.text.as_bytes());
+        let media = match &self.media {
+            None => String::new(),
+            Some(MediaSource::File { sha256, .. }) => format!("file:{sha256}"),
+            Some(MediaSource::Url(url)) => format!("url:{url}"),
+        };
+        IdempotencyKey::derive(&[
+            b"send_dm",
+            self.account.as_str().as_bytes(),
+            recipient_id.as_bytes(),
+            &text_digest,
+            media.as_bytes(),
+            self.job_key.as_deref().unwrap_or_default().as_bytes(),
+        ])
+    }
+
+    /// The upload's idempotency key: tied to the DM it is for.
+    fn media_key(&self, dm_key: &IdempotencyKey) -> IdempotencyKey {
+        IdempotencyKey::derive(&[b"upload_media", dm_key.as_str().as_bytes()])
+    }
+}
+
+fn check_media_file(path: &Path) -> Result<MediaSource> {
+    use std::io::Read;
+    let meta = std::fs::metadata(path)
+        .map_err(|e| Error::invalid("--media", format!("{}: {e}", path.display())))?;
+    if !meta.is_file() {
+        return Err(Error::invalid(
+            "--media",
+            format!("{} is not a file", path.display()),
+        ));
+    }
+    if meta.len() == 0 {
+        return Err(Error::invalid(
+            "--media",
+            format!("{} is empty", path.display()),
+        ));
+    }
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut head = [0u8; 16];
+    let n = file.read(&mut head).map_err(|e| Error::io(path, e))?;
+    let Some(kind) = sniff(&head[..n]) else {
+        return Err(Error::invalid(
+            "--media",
+            format!("{}: not a JPEG, PNG, GIF, WebP or MP4 file", path.display()),
+        ));
+    };
+    if meta.len() > kind.max_bytes {
+        return Err(Error::invalid(
+            "--media",
+            format!(
+                "{}: {} bytes; {} files may be at most {} MiB",
+                path.display(),
+                meta.len(),
+                kind.mime,
+                kind.max_bytes / MIB
+            ),
+        ));
+    }
+    let (sha256, _) = crate::audit::file_digest(path)?;
+    Ok(MediaSource::File {
+        path: path.to_owned(),
+        mime: kind.mime,
+        sha256,
+    })
+}
+
+/// One line of a batch: a request, or why it was refused.
+#[derive(Debug, Clone)]
+pub enum BatchLine {
+    /// Valid.
+    Valid(SendRequest),
+    /// Refused before any request.
+    Invalid(String),
+}
+
+/// Validated options of a send run.
+#[derive(Debug, Clone)]
+pub struct SendOptions {
+    /// How to reach the API.
+    pub api: ClientConfig,
+    /// Output folder.
+    pub out: PathBuf,
+    /// The sends, in order (one for `--to`, one per line for `--batch`).
+    pub lines: Vec<BatchLine>,
+    /// Whether this is a batch (results are reported per line).
+    pub batch: bool,
+    /// Send even to a recipient whose profile says `canDm: false`.
+    pub ignore_can_dm: bool,
+    /// Key for signing the manifest.
+    pub audit_key: Option<AuditKey>,
+}
+
+/// How one send ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SendStatus {
+    /// Sent now.
+    Sent,
+    /// Recorded as sent by an earlier run: not sent again.
+    AlreadySent,
+    /// Refused before any request.
+    Invalid,
+    /// Refused by the `canDm: false` preflight.
+    Refused,
+    /// The API refused it or it failed.
+    Failed,
+    /// Not tried: an earlier error stopped the job.
+    NotAttempted,
+}
+
+/// The outcome of one send (body-free: it goes to the manifest).
+#[derive(Debug, Clone, Serialize)]
+pub struct SendOutcome {
+    /// 1-based line of the batch (1 for a single send).
+    pub line: usize,
+    /// Outcome.
+    pub status: SendStatus,
+    /// The sender.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
+    /// The numeric recipient ID, once known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recipient_user_id: Option<String>,
+    /// The DM's idempotency key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    /// The sent DM's ID.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
+    /// The uploaded media's ID.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub media_id: Option<String>,
+    /// The uploaded media's URL, or the URL it was downloaded from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub media_url: Option<String>,
+    /// The endpoint of the last call.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<Endpoint>,
+    /// Its final HTTP status.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<u16>,
+    /// Requests made for the DM (polls included).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u32>,
+    /// The API's error code, when it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    /// The error, rendered (no body, no key).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip)]
+    class: Option<ErrorClass>,
+}
+
+impl SendOutcome {
+    fn new(line: usize, status: SendStatus) -> SendOutcome {
+        SendOutcome {
+            line,
+            status,
+            account: None,
+            recipient_user_id: None,
+            idempotency_key: None,
+            message_id: None,
+            media_id: None,
+            media_url: None,
+            endpoint: None,
+            http_status: None,
+            attempts: None,
+            code: None,
+            error: None,
+            class: None,
+        }
+    }
+
+    fn fail(mut self, status: SendStatus, e: &Error) -> SendOutcome {
+        self.status = status;
+        self.code = match e {
+            Error::Api(api) => Some(api.code.clone()),
+            Error::WriteFailed { code, .. } => code.clone(),
+            _ => None,
+        };
+        self.class = Some(e.class());
+        self.error = Some(e.to_string());
+        self
+    }
+}
+
+/// The outcome of a send run.
+#[derive(Debug, Clone, Serialize)]
+pub struct SendReport {
+    /// The run's ID.
+    pub run_id: String,
+    /// Output folder.
+    pub out: PathBuf,
+    /// Whether it was a batch.
+    #[serde(skip)]
+    pub batch: bool,
+    /// One per request.
+    pub sends: Vec<SendOutcome>,
+    /// Credits spent by endpoint.
+    pub credits: BTreeMap<Endpoint, u64>,
+    /// The run's manifest.
+    pub manifest: String,
+    /// The error that stopped the job, if one did.
+    pub stopped_by: Option<String>,
+    #[serde(skip)]
+    stop_needs_person: bool,
+}
+
+impl SendReport {
+    /// Exit status (SPEC §2): 0 all sent; 2 all refused as bad input; 3 a
+    /// person must act and nothing else is left; 4 partial.
+    pub fn exit_code(&self) -> u8 {
+        if self.stopped_by.is_some() {
+            return if self.stop_needs_person { 3 } else { 4 };
+        }
+        let done = |s: &SendOutcome| matches!(s.status, SendStatus::Sent | SendStatus::AlreadySent);
+        let bad: Vec<&SendOutcome> = self.sends.iter().filter(|s| !done(s)).collect();
+        if bad.is_empty() {
+            0
+        } else if bad.len() < self.sends.len() {
+            4
+        } else if bad.iter().all(|s| s.status == SendStatus::Invalid) {
+            2
+        } else if bad.iter().all(|s| {
+            s.status == SendStatus::Refused
+                || matches!(
+                    s.class,
+                    Some(ErrorClass::NeedsPerson | ErrorClass::NotFound | ErrorClass::Rejected)
+                )
+        }) {
+            3
+        } else {
+            4
+        }
+    }
+}
+
+/// Runs the sends, in order.
+pub async fn run(options: SendOptions) -> Result<SendReport> {
+    let started_at = chrono::Utc::now();
+    let run_id = format!(
+        "{}-{:04x}",
+        started_at.format("%Y%m%dT%H%M%SZ"),
+        fastrand::u16(..)
+    );
+    let client = Client::new(options.api.clone())?;
+    let out = options.out.clone();
+    let (date, id) = (started_at.format("%Y-%m-%d").to_string(), run_id.clone());
+    let mut store = tokio::task::spawn_blocking(move || Store::open(&out, &date, &id))
+        .await
+        .map_err(|e| Error::io(&options.out, std::io::Error::other(e)))??;
+
+    let mut credits: BTreeMap<Endpoint, u64> = BTreeMap::new();
+    let mut outcomes = Vec::new();
+    let mut stop: Option<Error> = None;
+    let started = Instant::now();
+    for (i, line) in options.lines.iter().enumerate() {
+        let number = i + 1;
+        let request = match line {
+            BatchLine::Invalid(reason) => {
+                let mut o = SendOutcome::new(number, SendStatus::Invalid);
+                o.error = Some(reason.clone());
+                o.class = Some(ErrorClass::BadInput);
+                outcomes.push(o);
+                continue;
+            }
+            BatchLine::Valid(r) => r,
+        };
+        if stop.is_some() {
+            outcomes.push(SendOutcome::new(number, SendStatus::NotAttempted));
+            continue;
+        }
+        let outcome = send_one(&client, &mut store, request, number, &options, &mut credits).await;
+        match outcome {
+            Ok(o) => outcomes.push(o),
+            Err((o, e)) => {
+                tracing::warn!(line = number, error = %e, "send failed");
+                if e.stops_job() {
+                    stop = Some(e);
+                }
+                outcomes.push(o);
+            }
+        }
+    }
+    tracing::debug!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "sends done"
+    );
+
+    let mut report = SendReport {
+        run_id,
+        out: options.out.clone(),
+        batch: options.batch,
+        sends: outcomes,
+        credits,
+        manifest: String::new(),
+        stop_needs_person: stop.as_ref().is_some_and(|e| e.exit_code() == 3),
+        stopped_by: stop.map(|e| e.to_string()),
+    };
+    let body = ManifestBody {
+        command: "send",
+        started_at: started_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        exit_code: report.exit_code(),
+        options: serde_json::json!({
+            "base_url": options.api.base_url,
+            "batch": options.batch,
+            "lines": options.lines.len(),
+            "ignore_can_dm": options.ignore_can_dm,
+        }),
+        conversations: serde_json::json!([]),
+        pages: serde_json::json!([]),
+        sends: serde_json::to_value(&report.sends).unwrap_or_default(),
+        credits: report
+            .credits
+            .iter()
+            .map(|(e, c)| (e.as_str().to_owned(), *c))
+            .collect(),
+        counts: serde_json::json!({
+            "sent": report.sends.iter().filter(|s| s.status == SendStatus::Sent).count(),
+            "already_sent": report.sends.iter().filter(|s| s.status == SendStatus::AlreadySent).count(),
+            "not_sent": report.sends.iter().filter(|s| !matches!(s.status, SendStatus::Sent | SendStatus::AlreadySent)).count(),
+        }),
+        signing_key: options.audit_key.clone(),
+    };
+    let sealed = tokio::task::spawn_blocking(move || store.seal(body))
+        .await
+        .map_err(|e| Error::io(&options.out, std::io::Error::other(e)))??;
+    report.manifest = sealed.chain.manifest;
+    Ok(report)
+}
+
+type Failed = (SendOutcome, Error);
+
+/// One send: recipient, preflight, media, DM, record. On failure the
+/// outcome says how far it got; committed state stays committed.
+async fn send_one(
+    client: &Client,
+    store: &mut Store,
+    request: &SendRequest,
+    line: usize,
+    options: &SendOptions,
+    credits: &mut BTreeMap<Endpoint, u64>,
+) -> std::result::Result<SendOutcome, Failed> {
+    let mut outcome = SendOutcome::new(line, SendStatus::Failed);
+    outcome.account = Some(request.account.to_string());
+
+    // The recipient's numeric ID (usernames resolved once, then remembered).
+    let (recipient_id, can_dm) = match &request.to {
+        UserRef::Id(id) => {
+            let cached = store.checkpoint().recipients.values().find(|r| &r.id == id);
+            (id.clone(), cached.and_then(|r| r.can_dm))
+        }
+        UserRef::Username(name) => {
+            let key = name.to_lowercase();
+            match store.checkpoint().recipients.get(&key) {
+                Some(r) => (r.id.clone(), r.can_dm),
+                None => {
+                    let reply = client.user(&request.to).await.map_err(|e| {
+                        let o = outcome.clone().fail(SendStatus::Failed, &e);
+                        (o, e)
+                    })?;
+                    *credits.entry(Endpoint::User).or_default() += 1;
+                    let profile = reply.value;
+                    store.checkpoint_mut().recipients.insert(
+                        key,
+                        Recipient {
+                            id: profile.id.clone(),
+                            username: profile.username.clone(),
+                            can_dm: profile.can_dm,
+                        },
+                    );
+                    (profile.id, profile.can_dm)
+                }
+            }
+        }
+    };
+    outcome.recipient_user_id = Some(recipient_id.clone());
+    let key = request.dm_key(&recipient_id);
+    outcome.idempotency_key = Some(key.as_str().to_owned());
+
+    let previous = store.checkpoint().sends.get(key.as_str()).cloned();
+    if let Some(state) = &previous
+        && state.status == "sent"
+        && state.recorded
+    {
+        outcome.status = SendStatus::AlreadySent;
+        outcome.message_id = state.message_id.clone();
+        outcome.media_id = state.media_id.clone();
+        return Ok(outcome);
+    }
+    if can_dm == Some(false) && !options.ignore_can_dm {
+        let e = Error::RecipientRefuses {
+            recipient: request.to.to_string(),
+        };
+        return Err((outcome.fail(SendStatus::Refused, &e), e));
+    }
+
+    let mut state = previous.unwrap_or_else(|| SendState {
+        account: request.account.to_string(),
+        recipient_user_id: recipient_id.clone(),
+        ..SendState::default()
+    });
+
+    // Media first; an upload that already succeeded is reused, not repeated.
+    let media_id = match (&request.media, &state.media_id) {
+        (None, _) => None,
+        (Some(_), Some(id)) => Some(id.clone()),
+        (Some(source), None) => {
+            let media_key = request.media_key(&key);
+            let uploaded = match source {
+                MediaSource::File { path, mime, .. } => {
+                    let bytes = std::fs::read(path).map_err(|e| {
+                        let e = Error::io(path, e);
+                        (outcome.clone().fail(SendStatus::Failed, &e), e)
+                    })?;
+                    let name = path
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_else(|| "media".into());
+                    client
+                        .upload_media_file(&request.account, &name, mime, bytes, &media_key)
+                        .await
+                }
+                MediaSource::Url(url) => {
+                    client
+                        .upload_media_url(&request.account, url, &media_key)
+                        .await
+                }
+            };
+            let reply = uploaded.map_err(|e| {
+                let mut o = outcome.clone();
+                o.endpoint = Some(Endpoint::Media);
+                (o.fail(SendStatus::Failed, &e), e)
+            })?;
+            *credits.entry(Endpoint::Media).or_default() += 10;
+            let Some(id) = reply.value.media_id().map(str::to_owned) else {
+                let e = Error::Decode {
+                    endpoint: Endpoint::Media,
+                    reason: "the upload answer has no mediaId".into(),
+                };
+                return Err((outcome.fail(SendStatus::Failed, &e), e));
+            };
+            state.status = "media_uploaded".into();
+            state.media_id = Some(id.clone());
+            state.media_url = reply.value.media_url.clone().or_else(|| match source {
+                MediaSource::Url(url) => Some(url.clone()),
+                MediaSource::File { .. } => None,
+            });
+            // The media checkpoint: a rerun reuses this upload.
+            store
+                .checkpoint_mut()
+                .sends
+                .insert(key.as_str().to_owned(), state.clone());
+            store
+                .commit()
+                .map_err(|e| (outcome.clone().fail(SendStatus::Failed, &e), e))?;
+            Some(id)
+        }
+    };
+    outcome.media_id = media_id.clone();
+    outcome.media_url = state.media_url.clone();
+
+    let dm = SendDmRequest {
+        account: request.account.as_str().to_owned(),
+        text: request.text.clone(),
+        media_ids: media_id.clone().map(|id| [id]),
+    };
+    outcome.endpoint = Some(Endpoint::SendDm);
+    let reply = match client.send_dm(&recipient_id, &dm, &key).await {
+        Ok(reply) => reply,
+        Err(e) => {
+            state.status = "failed".into();
+            state.error = Some(match &e {
+                Error::Api(api) => api.code.clone(),
+                Error::WriteFailed { code, .. } => code.clone().unwrap_or_else(|| "failed".into()),
+                _ => "error".into(),
+            });
+            store
+                .checkpoint_mut()
+                .sends
+                .insert(key.as_str().to_owned(), state);
+            let committed = store.commit();
+            let o = outcome.fail(SendStatus::Failed, &e);
+            return match committed {
+                Ok(()) => Err((o, e)),
+                Err(io) => Err((o, io)),
+            };
+        }
+    };
+    *credits.entry(Endpoint::SendDm).or_default() += 10;
+    outcome.http_status = Some(reply.meta.status);
+    outcome.attempts = Some(reply.meta.attempts);
+    let Some(message_id) = reply.value.message_id().map(str::to_owned) else {
+        let e = Error::Decode {
+            endpoint: Endpoint::SendDm,
+            reason: "the send answer has neither messageId nor result.id".into(),
+        };
+        return Err((outcome.fail(SendStatus::Failed, &e), e));
+    };
+    let sent_at = chrono::Utc::now().timestamp_micros();
+    let send_status = reply.value.status.clone().unwrap_or_else(|| {
+        if reply.value.succeeded() {
+            "success".into()
+        } else {
+            "failed".into()
+        }
+    });
+    let row = SendRow {
+        record_type: RecordType::Send,
+        message_id: message_id.clone(),
+        success: reply.value.succeeded(),
+        send_status: send_status.clone(),
+        sender_account: request.account.to_string(),
+        recipient_user_id: recipient_id.clone(),
+        message_text: request.text.clone(),
+        sent_at,
+        media_id: media_id.clone(),
+        media_ids: media_id.map(|id| vec![id]),
+    };
+    // The record and the checkpoint that says it is recorded commit
+    // together: a crash before this commit makes the rerun ask the API
+    // again with the same key, which answers with this same DM.
+    store
+        .append_send(&row)
+        .map_err(|e| (outcome.clone().fail(SendStatus::Failed, &e), e))?;
+    state.status = "sent".into();
+    state.message_id = Some(message_id.clone());
+    state.send_status = Some(send_status);
+    state.sent_at = crate::normalize::format_micros(sent_at);
+    state.recorded = true;
+    state.error = None;
+    store
+        .checkpoint_mut()
+        .sends
+        .insert(key.as_str().to_owned(), state);
+    store
+        .commit()
+        .map_err(|e| (outcome.clone().fail(SendStatus::Failed, &e), e))?;
+    tracing::info!(line, message_id = %message_id, recipient = %recipient_id, "DM sent");
+    outcome.status = SendStatus::Sent;
+    outcome.message_id = Some(message_id);
+    Ok(outcome)
+}
+
+impl std::fmt::Display for SendReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.batch {
+            // One JSON result per batch line, in order.
+            for s in &self.sends {
+                let line = serde_json::to_string(s).map_err(|_| std::fmt::Error)?;
+                writeln!(f, "{line}")?;
+            }
+            return Ok(());
+        }
+        for s in &self.sends {
+            let to = s.recipient_user_id.as_deref().unwrap_or("?");
+            match s.status {
+                SendStatus::Sent | SendStatus::AlreadySent => {
+                    let verb = if s.status == SendStatus::Sent {
+                        "sent"
+                    } else {
+                        "already sent (not sent again)"
+                    };
+                    write!(
+                        f,
+                        "{verb}: DM {} to {to}",
+                        s.message_id.as_deref().unwrap_or("?")
+                    )?;
+                    if let Some(media) = &s.media_id {
+                        write!(f, " with media {media}")?;
+                    }
+                    writeln!(f)?;
+                }
+                _ => writeln!(
+                    f,
+                    "not sent to {to}: {}",
+                    s.error.as_deref().unwrap_or("not attempted")
+                )?,
+            }
+        }
+        if let Some(stop) = &self.stopped_by {
+            writeln!(f, "stopped: {stop}")?;
+        }
+        writeln!(f, "audit: {}", self.manifest)
+    }
+}
