@@ -2,8 +2,9 @@
 //! It starts the embedded mock in-process (with transient errors, overlapping
 //! and unordered pages switched on), syncs every conversation the demo
 //! account can read, lets new messages arrive and syncs again incrementally,
-//! checks the outputs against the mock's ground truth, and says where the
-//! outputs are and how to query them.
+//! sends a text DM and a media DM, verifies the audit trail, checks the
+//! outputs against the mock's ground truth, and says where the outputs are
+//! and how to query them.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -12,7 +13,9 @@ use std::time::Duration;
 use crate::api::client::{ApiKey, ClientConfig};
 use crate::api::retry::RetryPolicy;
 use crate::api::{Account, UserRef};
+use crate::commands::send::{self, BatchLine, SendOptions, SendReport, SendRequest};
 use crate::commands::sync::{self, SyncOptions, SyncReport, Target};
+use crate::commands::verify::{self, VerifyReport};
 use crate::error::{Error, Result};
 use crate::mock::{Faults, MockConfig, MockServer};
 use crate::sinks::jsonl;
@@ -26,6 +29,10 @@ pub struct DemoReport {
     pub full: SyncReport,
     /// The incremental rerun after new messages arrived.
     pub incremental: SyncReport,
+    /// The text and media sends.
+    pub sends: SendReport,
+    /// The audit check of the folder.
+    pub verify: VerifyReport,
     /// New messages that arrived between the runs.
     pub arrived: u64,
     /// Messages the mock serves in all (ground truth).
@@ -41,11 +48,22 @@ impl DemoReport {
     pub fn exit_code(&self) -> u8 {
         let ok = self.full.exit_code() == 0
             && self.incremental.exit_code() == 0
+            && self.sends.exit_code() == 0
+            && self.verify.ok()
             && self.expected == self.written
             && self.duplicates == 0;
         if ok { 0 } else { 4 }
     }
 }
+
+/// A 1x1 PNG.
+const DEMO_PNG: &[u8] = &[
+    0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A, 0x00, 0x00, 0x00, 0x0D, 0x49, 0x48, 0x44, 0x52,
+    0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01, 0x08, 0x06, 0x00, 0x00, 0x00, 0x1F, 0x15, 0xC4,
+    0x89, 0x00, 0x00, 0x00, 0x0D, 0x49, 0x44, 0x41, 0x54, 0x78, 0x9C, 0x63, 0xF8, 0xCF, 0xC0, 0xF0,
+    0x1F, 0x00, 0x05, 0x00, 0x01, 0xFF, 0x89, 0x99, 0x3D, 0x1D, 0x00, 0x00, 0x00, 0x00, 0x49, 0x45,
+    0x4E, 0x44, 0xAE, 0x42, 0x60, 0x82,
+];
 
 /// The demo account and the key the in-process mock accepts.
 const ACCOUNT: &str = "acme_support";
@@ -106,18 +124,59 @@ pub async fn run(out: Option<PathBuf>) -> Result<DemoReport> {
         server.append_messages(ACCOUNT, user, n);
         arrived += n;
     }
-    let incremental = sync::run(options).await?;
-
+    let incremental = sync::run(options.clone()).await?;
+    // Ground truth before the sends (a sent DM joins the history too; the
+    // next sync would fetch it as a history record beside its send record).
     let expected: u64 = users
         .iter()
         .map(|u| server.history(ACCOUNT, u).len() as u64)
         .sum();
-    let (written, duplicates) = count_history(&out)?;
+
+    // A text DM and a media DM (a small PNG the demo writes next to the
+    // outputs: the mock takes any bytes).
+    let picture = out.join("demo-picture.png");
+    std::fs::write(&picture, DEMO_PNG).map_err(|e| Error::io(&picture, e))?;
+    let lines = vec![
+        SendRequest::validate(
+            ACCOUNT,
+            "@ada_lovelace",
+            "Thanks for your message! 🙏 We are on it.",
+            None,
+            None,
+            None,
+        )?,
+        SendRequest::validate(
+            ACCOUNT,
+            "@grace_hopper",
+            "Here is the screenshot you asked for.",
+            Some(&picture),
+            None,
+            None,
+        )?,
+    ];
+    let sends = send::run(SendOptions {
+        api: options.api.clone(),
+        out: out.clone(),
+        lines: lines.into_iter().map(BatchLine::Valid).collect(),
+        batch: false,
+        ignore_can_dm: false,
+        audit_key: None,
+    })
+    .await?;
+    std::fs::remove_file(&picture).map_err(|e| Error::io(&picture, e))?;
+    let verify_out = out.clone();
+    let verify = tokio::task::spawn_blocking(move || verify::run(&verify_out, None))
+        .await
+        .map_err(|e| Error::io(&out, std::io::Error::other(e)))??;
+
+    let (written, duplicates) = count_history(&options.out)?;
     server.shutdown().await;
     Ok(DemoReport {
-        out,
+        out: options.out,
         full,
         incremental,
+        sends,
+        verify,
         arrived,
         expected,
         written,
@@ -182,9 +241,14 @@ impl std::fmt::Display for DemoReport {
         } else {
             "MISMATCH"
         };
+        writeln!(f, "3. A text DM and a media DM")?;
+        write!(f, "{}", self.sends)?;
+        writeln!(f)?;
+        write!(f, "4. Audit check (xquik-dm verify): {}", self.verify)?;
+        writeln!(f)?;
         writeln!(
             f,
-            "3. Check against the mock's ground truth: {verdict} ({} messages served, {} written, {} duplicates)",
+            "5. Check against the mock's ground truth: {verdict} ({} messages served, {} written, {} duplicates)",
             self.expected, self.written, self.duplicates
         )?;
         writeln!(f)?;
@@ -193,7 +257,11 @@ impl std::fmt::Display for DemoReport {
         writeln!(f, "  {}  (private JSON Lines handoff)", jsonl::FILE_NAME)?;
         writeln!(
             f,
-            "  parquet/messages/date=*/part-*.parquet  (private, zstd)"
+            "  parquet/messages/, parquet/sends/  (private, zstd, date=YYYY-MM-DD partitions)"
+        )?;
+        writeln!(
+            f,
+            "  audit/, SHA256SUMS  (body-free manifests and hash chain)"
         )?;
         writeln!(f, "  state/checkpoint.json  (no message bodies)")?;
         writeln!(f)?;

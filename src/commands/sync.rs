@@ -1000,6 +1000,7 @@ impl std::fmt::Display for SyncReport {
                 file.path, file.rows, file.bytes
             )?;
         }
+        writeln!(f, "  audit          {}", self.manifest)?;
         writeln!(f, "  elapsed        {:.2} s", self.elapsed.as_secs_f64())?;
         for c in self
             .conversations

@@ -298,3 +298,33 @@ async fn sigkill_at_random_moments_then_rerun_converges_to_the_ground_truth() {
     assert_ground_truth(dir.path(), &server, &users);
     assert_parquet_equals_jsonl(dir.path());
 }
+
+#[test]
+fn demo_runs_offline_and_checks_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("demo");
+    let (code, stdout, stderr) = run(bin()
+        .args([
+            "--base-url",
+            "https://unreachable.invalid/api/v1",
+            "demo",
+            "--out",
+        ])
+        .arg(&out));
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("Check against the mock's ground truth: OK"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("Audit check (xquik-dm verify): OK"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("duckdb -c"), "{stdout}");
+    // The demo's own bodies never reach the terminal or the logs.
+    for body in ["Thanks for your message!", "Here is the screenshot"] {
+        assert!(!stdout.contains(body) && !stderr.contains(body));
+    }
+    let sends = std::fs::read_to_string(out.join("xquik-dm-handoff.jsonl")).unwrap();
+    assert_eq!(sends.matches("\"record_type\":\"send\"").count(), 2);
+}
