@@ -12,6 +12,7 @@ use crate::api::client::{ApiKey, ClientConfig, DEFAULT_BASE_URL, check_base_url}
 use crate::api::retry::RetryPolicy;
 use crate::api::{Account, UserRef};
 use crate::audit::AuditKey;
+use crate::commands::mock::MockOptions;
 use crate::commands::send::{BatchLine, SendOptions, SendRequest};
 use crate::commands::sync::{SyncOptions, Target};
 use crate::error::{Error, Result};
@@ -230,18 +231,7 @@ pub enum Command {
         user: UserRef,
     },
     /// `mock`.
-    Mock {
-        /// Port on 127.0.0.1.
-        port: u16,
-        /// Seed.
-        seed: u64,
-        /// Page size.
-        page_size: usize,
-        /// Transient error probability.
-        transient_rate: f64,
-        /// Accepted key, if fixed.
-        api_key: Option<String>,
-    },
+    Mock(MockOptions),
     /// `demo`.
     Demo {
         /// Output folder.
@@ -376,13 +366,13 @@ impl Args {
                 if page_size == 0 {
                     return Err(Error::invalid("--page-size", "must be at least 1"));
                 }
-                Command::Mock {
+                Command::Mock(MockOptions {
                     port,
                     seed,
                     page_size,
                     transient_rate,
                     api_key,
-                }
+                })
             }
             CommandArgs::Send {
                 account,

@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::api::Endpoint;
 use crate::audit::{self, AuditRows, ChainEntry, Coverage, Manifest, RowsInfo};
 use crate::checkpoint::{self, AuditPointer, Checkpoint, Conversation, DirLock};
 use crate::error::{Error, Result};
@@ -47,13 +48,34 @@ pub struct Repair {
     pub audit_removed: Vec<String>,
 }
 
+/// What a run is called and when it started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunStamp {
+    /// `YYYYMMDDTHHMMSSZ-xxxx`: sortable by start time, unique per folder.
+    pub run_id: String,
+    /// The UTC date, for Parquet partition folders.
+    pub date: String,
+    /// RFC 3339 UTC start time.
+    pub started_at: String,
+}
+
+impl RunStamp {
+    /// A stamp for a run starting now.
+    pub fn now() -> RunStamp {
+        let now = chrono::Utc::now();
+        RunStamp {
+            run_id: format!("{}-{:04x}", now.format("%Y%m%dT%H%M%SZ"), fastrand::u16(..)),
+            date: now.format("%Y-%m-%d").to_string(),
+            started_at: now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        }
+    }
+}
+
 /// The command-specific content of a run's manifest.
 #[derive(Debug, Clone)]
 pub struct ManifestBody {
     /// `sync` or `send`.
     pub command: &'static str,
-    /// RFC 3339 UTC start time.
-    pub started_at: String,
     /// The run's exit status.
     pub exit_code: u8,
     /// Options used (no secrets).
@@ -65,7 +87,7 @@ pub struct ManifestBody {
     /// Sends made.
     pub sends: serde_json::Value,
     /// Credits by endpoint.
-    pub credits: BTreeMap<String, u64>,
+    pub credits: BTreeMap<Endpoint, u64>,
     /// Counters.
     pub counts: serde_json::Value,
     /// HMAC key for the manifest, if any.
@@ -88,7 +110,7 @@ pub struct Sealed {
 pub struct Store {
     out: PathBuf,
     _lock: DirLock,
-    run_id: String,
+    stamp: RunStamp,
     checkpoint: Checkpoint,
     chain: Vec<ChainEntry>,
     jsonl: JsonlSink,
@@ -103,9 +125,18 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (creating if needed) and repairs the output folder `out`.
-    /// `date` is the run's partition date, `run_id` names its files.
-    pub fn open(out: &Path, date: &str, run_id: &str) -> Result<Store> {
+    /// [`Store::open`] off the async runtime's threads.
+    pub async fn open_async(out: &Path, stamp: &RunStamp) -> Result<Store> {
+        let (owned, stamp) = (out.to_owned(), stamp.clone());
+        tokio::task::spawn_blocking(move || Store::open(&owned, &stamp))
+            .await
+            .map_err(|e| Error::io(out, std::io::Error::other(e)))?
+    }
+
+    /// Opens (creating if needed) and repairs the output folder `out` for
+    /// the run `stamp`.
+    pub fn open(out: &Path, stamp: &RunStamp) -> Result<Store> {
+        let (date, run_id) = (stamp.date.as_str(), stamp.run_id.as_str());
         create_private_dir(out)?;
         let lock = DirLock::acquire(out)?;
         let mut checkpoint = Checkpoint::load(out)?;
@@ -129,7 +160,7 @@ impl Store {
         let mut store = Store {
             out: out.to_owned(),
             _lock: lock,
-            run_id: run_id.to_owned(),
+            stamp: stamp.clone(),
             checkpoint,
             chain,
             jsonl,
@@ -215,7 +246,7 @@ impl Store {
 
     /// This run's ID.
     pub fn run_id(&self) -> &str {
-        &self.run_id
+        &self.stamp.run_id
     }
 
     /// The checkpoint as it will be committed next.
@@ -290,6 +321,14 @@ impl Store {
         self.checkpoint.save(&self.out)
     }
 
+    /// [`Store::seal`] off the async runtime's threads.
+    pub async fn seal_async(self, body: ManifestBody) -> Result<Sealed> {
+        let out = self.out.clone();
+        tokio::task::spawn_blocking(move || self.seal(body))
+            .await
+            .map_err(|e| Error::io(out, std::io::Error::other(e)))?
+    }
+
     /// Ends the run: closes the Parquet file, commits, and writes the audit
     /// rows file, the manifest, the chain entry, the checkpoint's audit
     /// pointer and `SHA256SUMS`, in that order.
@@ -320,10 +359,10 @@ impl Store {
         };
         let mut manifest = Manifest {
             format: audit::MANIFEST_FORMAT.to_owned(),
-            run_id: self.run_id.clone(),
+            run_id: self.stamp.run_id.clone(),
             command: body.command.to_owned(),
             tool_version: env!("CARGO_PKG_VERSION").to_owned(),
-            started_at: body.started_at,
+            started_at: self.stamp.started_at.clone(),
             finished_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             previous_manifest_sha256: previous.as_ref().map(|p| p.sha256.clone()),
             exit_code: body.exit_code,
@@ -331,7 +370,11 @@ impl Store {
             conversations: body.conversations,
             pages: body.pages,
             sends: body.sends,
-            credits: body.credits,
+            credits: body
+                .credits
+                .iter()
+                .map(|(e, c)| (e.as_str().to_owned(), *c))
+                .collect(),
             counts: body.counts,
             repair: serde_json::to_value(&self.repair).unwrap_or_default(),
             files: files.clone(),
@@ -478,10 +521,17 @@ mod tests {
         out
     }
 
+    fn stamp(run_id: &str) -> RunStamp {
+        RunStamp {
+            run_id: run_id.into(),
+            date: "2026-11-26".into(),
+            started_at: "2026-11-26T00:00:00Z".into(),
+        }
+    }
+
     fn body() -> ManifestBody {
         ManifestBody {
             command: "sync",
-            started_at: "2026-11-26T00:00:00Z".into(),
             exit_code: 0,
             options: serde_json::json!({}),
             conversations: serde_json::json!([]),
@@ -499,7 +549,7 @@ mod tests {
         let out = dir.path();
         // Run 1 commits 3 rows, appends 2 more and dies before committing,
         // closing its Parquet file or sealing.
-        let mut store = Store::open(out, "2026-11-26", "run1").unwrap();
+        let mut store = Store::open(out, &stamp("run1")).unwrap();
         let first: Vec<_> = (0..3).map(row).collect();
         store.append_history(&lines(&first), &first).unwrap();
         store.commit().unwrap();
@@ -508,7 +558,7 @@ mod tests {
         drop(store);
 
         // Run 2 repairs and takes run 1's committed rows over.
-        let store = Store::open(out, "2026-11-26", "run2").unwrap();
+        let store = Store::open(out, &stamp("run2")).unwrap();
         let repair = store.repair().clone();
         assert_eq!(repair.jsonl_bytes_cut, lines(&lost).len() as u64);
         assert_eq!(repair.parquet_rebuilt_rows, 3);
@@ -543,11 +593,11 @@ mod tests {
     fn a_second_run_manifest_covers_only_its_own_segment() {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path();
-        let mut store = Store::open(out, "2026-11-26", "a").unwrap();
+        let mut store = Store::open(out, &stamp("a")).unwrap();
         let first: Vec<_> = (0..3).map(row).collect();
         store.append_history(&lines(&first), &first).unwrap();
         let a = store.seal(body()).unwrap();
-        let mut store = Store::open(out, "2026-11-26", "b").unwrap();
+        let mut store = Store::open(out, &stamp("b")).unwrap();
         let second: Vec<_> = (3..4).map(row).collect();
         store.append_history(&lines(&second), &second).unwrap();
         let b = store.seal(body()).unwrap();
@@ -561,9 +611,9 @@ mod tests {
     #[test]
     fn a_second_store_on_the_same_folder_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let _first = Store::open(dir.path(), "2026-11-26", "a").unwrap();
+        let _first = Store::open(dir.path(), &stamp("a")).unwrap();
         assert!(matches!(
-            Store::open(dir.path(), "2026-11-26", "b"),
+            Store::open(dir.path(), &stamp("b")),
             Err(Error::Locked { .. })
         ));
     }

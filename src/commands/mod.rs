@@ -111,21 +111,8 @@ pub async fn execute(command: Command) -> Result<Report> {
             let client = Client::new(api)?;
             Ok(Report::Lookup(lookup::run(&client, &user).await?))
         }
-        Command::Mock {
-            port,
-            seed,
-            page_size,
-            transient_rate,
-            api_key,
-        } => {
-            mock::run(mock::MockOptions {
-                port,
-                seed,
-                page_size,
-                transient_rate,
-                api_key,
-            })
-            .await?;
+        Command::Mock(options) => {
+            mock::run(options).await?;
             Ok(Report::MockStopped)
         }
         Command::Demo { out } => Ok(Report::Demo(Box::new(demo::run(out).await?))),

@@ -28,7 +28,7 @@ use crate::audit::AuditKey;
 use crate::checkpoint::{Recipient, SendState};
 use crate::error::{Error, ErrorClass, Result};
 use crate::records::{RecordType, SendRow};
-use crate::store::{ManifestBody, Store};
+use crate::store::{ManifestBody, RunStamp, Store};
 
 /// Longest DM text the API accepts, in Unicode scalar values.
 pub const MAX_TEXT_CHARS: usize = 10_000;
@@ -399,18 +399,9 @@ impl SendReport {
 
 /// Runs the sends, in order.
 pub async fn run(options: SendOptions) -> Result<SendReport> {
-    let started_at = chrono::Utc::now();
-    let run_id = format!(
-        "{}-{:04x}",
-        started_at.format("%Y%m%dT%H%M%SZ"),
-        fastrand::u16(..)
-    );
+    let stamp = RunStamp::now();
     let client = Client::new(options.api.clone())?;
-    let out = options.out.clone();
-    let (date, id) = (started_at.format("%Y-%m-%d").to_string(), run_id.clone());
-    let mut store = tokio::task::spawn_blocking(move || Store::open(&out, &date, &id))
-        .await
-        .map_err(|e| Error::io(&options.out, std::io::Error::other(e)))??;
+    let mut store = Store::open_async(&options.out, &stamp).await?;
 
     let mut credits: BTreeMap<Endpoint, u64> = BTreeMap::new();
     let mut outcomes = Vec::new();
@@ -450,7 +441,7 @@ pub async fn run(options: SendOptions) -> Result<SendReport> {
     );
 
     let mut report = SendReport {
-        run_id,
+        run_id: stamp.run_id,
         out: options.out.clone(),
         batch: options.batch,
         sends: outcomes,
@@ -461,7 +452,6 @@ pub async fn run(options: SendOptions) -> Result<SendReport> {
     };
     let body = ManifestBody {
         command: "send",
-        started_at: started_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         exit_code: report.exit_code(),
         options: serde_json::json!({
             "base_url": options.api.base_url,
@@ -472,11 +462,7 @@ pub async fn run(options: SendOptions) -> Result<SendReport> {
         conversations: serde_json::json!([]),
         pages: serde_json::json!([]),
         sends: serde_json::to_value(&report.sends).unwrap_or_default(),
-        credits: report
-            .credits
-            .iter()
-            .map(|(e, c)| (e.as_str().to_owned(), *c))
-            .collect(),
+        credits: report.credits.clone(),
         counts: serde_json::json!({
             "sent": report.sends.iter().filter(|s| s.status == SendStatus::Sent).count(),
             "already_sent": report.sends.iter().filter(|s| s.status == SendStatus::AlreadySent).count(),
@@ -484,9 +470,7 @@ pub async fn run(options: SendOptions) -> Result<SendReport> {
         }),
         signing_key: options.audit_key.clone(),
     };
-    let sealed = tokio::task::spawn_blocking(move || store.seal(body))
-        .await
-        .map_err(|e| Error::io(&options.out, std::io::Error::other(e)))??;
+    let sealed = store.seal_async(body).await?;
     report.manifest = sealed.chain.manifest;
     Ok(report)
 }

@@ -32,7 +32,7 @@ use crate::error::{Error, ErrorClass, Result};
 use crate::normalize::normalize;
 use crate::records::HistoryRow;
 use crate::sinks::WrittenFile;
-use crate::store::{ManifestBody, Repair, Store};
+use crate::store::{ManifestBody, Repair, RunStamp, Store};
 
 /// One conversation to sync.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -309,19 +309,12 @@ pub async fn run(options: SyncOptions) -> Result<SyncReport> {
         return Err(Error::invalid("--user", "name at least one conversation"));
     }
     let started = Instant::now();
-    let now = chrono::Utc::now();
-    let started_at = now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-    let run_id = format!("{}-{:04x}", now.format("%Y%m%dT%H%M%SZ"), fastrand::u16(..));
-    let date = now.format("%Y-%m-%d").to_string();
+    let stamp = RunStamp::now();
     let client = Client::new(options.api.clone())?;
 
     // The folder is opened, locked and repaired before any request: an
     // unusable folder costs no credit.
-    let out = options.out.clone();
-    let (store_date, store_run) = (date.clone(), run_id.clone());
-    let mut store = tokio::task::spawn_blocking(move || Store::open(&out, &store_date, &store_run))
-        .await
-        .map_err(|e| Error::io(&options.out, std::io::Error::other(e)))??;
+    let mut store = Store::open_async(&options.out, &stamp).await?;
     let repair = store.repair().clone();
     if repair != Repair::default() {
         tracing::warn!(
@@ -403,7 +396,7 @@ pub async fn run(options: SyncOptions) -> Result<SyncReport> {
         .unwrap_or_else(|p| p.into_inner())
         .clone();
     let mut report = SyncReport {
-        run_id,
+        run_id: stamp.run_id,
         out: options.out.clone(),
         conversations: reports,
         pages: run.pages.load(Ordering::SeqCst),
@@ -421,10 +414,8 @@ pub async fn run(options: SyncOptions) -> Result<SyncReport> {
         stop_needs_person: stop_error.as_ref().is_some_and(|(_, code)| *code == 3),
         stopped_by: stop_error.map(|(text, _)| text),
     };
-    let body = manifest_body(&report, &options, started_at);
-    let sealed = tokio::task::spawn_blocking(move || store.seal(body))
-        .await
-        .map_err(|e| Error::io(&options.out, std::io::Error::other(e)))??;
+    let body = manifest_body(&report, &options);
+    let sealed = store.seal_async(body).await?;
     report.files = sealed.files;
     report.manifest = sealed.chain.manifest;
     report.elapsed = started.elapsed();
@@ -433,12 +424,11 @@ pub async fn run(options: SyncOptions) -> Result<SyncReport> {
 
 /// The manifest content of a sync run: IDs, cursors, statuses, counts and
 /// credits — no message body, no key.
-fn manifest_body(report: &SyncReport, options: &SyncOptions, started_at: String) -> ManifestBody {
+fn manifest_body(report: &SyncReport, options: &SyncOptions) -> ManifestBody {
     let accounts: std::collections::BTreeSet<&str> =
         options.targets.iter().map(|t| t.account.as_str()).collect();
     ManifestBody {
         command: "sync",
-        started_at,
         exit_code: report.exit_code(),
         options: serde_json::json!({
             "base_url": options.api.base_url,
@@ -451,11 +441,7 @@ fn manifest_body(report: &SyncReport, options: &SyncOptions, started_at: String)
         conversations: serde_json::to_value(&report.conversations).unwrap_or_default(),
         pages: serde_json::to_value(&report.page_log).unwrap_or_default(),
         sends: serde_json::json!([]),
-        credits: report
-            .credits
-            .iter()
-            .map(|(e, c)| (e.as_str().to_owned(), *c))
-            .collect(),
+        credits: report.credits.clone(),
         counts: serde_json::json!({
             "pages": report.pages,
             "messages_fetched": report.messages_fetched,
