@@ -12,6 +12,7 @@ use crate::api::client::{ApiKey, ClientConfig, DEFAULT_BASE_URL, check_base_url}
 use crate::api::retry::RetryPolicy;
 use crate::api::{Account, UserRef};
 use crate::audit::AuditKey;
+use crate::commands::bench::BenchOptions;
 use crate::commands::mock::MockOptions;
 use crate::commands::send::{BatchLine, SendOptions, SendRequest};
 use crate::commands::sync::{SyncOptions, Target};
@@ -166,6 +167,57 @@ pub enum CommandArgs {
         /// The API key the mock accepts (default: any non-empty key).
         #[arg(long, env = "XQUIK_MOCK_API_KEY", hide_env_values = true)]
         api_key: Option<String>,
+        /// Serve a synthetic world of N conversations with the account `bench`
+        /// (users 2000000001, ...) instead of the demo world.
+        #[arg(long, value_name = "N")]
+        conversations: Option<u64>,
+        /// Messages per conversation of the synthetic world.
+        #[arg(long, default_value_t = 1000, value_name = "M")]
+        messages: u64,
+        /// Switch the per-account rate limits off.
+        #[arg(long)]
+        no_rate_limit: bool,
+    },
+    /// Benchmark: the embedded mock as a separate process, fetch-only vs full sync vs incremental rerun.
+    ///
+    /// Prints messages/s, pages/s, MB/s written, CPU seconds, peak RSS and credits
+    /// (medians of --runs) and compares them with the performance targets. Build
+    /// with --release for meaningful figures.
+    Bench {
+        /// Conversations in the synthetic world.
+        #[arg(long, default_value_t = 1000)]
+        conversations: u64,
+        /// Messages per conversation.
+        #[arg(long, default_value_t = 1000)]
+        messages: u64,
+        /// Messages per page.
+        #[arg(long, default_value_t = 100)]
+        page_size: usize,
+        /// Repetitions of each scenario.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// New messages for the incremental rerun, in percent.
+        #[arg(long, default_value_t = 1.0)]
+        new_percent: f64,
+        /// Conversations paged at the same time.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        /// Keep the output folders here instead of a temporary folder.
+        #[arg(long, value_name = "DIR")]
+        work_dir: Option<PathBuf>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Benchmark helper: page the synthetic world, parse, discard.
+    #[command(hide = true)]
+    BenchFetch {
+        /// Conversations to page.
+        #[arg(long)]
+        conversations: u64,
+        /// Conversations paged at the same time.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
     },
     /// Run the whole workflow offline against the embedded mock: no key, no network.
     Demo {
@@ -232,6 +284,22 @@ pub enum Command {
     },
     /// `mock`.
     Mock(MockOptions),
+    /// `bench`.
+    Bench {
+        /// Options.
+        options: BenchOptions,
+        /// Report as JSON.
+        json: bool,
+    },
+    /// `bench-fetch`.
+    BenchFetch {
+        /// How to reach the API.
+        api: ClientConfig,
+        /// Conversations.
+        conversations: u64,
+        /// Concurrency.
+        concurrency: usize,
+    },
     /// `demo`.
     Demo {
         /// Output folder.
@@ -356,6 +424,9 @@ impl Args {
                 page_size,
                 transient_rate,
                 api_key,
+                conversations,
+                messages,
+                no_rate_limit,
             } => {
                 if !(0.0..=1.0).contains(&transient_rate) {
                     return Err(Error::invalid(
@@ -372,6 +443,9 @@ impl Args {
                     page_size,
                     transient_rate,
                     api_key,
+                    conversations,
+                    messages,
+                    no_rate_limit,
                 })
             }
             CommandArgs::Send {
@@ -418,6 +492,46 @@ impl Args {
                     json,
                 }
             }
+            CommandArgs::Bench {
+                conversations,
+                messages,
+                page_size,
+                runs,
+                new_percent,
+                concurrency,
+                work_dir,
+                json,
+            } => {
+                if conversations == 0 || messages == 0 || page_size == 0 || runs == 0 {
+                    return Err(Error::invalid(
+                        "bench",
+                        "sizes and --runs must be at least 1",
+                    ));
+                }
+                if !(0.0..=100.0).contains(&new_percent) {
+                    return Err(Error::invalid("--new-percent", "must be between 0 and 100"));
+                }
+                Command::Bench {
+                    options: BenchOptions {
+                        conversations,
+                        messages,
+                        page_size,
+                        runs,
+                        new_percent,
+                        concurrency: concurrency.max(1),
+                        work_dir,
+                    },
+                    json,
+                }
+            }
+            CommandArgs::BenchFetch {
+                conversations,
+                concurrency,
+            } => Command::BenchFetch {
+                api: api(api_key)?,
+                conversations,
+                concurrency,
+            },
             CommandArgs::Demo { out } => Command::Demo { out },
             CommandArgs::Verify { dir, json } => Command::Verify {
                 dir,

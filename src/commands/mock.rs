@@ -6,7 +6,7 @@ use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr};
 
 use crate::error::{Error, Result};
-use crate::mock::{Faults, MockConfig, MockServer};
+use crate::mock::{Faults, MockAccount, MockConfig, MockConversation, MockServer, MockUser};
 
 /// Options of the `mock` command.
 #[derive(Debug, Clone)]
@@ -21,11 +21,60 @@ pub struct MockOptions {
     pub transient_rate: f64,
     /// The only key accepted, if set.
     pub api_key: Option<String>,
+    /// Serve a synthetic world of this many conversations (of
+    /// `messages` each) instead of the demo world.
+    pub conversations: Option<u64>,
+    /// Messages per conversation of the synthetic world.
+    pub messages: u64,
+    /// Switch the per-account rate limits off (benchmarks).
+    pub no_rate_limit: bool,
+}
+
+/// The account of the synthetic world.
+pub const SYNTHETIC_ACCOUNT: &str = "bench";
+
+/// The user ID of conversation `i` (0-based) of the synthetic world.
+pub fn synthetic_user(i: u64) -> String {
+    (2_000_000_001 + i).to_string()
+}
+
+/// A world of one account with `conversations` conversations of `messages`
+/// messages each. Messages depend only on their position, so the same
+/// world started with more messages is the old one plus newer messages.
+pub fn synthetic_world(conversations: u64, messages: u64) -> MockConfig {
+    let users: Vec<MockUser> = (0..conversations)
+        .map(|i| MockUser {
+            id: synthetic_user(i),
+            username: format!("user_{i}"),
+            name: format!("User {i}"),
+            can_dm: Some(true),
+        })
+        .collect();
+    MockConfig {
+        accounts: vec![MockAccount {
+            handle: SYNTHETIC_ACCOUNT.to_owned(),
+            user_id: "1700000000000000001".to_owned(),
+        }],
+        conversations: users
+            .iter()
+            .map(|u| MockConversation {
+                account: SYNTHETIC_ACCOUNT.to_owned(),
+                user_id: u.id.clone(),
+                messages,
+            })
+            .collect(),
+        users,
+        ..MockConfig::default()
+    }
 }
 
 /// Serves until Ctrl-C.
 pub async fn run(options: MockOptions) -> Result<()> {
-    let config = MockConfig {
+    let world = match options.conversations {
+        Some(n) => synthetic_world(n, options.messages),
+        None => MockConfig::demo(),
+    };
+    let mut config = MockConfig {
         seed: options.seed,
         page_size: options.page_size,
         api_key: options.api_key,
@@ -34,8 +83,12 @@ pub async fn run(options: MockOptions) -> Result<()> {
             retry_after_ms: 200,
             ..Faults::default()
         },
-        ..MockConfig::demo()
+        ..world
     };
+    if options.no_rate_limit {
+        config.get_limit_per_sec = 0;
+        config.post_limit_per_min = 0;
+    }
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, options.port));
     let server = MockServer::bind(addr, config)
         .await

@@ -1,6 +1,7 @@
 //! One module per subcommand. Each takes validated configuration and returns
 //! a [`Report`]; `main` prints it and turns it into the exit status.
 
+pub mod bench;
 pub mod demo;
 pub mod lookup;
 pub mod mock;
@@ -25,6 +26,20 @@ pub enum Report {
         report: Box<sync::SyncReport>,
         /// Print as JSON.
         json: bool,
+    },
+    /// `bench`: the figures.
+    Bench {
+        /// The report.
+        report: bench::BenchReport,
+        /// Print as JSON.
+        json: bool,
+    },
+    /// `bench-fetch`: messages and pages fetched, as JSON.
+    BenchFetch {
+        /// Messages.
+        messages: u64,
+        /// Pages.
+        pages: u64,
     },
     /// `send`: per-send outcomes.
     Send {
@@ -59,6 +74,14 @@ impl Report {
             Report::Sync { report, json } => write_report(out, report.as_ref(), *json),
             Report::Verify { report, json } => write_report(out, report, *json),
             Report::Send { report, json } => write_report(out, report.as_ref(), *json),
+            Report::Bench { report, json } => write_report(out, report, *json),
+            Report::BenchFetch { messages, pages } => {
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::json!({"messages": messages, "pages": pages})
+                )
+            }
             Report::Demo(report) => write!(out, "{report}"),
             Report::MockStopped => Ok(()),
         }
@@ -71,7 +94,10 @@ impl Report {
             Report::Verify { report, .. } => report.exit_code(),
             Report::Send { report, .. } => report.exit_code(),
             Report::Demo(report) => report.exit_code(),
-            Report::Lookup(_) | Report::MockStopped => 0,
+            Report::Lookup(_)
+            | Report::MockStopped
+            | Report::Bench { .. }
+            | Report::BenchFetch { .. } => 0,
         }
     }
 }
@@ -97,6 +123,21 @@ pub async fn execute(command: Command) -> Result<Report> {
             report: Box::new(sync::run(options).await?),
             json,
         }),
+        Command::Bench { options, json } => {
+            let report = tokio::task::spawn_blocking(move || bench::run(&options))
+                .await
+                .map_err(|e| Error::io("<bench>", std::io::Error::other(e)))??;
+            Ok(Report::Bench { report, json })
+        }
+        Command::BenchFetch {
+            api,
+            conversations,
+            concurrency,
+        } => {
+            let (messages, pages) =
+                bench::fetch_only(Client::new(api)?, conversations, concurrency).await?;
+            Ok(Report::BenchFetch { messages, pages })
+        }
         Command::Send { options, json } => Ok(Report::Send {
             report: Box::new(send::run(options).await?),
             json,

@@ -202,7 +202,7 @@ pub struct SentDm {
 
 /// What the mock counted. Endpoint keys are route templates such as
 /// `"GET /x/dm/{userId}/history"`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Ledger {
     /// All credits charged.
     pub credits_total: u64,

@@ -85,6 +85,9 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
             "/api/v1/x/write-actions/{id}",
             guard(WRITE_ACTIONS, get(write_action)),
         )
+        // Outside the API's paths: what the mock counted, for black-box
+        // tests and the benchmark, which run the mock as a separate process.
+        .route("/__mock/ledger", get(ledger))
         .fallback(unknown_route)
         .layer(middleware::from_fn_with_state(
             Arc::clone(&shared),
@@ -140,6 +143,11 @@ fn presented_key(headers: &HeaderMap) -> Option<String> {
         .or_else(|| header("xquik-api-key"))
         .or_else(|| header("authorization").and_then(|v| v.strip_prefix("Bearer ")))
         .map(|key| key.trim().to_owned())
+}
+
+/// `GET /__mock/ledger`: the credits ledger as JSON.
+async fn ledger(State(shared): State<Arc<Shared>>) -> Response {
+    axum::Json(shared.world().ledger.clone()).into_response()
 }
 
 async fn unknown_route(Extension(ctx): Extension<Ctx>) -> Response {
