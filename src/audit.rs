@@ -178,11 +178,19 @@ impl AuditRows {
 
     /// Adds one record's IDs.
     pub fn push(&mut self, record_type: &str, user_id: &str, message_id: &str) -> Result<()> {
+        /// [`AuditRow`] by reference: one line without allocating per row
+        /// (this runs once for every message a sync writes).
+        #[derive(Serialize)]
+        struct RowRef<'a> {
+            record_type: &'a str,
+            user_id: &'a str,
+            message_id: &'a str,
+        }
         self.line.clear();
-        let row = AuditRow {
-            record_type: record_type.to_owned(),
-            user_id: user_id.to_owned(),
-            message_id: message_id.to_owned(),
+        let row = RowRef {
+            record_type,
+            user_id,
+            message_id,
         };
         serde_json::to_writer(&mut self.line, &row).map_err(|e| Error::io(&self.tmp, e.into()))?;
         self.merkle.push(&self.line);

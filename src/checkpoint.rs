@@ -93,6 +93,9 @@ pub struct JsonlState {
     /// Send records in the committed bytes.
     #[serde(default)]
     pub send_rows: u64,
+    /// SHA-256 midstate of the committed bytes (for `SHA256SUMS`).
+    #[serde(default)]
+    pub digest_state: Option<crate::sinks::jsonl::DigestState>,
 }
 
 /// Committed Parquet files.

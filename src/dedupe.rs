@@ -49,12 +49,16 @@ impl Block {
                     oldest: id.to_owned(),
                 })
             }
+            // Reuse the strings' buffers: in a backfill every message is a
+            // new oldest, so this runs once per message.
             Some(b) => {
                 if cmp_ids(id, &b.newest) == Ordering::Greater {
-                    b.newest = id.to_owned();
+                    b.newest.clear();
+                    b.newest.push_str(id);
                 }
                 if cmp_ids(id, &b.oldest) == Ordering::Less {
-                    b.oldest = id.to_owned();
+                    b.oldest.clear();
+                    b.oldest.push_str(id);
                 }
             }
         }

@@ -149,6 +149,7 @@ impl Store {
             &out.join(jsonl::FILE_NAME),
             checkpoint.jsonl.committed_bytes,
             coverage.jsonl_bytes,
+            checkpoint.jsonl.digest_state.as_ref(),
         )?;
         let listed: HashSet<String> = checkpoint
             .parquet
@@ -313,6 +314,7 @@ impl Store {
         // The data first: the checkpoint must never point past durable bytes.
         let committed = self.jsonl.sync()?;
         self.checkpoint.jsonl.committed_bytes = committed;
+        self.checkpoint.jsonl.digest_state = Some(self.jsonl.digest_state());
         self.checkpoint.jsonl.history_rows += self.uncommitted_history;
         self.checkpoint.jsonl.send_rows += self.uncommitted_sends;
         self.uncommitted_history = 0;
@@ -394,7 +396,8 @@ impl Store {
             coverage,
         };
         self.checkpoint.save(&self.out)?;
-        write_sums(&self.out, &self.checkpoint, &self.chain, &audit_rows)?;
+        let jsonl_digest = self.jsonl.file_digest();
+        write_sums(&self.out, &self.checkpoint, &self.chain, &audit_rows, &jsonl_digest)?;
         Ok(Sealed {
             files,
             chain: entry,
@@ -415,12 +418,14 @@ impl Store {
 
 /// Rewrites `SHA256SUMS` for the current state. Digests of immutable
 /// files (Parquet, manifests, rows files) are known or reused from the
-/// previous `SHA256SUMS`; the mutable files are hashed again.
+/// previous `SHA256SUMS`, the JSONL's is kept up to date as it grows; only
+/// the small mutable files (chain, checkpoint) are hashed again.
 fn write_sums(
     out: &Path,
     checkpoint: &Checkpoint,
     chain: &[ChainEntry],
     rows: &RowsInfo,
+    jsonl_digest: &str,
 ) -> Result<()> {
     let mut known: BTreeMap<String, String> = audit::read_sums(out)
         .unwrap_or_default()
@@ -445,6 +450,7 @@ fn write_sums(
         files.push(format!("{}/{}.rows.jsonl", audit::RUNS_DIR, entry.run_id));
     }
     known.insert(rows.path.clone(), rows.sha256.clone());
+    known.insert(jsonl::FILE_NAME.to_owned(), jsonl_digest.to_owned());
     if !out.join(jsonl::FILE_NAME).exists() {
         files.retain(|f| f != jsonl::FILE_NAME);
     }

@@ -749,7 +749,13 @@ async fn page_scan(
             (_, Next::Page(_)) => None,
         };
 
-        let mut lines = Vec::with_capacity(page.messages.len() * 200);
+        // Sized once: the fixed fields take about 250 bytes a row.
+        let capacity: usize = page
+            .messages
+            .iter()
+            .map(|m| 250 + m.text.as_ref().map_or(0, |t| t.len() + t.len() / 8) + m.media_url.as_ref().map_or(0, String::len))
+            .sum();
+        let mut lines = Vec::with_capacity(capacity);
         let mut rows = Vec::with_capacity(page.messages.len());
         for (msg, keep) in page.messages.into_iter().zip(&admission.keep) {
             if !keep {

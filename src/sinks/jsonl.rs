@@ -10,6 +10,8 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
+use serde::{Deserialize, Serialize};
+use sha2::digest::common::hazmat::{SerializableState, SerializedState};
 use sha2::{Digest, Sha256};
 
 use super::{WrittenFile, open_private};
@@ -27,6 +29,18 @@ pub struct JsonlSink {
     segment_offset: u64,
     segment_hasher: Sha256,
     segment_rows: u64,
+    /// SHA-256 of the whole file so far, for `SHA256SUMS`: carried from
+    /// run to run as a saved midstate, so a run hashes only what it adds.
+    file_hasher: Sha256,
+}
+
+/// A saved SHA-256 midstate of the file's first `bytes` bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DigestState {
+    /// Bytes hashed.
+    pub bytes: u64,
+    /// The serialized hasher state, hex.
+    pub state: String,
 }
 
 impl JsonlSink {
@@ -39,7 +53,12 @@ impl JsonlSink {
     /// `segment_from` (where the last audit manifest's coverage ends), so
     /// records committed by a run that died before sealing its manifest are
     /// covered by the next one.
-    pub fn open(path: &Path, committed: u64, segment_from: u64) -> Result<(JsonlSink, u64)> {
+    pub fn open(
+        path: &Path,
+        committed: u64,
+        segment_from: u64,
+        saved: Option<&DigestState>,
+    ) -> Result<(JsonlSink, u64)> {
         let file = open_private(
             path,
             OpenOptions::new().read(true).append(true).create(true),
@@ -68,22 +87,35 @@ impl JsonlSink {
                 .and_then(|()| file.sync_all())
                 .map_err(|e| Error::io(path, e))?;
         }
+        // The whole-file hasher resumes from the saved midstate when it
+        // still describes a prefix of the committed bytes.
+        let (mut file_hasher, file_from) = match saved.filter(|d| d.bytes <= committed).and_then(restore) {
+            Some((hasher, bytes)) => (hasher, bytes),
+            None => (Sha256::new(), 0),
+        };
         let mut segment_hasher = Sha256::new();
         let mut segment_rows = 0;
-        if segment_from < committed {
+        let start = segment_from.min(file_from);
+        if start < committed {
             let mut reader = File::open(path).map_err(|e| Error::io(path, e))?;
             reader
-                .seek(SeekFrom::Start(segment_from))
+                .seek(SeekFrom::Start(start))
                 .map_err(|e| Error::io(path, e))?;
-            let mut reader = reader.take(committed - segment_from);
+            let mut reader = reader.take(committed - start);
             let mut buf = vec![0u8; 1 << 20];
+            let mut at = start;
             loop {
                 let n = reader.read(&mut buf).map_err(|e| Error::io(path, e))?;
                 if n == 0 {
                     break;
                 }
-                segment_hasher.update(&buf[..n]);
-                segment_rows += buf[..n].iter().filter(|b| **b == b'\n').count() as u64;
+                let chunk = &buf[..n];
+                let tail = |from: u64| &chunk[(from.saturating_sub(at) as usize).min(n)..];
+                let seg = tail(segment_from);
+                segment_hasher.update(seg);
+                segment_rows += seg.iter().filter(|b| **b == b'\n').count() as u64;
+                file_hasher.update(tail(file_from));
+                at += n as u64;
             }
         }
         Ok((
@@ -94,6 +126,7 @@ impl JsonlSink {
                 segment_offset: segment_from,
                 segment_hasher,
                 segment_rows,
+                file_hasher,
             },
             cut,
         ))
@@ -105,6 +138,7 @@ impl JsonlSink {
             .write_all(lines)
             .map_err(|e| Error::io(&self.path, e))?;
         self.segment_hasher.update(lines);
+        self.file_hasher.update(lines);
         self.segment_rows += rows;
         self.len += lines.len() as u64;
         Ok(())
@@ -116,6 +150,20 @@ impl JsonlSink {
             .sync_data()
             .map_err(|e| Error::io(&self.path, e))?;
         Ok(self.len)
+    }
+
+    /// SHA-256 of the whole file as appended so far.
+    pub fn file_digest(&self) -> String {
+        hex::encode(self.file_hasher.clone().finalize())
+    }
+
+    /// The whole-file hasher's midstate, to be saved with the committed
+    /// length it covers.
+    pub fn digest_state(&self) -> DigestState {
+        DigestState {
+            bytes: self.len,
+            state: hex::encode(self.file_hasher.serialize().as_slice()),
+        }
     }
 
     /// The current length (everything appended, synced or not).
@@ -140,6 +188,14 @@ impl JsonlSink {
             length: Some(length),
         })
     }
+}
+
+/// A hasher from a saved midstate; `None` when the state does not parse.
+fn restore(saved: &DigestState) -> Option<(Sha256, u64)> {
+    let bytes = hex::decode(&saved.state).ok()?;
+    let state = SerializedState::<Sha256>::try_from(bytes.as_slice()).ok()?;
+    let hasher = Sha256::deserialize(&state).ok()?;
+    Some((hasher, saved.bytes))
 }
 
 /// Reads the lines of `path` between byte offsets `from` and `to` (both on
@@ -178,13 +234,13 @@ mod tests {
     fn torn_tail_is_cut_back_to_the_committed_length() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(FILE_NAME);
-        let (mut sink, cut) = JsonlSink::open(&path, 0, 0).unwrap();
+        let (mut sink, cut) = JsonlSink::open(&path, 0, 0, None).unwrap();
         assert_eq!(cut, 0);
         sink.append(b"{\"a\":1}\n", 1).unwrap();
         let committed = sink.sync().unwrap();
         sink.append(b"{\"b\":2}\n{\"c\":", 1).unwrap();
         drop(sink);
-        let (sink, cut) = JsonlSink::open(&path, committed, committed).unwrap();
+        let (sink, cut) = JsonlSink::open(&path, committed, committed, None).unwrap();
         assert_eq!(cut, 13);
         assert_eq!(sink.len(), committed);
         assert_eq!(std::fs::read(&path).unwrap(), b"{\"a\":1}\n");
@@ -195,7 +251,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(FILE_NAME);
         std::fs::write(&path, b"{}\n").unwrap();
-        let err = JsonlSink::open(&path, 10, 0).unwrap_err();
+        let err = JsonlSink::open(&path, 10, 0, None).unwrap_err();
         assert!(err.to_string().contains("10 bytes are committed"), "{err}");
     }
 
@@ -204,7 +260,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(FILE_NAME);
         std::fs::write(&path, b"{\"old\":1}\n").unwrap();
-        let (mut sink, _) = JsonlSink::open(&path, 10, 10).unwrap();
+        let (mut sink, _) = JsonlSink::open(&path, 10, 10, None).unwrap();
         sink.append(b"{\"new\":2}\n", 1).unwrap();
         sink.sync().unwrap();
         let seg = sink.segment().unwrap();
@@ -213,7 +269,7 @@ mod tests {
         drop(sink);
         // A segment starting before the committed end covers the bytes
         // already there (committed by a run that never sealed).
-        let (mut sink, _) = JsonlSink::open(&path, 20, 0).unwrap();
+        let (mut sink, _) = JsonlSink::open(&path, 20, 0, None).unwrap();
         sink.append(b"{\"c\":3}\n", 1).unwrap();
         let seg = sink.segment().unwrap();
         assert_eq!((seg.offset, seg.length, seg.rows), (Some(0), Some(28), 3));
@@ -221,6 +277,29 @@ mod tests {
             seg.sha256,
             super::super::sha256_hex(&std::fs::read(&path).unwrap())
         );
+    }
+
+    #[test]
+    fn the_whole_file_digest_resumes_from_a_saved_midstate() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        let (mut sink, _) = JsonlSink::open(&path, 0, 0, None).unwrap();
+        sink.append(b"{\"a\":1}\n", 1).unwrap();
+        let committed = sink.sync().unwrap();
+        let saved = sink.digest_state();
+        sink.append(b"{\"b\":2}\n", 1).unwrap();
+        let len = sink.sync().unwrap();
+        drop(sink);
+        // Resumed from the midstate at `committed`: hashes only the rest.
+        let (mut sink, _) = JsonlSink::open(&path, len, len, Some(&saved)).unwrap();
+        sink.append(b"{\"c\":3}\n", 1).unwrap();
+        let whole = std::fs::read(&path).unwrap();
+        assert_eq!(sink.file_digest(), super::super::sha256_hex(&whole));
+        assert_eq!(saved.bytes, committed);
+        // A damaged state falls back to hashing the whole file.
+        let bad = DigestState { bytes: 3, state: "zz".into() };
+        let (sink, _) = JsonlSink::open(&path, whole.len() as u64, 0, Some(&bad)).unwrap();
+        assert_eq!(sink.file_digest(), super::super::sha256_hex(&whole));
     }
 
     #[test]
