@@ -328,3 +328,97 @@ fn demo_runs_offline_and_checks_itself() {
     let sends = std::fs::read_to_string(out.join("xquik-dm-handoff.jsonl")).unwrap();
     assert_eq!(sends.matches("\"record_type\":\"send\"").count(), 2);
 }
+
+/// Every file under `sub` (recursively), as (relative path, text).
+fn texts_under(dir: &Path, sub: &str) -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.join(sub)];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let text = String::from_utf8_lossy(&std::fs::read(&p).unwrap()).into_owned();
+                found.push((p.strip_prefix(dir).unwrap().display().to_string(), text));
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_body_and_no_key_outside_the_private_outputs() {
+    let mut config = world(&[400, 60], 50);
+    config.faults.transient_rate = 0.1;
+    config.faults.retry_after_ms = 1;
+    let server = MockServer::start(config).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let picture = dir.path().join("p.png");
+    std::fs::write(&picture, b"\x89PNG\r\n\x1a\nbytes").unwrap();
+    let sent_texts = [
+        "A private reply: «ne pas diffuser» 🤐".to_owned(),
+        "Media caption with\nnewline and \"quotes\"".to_owned(),
+    ];
+    let base_url = server.base_url();
+    let (o, p, texts) = (out.clone(), picture.clone(), sent_texts.clone());
+    let outputs = tokio::task::spawn_blocking(move || {
+        let mut all = Vec::new();
+        let base = ["--base-url", base_url.as_str(), "--log-format", "json", "-v"];
+        all.push(run(bin()
+            .args(base)
+            .args(["sync", "--account", ACCOUNT, "--user", &user_id(1), "--user", "@user2", "--out"])
+            .arg(&o)
+            .env("XQUIK_API_KEY", KEY)));
+        all.push(run(bin()
+            .args(base)
+            .args(["send", "--account", ACCOUNT, "--to", &user_id(1), "--text", &texts[0], "--out"])
+            .arg(&o)
+            .env("XQUIK_API_KEY", KEY)));
+        all.push(run(bin()
+            .args(base)
+            .args(["send", "--account", ACCOUNT, "--to", "@user2", "--text", &texts[1], "--media"])
+            .arg(&p)
+            .arg("--out")
+            .arg(&o)
+            .env("XQUIK_API_KEY", KEY)));
+        all.push(run(bin().args(["verify", "--json"]).arg(&o)));
+        all
+    })
+    .await
+    .unwrap();
+    for (code, _, stderr) in &outputs {
+        assert_eq!(*code, 0, "{stderr}");
+    }
+    let mut haystacks: Vec<(String, String)> = Vec::new();
+    for (i, (_, stdout, stderr)) in outputs.iter().enumerate() {
+        haystacks.push((format!("stdout of step {i}"), stdout.clone()));
+        haystacks.push((format!("stderr of step {i}"), stderr.clone()));
+    }
+    haystacks.extend(texts_under(&out, "audit"));
+    haystacks.extend(texts_under(&out, "state"));
+    haystacks.push(("SHA256SUMS".into(), std::fs::read_to_string(out.join("SHA256SUMS")).unwrap()));
+
+    let mut bodies: Vec<String> = sent_texts.to_vec();
+    for user in [user_id(1), user_id(2)] {
+        bodies.extend(server.history(ACCOUNT, &user).into_iter().filter_map(|m| m.text));
+    }
+    bodies.retain(|b| b.chars().count() >= 8);
+    assert!(bodies.len() > 300);
+    for (name, hay) in &haystacks {
+        assert!(!hay.contains(KEY), "the API key leaked into {name}");
+        for body in &bodies {
+            let escaped = serde_json::to_string(body).unwrap();
+            assert!(
+                !hay.contains(body.as_str()) && !hay.contains(escaped.trim_matches('"')),
+                "a message body leaked into {name}"
+            );
+        }
+    }
+    // And the private outputs do hold them.
+    let jsonl = std::fs::read_to_string(out.join("xquik-dm-handoff.jsonl")).unwrap();
+    for text in &sent_texts {
+        assert!(jsonl.contains(serde_json::to_string(text).unwrap().trim_matches('"')));
+    }
+}
