@@ -6,9 +6,10 @@
 //! - `audit/runs/<run>.manifest.json`: what the run fetched and wrote, with
 //!   the digest of the previous run's manifest (the chain);
 //! - `audit/runs/<run>.rows.jsonl`: one line per record the run wrote
-//!   (`record_type`, `conversation_user_id` or `recipient_user_id`,
+//!   (`record_type`, `user_id`: the conversation or recipient,
 //!   `message_id`), with a Merkle root over them in the manifest, so a single
 //!   message can be proven written without revealing the others;
+//! - `audit/runs/<run>.pages.jsonl`: one line per history page fetched;
 //! - `audit/chain.jsonl`: one line per run: its manifest's path and SHA-256
 //!   and the previous one's. Removing, editing, inserting or reordering a
 //!   run breaks a link;
@@ -125,22 +126,26 @@ pub struct AuditRow {
     pub message_id: String,
 }
 
-/// The rows file of a run, written as the run appends records.
+/// A body-free JSON Lines file of a run, written as the run goes: the rows
+/// file (the IDs it wrote, with a Merkle root) or the page log (every page
+/// it fetched). Streamed to disk so that memory stays flat however many
+/// messages and pages a run handles.
 #[derive(Debug)]
-pub struct AuditRows {
+pub struct AuditLog {
     tmp: PathBuf,
     target: PathBuf,
     rel: String,
     file: BufWriter<File>,
     hasher: Sha256,
-    merkle: Merkle,
+    merkle: Option<Merkle>,
+    lines: u64,
     bytes: u64,
     line: Vec<u8>,
 }
 
-/// The rows file as the manifest describes it.
+/// An audit log file as the manifest describes it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RowsInfo {
+pub struct LogInfo {
     /// Path relative to the output folder.
     pub path: String,
     /// SHA-256 of the file.
@@ -149,35 +154,74 @@ pub struct RowsInfo {
     pub bytes: u64,
     /// Lines.
     pub rows: u64,
-    /// Merkle root over the lines (without their newline); null when empty.
+    /// Merkle root over the lines (without their newline); null when empty
+    /// or not kept (the page log).
     pub merkle_root: Option<String>,
 }
 
-impl AuditRows {
-    /// Starts the rows file of `run_id` (under a temporary name).
-    pub fn create(out: &Path, run_id: &str) -> Result<AuditRows> {
+/// The kinds of audit log a run writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogKind {
+    /// `<run>.rows.jsonl`: the IDs of the records written, Merkle-rooted.
+    Rows,
+    /// `<run>.pages.jsonl`: every history page fetched.
+    Pages,
+}
+
+impl LogKind {
+    /// The file name suffix.
+    pub fn suffix(self) -> &'static str {
+        match self {
+            LogKind::Rows => ".rows.jsonl",
+            LogKind::Pages => ".pages.jsonl",
+        }
+    }
+}
+
+impl AuditLog {
+    /// Starts the `kind` log of `run_id` (under a temporary name).
+    pub fn create(out: &Path, run_id: &str, kind: LogKind) -> Result<AuditLog> {
         let dir = out.join(RUNS_DIR);
         create_private_dir(&dir)?;
-        let name = format!("{run_id}.rows.jsonl");
+        let name = format!("{run_id}{}", kind.suffix());
         let tmp = dir.join(format!(".{name}.tmp"));
         let file = open_private(
             &tmp,
             OpenOptions::new().write(true).create(true).truncate(true),
         )?;
-        Ok(AuditRows {
+        Ok(AuditLog {
             tmp,
             target: dir.join(&name),
             rel: format!("{RUNS_DIR}/{name}"),
             file: BufWriter::with_capacity(1 << 20, file),
             hasher: Sha256::new(),
-            merkle: Merkle::default(),
+            merkle: (kind == LogKind::Rows).then(Merkle::default),
+            lines: 0,
             bytes: 0,
-            line: Vec::with_capacity(128),
+            line: Vec::with_capacity(256),
         })
     }
 
-    /// Adds one record's IDs.
-    pub fn push(&mut self, record_type: &str, user_id: &str, message_id: &str) -> Result<()> {
+    /// Appends one record as a line.
+    pub fn push<T: Serialize>(&mut self, record: &T) -> Result<()> {
+        self.line.clear();
+        serde_json::to_writer(&mut self.line, record)
+            .map_err(|e| Error::io(&self.tmp, e.into()))?;
+        if let Some(merkle) = &mut self.merkle {
+            merkle.push(&self.line);
+        }
+        self.line.push(b'\n');
+        self.file
+            .write_all(&self.line)
+            .map_err(|e| Error::io(&self.tmp, e))?;
+        self.hasher.update(&self.line);
+        self.bytes += self.line.len() as u64;
+        self.lines += 1;
+        Ok(())
+    }
+
+    /// Adds one record's IDs to a rows file.
+    pub fn push_row(&mut self, record_type: &str, user_id: &str, message_id: &str) -> Result<()> {
         /// [`AuditRow`] by reference: one line without allocating per row
         /// (this runs once for every message a sync writes).
         #[derive(Serialize)]
@@ -186,25 +230,15 @@ impl AuditRows {
             user_id: &'a str,
             message_id: &'a str,
         }
-        self.line.clear();
-        let row = RowRef {
+        self.push(&RowRef {
             record_type,
             user_id,
             message_id,
-        };
-        serde_json::to_writer(&mut self.line, &row).map_err(|e| Error::io(&self.tmp, e.into()))?;
-        self.merkle.push(&self.line);
-        self.line.push(b'\n');
-        self.file
-            .write_all(&self.line)
-            .map_err(|e| Error::io(&self.tmp, e))?;
-        self.hasher.update(&self.line);
-        self.bytes += self.line.len() as u64;
-        Ok(())
+        })
     }
 
     /// Makes the file durable under its final name.
-    pub fn finish(self) -> Result<RowsInfo> {
+    pub fn finish(self) -> Result<LogInfo> {
         let file = self
             .file
             .into_inner()
@@ -215,12 +249,12 @@ impl AuditRows {
         if let Some(dir) = self.target.parent() {
             fsync_dir(dir)?;
         }
-        Ok(RowsInfo {
+        Ok(LogInfo {
             path: self.rel,
             sha256: hex::encode(self.hasher.finalize()),
             bytes: self.bytes,
-            rows: self.merkle.len(),
-            merkle_root: self.merkle.root(),
+            rows: self.lines,
+            merkle_root: self.merkle.and_then(|m| m.root()),
         })
     }
 }
@@ -269,9 +303,10 @@ pub struct Manifest {
     /// Per-conversation outcomes.
     #[serde(default)]
     pub conversations: serde_json::Value,
-    /// Every page fetched.
-    #[serde(default)]
-    pub pages: serde_json::Value,
+    /// The page log: every history page fetched (endpoint, cursor in,
+    /// `next_cursor`, `has_next_page`, `messages_count`, status, attempts,
+    /// waits), one JSON line each, in a file bound by its digest.
+    pub page_log: LogInfo,
     /// Every send.
     #[serde(default)]
     pub sends: serde_json::Value,
@@ -285,7 +320,7 @@ pub struct Manifest {
     /// Every file or appended segment written since the previous manifest.
     pub files: Vec<WrittenFile>,
     /// The run's rows file.
-    pub audit_rows: RowsInfo,
+    pub audit_rows: LogInfo,
     /// Cumulative coverage after this run.
     pub coverage: Coverage,
     /// HMAC, when a key was set.
@@ -444,7 +479,8 @@ pub fn repair(out: &Path) -> Result<(Vec<ChainEntry>, Vec<String>)> {
             let name = entry.file_name().to_string_lossy().into_owned();
             let run = name
                 .strip_suffix(".manifest.json")
-                .or_else(|| name.strip_suffix(".rows.jsonl"));
+                .or_else(|| name.strip_suffix(LogKind::Rows.suffix()))
+                .or_else(|| name.strip_suffix(LogKind::Pages.suffix()));
             let orphan = match run {
                 Some(run) => !known.contains(&run),
                 None => name.starts_with('.') && name.ends_with(".tmp"),
@@ -590,14 +626,20 @@ mod tests {
             exit_code: 0,
             options: serde_json::json!({"concurrency": 8}),
             conversations: serde_json::json!([]),
-            pages: serde_json::json!([]),
             sends: serde_json::json!([]),
             credits: BTreeMap::new(),
             counts: serde_json::json!({}),
             repair: serde_json::json!({}),
             files: vec![],
-            audit_rows: RowsInfo {
+            audit_rows: LogInfo {
                 path: "audit/runs/r1.rows.jsonl".into(),
+                sha256: "00".into(),
+                bytes: 0,
+                rows: 0,
+                merkle_root: None,
+            },
+            page_log: LogInfo {
+                path: "audit/runs/r1.pages.jsonl".into(),
                 sha256: "00".into(),
                 bytes: 0,
                 rows: 0,

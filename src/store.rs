@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::api::Endpoint;
-use crate::audit::{self, AuditRows, ChainEntry, Coverage, Manifest, RowsInfo};
+use crate::audit::{self, AuditLog, ChainEntry, Coverage, LogInfo, LogKind, Manifest};
 use crate::checkpoint::{self, AuditPointer, Checkpoint, Conversation, DirLock};
 use crate::error::{Error, Result};
 use crate::records::{HistoryRow, RecordType, SendRow};
@@ -82,8 +82,6 @@ pub struct ManifestBody {
     pub options: serde_json::Value,
     /// Per-conversation outcomes.
     pub conversations: serde_json::Value,
-    /// Pages fetched.
-    pub pages: serde_json::Value,
     /// Sends made.
     pub sends: serde_json::Value,
     /// Credits by endpoint.
@@ -102,7 +100,7 @@ pub struct Sealed {
     /// The chain entry of the run.
     pub chain: ChainEntry,
     /// The rows file.
-    pub audit_rows: RowsInfo,
+    pub audit_rows: LogInfo,
 }
 
 /// An open output folder, locked for this run.
@@ -116,7 +114,8 @@ pub struct Store {
     jsonl: JsonlSink,
     messages: ParquetSink<MessageColumns>,
     sends: ParquetSink<SendColumns>,
-    rows: AuditRows,
+    rows: AuditLog,
+    pages: AuditLog,
     /// History and send rows appended since the last commit.
     uncommitted_history: u64,
     uncommitted_sends: u64,
@@ -167,7 +166,8 @@ impl Store {
             jsonl,
             messages: ParquetSink::new(out, date, run_id),
             sends: ParquetSink::new(out, date, run_id),
-            rows: AuditRows::create(out, run_id)?,
+            rows: AuditLog::create(out, run_id, LogKind::Rows)?,
+            pages: AuditLog::create(out, run_id, LogKind::Pages)?,
             uncommitted_history: 0,
             uncommitted_sends: 0,
             uncommitted_bytes: 0,
@@ -212,7 +212,7 @@ impl Store {
             let record: Record =
                 serde_json::from_slice(line).map_err(|_| corrupt("not a record"))?;
             if start >= audit_from {
-                rows.push(record.tag(), record.user_id(), &record.message_id)?;
+                rows.push_row(record.tag(), record.user_id(), &record.message_id)?;
             }
             if start >= parquet_from {
                 match record.record_type {
@@ -271,7 +271,7 @@ impl Store {
         for row in rows {
             self.messages.push(row)?;
             self.rows
-                .push("history", &row.conversation_user_id, &row.message_id)?;
+                .push_row("history", &row.conversation_user_id, &row.message_id)?;
         }
         self.uncommitted_history += rows.len() as u64;
         self.uncommitted_bytes += lines.len() as u64;
@@ -291,10 +291,15 @@ impl Store {
         self.jsonl.append(&line, 1)?;
         self.sends.push(row)?;
         self.rows
-            .push("send", &row.recipient_user_id, &row.message_id)?;
+            .push_row("send", &row.recipient_user_id, &row.message_id)?;
         self.uncommitted_sends += 1;
         self.uncommitted_bytes += line.len() as u64;
         Ok(())
+    }
+
+    /// Adds a fetched page to the run's page log.
+    pub fn log_page<T: Serialize>(&mut self, record: &T) -> Result<()> {
+        self.pages.push(record)
     }
 
     /// Records a conversation's state; it takes effect at the next commit,
@@ -343,6 +348,7 @@ impl Store {
         }
         self.commit()?;
         let audit_rows = self.rows.finish()?;
+        let page_log = self.pages.finish()?;
 
         let previous = self.chain.last().cloned();
         let mut files: Vec<WrittenFile> = self.jsonl.segment().into_iter().collect();
@@ -370,7 +376,6 @@ impl Store {
             exit_code: body.exit_code,
             options: body.options,
             conversations: body.conversations,
-            pages: body.pages,
             sends: body.sends,
             credits: body
                 .credits
@@ -381,6 +386,7 @@ impl Store {
             repair: serde_json::to_value(&self.repair).unwrap_or_default(),
             files: files.clone(),
             audit_rows: audit_rows.clone(),
+            page_log: page_log.clone(),
             coverage,
             signature: None,
         };
@@ -397,7 +403,13 @@ impl Store {
         };
         self.checkpoint.save(&self.out)?;
         let jsonl_digest = self.jsonl.file_digest();
-        write_sums(&self.out, &self.checkpoint, &self.chain, &audit_rows, &jsonl_digest)?;
+        write_sums(
+            &self.out,
+            &self.checkpoint,
+            &self.chain,
+            &[&audit_rows, &page_log],
+            &jsonl_digest,
+        )?;
         Ok(Sealed {
             files,
             chain: entry,
@@ -424,7 +436,7 @@ fn write_sums(
     out: &Path,
     checkpoint: &Checkpoint,
     chain: &[ChainEntry],
-    rows: &RowsInfo,
+    logs: &[&LogInfo],
     jsonl_digest: &str,
 ) -> Result<()> {
     let mut known: BTreeMap<String, String> = audit::read_sums(out)
@@ -447,9 +459,18 @@ fn write_sums(
     for entry in chain {
         known.insert(entry.manifest.clone(), entry.sha256.clone());
         files.push(entry.manifest.clone());
-        files.push(format!("{}/{}.rows.jsonl", audit::RUNS_DIR, entry.run_id));
+        for kind in [LogKind::Rows, LogKind::Pages] {
+            files.push(format!(
+                "{}/{}{}",
+                audit::RUNS_DIR,
+                entry.run_id,
+                kind.suffix()
+            ));
+        }
     }
-    known.insert(rows.path.clone(), rows.sha256.clone());
+    for log in logs {
+        known.insert(log.path.clone(), log.sha256.clone());
+    }
     known.insert(jsonl::FILE_NAME.to_owned(), jsonl_digest.to_owned());
     if !out.join(jsonl::FILE_NAME).exists() {
         files.retain(|f| f != jsonl::FILE_NAME);
@@ -541,7 +562,6 @@ mod tests {
             exit_code: 0,
             options: serde_json::json!({}),
             conversations: serde_json::json!([]),
-            pages: serde_json::json!([]),
             sends: serde_json::json!([]),
             credits: BTreeMap::new(),
             counts: serde_json::json!({}),
@@ -568,9 +588,14 @@ mod tests {
         let repair = store.repair().clone();
         assert_eq!(repair.jsonl_bytes_cut, lines(&lost).len() as u64);
         assert_eq!(repair.parquet_rebuilt_rows, 3);
+        let mut removed = repair.audit_removed.clone();
+        removed.sort();
         assert_eq!(
-            repair.audit_removed,
-            vec!["audit/runs/.run1.rows.jsonl.tmp"]
+            removed,
+            vec![
+                "audit/runs/.run1.pages.jsonl.tmp",
+                "audit/runs/.run1.rows.jsonl.tmp"
+            ]
         );
         let sealed = store.seal(body()).unwrap();
         assert_eq!(sealed.files.len(), 2, "{:?}", sealed.files);

@@ -460,7 +460,6 @@ pub async fn run(options: SendOptions) -> Result<SendReport> {
             "ignore_can_dm": options.ignore_can_dm,
         }),
         conversations: serde_json::json!([]),
-        pages: serde_json::json!([]),
         sends: serde_json::to_value(&report.sends).unwrap_or_default(),
         credits: report.credits.clone(),
         counts: serde_json::json!({

@@ -175,9 +175,6 @@ pub struct SyncReport {
     pub files: Vec<WrittenFile>,
     /// The run's manifest, relative to the output folder.
     pub manifest: String,
-    /// Every page fetched.
-    #[serde(skip)]
-    pub page_log: Vec<PageRecord>,
     /// What opening the folder repaired.
     #[serde(skip)]
     pub repair: Repair,
@@ -382,7 +379,7 @@ pub async fn run(options: SyncOptions) -> Result<SyncReport> {
         .await
         .map_err(|e| Error::io("<writer thread>", std::io::Error::other(e)))?
         .map_err(|_| Error::io("<writer thread>", std::io::Error::other("writer panicked")))?;
-    let (store, page_log) = writer_result?;
+    let store = writer_result?;
 
     reports.sort_by(|a, b| (&a.account, &a.user).cmp(&(&b.account, &b.user)));
     let stop_error = run
@@ -408,7 +405,6 @@ pub async fn run(options: SyncOptions) -> Result<SyncReport> {
         credits,
         files: Vec::new(),
         manifest: String::new(),
-        page_log,
         repair,
         elapsed: Duration::ZERO,
         stop_needs_person: stop_error.as_ref().is_some_and(|(_, code)| *code == 3),
@@ -439,7 +435,6 @@ fn manifest_body(report: &SyncReport, options: &SyncOptions) -> ManifestBody {
             "max_empty_pages": options.max_empty_pages,
         }),
         conversations: serde_json::to_value(&report.conversations).unwrap_or_default(),
-        pages: serde_json::to_value(&report.page_log).unwrap_or_default(),
         sends: serde_json::json!([]),
         credits: report.credits.clone(),
         counts: serde_json::json!({
@@ -753,7 +748,10 @@ async fn page_scan(
         let capacity: usize = page
             .messages
             .iter()
-            .map(|m| 250 + m.text.as_ref().map_or(0, |t| t.len() + t.len() / 8) + m.media_url.as_ref().map_or(0, String::len))
+            .map(|m| {
+                250 + m.text.as_ref().map_or(0, |t| t.len() + t.len() / 8)
+                    + m.media_url.as_ref().map_or(0, String::len)
+            })
             .sum();
         let mut lines = Vec::with_capacity(capacity);
         let mut rows = Vec::with_capacity(page.messages.len());
@@ -852,13 +850,8 @@ async fn page_scan(
 /// The writer thread: owns the store, appends every page, commits at most
 /// every `commit_interval` (and whenever 16 MiB are pending), and hands the
 /// store back, committed, when the tasks are done.
-fn writer_loop(
-    mut store: Store,
-    mut rx: mpsc::Receiver<Event>,
-    run: &Run,
-) -> Result<(Store, Vec<PageRecord>)> {
+fn writer_loop(mut store: Store, mut rx: mpsc::Receiver<Event>, run: &Run) -> Result<Store> {
     const COMMIT_BYTES: u64 = 16 << 20;
-    let mut page_log = Vec::new();
     let mut last_commit = Instant::now();
     let result = (|| {
         while let Some(event) = rx.blocking_recv() {
@@ -872,7 +865,7 @@ fn writer_loop(
                 } => {
                     store.append_history(&lines, &rows)?;
                     store.set_conversation(key, *state);
-                    page_log.push(record);
+                    store.log_page(&record)?;
                 }
                 Event::Done { key, state } => store.set_conversation(key, *state),
             }
@@ -892,7 +885,7 @@ fn writer_loop(
         return Err(e);
     }
     store.commit()?;
-    Ok((store, page_log))
+    Ok(store)
 }
 
 /// Progress while a run goes on: a live line on a terminal, a log line every

@@ -89,10 +89,11 @@ impl JsonlSink {
         }
         // The whole-file hasher resumes from the saved midstate when it
         // still describes a prefix of the committed bytes.
-        let (mut file_hasher, file_from) = match saved.filter(|d| d.bytes <= committed).and_then(restore) {
-            Some((hasher, bytes)) => (hasher, bytes),
-            None => (Sha256::new(), 0),
-        };
+        let (mut file_hasher, file_from) =
+            match saved.filter(|d| d.bytes <= committed).and_then(restore) {
+                Some((hasher, bytes)) => (hasher, bytes),
+                None => (Sha256::new(), 0),
+            };
         let mut segment_hasher = Sha256::new();
         let mut segment_rows = 0;
         let start = segment_from.min(file_from);
@@ -297,7 +298,10 @@ mod tests {
         assert_eq!(sink.file_digest(), super::super::sha256_hex(&whole));
         assert_eq!(saved.bytes, committed);
         // A damaged state falls back to hashing the whole file.
-        let bad = DigestState { bytes: 3, state: "zz".into() };
+        let bad = DigestState {
+            bytes: 3,
+            state: "zz".into(),
+        };
         let (sink, _) = JsonlSink::open(&path, whole.len() as u64, 0, Some(&bad)).unwrap();
         assert_eq!(sink.file_digest(), super::super::sha256_hex(&whole));
     }

@@ -365,20 +365,53 @@ async fn no_body_and_no_key_outside_the_private_outputs() {
     let (o, p, texts) = (out.clone(), picture.clone(), sent_texts.clone());
     let outputs = tokio::task::spawn_blocking(move || {
         let mut all = Vec::new();
-        let base = ["--base-url", base_url.as_str(), "--log-format", "json", "-v"];
+        let base = [
+            "--base-url",
+            base_url.as_str(),
+            "--log-format",
+            "json",
+            "-v",
+        ];
         all.push(run(bin()
             .args(base)
-            .args(["sync", "--account", ACCOUNT, "--user", &user_id(1), "--user", "@user2", "--out"])
+            .args([
+                "sync",
+                "--account",
+                ACCOUNT,
+                "--user",
+                &user_id(1),
+                "--user",
+                "@user2",
+                "--out",
+            ])
             .arg(&o)
             .env("XQUIK_API_KEY", KEY)));
         all.push(run(bin()
             .args(base)
-            .args(["send", "--account", ACCOUNT, "--to", &user_id(1), "--text", &texts[0], "--out"])
+            .args([
+                "send",
+                "--account",
+                ACCOUNT,
+                "--to",
+                &user_id(1),
+                "--text",
+                &texts[0],
+                "--out",
+            ])
             .arg(&o)
             .env("XQUIK_API_KEY", KEY)));
         all.push(run(bin()
             .args(base)
-            .args(["send", "--account", ACCOUNT, "--to", "@user2", "--text", &texts[1], "--media"])
+            .args([
+                "send",
+                "--account",
+                ACCOUNT,
+                "--to",
+                "@user2",
+                "--text",
+                &texts[1],
+                "--media",
+            ])
             .arg(&p)
             .arg("--out")
             .arg(&o)
@@ -398,11 +431,19 @@ async fn no_body_and_no_key_outside_the_private_outputs() {
     }
     haystacks.extend(texts_under(&out, "audit"));
     haystacks.extend(texts_under(&out, "state"));
-    haystacks.push(("SHA256SUMS".into(), std::fs::read_to_string(out.join("SHA256SUMS")).unwrap()));
+    haystacks.push((
+        "SHA256SUMS".into(),
+        std::fs::read_to_string(out.join("SHA256SUMS")).unwrap(),
+    ));
 
     let mut bodies: Vec<String> = sent_texts.to_vec();
     for user in [user_id(1), user_id(2)] {
-        bodies.extend(server.history(ACCOUNT, &user).into_iter().filter_map(|m| m.text));
+        bodies.extend(
+            server
+                .history(ACCOUNT, &user)
+                .into_iter()
+                .filter_map(|m| m.text),
+        );
     }
     bodies.retain(|b| b.chars().count() >= 8);
     assert!(bodies.len() > 300);

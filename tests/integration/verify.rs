@@ -106,8 +106,9 @@ async fn an_untouched_folder_verifies_also_with_sha256sum() {
         String::from_utf8_lossy(&out.stdout)
     );
     let listed = String::from_utf8_lossy(&out.stdout).lines().count();
-    // JSONL, chain, checkpoint, 2 Parquet files, 2 manifests, 2 rows files.
-    assert_eq!(listed, 9, "{}", String::from_utf8_lossy(&out.stdout));
+    // JSONL, chain, checkpoint, 2 Parquet files, 2 manifests, 2 rows files,
+    // 2 page logs.
+    assert_eq!(listed, 11, "{}", String::from_utf8_lossy(&out.stdout));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -119,7 +120,8 @@ async fn every_kind_of_tampering_is_caught_and_named() {
     targets.extend(files(base, "parquet", ".parquet"));
     targets.extend(files(base, "audit/runs", ".manifest.json"));
     targets.extend(files(base, "audit/runs", ".rows.jsonl"));
-    assert_eq!(targets.len(), 8);
+    targets.extend(files(base, "audit/runs", ".pages.jsonl"));
+    assert_eq!(targets.len(), 10);
     for target in &targets {
         for at in [0.0, 0.37, 0.5, 0.81, 1.0] {
             // A flipped chain byte is named by the chain itself or by the

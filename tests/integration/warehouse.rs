@@ -164,6 +164,16 @@ for path in glob.glob(os.path.join(out, "audit/runs/*.rows.jsonl")):
         if errors:
             sys.exit(f"{path}: {errors[0].message}")
         checked += 1
+schema = json.load(open(os.path.join(schemas, "manifest.schema.json")))
+page = jsonschema.Draft202012Validator(dict(schema["$defs"]["page"], **{"$schema": schema["$schema"]}))
+pages = 0
+for path in glob.glob(os.path.join(out, "audit/runs/*.pages.jsonl")):
+    for line in open(path, encoding="utf-8"):
+        errors = list(page.iter_errors(json.loads(line)))
+        if errors:
+            sys.exit(f"{path}: {errors[0].message}")
+        pages += 1
+assert pages == 11, pages  # 9 + 1 + 1 pages of 100
 print(checked)
 "#;
     let out = run_python(
