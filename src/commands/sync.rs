@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 
 use crate::api::client::{Client, ClientConfig};
 use crate::api::pagination::{Next, PageGuard, StopReason};
@@ -352,23 +352,30 @@ pub async fn run(options: SyncOptions) -> Result<SyncReport> {
     let progress = options
         .progress
         .then(|| spawn_progress(run.clone(), started));
-    let semaphore = Arc::new(Semaphore::new(options.concurrency.max(1)));
+    // At most `concurrency` conversations are in flight, and a task exists
+    // only while its conversation runs: memory does not grow with the
+    // number of conversations waiting.
+    let concurrency = options.concurrency.max(1);
+    let mut waiting = resolved.into_iter();
     let mut tasks = tokio::task::JoinSet::new();
-    for (account, user_id, state) in resolved {
-        let (run, tx, semaphore) = (run.clone(), tx.clone(), semaphore.clone());
-        tasks.spawn(async move {
-            let _permit = semaphore.acquire_owned().await;
-            sync_conversation(&run, account, user_id, state, tx).await
-        });
-    }
-    drop(tx);
-    while let Some(joined) = tasks.join_next().await {
+    loop {
+        while tasks.len() < concurrency {
+            let Some((account, user_id, state)) = waiting.next() else {
+                break;
+            };
+            let (run, tx) = (run.clone(), tx.clone());
+            tasks.spawn(async move { sync_conversation(&run, account, user_id, state, tx).await });
+        }
+        let Some(joined) = tasks.join_next().await else {
+            break;
+        };
         match joined {
             Ok(report) => reports.push(report),
             Err(e) => run.stop_job(&Error::io("<conversation task>", std::io::Error::other(e))),
         }
         run.done.fetch_add(1, Ordering::Relaxed);
     }
+    drop(tx);
     if let Some((task, bar)) = progress {
         task.abort();
         if let Some(bar) = bar {
