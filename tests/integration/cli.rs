@@ -463,3 +463,34 @@ async fn no_body_and_no_key_outside_the_private_outputs() {
         assert!(jsonl.contains(serde_json::to_string(text).unwrap().trim_matches('"')));
     }
 }
+
+#[test]
+fn bench_runs_small_and_reports_consistent_figures() {
+    let (code, stdout, stderr) = run(bin().args([
+        "bench",
+        "--conversations",
+        "6",
+        "--messages",
+        "150",
+        "--page-size",
+        "50",
+        "--runs",
+        "1",
+        "--new-percent",
+        "10",
+        "--json",
+    ]));
+    assert_eq!(code, 0, "{stderr}");
+    let r: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(r["fetch_only"]["messages"], 900);
+    assert_eq!(r["fetch_only"]["pages"], 18);
+    assert_eq!(r["full_sync"]["messages"], 900);
+    assert_eq!(r["full_sync"]["credits"], 900);
+    assert!(r["full_sync"]["peak_rss_mb"].as_f64().unwrap() > 1.0);
+    assert!(r["full_sync"]["cpu_s"].as_f64().unwrap() > 0.0);
+    // 15 new messages per conversation, found on the first page of 50:
+    // one page each, 50 credits each.
+    assert_eq!(r["new_messages"], 90);
+    assert_eq!(r["incremental"]["pages"], 6);
+    assert_eq!(r["incremental"]["credits"], 300);
+}
