@@ -189,15 +189,16 @@ impl Client {
     ) -> Result<Reply<WriteResponse>> {
         let url = format!("{}/x/media", self.base_str);
         let bytes = bytes::Bytes::from(bytes);
+        let mime: reqwest::header::HeaderValue = mime
+            .parse()
+            .map_err(|_| Error::invalid("--media", format!("{mime:?} is not a MIME type")))?;
         let reply = self
             .call(Endpoint::Media, Some(account), Some(key), || {
+                let mut headers = reqwest::header::HeaderMap::new();
+                headers.insert(reqwest::header::CONTENT_TYPE, mime.clone());
                 let part = reqwest::multipart::Part::stream(reqwest::Body::from(bytes.clone()))
-                    .file_name(file_name.to_owned());
-                let part = match part.mime_str(mime) {
-                    Ok(p) => p,
-                    Err(_) => reqwest::multipart::Part::stream(reqwest::Body::from(bytes.clone()))
-                        .file_name(file_name.to_owned()),
-                };
+                    .file_name(file_name.to_owned())
+                    .headers(headers);
                 let form = reqwest::multipart::Form::new()
                     .text("account", account.as_str().to_owned())
                     .part("file", part);

@@ -330,8 +330,8 @@ fn check_sums(dir: &Path, report: &mut VerifyReport) {
     }
 }
 
-/// Regular files below `dir/sub`, relative to `dir` (temporary files of a
-/// run in progress are skipped).
+/// Regular files below `dir/sub`, relative to `dir` (the temporary files a
+/// run in progress writes, `.<name>.tmp`, are skipped).
 fn files_under(dir: &Path, sub: &str) -> Vec<String> {
     let mut found = Vec::new();
     let mut stack = vec![dir.join(sub)];
@@ -343,13 +343,18 @@ fn files_under(dir: &Path, sub: &str) -> Vec<String> {
             let path = entry.path();
             if path.is_dir() {
                 stack.push(path);
-            } else if !entry.file_name().to_string_lossy().starts_with('.') {
+            } else if !is_temporary(&entry.file_name().to_string_lossy()) {
                 found.push(relative(dir, &path));
             }
         }
     }
     found.sort();
     found
+}
+
+/// A run's temporary file: `.<name>.tmp`.
+fn is_temporary(name: &str) -> bool {
+    name.starts_with('.') && name.ends_with(".tmp")
 }
 
 impl std::fmt::Display for VerifyReport {

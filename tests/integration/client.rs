@@ -447,6 +447,11 @@ async fn multipart_upload_sends_account_and_file() {
     let body = String::from_utf8_lossy(&r.body);
     assert!(body.contains("name=\"account\"\r\n\r\nacme"), "{body}");
     assert!(body.contains("filename=\"x.png\""), "{body}");
+    assert!(
+        body.to_ascii_lowercase()
+            .contains("content-type: image/png"),
+        "{body}"
+    );
     assert!(body.contains("\u{FFFD}PNG fake"), "{body}");
     assert_eq!(r.headers["idempotency-key"], "media-1");
 }
