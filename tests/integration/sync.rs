@@ -431,3 +431,108 @@ pub fn assert_parquet_equals_jsonl(out: &Path) {
     let total: usize = jsonl.values().map(|c| c.len()).sum();
     assert_eq!(seen.len(), total, "Parquet rows vs JSONL history records");
 }
+
+/// A tmpfs of a given size, mounted on a temporary folder; unmounted on
+/// drop. The tests run as root (as CI does), which may mount.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> SmallDisk {
+        let dir = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "mounting a tmpfs failed (the tests need root)"
+        );
+        SmallDisk { dir }
+    }
+
+    fn grow(&self, size: &str) {
+        let status = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(self.dir.path())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn a_full_disk_stops_with_a_clear_error_and_the_rerun_completes() {
+    let server = MockServer::start(world(&[3000, 3000], 100)).await.unwrap();
+    let users = users(2);
+    let disk = SmallDisk::mount("700k");
+    let out = disk.dir.path().join("out");
+    let err = sync::run(options(&server, &out, &users)).await.unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("No space left on device"), "{text}");
+    assert_eq!(err.exit_code(), 4);
+    // What was committed is consistent: the checkpoint never points past
+    // the data, and every committed record is whole.
+    let checkpoint: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("state/checkpoint.json")).unwrap()).unwrap();
+    let committed = checkpoint["jsonl"]["committed_bytes"].as_u64().unwrap();
+    let on_disk = std::fs::metadata(out.join("xquik-dm-handoff.jsonl"))
+        .unwrap()
+        .len();
+    assert!(
+        committed > 0 && committed <= on_disk,
+        "{committed} vs {on_disk}"
+    );
+
+    disk.grow("64m");
+    let report = sync::run(options(&server, &out, &users)).await.unwrap();
+    assert_eq!(report.exit_code(), 0, "{report}");
+    assert_ground_truth(&out, &server, &users);
+    assert_parquet_equals_jsonl(&out);
+    assert!(xquik_dm::commands::verify::run(&out, None).unwrap().ok());
+}
+
+#[tokio::test]
+async fn a_429_storm_ends_in_bounded_time_as_partial_and_the_rerun_completes() {
+    let mut config = world(&[200, 200], 50);
+    config.faults = Faults {
+        fail_first: 1_000_000,
+        fail_status: Some(429),
+        retry_after_ms: 1,
+        ..Faults::default()
+    };
+    let server = MockServer::start(config).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let users = users(2);
+    let mut opts = options(&server, dir.path(), &users);
+    opts.api.retry.max_attempts = 4;
+    let report = tokio::time::timeout(Duration::from_secs(20), sync::run(opts.clone()))
+        .await
+        .expect("a 429 storm must not hang the job")
+        .unwrap();
+    assert_eq!(report.exit_code(), 4, "{report}");
+    for c in &report.conversations {
+        assert_eq!(c.status, ConversationStatus::Partial);
+        assert_eq!(c.reason, "retries_exhausted");
+    }
+    // Four attempts per conversation, then it is left for the next run.
+    assert_eq!(
+        server.ledger().calls_by_endpoint["GET /x/dm/{userId}/history"],
+        8
+    );
+
+    server.set_faults(Faults::default());
+    let report = sync::run(opts).await.unwrap();
+    assert_eq!(report.exit_code(), 0, "{report}");
+    assert_ground_truth(dir.path(), &server, &users);
+}
