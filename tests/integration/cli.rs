@@ -331,20 +331,14 @@ fn demo_runs_offline_and_checks_itself() {
 
 /// Every file under `sub` (recursively), as (relative path, text).
 fn texts_under(dir: &Path, sub: &str) -> Vec<(String, String)> {
-    let mut found = Vec::new();
-    let mut stack = vec![dir.join(sub)];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                let text = String::from_utf8_lossy(&std::fs::read(&p).unwrap()).into_owned();
-                found.push((p.strip_prefix(dir).unwrap().display().to_string(), text));
-            }
-        }
-    }
-    found
+    crate::files_under(dir, sub)
+        .into_iter()
+        .map(|rel| {
+            let text =
+                String::from_utf8_lossy(&std::fs::read(dir.join(&rel)).unwrap()).into_owned();
+            (rel, text)
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -15,8 +15,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
+use xquik_dm::commands::sync::{SyncOptions, Target};
 use xquik_dm::mock::{MockAccount, MockConfig, MockConversation, MockServer, MockUser};
-use xquik_dm::{ApiKey, ClientConfig, RetryPolicy};
+use xquik_dm::{Account, ApiKey, ClientConfig, RetryPolicy, UserRef};
 
 /// The key the test mocks accept.
 pub const KEY: &str = "xq-test-key-8d1f0e";
@@ -66,6 +67,45 @@ pub fn world(sizes: &[u64], page_size: usize) -> MockConfig {
 /// The ID of the i-th test user (1-based).
 pub fn user_id(i: usize) -> String {
     format!("{}", 1_000_000 + i)
+}
+
+/// The IDs of the first `n` test users.
+pub fn users(n: usize) -> Vec<String> {
+    (1..=n).map(user_id).collect()
+}
+
+/// Sync options for the conversations of `ACCOUNT` with `users`, against
+/// `server`, with fast retries and frequent commits.
+pub fn sync_options(server: &MockServer, out: &Path, users: &[String]) -> SyncOptions {
+    let targets = users
+        .iter()
+        .map(|u| Target {
+            account: Account::parse(ACCOUNT).unwrap(),
+            user: UserRef::Id(u.clone()),
+        })
+        .collect();
+    let mut options = SyncOptions::new(api(server), out.to_owned(), targets);
+    options.concurrency = 4;
+    options.commit_interval = Duration::from_millis(5);
+    options
+}
+
+/// Every regular file below `dir/sub`, relative to `dir`, sorted.
+pub fn files_under(dir: &Path, sub: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.join(sub)];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                found.push(p.strip_prefix(dir).unwrap().to_string_lossy().into_owned());
+            }
+        }
+    }
+    found.sort();
+    found
 }
 
 /// A client configuration for `server` with millisecond retries.

@@ -9,29 +9,13 @@ use std::time::Duration;
 
 use arrow_array::{Array, StringArray, TimestampMicrosecondArray};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use xquik_dm::commands::sync::{self, ConversationStatus, SyncOptions, SyncReport, Target};
+use xquik_dm::commands::sync::{self, ConversationStatus, SyncReport, Target};
 use xquik_dm::mock::{Faults, MockServer};
 use xquik_dm::{Account, UserRef};
 
-use crate::{ACCOUNT, api, assert_ground_truth, history_by_conversation, user_id, world};
+use crate::{ACCOUNT, assert_ground_truth, history_by_conversation, user_id, users, world};
 
-fn users(n: usize) -> Vec<String> {
-    (1..=n).map(user_id).collect()
-}
-
-fn options(server: &MockServer, out: &Path, users: &[String]) -> SyncOptions {
-    let targets = users
-        .iter()
-        .map(|u| Target {
-            account: Account::parse(ACCOUNT).unwrap(),
-            user: UserRef::Id(u.clone()),
-        })
-        .collect();
-    let mut options = SyncOptions::new(api(server), out.to_owned(), targets);
-    options.concurrency = 4;
-    options.commit_interval = Duration::from_millis(5);
-    options
-}
+use crate::sync_options as options;
 
 fn history_credits(server: &MockServer) -> u64 {
     server

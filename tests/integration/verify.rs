@@ -6,25 +6,18 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use xquik_dm::audit::AuditKey;
-use xquik_dm::commands::sync::{self, SyncOptions, Target};
+use xquik_dm::commands::sync::{self};
 use xquik_dm::commands::verify;
 use xquik_dm::mock::MockServer;
-use xquik_dm::{Account, UserRef};
 
-use crate::{ACCOUNT, api, user_id, world};
+use crate::{ACCOUNT, files_under, sync_options, user_id, users, world};
 
 /// A folder with two sealed sync runs (the second incremental), signed
 /// with `key` when given.
 async fn two_runs(key: Option<&[u8]>) -> (tempfile::TempDir, MockServer) {
     let server = MockServer::start(world(&[700, 120, 5], 100)).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let targets: Vec<Target> = (1..=3)
-        .map(|i| Target {
-            account: Account::parse(ACCOUNT).unwrap(),
-            user: UserRef::Id(user_id(i)),
-        })
-        .collect();
-    let mut options = SyncOptions::new(api(&server), dir.path().to_owned(), targets);
+    let mut options = sync_options(&server, dir.path(), &users(3));
     options.audit_key = key.map(|k| AuditKey(k.to_vec()));
     assert_eq!(sync::run(options.clone()).await.unwrap().exit_code(), 0);
     server.append_messages(ACCOUNT, &user_id(1), 40);
@@ -46,20 +39,9 @@ fn copy_dir(from: &Path, to: &Path) {
 }
 
 fn files(dir: &Path, sub: &str, suffix: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.join(sub)];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.to_string_lossy().ends_with(suffix) {
-                out.push(p.strip_prefix(dir).unwrap().to_string_lossy().into_owned());
-            }
-        }
-    }
-    out.sort();
-    out
+    let mut found = files_under(dir, sub);
+    found.retain(|f| f.ends_with(suffix));
+    found
 }
 
 /// Applies `tamper` to a copy of `base` and asserts that verify fails and

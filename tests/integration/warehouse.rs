@@ -12,33 +12,21 @@ use std::process::{Command, Stdio};
 use std::sync::Mutex;
 
 use sha2::{Digest, Sha256};
-use xquik_dm::commands::sync::{self, SyncOptions, Target};
+use xquik_dm::commands::sync::{self};
 use xquik_dm::mock::MockServer;
-use xquik_dm::{Account, UserRef};
 
-use crate::{ACCOUNT, api, history_by_conversation, user_id, world};
+use crate::{ACCOUNT, history_by_conversation, sync_options, users, world};
 
 const SCHEMAS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/schemas");
 
 /// Syncs a Unicode-rich world of three conversations into a new folder.
 async fn synced_folder() -> (tempfile::TempDir, MockServer, Vec<String>) {
     let server = MockServer::start(world(&[900, 40, 1], 100)).await.unwrap();
-    let users: Vec<String> = (1..=3).map(user_id).collect();
+    let users = users(3);
     let dir = tempfile::tempdir().unwrap();
-    let targets = users
-        .iter()
-        .map(|u| Target {
-            account: Account::parse(ACCOUNT).unwrap(),
-            user: UserRef::Id(u.clone()),
-        })
-        .collect();
-    let report = sync::run(SyncOptions::new(
-        api(&server),
-        dir.path().to_owned(),
-        targets,
-    ))
-    .await
-    .unwrap();
+    let report = sync::run(sync_options(&server, dir.path(), &users))
+        .await
+        .unwrap();
     assert_eq!(report.exit_code(), 0);
     (dir, server, users)
 }
