@@ -349,6 +349,9 @@ pub async fn run(options: SyncOptions) -> Result<SyncReport> {
         .spawn(move || writer_loop(store, rx, &writer_run))
         .map_err(|e| Error::io("<writer thread>", e))?;
 
+    run.total
+        .store((resolved.len() + reports.len()) as u64, Ordering::SeqCst);
+    run.done.store(reports.len() as u64, Ordering::SeqCst);
     let progress = options
         .progress
         .then(|| spawn_progress(run.clone(), started));
