@@ -488,3 +488,32 @@ fn bench_runs_small_and_reports_consistent_figures() {
     assert_eq!(r["incremental"]["pages"], 6);
     assert_eq!(r["incremental"]["credits"], 300);
 }
+
+/// `--help` is part of the interface: it is pinned by golden files
+/// (`tests/golden/help-*.txt`); regenerate them with
+/// `XQUIK_DM_UPDATE_GOLDEN=1 cargo test golden`.
+#[test]
+fn help_matches_the_golden_files() {
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    for command in [
+        "main", "sync", "send", "verify", "lookup", "mock", "demo", "bench",
+    ] {
+        let mut cmd = bin();
+        if command != "main" {
+            cmd.arg(command);
+        }
+        let (code, stdout, _) = run(cmd.arg("--help").env_remove("XQUIK_MOCK_API_KEY"));
+        assert_eq!(code, 0);
+        let path = golden.join(format!("help-{command}.txt"));
+        if std::env::var_os("XQUIK_DM_UPDATE_GOLDEN").is_some() {
+            std::fs::write(&path, &stdout).unwrap();
+        }
+        let expected = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            stdout,
+            expected,
+            "{command} --help differs from {}",
+            path.display()
+        );
+    }
+}
