@@ -370,6 +370,14 @@ impl Client {
                 return Err(err);
             }
             let wait = self.with_rng(|rng| self.retry.delay(attempts, hint, rng));
+            let status = match &err {
+                Error::Api(api) => api.status,
+                _ => 0,
+            };
+            // The account's other requests wait too, even if this one gives up.
+            if let (Some(account), 429) = (account, status) {
+                self.close_gate(account, wait);
+            }
             if attempts >= self.retry.max_attempts
                 || started.elapsed() + wait > self.retry.max_elapsed
             {
@@ -379,13 +387,6 @@ impl Client {
                     elapsed: started.elapsed(),
                     last: Box::new(err),
                 });
-            }
-            let status = match &err {
-                Error::Api(api) => api.status,
-                _ => 0,
-            };
-            if let (Some(account), 429) = (account, status) {
-                self.close_gate(account, wait);
             }
             tracing::warn!(
                 endpoint = endpoint.as_str(),

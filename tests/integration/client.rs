@@ -455,3 +455,43 @@ async fn multipart_upload_sends_account_and_file() {
     assert!(body.contains("\u{FFFD}PNG fake"), "{body}");
     assert_eq!(r.headers["idempotency-key"], "media-1");
 }
+
+#[tokio::test]
+async fn a_429_holds_back_every_request_of_that_account() {
+    let page = json!({"messages": [], "has_next_page": false, "next_cursor": ""});
+    let server = Scripted::start(vec![
+        Answer::json(
+            429,
+            json!({"error": "rate_limit_exceeded", "retryAfterMs": 300}),
+        ),
+        Answer::json(200, page.clone()),
+        Answer::json(200, page),
+    ])
+    .await;
+    let policy = RetryPolicy {
+        max_attempts: 1,
+        max_server_wait: Duration::from_secs(5),
+        ..RetryPolicy::fast()
+    };
+    let c = client(&server.base_url(), policy);
+    // The first request gives up at once (one attempt), but the server
+    // asked the account to wait 300 ms.
+    let failed_at = std::time::Instant::now();
+    assert!(c.history_page(&acme(), "42", None).await.is_err());
+    // Another account is not held back...
+    let other = Account::parse("other").unwrap();
+    let free = c.history_page(&other, "44", None).await.unwrap();
+    assert_eq!(free.meta.waited, Duration::ZERO);
+    // ...but the same account is, whichever conversation asks.
+    let reply = c.history_page(&acme(), "43", None).await.unwrap();
+    assert!(
+        failed_at.elapsed() >= Duration::from_millis(290),
+        "{:?}",
+        failed_at.elapsed()
+    );
+    assert!(
+        reply.meta.waited >= Duration::from_millis(100),
+        "{:?}",
+        reply.meta.waited
+    );
+}
