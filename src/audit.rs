@@ -483,7 +483,7 @@ pub fn repair(out: &Path) -> Result<(Vec<ChainEntry>, Vec<String>)> {
                 .or_else(|| name.strip_suffix(LogKind::Pages.suffix()));
             let orphan = match run {
                 Some(run) => !known.contains(&run),
-                None => name.starts_with('.') && name.ends_with(".tmp"),
+                None => crate::sinks::is_temporary(&name),
             };
             if orphan {
                 fs::remove_file(entry.path()).map_err(|e| Error::io(entry.path(), e))?;

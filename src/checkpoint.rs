@@ -101,9 +101,13 @@ pub struct JsonlState {
 /// Committed Parquet files.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ParquetState {
-    /// Every JSONL record before this byte offset is in a listed Parquet
-    /// file; records after it are rebuilt into Parquet by the next run.
-    pub covered_bytes: u64,
+    /// Every history record before this JSONL byte offset is in a listed
+    /// `parquet/messages/` file; later ones are rebuilt by the next run.
+    pub messages_covered_bytes: u64,
+    /// The same for send records and `parquet/sends/`. One offset per table:
+    /// a table whose file rolls over must not wait for the other.
+    #[serde(default)]
+    pub sends_covered_bytes: u64,
     /// Every committed Parquet file, oldest first.
     #[serde(default)]
     pub files: Vec<WrittenFile>,

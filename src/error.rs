@@ -153,7 +153,7 @@ impl Error {
     }
 
     /// Whether this error must stop the whole job, not only the conversation
-    /// or send it happened in: auth, billing and daily limits apply to every
+    /// or send it happened in: the API key and billing apply to every
     /// request the job would make next.
     pub fn stops_job(&self) -> bool {
         match self {
@@ -165,10 +165,6 @@ impl Error {
                         | "no_credits"
                         | "no_subscription"
                         | "subscription_inactive"
-                        | "x_daily_limit"
-                        | "account_needs_reauth"
-                        | "account_restricted"
-                        | "account_not_found"
                 ) || api.status == 401
                     || api.status == 402
             }
@@ -177,6 +173,24 @@ impl Error {
             | Error::InsecureBaseUrl { .. }
             | Error::Io { .. }
             | Error::Corrupt { .. } => true,
+            _ => false,
+        }
+    }
+
+    /// Whether this error concerns the connected account itself (not
+    /// connected, needs reauthentication, restricted, out of its daily
+    /// limit): the account's other conversations and sends would fail the
+    /// same way, other accounts are unaffected.
+    pub fn stops_account(&self) -> bool {
+        match self {
+            Error::Api(api) => matches!(
+                api.code.as_str(),
+                "account_needs_reauth"
+                    | "account_restricted"
+                    | "account_not_found"
+                    | "x_daily_limit"
+            ),
+            Error::RetriesExhausted { last, .. } => last.stops_account(),
             _ => false,
         }
     }
@@ -465,11 +479,21 @@ mod tests {
     }
 
     #[test]
-    fn billing_and_auth_stop_the_job_but_permission_does_not() {
+    fn billing_and_auth_stop_the_job_account_errors_the_account() {
         assert!(Error::Api(api(402, "insufficient_credits")).stops_job());
         assert!(Error::Api(api(401, "unauthenticated")).stops_job());
-        assert!(Error::Api(api(429, "x_daily_limit")).stops_job());
-        assert!(!Error::Api(api(403, "dm_not_permitted")).stops_job());
-        assert!(!Error::Api(api(404, "user_not_found")).stops_job());
+        for code in [
+            "account_not_found",
+            "account_needs_reauth",
+            "account_restricted",
+            "x_daily_limit",
+        ] {
+            let e = Error::Api(api(403, code));
+            assert!(!e.stops_job() && e.stops_account(), "{code}");
+        }
+        for code in ["dm_not_permitted", "user_not_found"] {
+            let e = Error::Api(api(403, code));
+            assert!(!e.stops_job() && !e.stops_account(), "{code}");
+        }
     }
 }

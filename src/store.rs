@@ -32,8 +32,10 @@ use crate::checkpoint::{self, AuditPointer, Checkpoint, Conversation, DirLock};
 use crate::error::{Error, Result};
 use crate::records::{HistoryRow, RecordType, SendRow};
 use crate::sinks::jsonl::{self, JsonlSink};
-use crate::sinks::parquet::{MessageColumns, ParquetSink, SendColumns, remove_uncommitted};
-use crate::sinks::{WrittenFile, create_private_dir};
+use crate::sinks::parquet::{
+    Columns, MessageColumns, ParquetSink, SendColumns, remove_uncommitted,
+};
+use crate::sinks::{WrittenFile, create_private_dir, remove_temporaries};
 
 /// What opening the store had to repair.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -46,6 +48,8 @@ pub struct Repair {
     pub parquet_rebuilt_rows: u64,
     /// Audit files removed (manifests no chain entry names).
     pub audit_removed: Vec<String>,
+    /// Temporary files of a killed run removed (checkpoint, `SHA256SUMS`).
+    pub temporaries_removed: Vec<String>,
 }
 
 /// What a run is called and when it started.
@@ -136,12 +140,33 @@ impl Store {
     /// the run `stamp`.
     pub fn open(out: &Path, stamp: &RunStamp) -> Result<Store> {
         let (date, run_id) = (stamp.date.as_str(), stamp.run_id.as_str());
-        create_private_dir(out)?;
-        let lock = DirLock::acquire(out)?;
+        let lock = create_private_dir(out)
+            .and_then(|()| DirLock::acquire(out))
+            .map_err(|e| unusable_folder(out, e))?;
         let mut checkpoint = Checkpoint::load(out)?;
-        let (chain, audit_removed) = audit::repair(out)?;
+        let mut temporaries_removed = remove_temporaries(out)?;
+        temporaries_removed.extend(remove_temporaries(&out.join(checkpoint::STATE_DIR))?);
         // The chain is the durable record of sealed runs: a run killed after
-        // appending to it but before its checkpoint is believed from it.
+        // appending to it but before its checkpoint is believed from it. It
+        // may be one run ahead of the checkpoint, never behind: a chain that
+        // lost runs the checkpoint knows of was truncated or replaced, and
+        // repairing or building on it would bury that. Checked before the
+        // repair, which removes manifests the chain does not name.
+        let (chain, _) = audit::read_chain(out)?;
+        let known = checkpoint.audit.last_digest.as_deref();
+        if chain.len() < checkpoint.audit.runs as usize
+            || known.is_some_and(|d| !chain.iter().any(|e| e.sha256 == d))
+        {
+            return Err(Error::Corrupt {
+                path: out.join(audit::CHAIN),
+                reason: format!(
+                    "the audit chain has {} runs but the checkpoint records {}, ending with a manifest the chain does not hold: restore audit/ from backup",
+                    chain.len(),
+                    checkpoint.audit.runs
+                ),
+            });
+        }
+        let (chain, audit_removed) = audit::repair(out)?;
         checkpoint.audit = pointer_from_chain(out, &chain)?;
         let coverage = checkpoint.audit.coverage;
         let (jsonl, cut) = JsonlSink::open(
@@ -176,6 +201,7 @@ impl Store {
                 parquet_removed,
                 parquet_rebuilt_rows: 0,
                 audit_removed,
+                temporaries_removed,
             },
         };
         store.take_over_unsealed()?;
@@ -184,13 +210,14 @@ impl Store {
 
     /// Takes the committed records that an earlier, killed run left without
     /// Parquet or without a manifest into this run: Parquet rows for those
-    /// past `parquet.covered_bytes`, audit rows for those past the audit
-    /// coverage.
+    /// past their table's covered offset, audit rows for those past the
+    /// audit coverage.
     fn take_over_unsealed(&mut self) -> Result<()> {
         let committed = self.checkpoint.jsonl.committed_bytes;
-        let parquet_from = self.checkpoint.parquet.covered_bytes;
+        let messages_from = self.checkpoint.parquet.messages_covered_bytes;
+        let sends_from = self.checkpoint.parquet.sends_covered_bytes;
         let audit_from = self.checkpoint.audit.coverage.jsonl_bytes;
-        let from = parquet_from.min(audit_from);
+        let from = messages_from.min(sends_from).min(audit_from);
         if from >= committed {
             return Ok(());
         }
@@ -214,25 +241,32 @@ impl Store {
             if start >= audit_from {
                 rows.push_row(record.tag(), record.user_id(), &record.message_id)?;
             }
-            if start >= parquet_from {
-                match record.record_type {
-                    RecordType::History => {
-                        let row: HistoryRow = serde_json::from_slice(line)
-                            .map_err(|_| corrupt("not a history record"))?;
-                        messages.push(&row)?;
-                    }
-                    RecordType::Send => {
-                        let row: SendRow = serde_json::from_slice(line)
-                            .map_err(|_| corrupt("not a send record"))?;
-                        sends.push(&row)?;
-                    }
+            match record.record_type {
+                RecordType::History if start >= messages_from => {
+                    let row: HistoryRow = serde_json::from_slice(line)
+                        .map_err(|_| corrupt("not a history record"))?;
+                    messages.push(&row)?;
+                    rebuilt += 1;
                 }
-                rebuilt += 1;
+                RecordType::Send if start >= sends_from => {
+                    let row: SendRow =
+                        serde_json::from_slice(line).map_err(|_| corrupt("not a send record"))?;
+                    sends.push(&row)?;
+                    rebuilt += 1;
+                }
+                _ => {}
             }
             Ok(())
         })?;
         self.repair.parquet_rebuilt_rows = rebuilt;
         Ok(())
+    }
+
+    /// Rolls both Parquet tables over every `rows` rows (tests).
+    #[cfg(test)]
+    fn set_file_rows(&mut self, rows: u64) {
+        self.messages.set_file_rows(rows);
+        self.sends.set_file_rows(rows);
     }
 
     /// What opening the store repaired.
@@ -346,6 +380,11 @@ impl Store {
         {
             self.list_parquet(file);
         }
+        // Both tables are closed: every record is in a listed file, also
+        // for a table this run wrote nothing to.
+        let end = self.jsonl.len();
+        self.checkpoint.parquet.messages_covered_bytes = end;
+        self.checkpoint.parquet.sends_covered_bytes = end;
         self.commit()?;
         let audit_rows = self.rows.finish()?;
         let page_log = self.pages.finish()?;
@@ -417,14 +456,21 @@ impl Store {
         })
     }
 
-    /// Lists a closed Parquet file. When no rows wait in any open file,
-    /// every record appended so far is in a listed file: the JSONL is
-    /// covered up to its end.
+    /// Lists a closed Parquet file. Its table has no rows waiting any
+    /// more, so every record of that table appended so far is in a listed
+    /// file: the table is covered up to the JSONL's end.
     fn list_parquet(&mut self, file: WrittenFile) {
-        self.checkpoint.parquet.files.push(file);
-        if !self.messages.has_pending() && !self.sends.has_pending() {
-            self.checkpoint.parquet.covered_bytes = self.jsonl.len();
+        let end = self.jsonl.len();
+        let parquet = &mut self.checkpoint.parquet;
+        if file
+            .path
+            .starts_with(&format!("parquet/{}/", SendColumns::TABLE))
+        {
+            parquet.sends_covered_bytes = end;
+        } else {
+            parquet.messages_covered_bytes = end;
         }
+        parquet.files.push(file);
     }
 }
 
@@ -476,6 +522,29 @@ fn write_sums(
         files.retain(|f| f != jsonl::FILE_NAME);
     }
     audit::write_sums(out, &files, &known)
+}
+
+/// An output folder that cannot be created or locked is bad input (exit 2):
+/// nothing has been sent yet. Another run holding it stays what it is.
+fn unusable_folder(out: &Path, e: Error) -> Error {
+    match e {
+        Error::Locked { .. } => e,
+        Error::Io { source, .. } => {
+            let why = if out.exists() && !out.is_dir() {
+                "it exists and is not a folder".to_owned()
+            } else {
+                source.to_string()
+            };
+            Error::invalid(
+                "--out",
+                format!(
+                    "{} is not usable as the output folder: {why}",
+                    out.display()
+                ),
+            )
+        }
+        other => other,
+    }
 }
 
 /// The audit pointer as the chain says it stands.
@@ -609,7 +678,7 @@ mod tests {
         );
         let checkpoint = Checkpoint::load(out).unwrap();
         assert_eq!(
-            checkpoint.parquet.covered_bytes,
+            checkpoint.parquet.messages_covered_bytes,
             checkpoint.jsonl.committed_bytes
         );
         assert_eq!(checkpoint.jsonl.history_rows, 3);
@@ -637,6 +706,57 @@ mod tests {
         assert_eq!(b.files[0].rows, 1);
         assert_eq!(b.chain.previous_sha256, Some(a.chain.sha256));
         assert_eq!(b.chain.seq, 2);
+    }
+
+    fn send_row() -> SendRow {
+        SendRow {
+            record_type: RecordType::Send,
+            message_id: "1900000000000000999".into(),
+            success: true,
+            send_status: "success".into(),
+            sender_account: "acme".into(),
+            recipient_user_id: "7".into(),
+            message_text: "sent".into(),
+            sent_at: 1_764_000_000_000_000,
+            media_id: None,
+            media_ids: None,
+        }
+    }
+
+    fn parquet_rows(out: &Path, table: &str) -> u64 {
+        Checkpoint::load(out)
+            .unwrap()
+            .parquet
+            .files
+            .iter()
+            .filter(|f| f.path.starts_with(&format!("parquet/{table}/")))
+            .map(|f| f.rows)
+            .sum()
+    }
+
+    /// A table whose file rolls over while the other table still has rows
+    /// waiting is covered on its own: nothing is rebuilt twice.
+    #[test]
+    fn tables_are_covered_separately_across_crashes() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path();
+        // A send is committed, then the run dies before sealing.
+        let mut store = Store::open(out, &stamp("a")).unwrap();
+        store.append_send(&send_row()).unwrap();
+        store.commit().unwrap();
+        drop(store);
+        // The next run takes the send over (pending in its sends table),
+        // writes history until the messages file rolls over, commits, dies.
+        let mut store = Store::open(out, &stamp("b")).unwrap();
+        store.set_file_rows(2);
+        let rows: Vec<_> = (0..3).map(row).collect();
+        store.append_history(&lines(&rows), &rows).unwrap();
+        store.commit().unwrap();
+        drop(store);
+        let store = Store::open(out, &stamp("c")).unwrap();
+        store.seal(body()).unwrap();
+        assert_eq!(parquet_rows(out, "messages"), 3);
+        assert_eq!(parquet_rows(out, "sends"), 1);
     }
 
     #[test]

@@ -134,12 +134,15 @@ impl fmt::Display for UserRef {
 pub struct Account(String);
 
 impl Account {
-    /// Validates `acme`, `@acme` or a numeric account ID.
+    /// Validates `acme`, `@acme` or a numeric account ID. X handles are
+    /// case-insensitive, so the handle is kept in lowercase: `ACME` and
+    /// `acme` are one account, with one checkpoint state and one
+    /// idempotency key per DM.
     pub fn parse(input: &str) -> Result<Account> {
         let s = input.trim();
         let s = s.strip_prefix('@').unwrap_or(s);
         if is_username(s) || is_numeric_id(s) {
-            Ok(Account(s.to_owned()))
+            Ok(Account(s.to_ascii_lowercase()))
         } else {
             Err(Error::invalid(
                 "--account",

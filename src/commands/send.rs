@@ -384,11 +384,10 @@ impl SendReport {
         } else if bad.iter().all(|s| s.status == SendStatus::Invalid) {
             2
         } else if bad.iter().all(|s| {
-            s.status == SendStatus::Refused
-                || matches!(
-                    s.class,
-                    Some(ErrorClass::NeedsPerson | ErrorClass::NotFound | ErrorClass::Rejected)
-                )
+            matches!(
+                s.class,
+                Some(ErrorClass::NeedsPerson | ErrorClass::NotFound | ErrorClass::Rejected)
+            )
         }) {
             3
         } else {
@@ -406,6 +405,8 @@ pub async fn run(options: SendOptions) -> Result<SendReport> {
     let mut credits: BTreeMap<Endpoint, u64> = BTreeMap::new();
     let mut outcomes = Vec::new();
     let mut stop: Option<Error> = None;
+    let mut stopped_accounts: std::collections::HashMap<String, (ErrorClass, String)> =
+        std::collections::HashMap::new();
     let started = Instant::now();
     for (i, line) in options.lines.iter().enumerate() {
         let number = i + 1;
@@ -423,6 +424,16 @@ pub async fn run(options: SendOptions) -> Result<SendReport> {
             outcomes.push(SendOutcome::new(number, SendStatus::NotAttempted));
             continue;
         }
+        // An account-level error (not connected, reauthentication, daily
+        // limit) skips that account's later lines; other accounts go on.
+        if let Some((class, error)) = stopped_accounts.get(request.account.as_str()) {
+            let mut o = SendOutcome::new(number, SendStatus::NotAttempted);
+            o.account = Some(request.account.to_string());
+            o.class = Some(*class);
+            o.error = Some(format!("not attempted: {error}"));
+            outcomes.push(o);
+            continue;
+        }
         let outcome = send_one(&client, &mut store, request, number, &options, &mut credits).await;
         match outcome {
             Ok(o) => outcomes.push(o),
@@ -430,6 +441,9 @@ pub async fn run(options: SendOptions) -> Result<SendReport> {
                 tracing::warn!(line = number, error = %e, "send failed");
                 if e.stops_job() {
                     stop = Some(e);
+                } else if e.stops_account() {
+                    stopped_accounts
+                        .insert(request.account.to_string(), (e.class(), e.to_string()));
                 }
                 outcomes.push(o);
             }

@@ -13,7 +13,7 @@
 //! then scans from the newest page down to what is already written (at most
 //! one page of known messages), then continues any unfinished backfill.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -256,6 +256,9 @@ struct Run {
     new_messages: AtomicU64,
     dropped: AtomicU64,
     bad_timestamps: AtomicU64,
+    /// Accounts stopped by an account-level error (not connected, needs
+    /// reauthentication, restricted, daily limit): code, class, rendering.
+    stopped_accounts: Mutex<HashMap<String, (String, ErrorClass, String)>>,
     /// Conversations finished (any outcome) and in all.
     done: AtomicU64,
     total: AtomicU64,
@@ -273,6 +276,34 @@ impl Run {
 
     fn stopped(&self) -> bool {
         self.stop.load(Ordering::SeqCst)
+    }
+
+    /// Stops every conversation of `account` (the others go on).
+    fn stop_account(&self, account: &Account, error: &Error) {
+        let code = match error {
+            Error::Api(api) => api.code.clone(),
+            Error::RetriesExhausted { last, .. } => match last.as_ref() {
+                Error::Api(api) => api.code.clone(),
+                _ => "error".into(),
+            },
+            _ => "error".into(),
+        };
+        let mut stopped = self
+            .stopped_accounts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        stopped
+            .entry(account.as_str().to_owned())
+            .or_insert_with(|| (code, error.class(), error.to_string()));
+    }
+
+    /// Why `account` was stopped, if it was.
+    fn account_stop(&self, account: &Account) -> Option<(String, ErrorClass, String)> {
+        let stopped = self
+            .stopped_accounts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        stopped.get(account.as_str()).cloned()
     }
 
     /// Reserves `amount` credits under `--max-credits`; false when the
@@ -336,6 +367,7 @@ pub async fn run(options: SyncOptions) -> Result<SyncReport> {
         new_messages: AtomicU64::new(0),
         dropped: AtomicU64::new(0),
         bad_timestamps: AtomicU64::new(0),
+        stopped_accounts: Mutex::new(HashMap::new()),
         done: AtomicU64::new(0),
         total: AtomicU64::new(0),
     });
@@ -634,6 +666,12 @@ async fn sync_conversation(
             report.status = ConversationStatus::Partial;
             report.reason = "job_stopped".into();
         }
+        Err(Halt::AccountStopped { code, class, error }) => {
+            report.status = ConversationStatus::Failed;
+            report.reason = code;
+            report.class = Some(class);
+            report.error = Some(format!("not attempted: {error}"));
+        }
         Err(Halt::Failed(e)) => {
             report.reason = match &e {
                 Error::Api(api) => api.code.clone(),
@@ -672,6 +710,11 @@ enum Halt {
     Anomaly(StopReason),
     Budget,
     JobStopped,
+    AccountStopped {
+        code: String,
+        class: ErrorClass,
+        error: String,
+    },
     Failed(Error),
 }
 
@@ -706,6 +749,9 @@ async fn page_scan(
         if run.stopped() {
             return Err(Halt::JobStopped);
         }
+        if let Some((code, class, error)) = run.account_stop(account) {
+            return Err(Halt::AccountStopped { code, class, error });
+        }
         let reserve = match run.page_estimate.load(Ordering::SeqCst) {
             0 => FIRST_PAGE_ESTIMATE,
             seen => seen,
@@ -727,6 +773,8 @@ async fn page_scan(
                 }
                 if e.stops_job() {
                     run.stop_job(&e);
+                } else if e.stops_account() {
+                    run.stop_account(account, &e);
                 }
                 return Err(Halt::Failed(e));
             }
@@ -781,14 +829,19 @@ async fn page_scan(
         }
         let new_count = rows.len() as u64;
 
-        // Advance the state this page's rows commit together with.
+        // Advance the state this page's rows commit together with. Every
+        // stop ends its scan, anomalies included: their reason is reported
+        // (the conversation is partial in this run), and no later run
+        // follows the broken cursor again — it would pay for the same page
+        // on every run, and a stuck incremental scan would keep newer
+        // messages from ever being fetched.
         match (&scan, stop, &next) {
             (Scan::Backfill, None, Next::Page(c)) => state.backfill.cursor = Some(c.clone()),
-            (Scan::Backfill, Some(StopReason::End), _) => {
+            (Scan::Backfill, Some(_), _) => {
                 state.backfill.done = true;
                 state.backfill.cursor = None;
             }
-            (Scan::Top, Some(StopReason::Boundary | StopReason::End), _) => {
+            (Scan::Top, Some(_), _) => {
                 if let Some(block) = state.top_scan.take().and_then(|t| t.block) {
                     match &mut state.written {
                         Some(written) => written.newest = block.newest,
@@ -801,9 +854,7 @@ async fn page_scan(
                     top.cursor = Some(c.clone());
                 }
             }
-            // An anomaly leaves the cursor where it was: the next run retries
-            // that page instead of following a broken cursor.
-            _ => {}
+            (_, None, Next::Stop(_)) => {}
         }
         state.messages_written += new_count;
         state.last_page = Some(PageState {

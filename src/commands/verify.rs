@@ -343,18 +343,13 @@ fn files_under(dir: &Path, sub: &str) -> Vec<String> {
             let path = entry.path();
             if path.is_dir() {
                 stack.push(path);
-            } else if !is_temporary(&entry.file_name().to_string_lossy()) {
+            } else if !crate::sinks::is_temporary(&entry.file_name().to_string_lossy()) {
                 found.push(relative(dir, &path));
             }
         }
     }
     found.sort();
     found
-}
-
-/// A run's temporary file: `.<name>.tmp`.
-fn is_temporary(name: &str) -> bool {
-    name.starts_with('.') && name.ends_with(".tmp")
 }
 
 impl std::fmt::Display for VerifyReport {

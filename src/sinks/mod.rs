@@ -21,13 +21,22 @@ pub const FILE_MODE: u32 = 0o600;
 /// Mode of every folder xquik-dm creates.
 pub const DIR_MODE: u32 = 0o700;
 
-/// Creates `dir` and its missing parents with mode 0700.
+/// Creates `dir` and its missing parents with mode 0700, each made durable
+/// in its parent (a new folder is an entry of its parent, and a power cut
+/// could otherwise lose it under data the checkpoint already counts).
 pub fn create_private_dir(dir: &Path) -> Result<()> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(DIR_MODE)
-        .create(dir)
-        .map_err(|e| Error::io(dir, e))
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
+    if let Some(parent) = parent {
+        create_private_dir(parent)?;
+    }
+    match fs::DirBuilder::new().mode(DIR_MODE).create(dir) {
+        Ok(()) => fsync_dir(parent.unwrap_or(Path::new("."))),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        Err(e) => Err(Error::io(dir, e)),
+    }
 }
 
 /// Opens (creating with mode 0600) a file for writing.
@@ -54,7 +63,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    // `.<name>.<pid>.tmp`: hidden, and named like every temporary file of a
+    // run, so repair and verify recognise one left by a killed run.
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let mut file = open_private(
         &tmp,
         OpenOptions::new().write(true).create(true).truncate(true),
@@ -65,6 +76,31 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     drop(file);
     fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
     fsync_dir(dir)
+}
+
+/// Whether a file name is a temporary file of a run: `.<name>.tmp`.
+pub fn is_temporary(name: &str) -> bool {
+    name.starts_with('.') && name.ends_with(".tmp")
+}
+
+/// Removes the temporary files a killed run left directly in `dir`.
+/// Returns their names.
+pub fn remove_temporaries(dir: &Path) -> Result<Vec<String>> {
+    let mut removed = Vec::new();
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(removed),
+        Err(e) => return Err(Error::io(dir, e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if is_temporary(&name) && entry.file_type().is_ok_and(|t| t.is_file()) {
+            fs::remove_file(entry.path()).map_err(|e| Error::io(entry.path(), e))?;
+            removed.push(name);
+        }
+    }
+    Ok(removed)
 }
 
 /// SHA-256 of a byte slice, as lowercase hex.

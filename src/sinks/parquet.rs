@@ -287,6 +287,7 @@ pub struct ParquetSink<C: Columns> {
     seq: u32,
     columns: C,
     open: Option<OpenFile>,
+    file_rows: u64,
 }
 
 impl<C: Columns> std::fmt::Debug for ParquetSink<C> {
@@ -309,7 +310,14 @@ impl<C: Columns> ParquetSink<C> {
             seq: 0,
             columns: C::new(),
             open: None,
+            file_rows: FILE_ROWS,
         }
+    }
+
+    /// Rolls over to a new file every `rows` rows instead of [`FILE_ROWS`]
+    /// (tests use tiny files).
+    pub fn set_file_rows(&mut self, rows: u64) {
+        self.file_rows = rows.max(1);
     }
 
     /// Adds a row.
@@ -321,16 +329,11 @@ impl<C: Columns> ParquetSink<C> {
         Ok(())
     }
 
-    /// Whether rows are waiting that no closed file holds yet.
-    pub fn has_pending(&self) -> bool {
-        self.open.is_some() || !self.columns.is_empty()
-    }
-
     /// Whether the current file is full and should be closed (the caller
     /// closes it at a record boundary it can name in the checkpoint).
     pub fn is_full(&self) -> bool {
         let written = self.open.as_ref().map_or(0, |o| o.rows);
-        written + self.columns.len() as u64 >= FILE_ROWS
+        written + self.columns.len() as u64 >= self.file_rows
     }
 
     /// Closes the current file, if any, and returns it (renamed into place
@@ -443,7 +446,7 @@ pub fn remove_uncommitted(out: &Path, committed: &HashSet<String>) -> Result<Vec
             }
             let rel = relative(out, &path);
             let name = entry.file_name().to_string_lossy().into_owned();
-            let stray_tmp = name.starts_with('.') && name.ends_with(".tmp");
+            let stray_tmp = super::is_temporary(&name);
             let unlisted = name.ends_with(".parquet") && !committed.contains(&rel);
             if stray_tmp || unlisted {
                 fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;

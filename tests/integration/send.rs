@@ -557,3 +557,34 @@ async fn a_batch_with_good_and_bad_lines_reports_each_line() {
     let all = serde_json::to_string(&results).unwrap();
     assert!(!all.contains("with a picture") && !all.contains("refuses DMs"));
 }
+
+#[tokio::test]
+async fn an_unconnected_account_skips_its_own_lines_only() {
+    let server = MockServer::start(dm_world()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ghost =
+        |text: &str| SendRequest::validate("ghost", &user_id(1), text, None, None, None).unwrap();
+    let mut opts = options(
+        &server,
+        dir.path(),
+        vec![
+            ghost("one"),
+            request(&user_id(1), "from acme", None),
+            ghost("two"),
+        ],
+    );
+    opts.batch = true;
+    let report = send::run(opts).await.unwrap();
+    let statuses: Vec<SendStatus> = report.sends.iter().map(|s| s.status).collect();
+    assert_eq!(
+        statuses,
+        [
+            SendStatus::Failed,
+            SendStatus::Sent,
+            SendStatus::NotAttempted
+        ]
+    );
+    assert_eq!(report.sends[0].code.as_deref(), Some("account_not_found"));
+    assert_eq!(report.exit_code(), 4);
+    assert_eq!(calls(&server, "POST /x/dm/{userId}"), 2);
+}

@@ -105,7 +105,72 @@ async fn repeated_and_dangling_cursors_end_with_a_reason() {
         .unwrap();
         let conv = &checkpoint["conversations"][format!("{ACCOUNT}/{}", users[0])];
         assert_eq!(conv["reason"], reason);
+        // The broken cursor is not followed again: the next run checks the
+        // newest page only, and is clean.
+        let again = sync::run(options(&server, dir.path(), &users))
+            .await
+            .unwrap();
+        assert_eq!(again.exit_code(), 0, "{again}");
+        assert_eq!(again.pages, 1);
+        history_by_conversation(dir.path());
     }
+}
+
+#[tokio::test]
+async fn an_account_level_error_stops_that_account_only() {
+    let mut config = world(&[100, 100, 100], 50);
+    config.accounts.push(xquik_dm::mock::MockAccount {
+        handle: "other".into(),
+        user_id: "1612345678901234568".into(),
+    });
+    config.conversations.push(xquik_dm::mock::MockConversation {
+        account: "other".into(),
+        user_id: user_id(9),
+        messages: 80,
+    });
+    let server = MockServer::start(config).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let users = users(3);
+    let mut opts = options(&server, dir.path(), &users);
+    opts.concurrency = 1;
+    // "ghost" is not connected: 404 account_not_found.
+    for (account, user) in [
+        ("ghost", user_id(2)),
+        ("ghost", user_id(3)),
+        ("other", user_id(9)),
+    ] {
+        opts.targets.push(Target {
+            account: Account::parse(account).unwrap(),
+            user: UserRef::Id(user),
+        });
+    }
+    let report = sync::run(opts).await.unwrap();
+    assert_eq!(report.exit_code(), 4, "{report}");
+    let ghost: Vec<_> = report
+        .conversations
+        .iter()
+        .filter(|c| c.account == "ghost")
+        .collect();
+    assert_eq!(ghost.len(), 2);
+    for c in ghost {
+        assert_eq!(c.status, ConversationStatus::Failed);
+        assert_eq!(c.reason, "account_not_found");
+    }
+    // One request found the account missing; its other conversation was
+    // not tried. Every other conversation is complete.
+    assert_eq!(
+        server.ledger().responses_by_status.get(&404).copied(),
+        Some(1)
+    );
+    assert_eq!(
+        report
+            .conversations
+            .iter()
+            .filter(|c| c.status == ConversationStatus::Complete)
+            .count(),
+        4
+    );
+    assert_ground_truth(dir.path(), &server, &users);
 }
 
 #[tokio::test]

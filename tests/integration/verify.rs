@@ -250,3 +250,46 @@ async fn no_message_body_reaches_the_audit_trail_or_the_state() {
     }
     assert!(checked > 500, "{checked}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn temporaries_of_a_killed_run_neither_fail_verify_nor_stay() {
+    let (dir, server) = two_runs(None).await;
+    let strays = [
+        "audit/runs/.20261126T000000Z-dead.manifest.json.4242.tmp",
+        "state/.checkpoint.json.4242.tmp",
+        ".SHA256SUMS.4242.tmp",
+    ];
+    for stray in strays {
+        std::fs::write(dir.path().join(stray), b"half written").unwrap();
+    }
+    let report = verify::run(dir.path(), None).unwrap();
+    assert!(report.ok(), "{report}");
+    let rerun = sync::run(sync_options(&server, dir.path(), &users(3)))
+        .await
+        .unwrap();
+    assert_eq!(rerun.exit_code(), 0);
+    for stray in strays {
+        assert!(!dir.path().join(stray).exists(), "{stray} was left behind");
+    }
+    assert!(verify::run(dir.path(), None).unwrap().ok());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_refuses_to_build_on_a_truncated_chain() {
+    let (dir, server) = two_runs(None).await;
+    let chain = dir.path().join("audit/chain.jsonl");
+    let text = std::fs::read_to_string(&chain).unwrap();
+    let first = text.lines().next().unwrap().to_owned();
+    std::fs::write(&chain, format!("{first}\n")).unwrap();
+    let err = sync::run(sync_options(&server, dir.path(), &users(3)))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("restore audit/ from backup"),
+        "{err}"
+    );
+    assert_eq!(err.exit_code(), 3);
+    // Nothing was deleted: the second run's manifest is still there.
+    assert_eq!(files(dir.path(), "audit/runs", ".manifest.json").len(), 2);
+    assert_eq!(verify::run(dir.path(), None).unwrap().exit_code(), 5);
+}
