@@ -57,8 +57,21 @@ pub struct SendState {
     pub account: String,
     /// The numeric recipient ID.
     pub recipient_user_id: String,
-    /// `media_uploaded`, `sent` or `failed`.
+    /// `media_uploaded`, `pending` (accepted, not terminal: poll
+    /// `status_url`), `retry` (a transient failure: the write may have
+    /// happened, so the same key is used again), `failed` (the API refused
+    /// it or it ended failed: a new attempt gets a new key) or `sent`.
     pub status: String,
+    /// Attempts that definitely failed before the current one; part of the
+    /// idempotency key from the second attempt on.
+    #[serde(default)]
+    pub attempt: u32,
+    /// The `Idempotency-Key` of the current attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    /// Where to poll a pending write.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_url: Option<String>,
     /// The uploaded media ID, once uploaded (reused on a rerun).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub media_id: Option<String>,
@@ -267,6 +280,16 @@ pub struct DirLock {
 }
 
 impl DirLock {
+    /// Whether a run holds the lock of `out` right now (without creating
+    /// anything).
+    pub fn is_held(out: &Path) -> bool {
+        let path = out.join(STATE_DIR).join("lock");
+        match File::open(&path) {
+            Ok(file) => matches!(file.try_lock_shared(), Err(TryLockError::WouldBlock)),
+            Err(_) => false,
+        }
+    }
+
     /// Creates the state folder if needed and takes the lock, or says which
     /// run holds it.
     pub fn acquire(out: &Path) -> Result<DirLock> {

@@ -106,8 +106,8 @@ pub enum CommandArgs {
         /// Recipient: numeric ID or @username.
         #[arg(long, value_name = "ID or @username", conflicts_with = "batch")]
         to: Option<String>,
-        /// The message text (at most 10,000 characters).
-        #[arg(long, conflicts_with = "batch")]
+        /// The message text (at most 10,000 characters); quote it.
+        #[arg(long, conflicts_with = "batch", allow_hyphen_values = true)]
         text: Option<String>,
         /// One media file to attach (JPEG, PNG, GIF, WebP or MP4).
         #[arg(long, value_name = "FILE", conflicts_with_all = ["media_url", "batch"])]
@@ -127,6 +127,13 @@ pub enum CommandArgs {
         /// Send even when the recipient's profile says canDm: false.
         #[arg(long)]
         ignore_can_dm: bool,
+        /// With --batch: send the valid lines even if others are invalid
+        /// (by default an invalid line refuses the whole batch, exit 2).
+        #[arg(long, requires = "batch")]
+        skip_invalid: bool,
+        /// Stop before this run spends more credits (exit 4; rerun to continue).
+        #[arg(long, value_name = "CREDITS")]
+        max_credits: Option<u64>,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -143,6 +150,10 @@ pub enum CommandArgs {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+        /// A chain head (SHA-256 printed by an earlier verify) that must still
+        /// be in the chain: detects runs removed from the end.
+        #[arg(long, value_name = "SHA256")]
+        expect_head: Option<String>,
     },
     /// Print a user's profile (id, username, name, canDm) as JSON. 1 credit.
     Lookup {
@@ -272,6 +283,8 @@ pub enum Command {
         dir: PathBuf,
         /// Signature key.
         key: Option<AuditKey>,
+        /// Chain head that must still be in the chain.
+        expect_head: Option<String>,
         /// Report as JSON.
         json: bool,
     },
@@ -458,6 +471,8 @@ impl Args {
                 batch,
                 out,
                 ignore_can_dm,
+                skip_invalid,
+                max_credits,
                 json,
             } => {
                 let (lines, is_batch) = match batch {
@@ -487,6 +502,8 @@ impl Args {
                         lines,
                         batch: is_batch,
                         ignore_can_dm,
+                        skip_invalid,
+                        max_credits,
                         audit_key: audit_key.clone(),
                     },
                     json,
@@ -533,9 +550,14 @@ impl Args {
                 concurrency,
             },
             CommandArgs::Demo { out } => Command::Demo { out },
-            CommandArgs::Verify { dir, json } => Command::Verify {
+            CommandArgs::Verify {
+                dir,
+                json,
+                expect_head,
+            } => Command::Verify {
                 dir,
                 key: audit_key,
+                expect_head,
                 json,
             },
         };
@@ -545,6 +567,32 @@ impl Args {
             command,
         })
     }
+}
+
+/// A usage error, described without echoing what was typed: clap quotes
+/// the offending word, which may be part of a message text that the shell
+/// split (an unquoted `--text Your PIN is 4411`). Only argument names, which
+/// come from this program, are shown.
+pub fn usage_error(e: &clap::Error) -> String {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    let what = e.kind().as_str().unwrap_or("invalid usage");
+    let named_by_us = matches!(
+        e.kind(),
+        ErrorKind::MissingRequiredArgument
+            | ErrorKind::ArgumentConflict
+            | ErrorKind::InvalidValue
+            | ErrorKind::ValueValidation
+            | ErrorKind::TooManyValues
+            | ErrorKind::TooFewValues
+            | ErrorKind::WrongNumberOfValues
+            | ErrorKind::NoEquals
+    );
+    let arg = match e.get(ContextKind::InvalidArg) {
+        Some(ContextValue::String(name)) if named_by_us => format!(" ({name})"),
+        Some(ContextValue::Strings(names)) if named_by_us => format!(" ({})", names.join(", ")),
+        _ => String::new(),
+    };
+    format!("{what}{arg}: see xquik-dm --help (quote message texts: --text \"...\")")
 }
 
 /// One line of a `send --batch` file.
@@ -660,7 +708,8 @@ pub struct JobConversations {
 impl JobFile {
     /// Reads and parses a job file.
     pub fn load(path: &std::path::Path) -> Result<JobFile> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::invalid("--job", format!("{}: {e}", path.display())))?;
         Self::parse(&text)
             .map_err(|reason| Error::invalid("--job", format!("{}: {reason}", path.display())))
     }

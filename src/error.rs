@@ -93,8 +93,11 @@ pub enum Error {
         write_action_id: String,
         /// `failed` or `expired`.
         status: String,
-        /// The error code on the record, if any.
+        /// The error code on the record, if any (`poll_deadline` when it
+        /// was still pending when polling had to stop).
         code: Option<String>,
+        /// Where to poll a still-pending write (API path, no secret).
+        status_url: Option<String>,
         /// What the person should do next.
         advice: &'static str,
     },
@@ -145,6 +148,10 @@ impl Error {
             Error::RetriesExhausted { .. } | Error::Transport { .. } | Error::Locked { .. } => {
                 ErrorClass::Retryable
             }
+            // A write still pending is left for a later run to pick up.
+            Error::WriteFailed { code, .. } if code.as_deref() == Some("poll_deadline") => {
+                ErrorClass::Retryable
+            }
             Error::WriteFailed { .. } | Error::Corrupt { .. } | Error::RecipientRefuses { .. } => {
                 ErrorClass::NeedsPerson
             }
@@ -173,6 +180,19 @@ impl Error {
             | Error::InsecureBaseUrl { .. }
             | Error::Io { .. }
             | Error::Corrupt { .. } => true,
+            _ => false,
+        }
+    }
+
+    /// Whether this error proves that a write did not and will not happen
+    /// (the API refused it, or its write action ended failed or expired), so
+    /// that trying the same intent again needs a new idempotency key: the old
+    /// one would only replay this answer. Transient failures and pending
+    /// writes are not: the write may have happened, so the key must stay.
+    pub fn write_definitely_failed(&self) -> bool {
+        match self {
+            Error::Api(api) => api.class() != ErrorClass::Retryable,
+            Error::WriteFailed { status, .. } => matches!(status.as_str(), "failed" | "expired"),
             _ => false,
         }
     }

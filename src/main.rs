@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use xquik_dm::cli::Args;
+use xquik_dm::cli::{self, Args};
 use xquik_dm::{commands, logging};
 
 fn main() -> ExitCode {
@@ -15,10 +15,14 @@ fn main() -> ExitCode {
 
     let args = match Args::try_parse() {
         Ok(args) => args,
-        Err(e) => {
+        // --help and --version are successes, printed as clap renders them.
+        Err(e) if !e.use_stderr() => {
             let _ = e.print();
-            // clap's --help and --version are successes; everything else is usage.
-            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("xquik-dm: error: {}", cli::usage_error(&e));
+            return ExitCode::from(2);
         }
     };
     let config = match args.into_config(std::env::var("XQUIK_API_KEY").ok()) {

@@ -265,6 +265,17 @@ impl Client {
         .await
     }
 
+    /// Picks up a write an earlier run left pending: polls its status URL
+    /// until terminal instead of submitting the write again.
+    pub async fn resume_write(
+        &self,
+        endpoint: Endpoint,
+        status_url: &str,
+    ) -> Result<Reply<WriteResponse>> {
+        let reply = self.write_action(status_url).await?;
+        self.finish_write(endpoint, reply).await
+    }
+
     /// Polls a non-terminal write until it is terminal, honouring
     /// `Retry-After` / `pollAfterMs`, within the policy's total time budget.
     /// A terminal failure becomes [`Error::WriteFailed`].
@@ -303,7 +314,8 @@ impl Client {
                         .clone()
                         .unwrap_or_else(|| "pending".into()),
                     code: Some("poll_deadline".into()),
-                    advice: "the write is still pending: rerun later with the same job key to pick up its result without sending twice",
+                    status_url: Some(url),
+                    advice: "the write is still pending: rerun later to pick up its result (it is not sent again)",
                 });
             }
             tokio::time::sleep(wait).await;
@@ -321,6 +333,7 @@ impl Client {
                     .clone()
                     .unwrap_or_else(|| "failed".into()),
                 code: reply.value.error.clone(),
+                status_url: None,
                 advice: crate::error::advice_for(422, reply.value.error.as_deref().unwrap_or("")),
             });
         }
@@ -526,10 +539,7 @@ fn path_id(id: &str) -> Result<&str> {
     if super::is_numeric_id(id) {
         Ok(id)
     } else {
-        Err(Error::invalid(
-            "user ID",
-            format!("{id:?} is not a numeric user ID"),
-        ))
+        Err(Error::invalid("user ID", "not a numeric user ID"))
     }
 }
 

@@ -92,7 +92,7 @@ impl UserRef {
             } else {
                 Err(Error::invalid(
                     field,
-                    format!("{s:?} is not a valid @username (1-15 letters, digits or _)"),
+                    "not a valid @username (1-15 letters, digits or _)",
                 ))
             };
         }
@@ -101,9 +101,10 @@ impl UserRef {
         } else if is_username(s) {
             Ok(UserRef::Username(s.to_owned()))
         } else {
+            // The value is not echoed: a misplaced argument may be a message.
             Err(Error::invalid(
                 field,
-                format!("{s:?} is neither a numeric user ID nor an @username"),
+                "neither a numeric user ID nor an @username (1-15 letters, digits or _)",
             ))
         }
     }
@@ -146,7 +147,7 @@ impl Account {
         } else {
             Err(Error::invalid(
                 "--account",
-                format!("{input:?} is not an X handle (1-15 letters, digits or _) or account ID"),
+                "not an X handle (1-15 letters, digits or _) or a numeric account ID",
             ))
         }
     }

@@ -160,12 +160,14 @@ pub async fn run(out: Option<PathBuf>) -> Result<DemoReport> {
         lines: lines.into_iter().map(BatchLine::Valid).collect(),
         batch: false,
         ignore_can_dm: false,
+        skip_invalid: false,
+        max_credits: None,
         audit_key: None,
     })
     .await?;
     std::fs::remove_file(&picture).map_err(|e| Error::io(&picture, e))?;
     let verify_out = out.clone();
-    let verify = tokio::task::spawn_blocking(move || verify::run(&verify_out, None))
+    let verify = tokio::task::spawn_blocking(move || verify::run(&verify_out, None, None))
         .await
         .map_err(|e| Error::io(&out, std::io::Error::other(e)))??;
 

@@ -142,10 +142,17 @@ pub async fn execute(command: Command) -> Result<Report> {
             report: Box::new(send::run(options).await?),
             json,
         }),
-        Command::Verify { dir, key, json } => {
-            let report = tokio::task::spawn_blocking(move || verify::run(&dir, key.as_ref()))
-                .await
-                .map_err(|e| Error::io("<verify>", std::io::Error::other(e)))??;
+        Command::Verify {
+            dir,
+            key,
+            expect_head,
+            json,
+        } => {
+            let report = tokio::task::spawn_blocking(move || {
+                verify::run(&dir, key.as_ref(), expect_head.as_deref())
+            })
+            .await
+            .map_err(|e| Error::io("<verify>", std::io::Error::other(e)))??;
             Ok(Report::Verify { report, json })
         }
         Command::Lookup { api, user } => {

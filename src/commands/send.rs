@@ -134,8 +134,8 @@ impl SendRequest {
             }
             (Some(path), None) => Some(check_media_file(path)?),
             (None, Some(url)) => {
-                let parsed = url::Url::parse(url)
-                    .map_err(|_| Error::invalid("--media-url", format!("{url:?} is not a URL")))?;
+                let parsed =
+                    url::Url::parse(url).map_err(|_| Error::invalid("--media-url", "not a URL"))?;
                 if parsed.scheme() != "https" {
                     return Err(Error::invalid(
                         "--media-url",
@@ -155,14 +155,21 @@ impl SendRequest {
         })
     }
 
-    /// The DM's idempotency key. Length-prefixed parts, so no two different
-    /// sends share a key; the text enters as a digest.
-    fn dm_key(&self, recipient_id: &str) -> IdempotencyKey {
+    /// The DM's idempotency key for `attempt` (0 for the first). Length-
+    /// prefixed parts, so no two different sends share a key; the text
+    /// enters as a digest. A new attempt, after one that definitely failed,
+    /// gets a new key: the old one would only replay the failure.
+    fn dm_key(&self, recipient_id: &str, attempt: u32) -> IdempotencyKey {
         let text_digest = Sha256::digest(self.text.as_bytes());
         let media = match &self.media {
             None => String::new(),
             Some(MediaSource::File { sha256, .. }) => format!("file:{sha256}"),
             Some(MediaSource::Url(url)) => format!("url:{url}"),
+        };
+        let attempt = if attempt == 0 {
+            String::new()
+        } else {
+            format!("attempt:{attempt}")
         };
         IdempotencyKey::derive(&[
             b"send_dm",
@@ -171,6 +178,7 @@ impl SendRequest {
             &text_digest,
             media.as_bytes(),
             self.job_key.as_deref().unwrap_or_default().as_bytes(),
+            attempt.as_bytes(),
         ])
     }
 
@@ -180,21 +188,21 @@ impl SendRequest {
     }
 }
 
+/// Checks a media file. Errors do not name the path: in a batch file with
+/// shifted fields, the "path" may be a message.
 fn check_media_file(path: &Path) -> Result<MediaSource> {
     use std::io::Read;
-    let meta = std::fs::metadata(path)
-        .map_err(|e| Error::invalid("--media", format!("{}: {e}", path.display())))?;
-    if !meta.is_file() {
-        return Err(Error::invalid(
+    let meta = std::fs::metadata(path).map_err(|e| {
+        Error::invalid(
             "--media",
-            format!("{} is not a file", path.display()),
-        ));
+            format!("the media file cannot be read ({})", e.kind()),
+        )
+    })?;
+    if !meta.is_file() {
+        return Err(Error::invalid("--media", "the media path is not a file"));
     }
     if meta.len() == 0 {
-        return Err(Error::invalid(
-            "--media",
-            format!("{} is empty", path.display()),
-        ));
+        return Err(Error::invalid("--media", "the media file is empty"));
     }
     let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let mut head = [0u8; 16];
@@ -202,15 +210,14 @@ fn check_media_file(path: &Path) -> Result<MediaSource> {
     let Some(kind) = sniff(&head[..n]) else {
         return Err(Error::invalid(
             "--media",
-            format!("{}: not a JPEG, PNG, GIF, WebP or MP4 file", path.display()),
+            "the media file is not a JPEG, PNG, GIF, WebP or MP4 file",
         ));
     };
     if meta.len() > kind.max_bytes {
         return Err(Error::invalid(
             "--media",
             format!(
-                "{}: {} bytes; {} files may be at most {} MiB",
-                path.display(),
+                "the media file has {} bytes; {} files may be at most {} MiB",
                 meta.len(),
                 kind.mime,
                 kind.max_bytes / MIB
@@ -247,6 +254,11 @@ pub struct SendOptions {
     pub batch: bool,
     /// Send even to a recipient whose profile says `canDm: false`.
     pub ignore_can_dm: bool,
+    /// Send the valid lines of a batch that has invalid ones (by default an
+    /// invalid line refuses the whole batch before any request).
+    pub skip_invalid: bool,
+    /// Stop before the run spends more credits than this.
+    pub max_credits: Option<u64>,
     /// Key for signing the manifest.
     pub audit_key: Option<AuditKey>,
 }
@@ -366,12 +378,18 @@ pub struct SendReport {
     pub stopped_by: Option<String>,
     #[serde(skip)]
     stop_needs_person: bool,
+    /// Whether the batch was refused whole for invalid lines.
+    #[serde(skip)]
+    refused: bool,
 }
 
 impl SendReport {
     /// Exit status (SPEC §2): 0 all sent; 2 all refused as bad input; 3 a
     /// person must act and nothing else is left; 4 partial.
     pub fn exit_code(&self) -> u8 {
+        if self.refused {
+            return 2;
+        }
         if self.stopped_by.is_some() {
             return if self.stop_needs_person { 3 } else { 4 };
         }
@@ -398,6 +416,14 @@ impl SendReport {
 
 /// Runs the sends, in order.
 pub async fn run(options: SendOptions) -> Result<SendReport> {
+    let invalid = options
+        .lines
+        .iter()
+        .filter(|l| matches!(l, BatchLine::Invalid(_)))
+        .count();
+    if invalid > 0 && !options.skip_invalid {
+        return Ok(refuse_batch(&options, invalid));
+    }
     let stamp = RunStamp::now();
     let client = Client::new(options.api.clone())?;
     let mut store = Store::open_async(&options.out, &stamp).await?;
@@ -434,6 +460,19 @@ pub async fn run(options: SendOptions) -> Result<SendReport> {
             outcomes.push(o);
             continue;
         }
+        let spent: u64 = credits.values().sum();
+        if options
+            .max_credits
+            .is_some_and(|max| spent + max_cost(request) > max)
+        {
+            let mut o = SendOutcome::new(number, SendStatus::NotAttempted);
+            o.account = Some(request.account.to_string());
+            o.class = Some(ErrorClass::Retryable);
+            o.code = Some("max_credits".into());
+            o.error = Some("not attempted: --max-credits reached; rerun to continue".into());
+            outcomes.push(o);
+            continue;
+        }
         let outcome = send_one(&client, &mut store, request, number, &options, &mut credits).await;
         match outcome {
             Ok(o) => outcomes.push(o),
@@ -463,6 +502,7 @@ pub async fn run(options: SendOptions) -> Result<SendReport> {
         manifest: String::new(),
         stop_needs_person: stop.as_ref().is_some_and(|e| e.exit_code() == 3),
         stopped_by: stop.map(|e| e.to_string()),
+        refused: false,
     };
     let body = ManifestBody {
         command: "send",
@@ -488,6 +528,53 @@ pub async fn run(options: SendOptions) -> Result<SendReport> {
     Ok(report)
 }
 
+/// The report of a batch refused before any request because some lines
+/// are invalid: each invalid line says why, the others are not attempted.
+fn refuse_batch(options: &SendOptions, invalid: usize) -> SendReport {
+    let sends = options
+        .lines
+        .iter()
+        .enumerate()
+        .map(|(i, line)| match line {
+            BatchLine::Invalid(reason) => {
+                let mut o = SendOutcome::new(i + 1, SendStatus::Invalid);
+                o.error = Some(reason.clone());
+                o.class = Some(ErrorClass::BadInput);
+                o
+            }
+            BatchLine::Valid(r) => {
+                let mut o = SendOutcome::new(i + 1, SendStatus::NotAttempted);
+                o.account = Some(r.account.to_string());
+                o.error = Some(format!(
+                    "not attempted: {invalid} invalid lines refuse the batch (fix them, or pass --skip-invalid)"
+                ));
+                o
+            }
+        })
+        .collect();
+    SendReport {
+        run_id: String::new(),
+        out: options.out.clone(),
+        batch: options.batch,
+        sends,
+        credits: BTreeMap::new(),
+        manifest: String::new(),
+        stopped_by: None,
+        stop_needs_person: false,
+        refused: true,
+    }
+}
+
+/// The most a send can cost: the DM, an upload, a recipient lookup.
+fn max_cost(request: &SendRequest) -> u64 {
+    Endpoint::SendDm.credits(0)
+        + request
+            .media
+            .as_ref()
+            .map_or(0, |_| Endpoint::Media.credits(0))
+        + Endpoint::User.credits(0)
+}
+
 type Failed = (SendOutcome, Error);
 
 /// One send: recipient, preflight, media, DM, record. On failure the
@@ -503,46 +590,49 @@ async fn send_one(
     let mut outcome = SendOutcome::new(line, SendStatus::Failed);
     outcome.account = Some(request.account.to_string());
 
-    // The recipient's numeric ID (usernames resolved once, then remembered).
-    let (recipient_id, can_dm) = match &request.to {
-        UserRef::Id(id) => {
-            let cached = store.checkpoint().recipients.values().find(|r| &r.id == id);
-            (id.clone(), cached.and_then(|r| r.can_dm))
-        }
-        UserRef::Username(name) => {
-            let key = name.to_lowercase();
-            match store.checkpoint().recipients.get(&key) {
-                Some(r) => (r.id.clone(), r.can_dm),
-                None => {
-                    let reply = client.user(&request.to).await.map_err(|e| {
-                        let o = outcome.clone().fail(SendStatus::Failed, &e);
-                        (o, e)
-                    })?;
-                    *credits.entry(Endpoint::User).or_default() += 1;
-                    let profile = reply.value;
-                    store.checkpoint_mut().recipients.insert(
-                        key,
-                        Recipient {
-                            id: profile.id.clone(),
-                            username: profile.username.clone(),
-                            can_dm: profile.can_dm,
-                        },
-                    );
-                    (profile.id, profile.can_dm)
-                }
-            }
+    // The recipient's numeric ID: usernames are resolved once, then
+    // remembered. A remembered `canDm: false` is looked up again, since the
+    // refusal tells the person to have the recipient change it.
+    let cached = match &request.to {
+        UserRef::Id(id) => store.checkpoint().recipients.values().find(|r| &r.id == id),
+        UserRef::Username(name) => store.checkpoint().recipients.get(&name.to_lowercase()),
+    }
+    .cloned();
+    let (recipient_id, can_dm) = match (cached, &request.to) {
+        (Some(r), _) if r.can_dm != Some(false) => (r.id, r.can_dm),
+        (None, UserRef::Id(id)) => (id.clone(), None),
+        _ => {
+            let reply = client.user(&request.to).await.map_err(|e| {
+                let o = outcome.clone().fail(SendStatus::Failed, &e);
+                (o, e)
+            })?;
+            *credits.entry(Endpoint::User).or_default() += 1;
+            let profile = reply.value;
+            store.checkpoint_mut().recipients.insert(
+                profile.username.to_lowercase(),
+                Recipient {
+                    id: profile.id.clone(),
+                    username: profile.username.clone(),
+                    can_dm: profile.can_dm,
+                },
+            );
+            (profile.id, profile.can_dm)
         }
     };
     outcome.recipient_user_id = Some(recipient_id.clone());
-    let key = request.dm_key(&recipient_id);
-    outcome.idempotency_key = Some(key.as_str().to_owned());
-
-    let previous = store.checkpoint().sends.get(key.as_str()).cloned();
+    // The checkpoint knows each intended DM by its first key; the key of the
+    // current attempt may differ (see `dm_key`).
+    let base_key = request.dm_key(&recipient_id, 0);
+    let previous = store.checkpoint().sends.get(base_key.as_str()).cloned();
     if let Some(state) = &previous
         && state.status == "sent"
         && state.recorded
     {
         outcome.status = SendStatus::AlreadySent;
+        outcome.idempotency_key = state
+            .idempotency_key
+            .clone()
+            .or(Some(base_key.as_str().to_owned()));
         outcome.message_id = state.message_id.clone();
         outcome.media_id = state.media_id.clone();
         return Ok(outcome);
@@ -559,6 +649,22 @@ async fn send_one(
         recipient_user_id: recipient_id.clone(),
         ..SendState::default()
     });
+    if state.status == "failed" {
+        // The last attempt definitely did not send: try anew, with a new key
+        // and, if the media was what failed, a new upload.
+        state.attempt += 1;
+        if matches!(
+            state.error.as_deref(),
+            Some("media_download_failed" | "invalid_input")
+        ) {
+            state.media_id = None;
+            state.media_url = None;
+        }
+        state.error = None;
+    }
+    let key = request.dm_key(&recipient_id, state.attempt);
+    state.idempotency_key = Some(key.as_str().to_owned());
+    outcome.idempotency_key = Some(key.as_str().to_owned());
 
     // Media first; an upload that already succeeded is reused, not repeated.
     let media_id = match (&request.media, &state.media_id) {
@@ -609,7 +715,7 @@ async fn send_one(
             store
                 .checkpoint_mut()
                 .sends
-                .insert(key.as_str().to_owned(), state.clone());
+                .insert(base_key.as_str().to_owned(), state.clone());
             store
                 .commit()
                 .map_err(|e| (outcome.clone().fail(SendStatus::Failed, &e), e))?;
@@ -625,19 +731,40 @@ async fn send_one(
         media_ids: media_id.clone().map(|id| [id]),
     };
     outcome.endpoint = Some(Endpoint::SendDm);
-    let reply = match client.send_dm(&recipient_id, &dm, &key).await {
+    // A write an earlier run left pending is polled, not submitted again.
+    let sent = match state
+        .status_url
+        .clone()
+        .filter(|_| state.status == "pending")
+    {
+        Some(url) => client.resume_write(Endpoint::SendDm, &url).await,
+        None => client.send_dm(&recipient_id, &dm, &key).await,
+    };
+    let reply = match sent {
         Ok(reply) => reply,
         Err(e) => {
-            state.status = "failed".into();
             state.error = Some(match &e {
                 Error::Api(api) => api.code.clone(),
                 Error::WriteFailed { code, .. } => code.clone().unwrap_or_else(|| "failed".into()),
                 _ => "error".into(),
             });
+            state.status_url = None;
+            state.status = if e.write_definitely_failed() {
+                "failed".into()
+            } else if let Error::WriteFailed {
+                status_url: Some(url),
+                ..
+            } = &e
+            {
+                state.status_url = Some(url.clone());
+                "pending".into()
+            } else {
+                "retry".into()
+            };
             store
                 .checkpoint_mut()
                 .sends
-                .insert(key.as_str().to_owned(), state);
+                .insert(base_key.as_str().to_owned(), state);
             let committed = store.commit();
             let o = outcome.fail(SendStatus::Failed, &e);
             return match committed {
@@ -688,10 +815,11 @@ async fn send_one(
     state.sent_at = crate::normalize::format_micros(sent_at);
     state.recorded = true;
     state.error = None;
+    state.status_url = None;
     store
         .checkpoint_mut()
         .sends
-        .insert(key.as_str().to_owned(), state);
+        .insert(base_key.as_str().to_owned(), state);
     store
         .commit()
         .map_err(|e| (outcome.clone().fail(SendStatus::Failed, &e), e))?;
@@ -739,6 +867,9 @@ impl std::fmt::Display for SendReport {
         }
         if let Some(stop) = &self.stopped_by {
             writeln!(f, "stopped: {stop}")?;
+        }
+        if self.manifest.is_empty() {
+            return Ok(());
         }
         writeln!(f, "audit: {}", self.manifest)
     }

@@ -43,6 +43,10 @@ pub struct VerifyReport {
     pub checked: u64,
     /// Manifests whose HMAC was checked.
     pub signatures_checked: u64,
+    /// SHA-256 of the last run's manifest: the chain's head. Kept outside
+    /// the folder, it lets a later `verify --expect-head` detect that runs
+    /// were removed from the end (which the folder alone cannot show).
+    pub head: Option<String>,
     /// Everything that failed.
     pub failures: Vec<Failure>,
     /// Remarks that are not failures.
@@ -68,8 +72,9 @@ impl VerifyReport {
     }
 }
 
-/// Verifies the output folder `dir`. `key` checks manifest signatures.
-pub fn run(dir: &Path, key: Option<&AuditKey>) -> Result<VerifyReport> {
+/// Verifies the output folder `dir`. `key` checks manifest signatures;
+/// `expect_head`, a chain head recorded earlier, must still be in the chain.
+pub fn run(dir: &Path, key: Option<&AuditKey>, expect_head: Option<&str>) -> Result<VerifyReport> {
     if !dir.is_dir() {
         return Err(Error::invalid(
             "DIR",
@@ -81,10 +86,27 @@ pub fn run(dir: &Path, key: Option<&AuditKey>) -> Result<VerifyReport> {
         runs: 0,
         checked: 0,
         signatures_checked: 0,
+        head: None,
         failures: Vec::new(),
         notes: Vec::new(),
     };
+    if crate::checkpoint::DirLock::is_held(dir) {
+        report.notes.push(
+            "a run is in progress in this folder: its data is not sealed yet; verify again when it has finished".into(),
+        );
+    }
     let manifests = check_chain(dir, key, &mut report);
+    if let Some(expected) = expect_head {
+        let in_chain = audit::read_chain(dir)
+            .map(|(chain, _)| chain.iter().any(|e| e.sha256 == expected))
+            .unwrap_or(false);
+        if !in_chain {
+            report.fail(
+                audit::CHAIN,
+                format!("the expected head {expected} is not in the chain: runs were removed or replaced"),
+            );
+        }
+    }
     check_files(dir, &manifests, &mut report);
     check_sums(dir, &mut report);
     Ok(report)
@@ -113,7 +135,7 @@ fn check_chain(dir: &Path, key: Option<&AuditKey>, report: &mut VerifyReport) ->
     report.runs = chain.len() as u64;
     let mut manifests = Vec::new();
     let mut previous: Option<&ChainEntry> = None;
-    let mut unsigned = 0;
+    let (mut signed_unchecked, mut unsigned_before_signing, mut seen_signed) = (0, 0, false);
     for entry in &chain {
         let expected_seq = previous.map_or(1, |p| p.seq + 1);
         if entry.seq != expected_seq {
@@ -170,24 +192,39 @@ fn check_chain(dir: &Path, key: Option<&AuditKey>, report: &mut VerifyReport) ->
             key,
             manifest.check_signature(key.map_or(&[][..], |k| &k.0[..])),
         ) {
-            (Some(_), Ok(Some(true))) => report.signatures_checked += 1,
+            (Some(_), Ok(Some(true))) => {
+                report.signatures_checked += 1;
+                seen_signed = true;
+            }
             (Some(_), Ok(Some(false))) => report.fail(
                 &entry.manifest,
                 "HMAC does not match: changed, or signed with another key",
             ),
-            (Some(_), Ok(None)) => report.fail(&entry.manifest, "not signed, but a key was given"),
-            (None, Ok(Some(_))) => unsigned += 1,
+            // Runs from before signing was switched on are unsigned; an
+            // unsigned run after a signed one is a downgrade.
+            (Some(_), Ok(None)) if seen_signed => report.fail(
+                &entry.manifest,
+                "not signed, though an earlier run was: replaced or inserted without the key",
+            ),
+            (Some(_), Ok(None)) => unsigned_before_signing += 1,
+            (None, Ok(Some(_))) => signed_unchecked += 1,
             (_, Err(e)) => report.fail(&entry.manifest, e.to_string()),
             (None, Ok(None)) => {}
         }
         manifests.push(manifest);
     }
-    if unsigned > 0 {
+    if signed_unchecked > 0 {
         report.notes.push(format!(
-            "{unsigned} manifests are signed; set {} to check their HMAC",
+            "{signed_unchecked} manifests are signed; set {} to check their HMAC",
             audit::AUDIT_KEY_ENV
         ));
     }
+    if unsigned_before_signing > 0 {
+        report.notes.push(format!(
+            "{unsigned_before_signing} runs from before signing was switched on are unsigned"
+        ));
+    }
+    report.head = chain.last().map(|e| e.sha256.clone());
     match Checkpoint::load(dir) {
         Ok(c) => {
             let last = chain.last();
@@ -374,6 +411,9 @@ impl std::fmt::Display for VerifyReport {
             for failure in &self.failures {
                 writeln!(f, "  {}: {}", failure.path, failure.reason)?;
             }
+        }
+        if let Some(head) = &self.head {
+            writeln!(f, "  chain head: {head}")?;
         }
         if self.signatures_checked > 0 {
             writeln!(

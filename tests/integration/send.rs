@@ -33,6 +33,8 @@ fn options(server: &MockServer, out: &Path, requests: Vec<SendRequest>) -> SendO
         lines: requests.into_iter().map(BatchLine::Valid).collect(),
         batch: false,
         ignore_can_dm: false,
+        skip_invalid: false,
+        max_credits: None,
         audit_key: None,
     }
 }
@@ -127,7 +129,7 @@ async fn a_text_send_and_a_media_send_write_the_right_records() {
     assert_eq!(media_state["recorded"], true);
 
     // Parquet sends table and the audit trail verify.
-    let report = verify::run(&out, None).unwrap();
+    let report = verify::run(&out, None, None).unwrap();
     assert!(report.ok(), "{report}");
     let parquet = std::fs::read_dir(out.join("parquet/sends"))
         .unwrap()
@@ -488,7 +490,7 @@ async fn a_crash_after_the_api_accepted_does_not_send_twice() {
     assert_eq!(records.len(), 1);
     assert_eq!(records[0]["message_id"], sent[0].message_id.as_str());
     assert_eq!(calls(&server, "POST /x/dm/{userId}"), 2);
-    assert!(verify::run(dir.path(), None).unwrap().ok());
+    assert!(verify::run(dir.path(), None, None).unwrap().ok());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -509,24 +511,50 @@ async fn a_batch_with_good_and_bad_lines_reports_each_line() {
     text.push_str("{not json\n");
     std::fs::write(&batch, text).unwrap();
     let (base_url, out) = (server.base_url(), dir.path().join("out"));
-    let output = tokio::task::spawn_blocking(move || {
+    let run_batch = move |extra: &'static [&'static str]| {
         bin()
-            .args([
-                "--base-url",
-                &base_url,
-                "send",
-                "--account",
-                ACCOUNT,
-                "--batch",
-            ])
+            .args(["--base-url", &base_url, "send", "--account", ACCOUNT])
+            .args(extra)
+            .arg("--batch")
             .arg(&batch)
             .arg("--out")
             .arg(&out)
             .output()
             .unwrap()
-    })
-    .await
-    .unwrap();
+    };
+    let run_again = run_batch.clone();
+    // By default an invalid line refuses the whole batch: nothing is sent.
+    let refused = tokio::task::spawn_blocking(move || run_batch(&[]))
+        .await
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(2));
+    let statuses: Vec<String> = String::from_utf8(refused.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["status"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            "not_attempted",
+            "invalid",
+            "not_attempted",
+            "invalid",
+            "not_attempted",
+            "invalid",
+            "invalid"
+        ]
+    );
+    assert_eq!(server.ledger().calls_by_endpoint.values().sum::<u64>(), 0);
+    // With --skip-invalid the valid lines go out.
+    let output = tokio::task::spawn_blocking(move || run_again(&["--skip-invalid"]))
+        .await
+        .unwrap();
     assert_eq!(
         output.status.code(),
         Some(4),
@@ -587,4 +615,122 @@ async fn an_unconnected_account_skips_its_own_lines_only() {
     assert_eq!(report.sends[0].code.as_deref(), Some("account_not_found"));
     assert_eq!(report.exit_code(), 4);
     assert_eq!(calls(&server, "POST /x/dm/{userId}"), 2);
+}
+
+#[tokio::test]
+async fn a_rerun_after_a_definite_failure_tries_again_with_a_new_key() {
+    let mut config = dm_world();
+    config.credit_limit = Some(5);
+    let server = MockServer::start(config).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let opts = options(
+        &server,
+        dir.path(),
+        vec![request(&user_id(1), "after top-up", None)],
+    );
+    let first = send::run(opts.clone()).await.unwrap();
+    assert_eq!(first.exit_code(), 3);
+    assert_eq!(first.sends[0].code.as_deref(), Some("insufficient_credits"));
+    // The person tops up; the rerun sends, under a new key (the old one
+    // would only replay the refusal), exactly once.
+    server.set_credit_limit(None);
+    let second = send::run(opts.clone()).await.unwrap();
+    assert_eq!(second.exit_code(), 0, "{second}");
+    assert_ne!(
+        second.sends[0].idempotency_key,
+        first.sends[0].idempotency_key
+    );
+    assert_eq!(server.sent().len(), 1);
+    let third = send::run(opts).await.unwrap();
+    assert_eq!(third.sends[0].status, SendStatus::AlreadySent);
+    assert_eq!(server.sent().len(), 1);
+    assert_eq!(send_records(dir.path()).len(), 1);
+}
+
+#[tokio::test]
+async fn a_write_pending_at_the_deadline_is_partial_and_picked_up_by_polling() {
+    let mut config = dm_world();
+    config.write_mode = WriteMode::Accepted { polls: 12 };
+    config.faults.retry_after_ms = 1;
+    let server = MockServer::start(config).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = options(
+        &server,
+        dir.path(),
+        vec![request(&user_id(1), "slow to confirm", None)],
+    );
+    opts.api.retry.max_elapsed = Duration::from_millis(200);
+    let first = send::run(opts.clone()).await.unwrap();
+    assert_eq!(first.sends[0].code.as_deref(), Some("poll_deadline"));
+    assert_eq!(first.exit_code(), 4, "{first}");
+    assert!(send_records(dir.path()).is_empty());
+    opts.api.retry.max_elapsed = Duration::from_secs(30);
+    let second = send::run(opts).await.unwrap();
+    assert_eq!(second.exit_code(), 0, "{second}");
+    // Never submitted twice: the rerun polled the pending action.
+    assert_eq!(calls(&server, "POST /x/dm/{userId}"), 1);
+    assert_eq!(server.sent().len(), 1);
+    assert_eq!(send_records(dir.path()).len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn usage_and_validation_errors_never_echo_a_message() {
+    let server = MockServer::start(dm_world()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let batch = dir.path().join("batch.jsonl");
+    // Shifted fields: the text ended up where the recipient and media go.
+    std::fs::write(
+        &batch,
+        "{\"to\": \"Your PIN is 4411\", \"text\": \"x\"}\n{\"to\": \"7\", \"text\": \"y\", \"media\": \"Your PIN is 4411\"}\n",
+    )
+    .unwrap();
+    let (base_url, out) = (server.base_url(), dir.path().join("out"));
+    let outputs = tokio::task::spawn_blocking(move || {
+        [
+            bin()
+                .args([
+                    "--base-url",
+                    &base_url,
+                    "send",
+                    "--account",
+                    ACCOUNT,
+                    "--to",
+                    "7",
+                ])
+                .args(["--text", "Your", "PIN", "is", "4411", "--out"])
+                .arg(&out)
+                .output()
+                .unwrap(),
+            bin()
+                .args([
+                    "--base-url",
+                    &base_url,
+                    "send",
+                    "--account",
+                    ACCOUNT,
+                    "--skip-invalid",
+                    "--batch",
+                ])
+                .arg(&batch)
+                .arg("--out")
+                .arg(&out)
+                .output()
+                .unwrap(),
+        ]
+    })
+    .await
+    .unwrap();
+    assert_eq!(outputs[0].status.code(), Some(2));
+    for o in &outputs {
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(!text.contains("PIN") && !text.contains("4411"), "{text}");
+    }
+    for rel in crate::files_under(&dir.path().join("out"), "audit") {
+        let text = std::fs::read_to_string(dir.path().join("out").join(&rel)).unwrap();
+        assert!(!text.contains("PIN"), "{rel}");
+    }
 }

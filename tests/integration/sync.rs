@@ -548,7 +548,11 @@ async fn a_full_disk_stops_with_a_clear_error_and_the_rerun_completes() {
     assert_eq!(report.exit_code(), 0, "{report}");
     assert_ground_truth(&out, &server, &users);
     assert_parquet_equals_jsonl(&out);
-    assert!(xquik_dm::commands::verify::run(&out, None).unwrap().ok());
+    assert!(
+        xquik_dm::commands::verify::run(&out, None, None)
+            .unwrap()
+            .ok()
+    );
 }
 
 #[tokio::test]

@@ -50,7 +50,7 @@ fn assert_caught(base: &Path, what: &str, expect_path: &str, tamper: impl FnOnce
     let copy = tempfile::tempdir().unwrap();
     copy_dir(base, copy.path());
     tamper(copy.path());
-    let report = verify::run(copy.path(), None).unwrap();
+    let report = verify::run(copy.path(), None, None).unwrap();
     assert_eq!(report.exit_code(), 5, "{what}: not caught");
     // Caught by the manifests and the chain themselves, not only by
     // SHA256SUMS (which whoever tampers could rewrite as well).
@@ -74,7 +74,7 @@ fn flip(path: &Path, at: f64) {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_untouched_folder_verifies_also_with_sha256sum() {
     let (dir, _server) = two_runs(None).await;
-    let report = verify::run(dir.path(), None).unwrap();
+    let report = verify::run(dir.path(), None, None).unwrap();
     assert!(report.ok(), "{report}");
     assert_eq!(report.runs, 2);
     let out = Command::new("sha256sum")
@@ -172,10 +172,10 @@ async fn every_kind_of_tampering_is_caught_and_named() {
 async fn signed_manifests_verify_with_the_key_and_a_mismatch_is_caught() {
     let key = b"audit-key-for-tests";
     let (dir, _server) = two_runs(Some(key)).await;
-    let good = verify::run(dir.path(), Some(&AuditKey(key.to_vec()))).unwrap();
+    let good = verify::run(dir.path(), Some(&AuditKey(key.to_vec())), None).unwrap();
     assert!(good.ok(), "{good}");
     assert_eq!(good.signatures_checked, 2);
-    let without = verify::run(dir.path(), None).unwrap();
+    let without = verify::run(dir.path(), None, None).unwrap();
     assert!(without.ok());
     assert!(
         without
@@ -184,7 +184,7 @@ async fn signed_manifests_verify_with_the_key_and_a_mismatch_is_caught() {
             .any(|n| n.contains("XQUIK_DM_AUDIT_KEY")),
         "{without}"
     );
-    let wrong = verify::run(dir.path(), Some(&AuditKey(b"another key".to_vec()))).unwrap();
+    let wrong = verify::run(dir.path(), Some(&AuditKey(b"another key".to_vec())), None).unwrap();
     assert_eq!(wrong.exit_code(), 5);
     assert!(
         wrong.failures.iter().all(|f| f.reason.contains("HMAC")),
@@ -262,7 +262,7 @@ async fn temporaries_of_a_killed_run_neither_fail_verify_nor_stay() {
     for stray in strays {
         std::fs::write(dir.path().join(stray), b"half written").unwrap();
     }
-    let report = verify::run(dir.path(), None).unwrap();
+    let report = verify::run(dir.path(), None, None).unwrap();
     assert!(report.ok(), "{report}");
     let rerun = sync::run(sync_options(&server, dir.path(), &users(3)))
         .await
@@ -271,7 +271,7 @@ async fn temporaries_of_a_killed_run_neither_fail_verify_nor_stay() {
     for stray in strays {
         assert!(!dir.path().join(stray).exists(), "{stray} was left behind");
     }
-    assert!(verify::run(dir.path(), None).unwrap().ok());
+    assert!(verify::run(dir.path(), None, None).unwrap().ok());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -291,5 +291,45 @@ async fn a_run_refuses_to_build_on_a_truncated_chain() {
     assert_eq!(err.exit_code(), 3);
     // Nothing was deleted: the second run's manifest is still there.
     assert_eq!(files(dir.path(), "audit/runs", ".manifest.json").len(), 2);
-    assert_eq!(verify::run(dir.path(), None).unwrap().exit_code(), 5);
+    assert_eq!(verify::run(dir.path(), None, None).unwrap().exit_code(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn switching_signing_on_later_keeps_an_honest_folder_valid() {
+    let (dir, server) = two_runs(None).await;
+    let key = AuditKey(b"turned on later".to_vec());
+    let mut options = sync_options(&server, dir.path(), &users(3));
+    options.audit_key = Some(key.clone());
+    sync::run(options).await.unwrap();
+    let report = verify::run(dir.path(), Some(&key), None).unwrap();
+    assert!(report.ok(), "{report}");
+    assert_eq!(report.signatures_checked, 1);
+    assert!(
+        report
+            .notes
+            .iter()
+            .any(|n| n.contains("2 runs from before signing")),
+        "{report}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_recorded_head_detects_the_last_run_being_rolled_back() {
+    let (dir, server) = two_runs(None).await;
+    // A copy of the folder before the third run: what rolling back restores.
+    let before = tempfile::tempdir().unwrap();
+    copy_dir(dir.path(), before.path());
+    sync::run(sync_options(&server, dir.path(), &users(3)))
+        .await
+        .unwrap();
+    let head = verify::run(dir.path(), None, None).unwrap().head.unwrap();
+    assert!(verify::run(dir.path(), None, Some(&head)).unwrap().ok());
+    let rolled_back = verify::run(before.path(), None, Some(&head)).unwrap();
+    assert_eq!(rolled_back.exit_code(), 5);
+    assert!(
+        rolled_back
+            .failures
+            .iter()
+            .any(|f| f.reason.contains("expected head"))
+    );
 }
