@@ -34,7 +34,8 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 use crate::sinks::{
-    WrittenFile, create_private_dir, fsync_dir, open_private, sha256_hex, write_atomic,
+    WrittenFile, create_private_dir, fsync_dir, open_private, publish, sha256_hex, write_atomic,
+    write_new,
 };
 
 /// Folder of the manifests and rows files.
@@ -214,6 +215,12 @@ impl AuditLog {
         self.file
             .write_all(&self.line)
             .map_err(|e| Error::io(&self.tmp, e))?;
+        if self.merkle.is_none() {
+            // A page log line goes to the file at once: if the run is
+            // killed, the next run finds every request it made and seals
+            // them (see [`repair`]). A rows file is rebuilt from the JSONL.
+            self.file.flush().map_err(|e| Error::io(&self.tmp, e))?;
+        }
         self.hasher.update(&self.line);
         self.bytes += self.line.len() as u64;
         self.lines += 1;
@@ -245,10 +252,7 @@ impl AuditLog {
             .map_err(|e| Error::io(&self.tmp, e.into_error()))?;
         file.sync_all().map_err(|e| Error::io(&self.tmp, e))?;
         drop(file);
-        fs::rename(&self.tmp, &self.target).map_err(|e| Error::io(&self.target, e))?;
-        if let Some(dir) = self.target.parent() {
-            fsync_dir(dir)?;
-        }
+        publish(&self.tmp, &self.target)?;
         Ok(LogInfo {
             path: self.rel,
             sha256: hex::encode(self.hasher.finalize()),
@@ -323,6 +327,9 @@ pub struct Manifest {
     pub audit_rows: LogInfo,
     /// Cumulative coverage after this run.
     pub coverage: Coverage,
+    /// Page logs of runs killed before sealing, taken over by this run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recovered: Vec<RecoveredLog>,
     /// HMAC, when a key was set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature: Option<Signature>,
@@ -436,7 +443,7 @@ pub fn append_run(
     create_private_dir(&out.join(RUNS_DIR))?;
     let mut bytes = serde_json::to_vec_pretty(manifest).map_err(|e| Error::io(&rel, e.into()))?;
     bytes.push(b'\n');
-    write_atomic(&out.join(&rel), &bytes)?;
+    write_new(&out.join(&rel), &bytes)?;
     let entry = ChainEntry {
         seq: previous.map_or(1, |p| p.seq + 1),
         run_id: manifest.run_id.clone(),
@@ -455,10 +462,46 @@ pub fn append_run(
     Ok(entry)
 }
 
-/// Cuts a torn last chain line and removes manifests and rows files that the
-/// chain does not reference (a run killed while sealing). Returns the
-/// chain and the relative paths removed.
-pub fn repair(out: &Path) -> Result<(Vec<ChainEntry>, Vec<String>)> {
+/// A page log that a run killed before sealing left behind, taken into a
+/// later run's manifest so that the pages it fetched and the credits they
+/// cost are accounted for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecoveredLog {
+    /// The run that made the requests and never sealed.
+    pub run_id: String,
+    /// The log, renamed `<sealing run>.recovered.<run_id>.pages.jsonl`.
+    pub log: LogInfo,
+    /// Credits its requests spent, by endpoint.
+    pub credits: BTreeMap<String, u64>,
+}
+
+/// What [`repair`] found.
+#[derive(Debug, Default)]
+pub struct AuditRepair {
+    /// The chain, its torn line cut.
+    pub chain: Vec<ChainEntry>,
+    /// Relative paths removed (files of runs the chain does not hold).
+    pub removed: Vec<String>,
+    /// Page logs of killed runs, now named after `run_id`.
+    pub recovered: Vec<RecoveredLog>,
+}
+
+/// The run a file under `audit/runs/` belongs to (its name up to the first
+/// dot, a temporary file's leading dot aside), and whether it is a page log.
+fn audit_file_owner(name: &str) -> (&str, bool) {
+    let bare = name.strip_prefix('.').unwrap_or(name);
+    let bare = bare.strip_suffix(".tmp").unwrap_or(bare);
+    let owner = bare.split('.').next().unwrap_or_default();
+    (owner, bare.ends_with(LogKind::Pages.suffix()))
+}
+
+/// Cuts a torn last chain line, and cleans `audit/runs/` of what runs the
+/// chain does not hold (killed while running or sealing) left there: their
+/// page logs are kept, renamed after `run_id` (the run now opening) and
+/// returned for its manifest; their manifests, rows files (rebuilt from the
+/// JSONL) and temporary files are removed. Only files named like a run's
+/// files are touched.
+pub fn repair(out: &Path, run_id: &str) -> Result<AuditRepair> {
     let (chain, torn_at) = read_chain(out)?;
     if let Some(len) = torn_at {
         let path = out.join(CHAIN);
@@ -470,28 +513,127 @@ pub fn repair(out: &Path) -> Result<(Vec<ChainEntry>, Vec<String>)> {
             .and_then(|()| file.sync_all())
             .map_err(|e| Error::io(&path, e))?;
     }
-    let mut removed = Vec::new();
+    let mut repair = AuditRepair::default();
     let dir = out.join(RUNS_DIR);
     if dir.exists() {
-        let known: Vec<&str> = chain.iter().map(|e| e.run_id.as_str()).collect();
+        let known: std::collections::HashSet<&str> =
+            chain.iter().map(|e| e.run_id.as_str()).collect();
+        let mut names = Vec::new();
         for entry in fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))? {
             let entry = entry.map_err(|e| Error::io(&dir, e))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let run = name
-                .strip_suffix(".manifest.json")
-                .or_else(|| name.strip_suffix(LogKind::Rows.suffix()))
-                .or_else(|| name.strip_suffix(LogKind::Pages.suffix()));
-            let orphan = match run {
-                Some(run) => !known.contains(&run),
-                None => crate::sinks::is_temporary(&name),
-            };
-            if orphan {
-                fs::remove_file(entry.path()).map_err(|e| Error::io(entry.path(), e))?;
-                removed.push(format!("{RUNS_DIR}/{name}"));
+            if entry.file_type().is_ok_and(|t| t.is_file()) {
+                names.push(entry.file_name().to_string_lossy().into_owned());
+            }
+        }
+        names.sort();
+        for name in names {
+            let (owner, page_log) = audit_file_owner(&name);
+            let ours = name.ends_with(".json")
+                || name.ends_with(".jsonl")
+                || crate::sinks::is_temporary(&name);
+            if known.contains(owner) || !ours {
+                continue;
+            }
+            let path = dir.join(&name);
+            if page_log && let Some(log) = recover_page_log(out, &path, run_id)? {
+                repair.recovered.push(log);
+                continue;
+            }
+            fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+            repair.removed.push(format!("{RUNS_DIR}/{name}"));
+        }
+    }
+    repair.chain = chain;
+    Ok(repair)
+}
+
+/// Renames the page log `path` of a killed run to a name of the run
+/// `run_id`, cut to its last complete line, and accounts for its credits.
+/// `None` when it holds no complete line (the caller removes it).
+fn recover_page_log(out: &Path, path: &Path, run_id: &str) -> Result<Option<RecoveredLog>> {
+    let bytes = fs::read(path).map_err(|e| Error::io(path, e))?;
+    let good = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    // A log recovered before (by a run that was killed in turn) keeps the
+    // name of the run that made its requests.
+    let (owner, _) = audit_file_owner(&name);
+    let origin = name
+        .split_once(".recovered.")
+        .map_or(owner, |(_, rest)| rest.split('.').next().unwrap_or(owner))
+        .to_owned();
+    if good == 0 {
+        return Ok(None);
+    }
+    let mut credits: BTreeMap<String, u64> = BTreeMap::new();
+    let mut rows = 0u64;
+    for line in bytes[..good]
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+    {
+        rows += 1;
+        // A line that does not parse still counts as a request; it just
+        // adds no credits it cannot name.
+        if let Ok(request) = serde_json::from_slice::<RequestCost>(line) {
+            let spent = request.credits();
+            if spent > 0 {
+                *credits.entry(request.endpoint).or_default() += spent;
             }
         }
     }
-    Ok((chain, removed))
+    let file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io(path, e))?;
+    file.set_len(good as u64)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| Error::io(path, e))?;
+    drop(file);
+    let rel = format!(
+        "{RUNS_DIR}/{run_id}.recovered.{origin}{}",
+        LogKind::Pages.suffix()
+    );
+    publish(path, &out.join(&rel))?;
+    Ok(Some(RecoveredLog {
+        run_id: origin,
+        log: LogInfo {
+            path: rel,
+            sha256: sha256_hex(&bytes[..good]),
+            bytes: good as u64,
+            rows,
+            merkle_root: None,
+        },
+        credits,
+    }))
+}
+
+/// What a page-log line says a request cost: an explicit `credits`, or for
+/// a history page served with 2xx, one credit per message returned.
+#[derive(Deserialize)]
+struct RequestCost {
+    endpoint: String,
+    #[serde(default)]
+    status: u16,
+    #[serde(default)]
+    messages_count: u64,
+    #[serde(default)]
+    credits: Option<u64>,
+}
+
+impl RequestCost {
+    fn credits(&self) -> u64 {
+        match self.credits {
+            Some(c) => c,
+            None if (200..300).contains(&self.status)
+                && self.endpoint == crate::api::Endpoint::History.as_str() =>
+            {
+                self.messages_count
+            }
+            None => 0,
+        }
+    }
 }
 
 /// Reads a manifest file.
@@ -646,6 +788,7 @@ mod tests {
                 merkle_root: None,
             },
             coverage: Coverage::default(),
+            recovered: Vec::new(),
             signature: None,
         }
     }
@@ -679,7 +822,23 @@ mod tests {
             .set_len(len - 5)
             .unwrap();
         fs::write(out.join(RUNS_DIR).join("r3.rows.jsonl"), b"").unwrap();
-        let (entries, removed) = repair(out).unwrap();
+        // r3 was killed while fetching: two pages logged, a third torn.
+        let page = |n: u64| {
+            format!(
+                "{{\"endpoint\":\"GET /x/dm/{{userId}}/history\",\"status\":200,\"messages_count\":{n}}}\n"
+            )
+        };
+        let lookup = "{\"endpoint\":\"GET /x/users/{id}\",\"status\":200,\"credits\":1}\n";
+        let logged = format!("{}{}{lookup}", page(100), page(7));
+        fs::write(
+            out.join(RUNS_DIR).join(".r3.pages.jsonl.tmp"),
+            format!("{logged}{{\"endpoint\":\"GET /x/d"),
+        )
+        .unwrap();
+        // A user's own file is not the tool's to remove.
+        fs::write(out.join(RUNS_DIR).join("notes.txt"), b"mine").unwrap();
+        let repaired = repair(out, "r4").unwrap();
+        let (entries, removed) = (repaired.chain, repaired.removed);
         assert_eq!(entries, vec![first]);
         assert_eq!(
             removed
@@ -688,6 +847,33 @@ mod tests {
                 .collect::<std::collections::BTreeSet<_>>(),
             ["audit/runs/r2.manifest.json", "audit/runs/r3.rows.jsonl"].into()
         );
+        assert!(out.join(RUNS_DIR).join("notes.txt").exists());
+        let [recovered] = repaired.recovered.as_slice() else {
+            panic!("{:?}", repaired.recovered)
+        };
+        assert_eq!(recovered.run_id, "r3");
+        assert_eq!(recovered.log.path, "audit/runs/r4.recovered.r3.pages.jsonl");
+        assert_eq!(recovered.log.rows, 3);
+        assert_eq!(recovered.log.sha256, sha256_hex(logged.as_bytes()));
+        assert_eq!(
+            fs::read_to_string(out.join(&recovered.log.path)).unwrap(),
+            logged
+        );
+        assert_eq!(
+            recovered.credits,
+            BTreeMap::from([
+                ("GET /x/dm/{userId}/history".to_owned(), 107),
+                ("GET /x/users/{id}".to_owned(), 1)
+            ])
+        );
+        // r4 is killed in turn: r5 takes the log over, still naming r3.
+        let again = repair(out, "r5").unwrap();
+        assert_eq!(again.recovered[0].run_id, "r3");
+        assert_eq!(
+            again.recovered[0].log.path,
+            "audit/runs/r5.recovered.r3.pages.jsonl"
+        );
+        assert_eq!(again.recovered[0].credits, recovered.credits);
         assert_eq!(read_chain(out).unwrap(), (entries, None));
     }
 }

@@ -229,17 +229,25 @@ impl Checkpoint {
         out.join(STATE_DIR).join(FILE_NAME)
     }
 
+    /// The checkpoint of a folder with nothing committed yet.
+    pub fn empty() -> Checkpoint {
+        Checkpoint {
+            version: FORMAT_VERSION,
+            ..Checkpoint::default()
+        }
+    }
+
+    /// Whether `out` has a checkpoint.
+    pub fn exists(out: &Path) -> bool {
+        Self::path(out).exists()
+    }
+
     /// Loads the checkpoint of `out`; a folder without one starts empty.
     pub fn load(out: &Path) -> Result<Checkpoint> {
         let path = Self::path(out);
         let bytes = match std::fs::read(&path) {
             Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(Checkpoint {
-                    version: FORMAT_VERSION,
-                    ..Checkpoint::default()
-                });
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Checkpoint::empty()),
             Err(e) => return Err(Error::io(&path, e)),
         };
         let checkpoint: Checkpoint =

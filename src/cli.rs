@@ -155,6 +155,22 @@ pub enum CommandArgs {
         #[arg(long, value_name = "SHA256")]
         expect_head: Option<String>,
     },
+    /// Rebuild a lost state/checkpoint.json from the folder's JSONL and audit trail.
+    ///
+    /// For a folder whose state/ was removed: sync and send refuse to run there
+    /// (they would start over and overwrite the data). The JSONL holds every
+    /// committed record, so the rebuilt checkpoint lets the job continue without
+    /// refetching. Nothing is deleted: Parquet files no manifest lists are moved
+    /// to recovered/. Exit status: 0 rebuilt, 2 nothing to rebuild or a
+    /// checkpoint exists, 3 a damaged file (named).
+    Rebuild {
+        /// The output folder of sync/send.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a user's profile (id, username, name, canDm) as JSON. 1 credit.
     Lookup {
         /// Numeric user ID or @username.
@@ -285,6 +301,13 @@ pub enum Command {
         key: Option<AuditKey>,
         /// Chain head that must still be in the chain.
         expect_head: Option<String>,
+        /// Report as JSON.
+        json: bool,
+    },
+    /// `rebuild`.
+    Rebuild {
+        /// The folder.
+        out: PathBuf,
         /// Report as JSON.
         json: bool,
     },
@@ -550,6 +573,7 @@ impl Args {
                 concurrency,
             },
             CommandArgs::Demo { out } => Command::Demo { out },
+            CommandArgs::Rebuild { out, json } => Command::Rebuild { out, json },
             CommandArgs::Verify {
                 dir,
                 json,

@@ -41,7 +41,8 @@ pub struct Block {
 }
 
 impl Block {
-    fn widen(block: &mut Option<Block>, id: &str) {
+    /// Widens `block` (or starts it) to hold `id`.
+    pub fn widen(block: &mut Option<Block>, id: &str) {
         match block {
             None => {
                 *block = Some(Block {

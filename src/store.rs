@@ -27,6 +27,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::api::Endpoint;
+use crate::api::client::Reply;
 use crate::audit::{self, AuditLog, ChainEntry, Coverage, LogInfo, LogKind, Manifest};
 use crate::checkpoint::{self, AuditPointer, Checkpoint, Conversation, DirLock};
 use crate::error::{Error, Result};
@@ -55,7 +56,8 @@ pub struct Repair {
 /// What a run is called and when it started.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunStamp {
-    /// `YYYYMMDDTHHMMSSZ-xxxx`: sortable by start time, unique per folder.
+    /// `YYYYMMDDTHHMMSSZ-<16 hex digits>`: sortable by start time, unique
+    /// per folder.
     pub run_id: String,
     /// The UTC date, for Parquet partition folders.
     pub date: String,
@@ -64,13 +66,27 @@ pub struct RunStamp {
 }
 
 impl RunStamp {
-    /// A stamp for a run starting now.
+    /// A stamp for a run starting now. The run ID is the second it started
+    /// and 64 random bits; [`Store::open`] also checks that it is unused.
     pub fn now() -> RunStamp {
         let now = chrono::Utc::now();
         RunStamp {
-            run_id: format!("{}-{:04x}", now.format("%Y%m%dT%H%M%SZ"), fastrand::u16(..)),
+            run_id: format!(
+                "{}-{:016x}",
+                now.format("%Y%m%dT%H%M%SZ"),
+                fastrand::u64(..)
+            ),
             date: now.format("%Y-%m-%d").to_string(),
             started_at: now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        }
+    }
+
+    /// The same stamp with a new random part.
+    fn with_new_suffix(&self) -> RunStamp {
+        let second = self.run_id.split('-').next().unwrap_or_default();
+        RunStamp {
+            run_id: format!("{second}-{:016x}", fastrand::u64(..)),
+            ..self.clone()
         }
     }
 }
@@ -120,6 +136,8 @@ pub struct Store {
     sends: ParquetSink<SendColumns>,
     rows: AuditLog,
     pages: AuditLog,
+    /// Page logs of killed runs, sealed into this run's manifest.
+    recovered: Vec<audit::RecoveredLog>,
     /// History and send rows appended since the last commit.
     uncommitted_history: u64,
     uncommitted_sends: u64,
@@ -139,20 +157,28 @@ impl Store {
     /// Opens (creating if needed) and repairs the output folder `out` for
     /// the run `stamp`.
     pub fn open(out: &Path, stamp: &RunStamp) -> Result<Store> {
-        let (date, run_id) = (stamp.date.as_str(), stamp.run_id.as_str());
         let lock = create_private_dir(out)
             .and_then(|()| DirLock::acquire(out))
             .map_err(|e| unusable_folder(out, e))?;
+        let found = Checkpoint::exists(out);
         let mut checkpoint = Checkpoint::load(out)?;
-        let mut temporaries_removed = remove_temporaries(out)?;
-        temporaries_removed.extend(remove_temporaries(&out.join(checkpoint::STATE_DIR))?);
+        let mut temporaries_removed = remove_temporaries(out, &[jsonl::FILE_NAME, audit::SUMS])?;
+        temporaries_removed.extend(remove_temporaries(
+            &out.join(checkpoint::STATE_DIR),
+            &[checkpoint::FILE_NAME],
+        )?);
+        let (chain, _) = audit::read_chain(out)?;
+        if !found {
+            refuse_data_without_checkpoint(out, &chain)?;
+            // From now on a missing checkpoint means it was removed.
+            checkpoint.save(out)?;
+        }
         // The chain is the durable record of sealed runs: a run killed after
         // appending to it but before its checkpoint is believed from it. It
         // may be one run ahead of the checkpoint, never behind: a chain that
         // lost runs the checkpoint knows of was truncated or replaced, and
         // repairing or building on it would bury that. Checked before the
         // repair, which removes manifests the chain does not name.
-        let (chain, _) = audit::read_chain(out)?;
         let known = checkpoint.audit.last_digest.as_deref();
         if chain.len() < checkpoint.audit.runs as usize
             || known.is_some_and(|d| !chain.iter().any(|e| e.sha256 == d))
@@ -166,7 +192,13 @@ impl Store {
                 ),
             });
         }
-        let (chain, audit_removed) = audit::repair(out)?;
+        let stamp = unused_stamp(out, &chain, stamp);
+        let (date, run_id) = (stamp.date.as_str(), stamp.run_id.as_str());
+        let audit::AuditRepair {
+            chain,
+            removed: audit_removed,
+            recovered,
+        } = audit::repair(out, run_id)?;
         checkpoint.audit = pointer_from_chain(out, &chain)?;
         let coverage = checkpoint.audit.coverage;
         let (jsonl, cut) = JsonlSink::open(
@@ -193,6 +225,7 @@ impl Store {
             sends: ParquetSink::new(out, date, run_id),
             rows: AuditLog::create(out, run_id, LogKind::Rows)?,
             pages: AuditLog::create(out, run_id, LogKind::Pages)?,
+            recovered,
             uncommitted_history: 0,
             uncommitted_sends: 0,
             uncommitted_bytes: 0,
@@ -336,6 +369,46 @@ impl Store {
         self.pages.push(record)
     }
 
+    /// Adds a paid request other than a history page (a lookup, an upload,
+    /// a DM) to the run's page log, so that its credits are accounted for
+    /// even if the run is killed before it seals.
+    pub fn log_request<T>(
+        &mut self,
+        endpoint: Endpoint,
+        target: &str,
+        result: &Result<Reply<T>>,
+    ) -> Result<()> {
+        #[derive(Serialize)]
+        struct RequestRecord<'a> {
+            endpoint: Endpoint,
+            target: &'a str,
+            status: u16,
+            attempts: u32,
+            credits: u64,
+        }
+        fn failed(e: &Error) -> (u16, u32) {
+            match e {
+                Error::Api(api) => (api.status, 1),
+                Error::RetriesExhausted { attempts, last, .. } => (failed(last).0, *attempts),
+                _ => (0, 1),
+            }
+        }
+        let (status, attempts, credits) = match result {
+            Ok(reply) => (reply.meta.status, reply.meta.attempts, endpoint.credits(0)),
+            Err(e) => {
+                let (status, attempts) = failed(e);
+                (status, attempts, 0)
+            }
+        };
+        self.pages.push(&RequestRecord {
+            endpoint,
+            target,
+            status,
+            attempts,
+            credits,
+        })
+    }
+
     /// Records a conversation's state; it takes effect at the next commit,
     /// together with the records appended before this call.
     pub fn set_conversation(&mut self, key: String, state: Conversation) {
@@ -427,6 +500,7 @@ impl Store {
             audit_rows: audit_rows.clone(),
             page_log: page_log.clone(),
             coverage,
+            recovered: self.recovered.clone(),
             signature: None,
         };
         if let Some(key) = &body.signing_key {
@@ -442,11 +516,13 @@ impl Store {
         };
         self.checkpoint.save(&self.out)?;
         let jsonl_digest = self.jsonl.file_digest();
+        let mut logs = vec![&audit_rows, &page_log];
+        logs.extend(self.recovered.iter().map(|r| &r.log));
         write_sums(
             &self.out,
             &self.checkpoint,
             &self.chain,
-            &[&audit_rows, &page_log],
+            &logs,
             &jsonl_digest,
         )?;
         Ok(Sealed {
@@ -514,8 +590,17 @@ fn write_sums(
             ));
         }
     }
+    // Audit files are immutable: those listed before (page logs of killed
+    // runs, recovered by an earlier run) stay listed.
+    files.extend(
+        known
+            .keys()
+            .filter(|p| p.starts_with(audit::RUNS_DIR))
+            .cloned(),
+    );
     for log in logs {
         known.insert(log.path.clone(), log.sha256.clone());
+        files.push(log.path.clone());
     }
     known.insert(jsonl::FILE_NAME.to_owned(), jsonl_digest.to_owned());
     if !out.join(jsonl::FILE_NAME).exists() {
@@ -545,6 +630,50 @@ fn unusable_folder(out: &Path, e: Error) -> Error {
         }
         other => other,
     }
+}
+
+/// A checkpoint that is missing while the folder holds records, Parquet
+/// files or sealed runs was removed (an operator "resetting" the job):
+/// starting over would cut the JSONL to nothing and drop the Parquet files,
+/// losing every message the API no longer serves. Refused instead.
+fn refuse_data_without_checkpoint(out: &Path, chain: &[ChainEntry]) -> Result<()> {
+    let jsonl_bytes = std::fs::metadata(out.join(jsonl::FILE_NAME)).map_or(0, |m| m.len());
+    let parquet = crate::sinks::parquet::any_written(out);
+    if jsonl_bytes == 0 && !parquet && chain.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Corrupt {
+        path: Checkpoint::path(out),
+        reason: format!(
+            "missing, but the folder holds data ({jsonl_bytes} bytes in {}, {}, {} sealed runs): nothing was changed. Run `xquik-dm rebuild --out {}` to rebuild the checkpoint from what is there, or restore state/ from backup",
+            jsonl::FILE_NAME,
+            if parquet {
+                "Parquet files"
+            } else {
+                "no Parquet files"
+            },
+            chain.len(),
+            out.display()
+        ),
+    })
+}
+
+/// `stamp`, or a copy with a new random part if its run ID is taken in
+/// `out` (a sealed run, or a manifest on disk): a run never writes over
+/// another run's files.
+fn unused_stamp(out: &Path, chain: &[ChainEntry], stamp: &RunStamp) -> RunStamp {
+    let taken = |id: &str| {
+        chain.iter().any(|e| e.run_id == id)
+            || out
+                .join(audit::RUNS_DIR)
+                .join(format!("{id}.manifest.json"))
+                .exists()
+    };
+    let mut stamp = stamp.clone();
+    while taken(&stamp.run_id) {
+        stamp = stamp.with_new_suffix();
+    }
+    stamp
 }
 
 /// The audit pointer as the chain says it stands.

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod demo;
 pub mod lookup;
 pub mod mock;
+pub mod rebuild;
 pub mod send;
 pub mod sync;
 pub mod verify;
@@ -55,6 +56,13 @@ pub enum Report {
         /// Print as JSON.
         json: bool,
     },
+    /// `rebuild`: what the rebuilt checkpoint holds.
+    Rebuild {
+        /// The report.
+        report: rebuild::RebuildReport,
+        /// Print as JSON.
+        json: bool,
+    },
     /// `lookup`: the profile, printed as JSON.
     Lookup(UserProfile),
     /// `demo`: a human summary.
@@ -73,6 +81,7 @@ impl Report {
             }
             Report::Sync { report, json } => write_report(out, report.as_ref(), *json),
             Report::Verify { report, json } => write_report(out, report, *json),
+            Report::Rebuild { report, json } => write_report(out, report, *json),
             Report::Send { report, json } => write_report(out, report.as_ref(), *json),
             Report::Bench { report, json } => write_report(out, report, *json),
             Report::BenchFetch { messages, pages } => {
@@ -92,6 +101,7 @@ impl Report {
         match self {
             Report::Sync { report, .. } => report.exit_code(),
             Report::Verify { report, .. } => report.exit_code(),
+            Report::Rebuild { report, .. } => report.exit_code(),
             Report::Send { report, .. } => report.exit_code(),
             Report::Demo(report) => report.exit_code(),
             Report::Lookup(_)
@@ -154,6 +164,12 @@ pub async fn execute(command: Command) -> Result<Report> {
             .await
             .map_err(|e| Error::io("<verify>", std::io::Error::other(e)))??;
             Ok(Report::Verify { report, json })
+        }
+        Command::Rebuild { out, json } => {
+            let report = tokio::task::spawn_blocking(move || rebuild::run(&out))
+                .await
+                .map_err(|e| Error::io("<rebuild>", std::io::Error::other(e)))??;
+            Ok(Report::Rebuild { report, json })
         }
         Command::Lookup { api, user } => {
             let client = Client::new(api)?;

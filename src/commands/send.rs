@@ -494,7 +494,7 @@ pub async fn run(options: SendOptions) -> Result<SendReport> {
     );
 
     let mut report = SendReport {
-        run_id: stamp.run_id,
+        run_id: store.run_id().to_owned(),
         out: options.out.clone(),
         batch: options.batch,
         sends: outcomes,
@@ -602,7 +602,11 @@ async fn send_one(
         (Some(r), _) if r.can_dm != Some(false) => (r.id, r.can_dm),
         (None, UserRef::Id(id)) => (id.clone(), None),
         _ => {
-            let reply = client.user(&request.to).await.map_err(|e| {
+            let result = client.user(&request.to).await;
+            store
+                .log_request(Endpoint::User, &request.to.to_string(), &result)
+                .map_err(|e| (outcome.clone().fail(SendStatus::Failed, &e), e))?;
+            let reply = result.map_err(|e| {
                 let o = outcome.clone().fail(SendStatus::Failed, &e);
                 (o, e)
             })?;
@@ -692,6 +696,9 @@ async fn send_one(
                         .await
                 }
             };
+            store
+                .log_request(Endpoint::Media, request.account.as_str(), &uploaded)
+                .map_err(|e| (outcome.clone().fail(SendStatus::Failed, &e), e))?;
             let reply = uploaded.map_err(|e| {
                 let mut o = outcome.clone();
                 o.endpoint = Some(Endpoint::Media);
@@ -740,6 +747,9 @@ async fn send_one(
         Some(url) => client.resume_write(Endpoint::SendDm, &url).await,
         None => client.send_dm(&recipient_id, &dm, &key).await,
     };
+    store
+        .log_request(Endpoint::SendDm, &recipient_id, &sent)
+        .map_err(|e| (outcome.clone().fail(SendStatus::Failed, &e), e))?;
     let reply = match sent {
         Ok(reply) => reply,
         Err(e) => {
@@ -806,9 +816,18 @@ async fn send_one(
     // The record and the checkpoint that says it is recorded commit
     // together: a crash before this commit makes the rerun ask the API
     // again with the same key, which answers with this same DM.
-    store
-        .append_send(&row)
-        .map_err(|e| (outcome.clone().fail(SendStatus::Failed, &e), e))?;
+    // A DM already on record under another key (a checkpoint rebuilt from
+    // the JSONL knows sends by message ID) is not recorded twice.
+    let on_record = store
+        .checkpoint()
+        .sends
+        .values()
+        .any(|s| s.recorded && s.message_id.as_deref() == Some(message_id.as_str()));
+    if !on_record {
+        store
+            .append_send(&row)
+            .map_err(|e| (outcome.clone().fail(SendStatus::Failed, &e), e))?;
+    }
     state.status = "sent".into();
     state.message_id = Some(message_id.clone());
     state.send_status = Some(send_status);

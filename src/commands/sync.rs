@@ -343,6 +343,7 @@ pub async fn run(options: SyncOptions) -> Result<SyncReport> {
     // The folder is opened, locked and repaired before any request: an
     // unusable folder costs no credit.
     let mut store = Store::open_async(&options.out, &stamp).await?;
+    let run_id = store.run_id().to_owned();
     let repair = store.repair().clone();
     if repair != Repair::default() {
         tracing::warn!(
@@ -435,7 +436,7 @@ pub async fn run(options: SyncOptions) -> Result<SyncReport> {
         .unwrap_or_else(|p| p.into_inner())
         .clone();
     let mut report = SyncReport {
-        run_id: stamp.run_id,
+        run_id,
         out: options.out.clone(),
         conversations: reports,
         pages: run.pages.load(Ordering::SeqCst),
@@ -516,6 +517,11 @@ async fn resolve_targets(
                 } else {
                     let result = run.client.user(&target.user).await;
                     run.settle(Endpoint::User, 1, u64::from(result.is_ok()));
+                    let logged =
+                        store.log_request(Endpoint::User, &target.user.to_string(), &result);
+                    if let Err(e) = logged {
+                        run.stop_job(&e);
+                    }
                     match result {
                         Ok(reply) => {
                             let profile = reply.value;

@@ -249,7 +249,8 @@ fn check_files(dir: &Path, manifests: &[Manifest], report: &mut VerifyReport) {
     let mut listed = BTreeSet::new();
     for m in manifests {
         listed.insert(format!("{}/{}.manifest.json", audit::RUNS_DIR, m.run_id));
-        for log in [&m.audit_rows, &m.page_log] {
+        let recovered = m.recovered.iter().map(|r| &r.log);
+        for log in [&m.audit_rows, &m.page_log].into_iter().chain(recovered) {
             listed.insert(log.path.clone());
             check_log(dir, &m.run_id, log, report);
         }

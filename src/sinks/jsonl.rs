@@ -59,10 +59,16 @@ impl JsonlSink {
         segment_from: u64,
         saved: Option<&DigestState>,
     ) -> Result<(JsonlSink, u64)> {
+        let existed = path.exists();
         let file = open_private(
             path,
             OpenOptions::new().read(true).append(true).create(true),
         )?;
+        if !existed {
+            // A new file is an entry of its folder: without this, a power
+            // cut could lose it under a checkpoint that counts its bytes.
+            super::fsync_dir(path.parent().unwrap_or(Path::new(".")))?;
+        }
         let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
         if len < committed {
             return Err(Error::Corrupt {

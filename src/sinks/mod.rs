@@ -58,24 +58,60 @@ pub fn fsync_dir(dir: &Path) -> Result<()> {
 /// file beside it, fsync it, rename it over `path`, fsync the folder. A
 /// crash at any instant leaves either the old or the new content.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = temporary_beside(path);
+    write_file(&tmp, bytes)?;
+    fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+    fsync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+/// Moves the finished temporary file `tmp` to `target`, which must not
+/// exist yet: an immutable output is written once and never replaced, so a
+/// name already taken (a run ID used twice) is an error, not an overwrite.
+/// The folder entry is made durable before this returns.
+pub fn publish(tmp: &Path, target: &Path) -> Result<()> {
+    fs::hard_link(tmp, target).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            Error::Corrupt {
+                path: target.to_owned(),
+                reason: "already exists: an immutable output is never replaced".into(),
+            }
+        } else {
+            Error::io(target, e)
+        }
+    })?;
+    fs::remove_file(tmp).map_err(|e| Error::io(tmp, e))?;
+    fsync_dir(target.parent().unwrap_or(Path::new(".")))
+}
+
+/// Writes `bytes` to the new file `path` durably, refusing to replace an
+/// existing one (see [`publish`]).
+pub fn write_new(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = temporary_beside(path);
+    write_file(&tmp, bytes)?;
+    publish(&tmp, path)
+}
+
+/// `.<name>.<pid>.tmp` beside `path`: hidden, and named like every
+/// temporary file of a run, so repair and verify recognise one left by a
+/// killed run.
+fn temporary_beside(path: &Path) -> std::path::PathBuf {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    // `.<name>.<pid>.tmp`: hidden, and named like every temporary file of a
-    // run, so repair and verify recognise one left by a killed run.
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    dir.join(format!(".{name}.{}.tmp", std::process::id()))
+}
+
+/// Creates (or truncates) `path` with `bytes`, fsynced.
+fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut file = open_private(
-        &tmp,
+        path,
         OpenOptions::new().write(true).create(true).truncate(true),
     )?;
     file.write_all(bytes)
         .and_then(|()| file.sync_all())
-        .map_err(|e| Error::io(&tmp, e))?;
-    drop(file);
-    fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
-    fsync_dir(dir)
+        .map_err(|e| Error::io(path, e))
 }
 
 /// Whether a file name is a temporary file of a run: `.<name>.tmp`.
@@ -83,9 +119,10 @@ pub fn is_temporary(name: &str) -> bool {
     name.starts_with('.') && name.ends_with(".tmp")
 }
 
-/// Removes the temporary files a killed run left directly in `dir`.
-/// Returns their names.
-pub fn remove_temporaries(dir: &Path) -> Result<Vec<String>> {
+/// Removes the temporary files a killed run left directly in `dir` when
+/// they are temporaries of one of `names` (`.<name>.<pid>.tmp`): a file
+/// the tool did not write is never removed. Returns their names.
+pub fn remove_temporaries(dir: &Path, names: &[&str]) -> Result<Vec<String>> {
     let mut removed = Vec::new();
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
@@ -95,7 +132,11 @@ pub fn remove_temporaries(dir: &Path) -> Result<Vec<String>> {
     for entry in entries {
         let entry = entry.map_err(|e| Error::io(dir, e))?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if is_temporary(&name) && entry.file_type().is_ok_and(|t| t.is_file()) {
+        let ours = names.iter().any(|n| {
+            name.strip_prefix('.')
+                .is_some_and(|rest| rest.starts_with(&format!("{n}.")))
+        });
+        if ours && is_temporary(&name) && entry.file_type().is_ok_and(|t| t.is_file()) {
             fs::remove_file(entry.path()).map_err(|e| Error::io(entry.path(), e))?;
             removed.push(name);
         }

@@ -30,7 +30,7 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use parquet::schema::types::ColumnPath;
 
-use super::{HashingWriter, WrittenFile, create_private_dir, fsync_dir, open_private};
+use super::{HashingWriter, WrittenFile, create_private_dir, open_private, publish};
 use crate::error::{Error, Result};
 use crate::records::{HistoryRow, SendRow};
 
@@ -357,8 +357,7 @@ impl<C: Columns> ParquetSink<C> {
             .map_err(|e| Error::io(&tmp, e.into_error()))?;
         file.sync_all().map_err(|e| Error::io(&tmp, e))?;
         drop(file);
-        fs::rename(&tmp, &target).map_err(|e| Error::io(&target, e))?;
-        fsync_dir(target.parent().unwrap_or(&self.out))?;
+        publish(&tmp, &target)?;
         Ok(Some(WrittenFile {
             path: rel,
             sha256,
@@ -425,14 +424,15 @@ fn parquet_error(path: &Path, e: parquet::errors::ParquetError) -> Error {
     }
 }
 
-/// Removes what a killed run may have left under `out/parquet/`: temporary
-/// files, and finished files that no checkpoint lists (`committed` holds
-/// relative paths). Returns the relative paths removed.
-pub fn remove_uncommitted(out: &Path, committed: &HashSet<String>) -> Result<Vec<String>> {
+/// Every file under `out/parquet/` named as this module names its files:
+/// finished ones (`part-*.parquet`) and temporaries (`.part-*.tmp`), as
+/// (relative path, temporary?). A file the tool did not write is never
+/// among them, so it is never removed or moved.
+fn own_files(out: &Path) -> Result<Vec<(String, bool)>> {
     let root = out.join("parquet");
-    let mut removed = Vec::new();
+    let mut found = Vec::new();
     if !root.exists() {
-        return Ok(removed);
+        return Ok(found);
     }
     let mut stack = vec![root];
     while let Some(dir) = stack.pop() {
@@ -444,17 +444,45 @@ pub fn remove_uncommitted(out: &Path, committed: &HashSet<String>) -> Result<Vec
                 stack.push(path);
                 continue;
             }
-            let rel = relative(out, &path);
             let name = entry.file_name().to_string_lossy().into_owned();
-            let stray_tmp = super::is_temporary(&name);
-            let unlisted = name.ends_with(".parquet") && !committed.contains(&rel);
-            if stray_tmp || unlisted {
-                fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
-                removed.push(rel);
+            if super::is_temporary(&name) && name.starts_with(".part-") {
+                found.push((relative(out, &path), true));
+            } else if name.starts_with("part-") && name.ends_with(".parquet") {
+                found.push((relative(out, &path), false));
             }
         }
     }
-    removed.sort();
+    found.sort();
+    Ok(found)
+}
+
+/// Whether any finished Parquet file of this tool is under `out/parquet/`.
+pub fn any_written(out: &Path) -> bool {
+    own_files(out).is_ok_and(|files| files.iter().any(|(_, tmp)| !tmp))
+}
+
+/// The finished Parquet files under `out/parquet/` that `committed`
+/// (relative paths) does not list.
+pub fn unlisted(out: &Path, committed: &HashSet<String>) -> Result<Vec<String>> {
+    Ok(own_files(out)?
+        .into_iter()
+        .filter(|(rel, tmp)| !tmp && !committed.contains(rel))
+        .map(|(rel, _)| rel)
+        .collect())
+}
+
+/// Removes what a killed run may have left under `out/parquet/`: temporary
+/// files, and finished files that no checkpoint lists (`committed` holds
+/// relative paths). Returns the relative paths removed.
+pub fn remove_uncommitted(out: &Path, committed: &HashSet<String>) -> Result<Vec<String>> {
+    let mut removed = Vec::new();
+    for (rel, tmp) in own_files(out)? {
+        if tmp || !committed.contains(&rel) {
+            let path = out.join(&rel);
+            fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+            removed.push(rel);
+        }
+    }
     Ok(removed)
 }
 

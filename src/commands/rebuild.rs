@@ -1,0 +1,299 @@
+//! `xquik-dm rebuild --out DIR`: rebuilds a lost `state/checkpoint.json`
+//! from what the folder still holds, so that a job whose state was removed
+//! continues without refetching (and paying for) its history, and without
+//! losing the messages the API no longer serves.
+//!
+//! The JSONL holds every committed record, so it gives back the committed
+//! length, each conversation's block of written message IDs and the sends
+//! already recorded. The audit chain, when it is still there, gives back
+//! which Parquet files are committed and how far the manifests cover the
+//! JSONL; without it, the next sync rebuilds the Parquet data from the JSONL
+//! and seals every record into its manifest. Nothing is deleted: Parquet
+//! files no manifest lists are moved to `recovered/<time>/` for the
+//! operator to inspect, never left where a glob would read them twice.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::audit::{self, ChainEntry};
+use crate::checkpoint::{
+    AuditPointer, Backfill, Checkpoint, Conversation, DirLock, SendState, conversation_key,
+};
+use crate::dedupe::Block;
+use crate::error::{Error, Result};
+use crate::records::{HistoryRow, RecordType, SendRow};
+use crate::sinks::jsonl;
+use crate::sinks::parquet::{any_written, remove_uncommitted};
+use crate::sinks::{WrittenFile, create_private_dir, fsync_dir};
+
+/// Key prefix of the sends a rebuild takes from the JSONL: their original
+/// idempotency keys are not in the records, so they are known by message ID
+/// (and `send` will not record the same DM twice).
+pub const RECOVERED_SEND_PREFIX: &str = "recovered/";
+
+/// What `rebuild` found and wrote.
+#[derive(Debug, Clone, Serialize)]
+pub struct RebuildReport {
+    /// The output folder.
+    pub out: PathBuf,
+    /// JSONL bytes the checkpoint now commits.
+    pub jsonl_bytes: u64,
+    /// Bytes after the last complete record (a torn tail; the next sync
+    /// cuts it, as after any interrupted run).
+    pub torn_tail_bytes: u64,
+    /// History records found.
+    pub history_rows: u64,
+    /// Send records found.
+    pub send_rows: u64,
+    /// Conversations restored.
+    pub conversations: usize,
+    /// Sealed runs in the audit chain (0: the chain is gone too).
+    pub runs: u64,
+    /// Parquet files the chain lists, kept.
+    pub parquet_kept: usize,
+    /// Parquet files no manifest lists, moved under `recovered/`.
+    pub parquet_moved: Vec<String>,
+}
+
+impl RebuildReport {
+    /// Always 0: a rebuild that cannot finish fails with an error.
+    pub fn exit_code(&self) -> u8 {
+        0
+    }
+}
+
+impl std::fmt::Display for RebuildReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "rebuilt {} from {} ({} bytes: {} history and {} send records, {} conversations)",
+            Checkpoint::path(&self.out).display(),
+            jsonl::FILE_NAME,
+            self.jsonl_bytes,
+            self.history_rows,
+            self.send_rows,
+            self.conversations
+        )?;
+        if self.runs > 0 {
+            writeln!(
+                f,
+                "  audit chain: {} sealed runs, {} Parquet files kept",
+                self.runs, self.parquet_kept
+            )?;
+        } else {
+            writeln!(
+                f,
+                "  audit chain: none; the next sync rewrites the Parquet data from the JSONL and seals every record into its manifest"
+            )?;
+        }
+        if !self.parquet_moved.is_empty() {
+            writeln!(
+                f,
+                "  {} Parquet files no manifest lists were moved under recovered/ (the JSONL holds their records)",
+                self.parquet_moved.len()
+            )?;
+        }
+        if self.torn_tail_bytes > 0 {
+            writeln!(
+                f,
+                "  {} bytes after the last complete record are a torn tail; the next sync cuts them",
+                self.torn_tail_bytes
+            )?;
+        }
+        writeln!(
+            f,
+            "  every conversation is taken as synced from its oldest to its newest message on file; the next sync fetches only what is newer"
+        )
+    }
+}
+
+/// Rebuilds the missing checkpoint of `out`.
+pub fn run(out: &Path) -> Result<RebuildReport> {
+    if !out.is_dir() {
+        return Err(Error::invalid(
+            "--out",
+            format!("{} is not a folder", out.display()),
+        ));
+    }
+    let _lock = DirLock::acquire(out)?;
+    if Checkpoint::exists(out) {
+        return Err(Error::invalid(
+            "--out",
+            format!(
+                "{} exists: rebuild only replaces a missing checkpoint (move a damaged one away first)",
+                Checkpoint::path(out).display()
+            ),
+        ));
+    }
+    let (chain, _) = audit::read_chain(out)?;
+    let jsonl_path = out.join(jsonl::FILE_NAME);
+    if !jsonl_path.exists() && chain.is_empty() && !any_written(out) {
+        return Err(Error::invalid(
+            "--out",
+            format!(
+                "{} holds no xquik-dm output: nothing to rebuild",
+                out.display()
+            ),
+        ));
+    }
+    let sealed = sealed_outputs(out, &chain)?;
+    let mut checkpoint = read_records(&jsonl_path)?;
+    let committed = checkpoint.jsonl.committed_bytes;
+    if sealed.pointer.coverage.jsonl_bytes > committed {
+        return Err(Error::Corrupt {
+            path: jsonl_path,
+            reason: format!(
+                "the audit chain covers {} bytes but the file holds {committed} bytes of complete records: restore it from backup",
+                sealed.pointer.coverage.jsonl_bytes
+            ),
+        });
+    }
+    let torn_tail_bytes = std::fs::metadata(&jsonl_path).map_or(0, |m| m.len()) - committed;
+    let parquet_moved = move_unlisted_parquet(out, &sealed.parquet)?;
+    // Every committed Parquet file covers what the last sealed run
+    // covered; records after that are written to Parquet by the next run.
+    checkpoint.parquet.messages_covered_bytes = sealed.pointer.coverage.jsonl_bytes;
+    checkpoint.parquet.sends_covered_bytes = sealed.pointer.coverage.jsonl_bytes;
+    checkpoint.parquet.files = sealed.parquet;
+    checkpoint.audit = sealed.pointer;
+    checkpoint.save(out)?;
+    Ok(RebuildReport {
+        out: out.to_owned(),
+        jsonl_bytes: committed,
+        torn_tail_bytes,
+        history_rows: checkpoint.jsonl.history_rows,
+        send_rows: checkpoint.jsonl.send_rows,
+        conversations: checkpoint.conversations.len(),
+        runs: checkpoint.audit.runs,
+        parquet_kept: checkpoint.parquet.files.len(),
+        parquet_moved,
+    })
+}
+
+/// What the sealed runs committed, from their manifests.
+struct Sealed {
+    pointer: AuditPointer,
+    parquet: Vec<WrittenFile>,
+}
+
+fn sealed_outputs(out: &Path, chain: &[ChainEntry]) -> Result<Sealed> {
+    let mut parquet = Vec::new();
+    let mut pointer = AuditPointer::default();
+    for entry in chain {
+        let (manifest, _) = audit::read_manifest(out, &entry.manifest)?;
+        parquet.extend(manifest.files.into_iter().filter(|f| f.offset.is_none()));
+        pointer = AuditPointer {
+            runs: entry.seq,
+            last_manifest: Some(entry.manifest.clone()),
+            last_digest: Some(entry.sha256.clone()),
+            coverage: manifest.coverage,
+        };
+    }
+    Ok(Sealed { pointer, parquet })
+}
+
+/// A checkpoint with the JSONL part, the conversations and the recorded
+/// sends that the complete records of the JSONL give.
+fn read_records(path: &Path) -> Result<Checkpoint> {
+    let mut checkpoint = Checkpoint::empty();
+    let len = std::fs::metadata(path).map_or(0, |m| m.len());
+    let mut offset = 0u64;
+    jsonl::for_each_line(path, 0, len, |line| {
+        let start = offset;
+        let end = start + line.len() as u64 + 1;
+        if end > len {
+            // The last line has no newline: a torn tail, not a record.
+            return Ok(());
+        }
+        let corrupt = || Error::Corrupt {
+            path: path.to_owned(),
+            reason: format!(
+                "the line at byte {start} is not an xquik-dm record: restore the file from backup"
+            ),
+        };
+        let kind: RecordKind = serde_json::from_slice(line).map_err(|_| corrupt())?;
+        match kind.record_type {
+            RecordType::History => {
+                let row: HistoryRow = serde_json::from_slice(line).map_err(|_| corrupt())?;
+                add_history(&mut checkpoint, &row);
+                checkpoint.jsonl.history_rows += 1;
+            }
+            RecordType::Send => {
+                let row: SendRow = serde_json::from_slice(line).map_err(|_| corrupt())?;
+                add_send(&mut checkpoint, row);
+                checkpoint.jsonl.send_rows += 1;
+            }
+        }
+        offset = end;
+        Ok(())
+    })?;
+    checkpoint.jsonl.committed_bytes = offset;
+    Ok(checkpoint)
+}
+
+#[derive(serde::Deserialize)]
+struct RecordKind {
+    record_type: RecordType,
+}
+
+/// Widens the conversation's block of written IDs by one record.
+fn add_history(checkpoint: &mut Checkpoint, row: &HistoryRow) {
+    let key = conversation_key(&row.account, &row.conversation_user_id);
+    let state = checkpoint
+        .conversations
+        .entry(key)
+        .or_insert_with(|| Conversation {
+            account: row.account.clone(),
+            user_id: row.conversation_user_id.clone(),
+            backfill: Backfill {
+                cursor: None,
+                done: true,
+            },
+            status: Some("rebuilt".into()),
+            ..Conversation::default()
+        });
+    Block::widen(&mut state.written, &row.message_id);
+    state.messages_written += 1;
+}
+
+/// Records a send as sent and recorded, known by its message ID.
+fn add_send(checkpoint: &mut Checkpoint, row: SendRow) {
+    let state = SendState {
+        account: row.sender_account,
+        recipient_user_id: row.recipient_user_id,
+        status: "sent".into(),
+        media_id: row.media_id,
+        message_id: Some(row.message_id.clone()),
+        send_status: Some(row.send_status),
+        sent_at: crate::normalize::format_micros(row.sent_at),
+        recorded: true,
+        ..SendState::default()
+    };
+    checkpoint
+        .sends
+        .insert(format!("{RECOVERED_SEND_PREFIX}{}", row.message_id), state);
+}
+
+/// Moves the Parquet files no sealed manifest lists out of `parquet/`, to
+/// `recovered/<time>/parquet/...`. Returns their former relative paths.
+fn move_unlisted_parquet(out: &Path, listed: &[WrittenFile]) -> Result<Vec<String>> {
+    let listed: std::collections::HashSet<String> = listed.iter().map(|f| f.path.clone()).collect();
+    let unlisted = crate::sinks::parquet::unlisted(out, &listed)?;
+    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
+    let mut touched = BTreeSet::new();
+    for rel in &unlisted {
+        let (from, to) = (out.join(rel), out.join("recovered").join(&stamp).join(rel));
+        let dir = to.parent().unwrap_or(out).to_owned();
+        create_private_dir(&dir)?;
+        std::fs::rename(&from, &to).map_err(|e| Error::io(&to, e))?;
+        touched.extend([dir, from.parent().unwrap_or(out).to_owned()]);
+    }
+    for dir in &touched {
+        fsync_dir(dir)?;
+    }
+    // Temporaries of a killed run go the usual way.
+    remove_uncommitted(out, &listed)?;
+    Ok(unlisted)
+}
