@@ -23,6 +23,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
@@ -123,6 +124,33 @@ pub struct Sealed {
     pub audit_rows: LogInfo,
 }
 
+/// The run's page log, shared with the tasks that make requests: each line
+/// is written the moment its answer arrives, not when the writer gets to
+/// it, so that a killed run leaves a record of every request it was
+/// answered (see [`audit::repair`]).
+#[derive(Debug, Clone)]
+pub struct PageLog(Arc<Mutex<Option<AuditLog>>>);
+
+impl PageLog {
+    /// Adds one request's line.
+    pub fn push<T: Serialize>(&self, record: &T) -> Result<()> {
+        match self.0.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            Some(log) => log.push(record),
+            None => Err(Error::io(
+                "<page log>",
+                std::io::Error::other("the run is sealed"),
+            )),
+        }
+    }
+
+    /// Closes the log for the manifest.
+    fn finish(&self, out: &Path) -> Result<LogInfo> {
+        let log = self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
+        log.ok_or_else(|| Error::io(out, std::io::Error::other("page log already closed")))?
+            .finish()
+    }
+}
+
 /// An open output folder, locked for this run.
 #[derive(Debug)]
 pub struct Store {
@@ -135,7 +163,7 @@ pub struct Store {
     messages: ParquetSink<MessageColumns>,
     sends: ParquetSink<SendColumns>,
     rows: AuditLog,
-    pages: AuditLog,
+    pages: PageLog,
     /// Page logs of killed runs, sealed into this run's manifest.
     recovered: Vec<audit::RecoveredLog>,
     /// History and send rows appended since the last commit.
@@ -224,7 +252,11 @@ impl Store {
             messages: ParquetSink::new(out, date, run_id),
             sends: ParquetSink::new(out, date, run_id),
             rows: AuditLog::create(out, run_id, LogKind::Rows)?,
-            pages: AuditLog::create(out, run_id, LogKind::Pages)?,
+            pages: PageLog(Arc::new(Mutex::new(Some(AuditLog::create(
+                out,
+                run_id,
+                LogKind::Pages,
+            )?)))),
             recovered,
             uncommitted_history: 0,
             uncommitted_sends: 0,
@@ -364,9 +396,9 @@ impl Store {
         Ok(())
     }
 
-    /// Adds a fetched page to the run's page log.
-    pub fn log_page<T: Serialize>(&mut self, record: &T) -> Result<()> {
-        self.pages.push(record)
+    /// The run's page log, for the tasks that fetch pages.
+    pub fn page_log(&self) -> PageLog {
+        self.pages.clone()
     }
 
     /// Adds a paid request other than a history page (a lookup, an upload,
@@ -460,7 +492,7 @@ impl Store {
         self.checkpoint.parquet.sends_covered_bytes = end;
         self.commit()?;
         let audit_rows = self.rows.finish()?;
-        let page_log = self.pages.finish()?;
+        let page_log = self.pages.finish(&self.out)?;
 
         let previous = self.chain.last().cloned();
         let mut files: Vec<WrittenFile> = self.jsonl.segment().into_iter().collect();
@@ -591,11 +623,12 @@ fn write_sums(
         }
     }
     // Audit files are immutable: those listed before (page logs of killed
-    // runs, recovered by an earlier run) stay listed.
+    // runs, recovered by an earlier run) stay listed while they exist (a
+    // folder whose audit trail was removed and rebuilt has stale lines).
     files.extend(
         known
             .keys()
-            .filter(|p| p.starts_with(audit::RUNS_DIR))
+            .filter(|p| p.starts_with(audit::RUNS_DIR) && out.join(p).exists())
             .cloned(),
     );
     for log in logs {
@@ -886,6 +919,41 @@ mod tests {
         store.seal(body()).unwrap();
         assert_eq!(parquet_rows(out, "messages"), 3);
         assert_eq!(parquet_rows(out, "sends"), 1);
+    }
+
+    #[test]
+    fn a_run_id_already_used_is_replaced_never_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path();
+        let id = "20261126T000000Z-0000000000000001";
+        let first = Store::open(out, &stamp(id)).unwrap().seal(body()).unwrap();
+        let manifest = std::fs::read(out.join(&first.chain.manifest)).unwrap();
+        let store = Store::open(out, &stamp(id)).unwrap();
+        assert_ne!(store.run_id(), id);
+        assert!(store.run_id().starts_with("20261126T000000Z-"));
+        let second = store.seal(body()).unwrap();
+        assert_ne!(second.chain.manifest, first.chain.manifest);
+        assert_eq!(
+            std::fs::read(out.join(&first.chain.manifest)).unwrap(),
+            manifest
+        );
+    }
+
+    #[test]
+    fn a_folder_whose_checkpoint_was_removed_is_refused_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path();
+        let mut store = Store::open(out, &stamp("a")).unwrap();
+        let rows: Vec<_> = (0..3).map(row).collect();
+        store.append_history(&lines(&rows), &rows).unwrap();
+        store.seal(body()).unwrap();
+        let jsonl = std::fs::read(out.join(jsonl::FILE_NAME)).unwrap();
+        std::fs::remove_file(Checkpoint::path(out)).unwrap();
+        let err = Store::open(out, &stamp("b")).unwrap_err();
+        assert!(err.to_string().contains("xquik-dm rebuild"), "{err}");
+        assert_eq!(err.exit_code(), 3);
+        assert_eq!(std::fs::read(out.join(jsonl::FILE_NAME)).unwrap(), jsonl);
+        assert!(!Checkpoint::exists(out));
     }
 
     #[test]

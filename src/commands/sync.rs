@@ -32,7 +32,7 @@ use crate::error::{Error, ErrorClass, Result};
 use crate::normalize::normalize;
 use crate::records::HistoryRow;
 use crate::sinks::WrittenFile;
-use crate::store::{ManifestBody, Repair, RunStamp, Store};
+use crate::store::{ManifestBody, PageLog, Repair, RunStamp, Store};
 
 /// One conversation to sync.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -227,7 +227,6 @@ enum Event {
         lines: Vec<u8>,
         rows: Vec<HistoryRow>,
         state: Box<Conversation>,
-        record: PageRecord,
     },
     /// The final state of a conversation (status and reason).
     Done {
@@ -239,6 +238,8 @@ enum Event {
 /// State shared by the tasks of one run.
 struct Run {
     client: Client,
+    /// The run's page log (written by the tasks, sealed by the store).
+    page_log: PageLog,
     options: SyncOptions,
     /// Set when the whole job must stop (402, 401, disk full, ...).
     stop: AtomicBool,
@@ -356,6 +357,7 @@ pub async fn run(options: SyncOptions) -> Result<SyncReport> {
 
     let run = Arc::new(Run {
         client,
+        page_log: store.page_log(),
         options: options.clone(),
         stop: AtomicBool::new(false),
         stop_error: Mutex::new(None),
@@ -808,6 +810,26 @@ async fn page_scan(
             (_, Next::Page(_)) => None,
         };
 
+        // The page goes to the page log at once, before its rows are
+        // written: a run killed from here on still accounts for it.
+        let record = PageRecord {
+            conversation: key.to_owned(),
+            endpoint: Endpoint::History,
+            cursor_in: cursor.clone(),
+            next_cursor: page.next_cursor.clone(),
+            has_next_page: page.has_next_page,
+            messages_count: count,
+            new_count: admission.keep.iter().filter(|k| **k).count() as u64,
+            status: reply.meta.status,
+            attempts: reply.meta.attempts,
+            waited_ms: reply.meta.waited.as_millis() as u64,
+            stop,
+        };
+        if let Err(e) = run.page_log.push(&record) {
+            run.stop_job(&e);
+            return Err(Halt::JobStopped);
+        }
+
         // Sized once: the fixed fields take about 250 bytes a row.
         let capacity: usize = page
             .messages
@@ -879,25 +901,11 @@ async fn page_scan(
         run.dropped
             .fetch_add(admission.dropped as u64, Ordering::Relaxed);
 
-        let record = PageRecord {
-            conversation: key.to_owned(),
-            endpoint: Endpoint::History,
-            cursor_in: cursor.clone(),
-            next_cursor: page.next_cursor,
-            has_next_page: page.has_next_page,
-            messages_count: count,
-            new_count,
-            status: reply.meta.status,
-            attempts: reply.meta.attempts,
-            waited_ms: reply.meta.waited.as_millis() as u64,
-            stop,
-        };
         let event = Event::Page {
             key: key.to_owned(),
             lines,
             rows,
             state: Box::new(state.clone()),
-            record,
         };
         if tx.send(event).await.is_err() {
             // The writer is gone (it failed and said why).
@@ -928,11 +936,9 @@ fn writer_loop(mut store: Store, mut rx: mpsc::Receiver<Event>, run: &Run) -> Re
                     lines,
                     rows,
                     state,
-                    record,
                 } => {
                     store.append_history(&lines, &rows)?;
                     store.set_conversation(key, *state);
-                    store.log_page(&record)?;
                 }
                 Event::Done { key, state } => store.set_conversation(key, *state),
             }

@@ -87,8 +87,11 @@ pub fn publish(tmp: &Path, target: &Path) -> Result<()> {
 /// existing one (see [`publish`]).
 pub fn write_new(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = temporary_beside(path);
-    write_file(&tmp, bytes)?;
-    publish(&tmp, path)
+    let written = write_file(&tmp, bytes).and_then(|()| publish(&tmp, path));
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written
 }
 
 /// `.<name>.<pid>.tmp` beside `path`: hidden, and named like every
@@ -221,6 +224,17 @@ mod tests {
         let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         // No temporary file is left behind.
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn publish_never_replaces_an_existing_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("run.manifest.json");
+        write_new(&target, b"first").unwrap();
+        let err = write_new(&target, b"second").unwrap_err();
+        assert!(err.to_string().contains("never replaced"), "{err}");
+        assert_eq!(fs::read(&target).unwrap(), b"first");
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 

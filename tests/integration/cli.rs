@@ -11,7 +11,7 @@ use xquik_dm::mock::{Faults, MockServer};
 use crate::sync::assert_parquet_equals_jsonl;
 use crate::{ACCOUNT, KEY, assert_ground_truth, user_id, world};
 
-fn bin() -> Command {
+pub fn bin() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_xquik-dm"));
     cmd.env_remove("XQUIK_API_KEY")
         .env_remove("XQUIK_BASE_URL")
@@ -52,7 +52,7 @@ impl Drop for MockProcess {
     }
 }
 
-fn run(cmd: &mut Command) -> (i32, String, String) {
+pub fn run(cmd: &mut Command) -> (i32, String, String) {
     let Output {
         status,
         stdout,

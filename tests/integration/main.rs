@@ -4,6 +4,7 @@
 
 mod cli;
 mod client;
+mod protocol;
 mod scripted;
 mod send;
 mod sync;
