@@ -12,7 +12,7 @@ use serde_json::Value;
 use xquik_dm::mock::MockServer;
 
 use crate::cli::{bin, run};
-use crate::sync::assert_parquet_equals_jsonl;
+use crate::sync::{assert_parquet_equals_jsonl, history_credits};
 use crate::{ACCOUNT, KEY, assert_ground_truth, files_under, jsonl_records, user_id, users, world};
 
 /// `xquik-dm sync` of `users` into `out` against `server`.
@@ -52,15 +52,6 @@ fn send(server: &MockServer, out: &Path, text: &str) -> Command {
 fn verify(out: &Path) -> (i32, String) {
     let (code, stdout, stderr) = run(bin().arg("verify").arg(out));
     (code, format!("{stdout}{stderr}"))
-}
-
-fn history_credits(server: &MockServer) -> u64 {
-    server
-        .ledger()
-        .credits_by_endpoint
-        .get("GET /x/dm/{userId}/history")
-        .copied()
-        .unwrap_or(0)
 }
 
 fn manifests(out: &Path) -> Vec<Value> {

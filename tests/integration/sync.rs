@@ -17,7 +17,8 @@ use crate::{ACCOUNT, assert_ground_truth, history_by_conversation, user_id, user
 
 use crate::sync_options as options;
 
-fn history_credits(server: &MockServer) -> u64 {
+/// History credits the mock has charged so far.
+pub fn history_credits(server: &MockServer) -> u64 {
     server
         .ledger()
         .credits_by_endpoint
