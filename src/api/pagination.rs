@@ -5,10 +5,18 @@
 //! back a cursor seen before (a loop), `has_next_page: true` with an empty
 //! cursor, or an endless run of empty pages. Each of those ends the scan
 //! cleanly instead of paging forever (and spending credits forever).
+//!
+//! Pages go newest to oldest, so every page that moves a scan forward brings
+//! a message older than any it has seen. A page that does not — empty, or
+//! only repeated or newer messages, as a broken or hostile server can send
+//! with a fresh cursor every time — counts as an empty page, and a run of
+//! those ends the scan (SPEC §5, hostile answers).
 
 use std::collections::HashSet;
 
 use serde::{Deserialize, Serialize};
+
+use crate::dedupe::cmp_ids;
 
 /// Why a scan of a conversation stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -22,7 +30,8 @@ pub enum StopReason {
     RepeatedCursor,
     /// `has_next_page: true` with an empty `next_cursor`.
     EmptyCursor,
-    /// Too many empty pages in a row.
+    /// Too many pages in a row that brought no message older than the scan
+    /// had seen (empty pages, or only repeated or newer messages).
     EmptyPages,
 }
 
@@ -45,10 +54,12 @@ pub enum Next {
     Stop(StopReason),
 }
 
-/// Tracks one scan's cursors and empty pages.
+/// Tracks one scan's cursors, its oldest message and its pages that
+/// brought nothing older.
 #[derive(Debug)]
 pub struct PageGuard {
     seen: HashSet<String>,
+    oldest: Option<String>,
     empty_run: u32,
     max_empty_run: u32,
 }
@@ -63,26 +74,46 @@ impl PageGuard {
         }
         PageGuard {
             seen,
+            oldest: None,
             empty_run: 0,
             max_empty_run: max_empty_run.max(1),
         }
     }
 
-    /// Looks at a page's paging fields and decides.
-    pub fn next(&mut self, messages: usize, has_next_page: bool, next_cursor: &str) -> Next {
+    /// Looks at a page's paging fields and decides. `ids` are the message
+    /// IDs the page returned, in any order.
+    pub fn next<'a>(
+        &mut self,
+        ids: impl IntoIterator<Item = &'a str>,
+        has_next_page: bool,
+        next_cursor: &str,
+    ) -> Next {
+        let oldest_on_page = ids.into_iter().min_by(|a, b| cmp_ids(a, b));
+        let older = match (oldest_on_page, &self.oldest) {
+            (None, _) => false,
+            (Some(id), None) => {
+                self.oldest = Some(id.to_owned());
+                true
+            }
+            (Some(id), Some(oldest)) if cmp_ids(id, oldest).is_lt() => {
+                self.oldest = Some(id.to_owned());
+                true
+            }
+            (Some(_), Some(_)) => false,
+        };
         if !has_next_page {
             return Next::Stop(StopReason::End);
         }
         if next_cursor.is_empty() {
             return Next::Stop(StopReason::EmptyCursor);
         }
-        if messages == 0 {
+        if older {
+            self.empty_run = 0;
+        } else {
             self.empty_run += 1;
             if self.empty_run >= self.max_empty_run {
                 return Next::Stop(StopReason::EmptyPages);
             }
-        } else {
-            self.empty_run = 0;
         }
         if !self.seen.insert(next_cursor.to_owned()) {
             return Next::Stop(StopReason::RepeatedCursor);
@@ -95,35 +126,61 @@ impl PageGuard {
 mod tests {
     use super::*;
 
+    /// `n` message IDs, each older than every ID of the pages before it
+    /// (one page per call, IDs counting down from a large number).
+    fn page(n: usize) -> Vec<String> {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NEXT: AtomicU64 = AtomicU64::new(1_900_000_000_000_000_000);
+        (0..n)
+            .map(|_| NEXT.fetch_sub(1, Ordering::Relaxed).to_string())
+            .collect()
+    }
+
+    fn ids(page: &[String]) -> impl Iterator<Item = &str> {
+        page.iter().map(String::as_str)
+    }
+
     #[test]
     fn last_page_ends() {
         let mut g = PageGuard::new(None, 3);
-        assert_eq!(g.next(5, false, ""), Next::Stop(StopReason::End));
+        assert_eq!(
+            g.next(ids(&page(5)), false, ""),
+            Next::Stop(StopReason::End)
+        );
         // has_next_page false wins over a leftover cursor.
         let mut g = PageGuard::new(None, 3);
-        assert_eq!(g.next(5, false, "abc"), Next::Stop(StopReason::End));
+        assert_eq!(
+            g.next(ids(&page(5)), false, "abc"),
+            Next::Stop(StopReason::End)
+        );
     }
 
     #[test]
     fn empty_cursor_with_more_pages_ends() {
         let mut g = PageGuard::new(None, 3);
-        assert_eq!(g.next(5, true, ""), Next::Stop(StopReason::EmptyCursor));
+        assert_eq!(
+            g.next(ids(&page(5)), true, ""),
+            Next::Stop(StopReason::EmptyCursor)
+        );
     }
 
     #[test]
     fn repeated_cursor_ends_paging_even_when_not_the_previous_one() {
         let mut g = PageGuard::new(None, 3);
-        assert_eq!(g.next(5, true, "a"), Next::Page("a".into()));
-        assert_eq!(g.next(5, true, "b"), Next::Page("b".into()));
-        assert_eq!(g.next(5, true, "c"), Next::Page("c".into()));
-        assert_eq!(g.next(5, true, "a"), Next::Stop(StopReason::RepeatedCursor));
+        assert_eq!(g.next(ids(&page(5)), true, "a"), Next::Page("a".into()));
+        assert_eq!(g.next(ids(&page(5)), true, "b"), Next::Page("b".into()));
+        assert_eq!(g.next(ids(&page(5)), true, "c"), Next::Page("c".into()));
+        assert_eq!(
+            g.next(ids(&page(5)), true, "a"),
+            Next::Stop(StopReason::RepeatedCursor)
+        );
     }
 
     #[test]
     fn the_start_cursor_counts_as_seen() {
         let mut g = PageGuard::new(Some("start"), 3);
         assert_eq!(
-            g.next(5, true, "start"),
+            g.next(ids(&page(5)), true, "start"),
             Next::Stop(StopReason::RepeatedCursor)
         );
     }
@@ -131,11 +188,41 @@ mod tests {
     #[test]
     fn a_run_of_empty_pages_ends_but_isolated_ones_do_not() {
         let mut g = PageGuard::new(None, 3);
-        assert_eq!(g.next(0, true, "a"), Next::Page("a".into()));
-        assert_eq!(g.next(0, true, "b"), Next::Page("b".into()));
-        assert_eq!(g.next(4, true, "c"), Next::Page("c".into()));
-        assert_eq!(g.next(0, true, "d"), Next::Page("d".into()));
-        assert_eq!(g.next(0, true, "e"), Next::Page("e".into()));
-        assert_eq!(g.next(0, true, "f"), Next::Stop(StopReason::EmptyPages));
+        assert_eq!(g.next(ids(&page(0)), true, "a"), Next::Page("a".into()));
+        assert_eq!(g.next(ids(&page(0)), true, "b"), Next::Page("b".into()));
+        assert_eq!(g.next(ids(&page(4)), true, "c"), Next::Page("c".into()));
+        assert_eq!(g.next(ids(&page(0)), true, "d"), Next::Page("d".into()));
+        assert_eq!(g.next(ids(&page(0)), true, "e"), Next::Page("e".into()));
+        assert_eq!(
+            g.next(ids(&page(0)), true, "f"),
+            Next::Stop(StopReason::EmptyPages)
+        );
+    }
+
+    #[test]
+    fn pages_that_bring_nothing_older_count_as_empty() {
+        let mut g = PageGuard::new(None, 3);
+        let first = page(5);
+        assert_eq!(g.next(ids(&first), true, "a"), Next::Page("a".into()));
+        // A fresh cursor every time, but the same messages again, then
+        // only newer ones: no progress towards the oldest message.
+        assert_eq!(g.next(ids(&first), true, "b"), Next::Page("b".into()));
+        let newer: Vec<String> = (0..5).map(|i| format!("2{i:018}")).collect();
+        assert_eq!(g.next(ids(&newer), true, "c"), Next::Page("c".into()));
+        assert_eq!(
+            g.next(ids(&newer), true, "d"),
+            Next::Stop(StopReason::EmptyPages)
+        );
+        // One older message among repeated ones is progress.
+        let mut g = PageGuard::new(None, 2);
+        let mut mixed = first.clone();
+        assert_eq!(g.next(ids(&first), true, "a"), Next::Page("a".into()));
+        mixed.extend(page(1));
+        assert_eq!(g.next(ids(&mixed), true, "b"), Next::Page("b".into()));
+        assert_eq!(g.next(ids(&mixed), true, "c"), Next::Page("c".into()));
+        assert_eq!(
+            g.next(ids(&mixed), true, "d"),
+            Next::Stop(StopReason::EmptyPages)
+        );
     }
 }

@@ -457,7 +457,11 @@ pub async fn fetch_only(
                     .value;
                 messages += page.messages.len() as u64;
                 pages += 1;
-                match guard.next(page.messages.len(), page.has_next_page, &page.next_cursor) {
+                match guard.next(
+                    page.messages.iter().map(|m| m.id.as_str()),
+                    page.has_next_page,
+                    &page.next_cursor,
+                ) {
                     Next::Page(c) => cursor = Some(c),
                     Next::Stop(_) => return Ok::<_, Error>((messages, pages)),
                 }

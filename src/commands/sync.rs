@@ -803,7 +803,11 @@ async fn page_scan(
                 admit(ids, floor.as_deref(), &mut top.block)
             }
         };
-        let next = guard.next(page.messages.len(), page.has_next_page, &page.next_cursor);
+        let next = guard.next(
+            page.messages.iter().map(|m| m.id.as_str()),
+            page.has_next_page,
+            &page.next_cursor,
+        );
         let stop = match (&scan, &next) {
             (Scan::Top, _) if admission.boundary => Some(StopReason::Boundary),
             (_, Next::Stop(reason)) => Some(*reason),

@@ -590,3 +590,61 @@ async fn a_429_storm_ends_in_bounded_time_as_partial_and_the_rerun_completes() {
     assert_eq!(report.exit_code(), 0, "{report}");
     assert_ground_truth(dir.path(), &server, &users);
 }
+
+/// A server that answers every page with a fresh cursor and 100 messages
+/// never seen before, each page newer than the last: without a guard the
+/// scan would never end. Pages that bring nothing older than the scan has
+/// seen count as empty, and the run of them ends the scan (SPEC §5).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_that_keeps_sending_newer_pages_cannot_keep_a_scan_going() {
+    use crate::scripted::{Answer, Scripted};
+    let page = |n: u64| {
+        let messages: Vec<serde_json::Value> = (0..100)
+            .map(|i| {
+                serde_json::json!({
+                    "id": (1_900_000_000_000_000_000u64 + n * 1_000 + i).to_string(),
+                    "senderId": "1000001",
+                    "receiverId": "1612345678901234567",
+                    "text": format!("page {n} message {i}"),
+                })
+            })
+            .collect();
+        Answer::json(
+            200,
+            serde_json::json!({
+                "messages": messages,
+                "has_next_page": true,
+                "next_cursor": format!("fresh-{n}"),
+            }),
+        )
+    };
+    let server = Scripted::start((0..40).map(page).collect()).await;
+    crate::init();
+    let dir = tempfile::tempdir().unwrap();
+    let options = || {
+        let mut api = xquik_dm::ClientConfig::new(
+            server.base_url(),
+            xquik_dm::ApiKey::new(crate::KEY).unwrap(),
+        );
+        api.retry = xquik_dm::RetryPolicy::fast();
+        let target = xquik_dm::commands::sync::Target {
+            account: xquik_dm::Account::parse(ACCOUNT).unwrap(),
+            user: xquik_dm::UserRef::Id(user_id(1)),
+        };
+        sync::SyncOptions::new(api, dir.path().to_owned(), vec![target])
+    };
+    let report = sync::run(options()).await.unwrap();
+    // The first page moves the scan; five more that bring nothing older
+    // end it.
+    assert_eq!(server.calls(), 6);
+    assert_eq!(report.exit_code(), 4);
+    assert_eq!(report.conversations[0].reason, "empty_pages");
+    // A backfill writes only what lies below what it has written: the
+    // first page.
+    assert_eq!(report.new_messages, 100);
+    // The next run's incremental scan meets the same server and ends the
+    // same way: bounded again.
+    let calls = server.calls();
+    sync::run(options()).await.unwrap();
+    assert!(server.calls() - calls <= 6);
+}
