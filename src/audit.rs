@@ -24,19 +24,16 @@
 //! compact JSON with sorted keys).
 
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
-use std::io::{BufRead, BufReader, BufWriter, Read, Write};
-use std::path::{Path, PathBuf};
+use std::io::{Read, Write};
+use std::ops::Range;
 
 use hmac::{KeyInit, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
-use crate::sinks::{
-    WrittenFile, create_private_dir, fsync_dir, open_private, publish, sha256_hex, write_atomic,
-    write_new,
-};
+use crate::sinks::{WrittenFile, sha256_hex};
+use crate::storage::{Backend, Expect, Journal, NewObject, file_name};
 
 /// Folder of the manifests and rows files.
 pub const RUNS_DIR: &str = "audit/runs";
@@ -128,20 +125,34 @@ pub struct AuditRow {
 }
 
 /// A body-free JSON Lines file of a run, written as the run goes: the rows
-/// file (the IDs it wrote, with a Merkle root) or the page log (every page
-/// it fetched). Streamed to disk so that memory stays flat however many
+/// file (the IDs it wrote, with a Merkle root) or the page log (every
+/// request it made). Streamed out so that memory stays flat however many
 /// messages and pages a run handles.
-#[derive(Debug)]
 pub struct AuditLog {
-    tmp: PathBuf,
-    target: PathBuf,
-    rel: String,
-    file: BufWriter<File>,
+    key: String,
+    sink: LogSink,
     hasher: Sha256,
     merkle: Option<Merkle>,
     lines: u64,
     bytes: u64,
     line: Vec<u8>,
+}
+
+/// Where a log's lines go: a new object (the rows file, which the next run
+/// rebuilds from the JSONL if this one is killed), or a journal whose
+/// lines outlive a killed run (the page log; see [`repair`]).
+enum LogSink {
+    Object(Box<dyn NewObject>),
+    Journal(Box<dyn Journal>),
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditLog")
+            .field("key", &self.key)
+            .field("lines", &self.lines)
+            .finish_non_exhaustive()
+    }
 }
 
 /// An audit log file as the manifest describes it.
@@ -180,21 +191,16 @@ impl LogKind {
 }
 
 impl AuditLog {
-    /// Starts the `kind` log of `run_id` (under a temporary name).
-    pub fn create(out: &Path, run_id: &str, kind: LogKind) -> Result<AuditLog> {
-        let dir = out.join(RUNS_DIR);
-        create_private_dir(&dir)?;
-        let name = format!("{run_id}{}", kind.suffix());
-        let tmp = dir.join(format!(".{name}.tmp"));
-        let file = open_private(
-            &tmp,
-            OpenOptions::new().write(true).create(true).truncate(true),
-        )?;
+    /// Starts the `kind` log of `run_id`.
+    pub fn create(storage: &dyn Backend, run_id: &str, kind: LogKind) -> Result<AuditLog> {
+        let key = format!("{RUNS_DIR}/{run_id}{}", kind.suffix());
+        let sink = match kind {
+            LogKind::Rows => LogSink::Object(storage.create(&key)?),
+            LogKind::Pages => LogSink::Journal(storage.journal(&key)?),
+        };
         Ok(AuditLog {
-            tmp,
-            target: dir.join(&name),
-            rel: format!("{RUNS_DIR}/{name}"),
-            file: BufWriter::with_capacity(1 << 20, file),
+            key,
+            sink,
             hasher: Sha256::new(),
             merkle: (kind == LogKind::Rows).then(Merkle::default),
             lines: 0,
@@ -207,19 +213,18 @@ impl AuditLog {
     pub fn push<T: Serialize>(&mut self, record: &T) -> Result<()> {
         self.line.clear();
         serde_json::to_writer(&mut self.line, record)
-            .map_err(|e| Error::io(&self.tmp, e.into()))?;
+            .map_err(|e| Error::io(&self.key, e.into()))?;
         if let Some(merkle) = &mut self.merkle {
             merkle.push(&self.line);
         }
         self.line.push(b'\n');
-        self.file
-            .write_all(&self.line)
-            .map_err(|e| Error::io(&self.tmp, e))?;
-        if self.merkle.is_none() {
-            // A page log line goes to the file at once: if the run is
-            // killed, the next run finds every request it made and seals
-            // them (see [`repair`]). A rows file is rebuilt from the JSONL.
-            self.file.flush().map_err(|e| Error::io(&self.tmp, e))?;
+        match &mut self.sink {
+            LogSink::Object(object) => object
+                .write_all(&self.line)
+                .map_err(|e| Error::io(&self.key, e))?,
+            // A page log line goes out at once: if the run is killed, the
+            // next run finds every request it made and seals them.
+            LogSink::Journal(journal) => journal.append(&self.line)?,
         }
         self.hasher.update(&self.line);
         self.bytes += self.line.len() as u64;
@@ -244,17 +249,22 @@ impl AuditLog {
         })
     }
 
+    /// Makes a journal's lines so far durable (at each commit).
+    pub fn sync(&mut self) -> Result<()> {
+        match &mut self.sink {
+            LogSink::Journal(journal) => journal.sync(),
+            LogSink::Object(_) => Ok(()),
+        }
+    }
+
     /// Makes the file durable under its final name.
     pub fn finish(self) -> Result<LogInfo> {
-        let file = self
-            .file
-            .into_inner()
-            .map_err(|e| Error::io(&self.tmp, e.into_error()))?;
-        file.sync_all().map_err(|e| Error::io(&self.tmp, e))?;
-        drop(file);
-        publish(&self.tmp, &self.target)?;
+        match self.sink {
+            LogSink::Object(object) => object.finish()?,
+            LogSink::Journal(journal) => journal.finish()?,
+        }
         Ok(LogInfo {
-            path: self.rel,
+            path: self.key,
             sha256: hex::encode(self.hasher.finalize()),
             bytes: self.bytes,
             rows: self.lines,
@@ -404,22 +414,19 @@ pub struct ChainEntry {
 
 /// Reads the chain. A last line without its newline (a torn append) is
 /// reported separately so the caller can cut it.
-pub fn read_chain(out: &Path) -> Result<(Vec<ChainEntry>, Option<u64>)> {
-    let path = out.join(CHAIN);
-    let bytes = match fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), None)),
-        Err(e) => return Err(Error::io(&path, e)),
+pub fn read_chain(storage: &dyn Backend) -> Result<(Vec<ChainEntry>, Option<u64>)> {
+    let Some(stored) = storage.get(CHAIN)? else {
+        return Ok((Vec::new(), None));
     };
     let mut entries = Vec::new();
     let mut good_len = 0u64;
-    for line in bytes.split_inclusive(|b| *b == b'\n') {
+    for line in stored.bytes.split_inclusive(|b| *b == b'\n') {
         if line.last() != Some(&b'\n') {
             return Ok((entries, Some(good_len)));
         }
         let entry: ChainEntry =
             serde_json::from_slice(&line[..line.len() - 1]).map_err(|e| Error::Corrupt {
-                path: path.clone(),
+                path: storage.describe(CHAIN),
                 reason: format!(
                     "line {} is not a chain entry ({})",
                     entries.len() + 1,
@@ -432,18 +439,17 @@ pub fn read_chain(out: &Path) -> Result<(Vec<ChainEntry>, Option<u64>)> {
     Ok((entries, None))
 }
 
-/// Writes a manifest durably, then appends it to the chain durably.
-/// Returns its chain entry.
+/// Writes a manifest durably (create-only), then appends it to the chain
+/// durably. Returns its chain entry.
 pub fn append_run(
-    out: &Path,
+    storage: &dyn Backend,
     manifest: &Manifest,
     previous: Option<&ChainEntry>,
 ) -> Result<ChainEntry> {
     let rel = format!("{RUNS_DIR}/{}.manifest.json", manifest.run_id);
-    create_private_dir(&out.join(RUNS_DIR))?;
     let mut bytes = serde_json::to_vec_pretty(manifest).map_err(|e| Error::io(&rel, e.into()))?;
     bytes.push(b'\n');
-    write_new(&out.join(&rel), &bytes)?;
+    storage.put_new(&rel, &bytes)?;
     let entry = ChainEntry {
         seq: previous.map_or(1, |p| p.seq + 1),
         run_id: manifest.run_id.clone(),
@@ -451,14 +457,9 @@ pub fn append_run(
         sha256: sha256_hex(&bytes),
         previous_sha256: previous.map(|p| p.sha256.clone()),
     };
-    let path = out.join(CHAIN);
-    let mut line = serde_json::to_vec(&entry).map_err(|e| Error::io(&path, e.into()))?;
+    let mut line = serde_json::to_vec(&entry).map_err(|e| Error::io(CHAIN, e.into()))?;
     line.push(b'\n');
-    let mut file = open_private(&path, OpenOptions::new().append(true).create(true))?;
-    file.write_all(&line)
-        .and_then(|()| file.sync_all())
-        .map_err(|e| Error::io(&path, e))?;
-    fsync_dir(path.parent().unwrap_or(out))?;
+    storage.append_line(CHAIN, &line)?;
     Ok(entry)
 }
 
@@ -501,78 +502,87 @@ fn audit_file_owner(name: &str) -> (&str, bool) {
 /// returned for its manifest; their manifests, rows files (rebuilt from the
 /// JSONL) and temporary files are removed. Only files named like a run's
 /// files are touched.
-pub fn repair(out: &Path, run_id: &str) -> Result<AuditRepair> {
-    let (chain, torn_at) = read_chain(out)?;
-    if let Some(len) = torn_at {
-        let path = out.join(CHAIN);
-        let file = OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .map_err(|e| Error::io(&path, e))?;
-        file.set_len(len)
-            .and_then(|()| file.sync_all())
-            .map_err(|e| Error::io(&path, e))?;
+pub fn repair(storage: &dyn Backend, run_id: &str) -> Result<AuditRepair> {
+    let (chain, torn_at) = read_chain(storage)?;
+    if let Some(len) = torn_at
+        && let Some(stored) = storage.get(CHAIN)?
+    {
+        let good = &stored.bytes[..len as usize];
+        storage.replace(CHAIN, good, Expect::Any)?;
     }
     let mut repair = AuditRepair::default();
-    let dir = out.join(RUNS_DIR);
-    if dir.exists() {
-        let known: std::collections::HashSet<&str> =
-            chain.iter().map(|e| e.run_id.as_str()).collect();
-        let mut names = Vec::new();
-        for entry in fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))? {
-            let entry = entry.map_err(|e| Error::io(&dir, e))?;
-            if entry.file_type().is_ok_and(|t| t.is_file()) {
-                names.push(entry.file_name().to_string_lossy().into_owned());
-            }
+    let known: std::collections::HashSet<&str> = chain.iter().map(|e| e.run_id.as_str()).collect();
+    // Page logs of runs the chain does not hold, by the run that made them
+    // (a journal may be kept in several pieces, named in order).
+    let mut page_logs: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for listed in storage.list(&format!("{RUNS_DIR}/"))? {
+        let name = file_name(&listed.key).to_owned();
+        let (owner, page_log) = audit_file_owner(&name);
+        let ours = name.ends_with(".json")
+            || name.ends_with(".jsonl")
+            || crate::storage::is_temporary(&name);
+        if known.contains(owner) || !ours {
+            continue;
         }
-        names.sort();
-        for name in names {
-            let (owner, page_log) = audit_file_owner(&name);
-            let ours = name.ends_with(".json")
-                || name.ends_with(".jsonl")
-                || crate::sinks::is_temporary(&name);
-            if known.contains(owner) || !ours {
-                continue;
-            }
-            let path = dir.join(&name);
-            if page_log && let Some(log) = recover_page_log(out, &path, run_id)? {
-                repair.recovered.push(log);
-                continue;
-            }
-            fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
-            repair.removed.push(format!("{RUNS_DIR}/{name}"));
+        if page_log {
+            // A log recovered before (by a run that was killed in turn)
+            // keeps the name of the run that made its requests.
+            let origin = name
+                .split_once(".recovered.")
+                .map_or(owner, |(_, rest)| rest.split('.').next().unwrap_or(owner));
+            page_logs
+                .entry(origin.to_owned())
+                .or_default()
+                .push(listed.key);
+            continue;
+        }
+        storage.delete(&listed.key)?;
+        repair.removed.push(listed.key);
+    }
+    for (origin, pieces) in page_logs {
+        match recover_page_log(storage, &origin, &pieces, run_id)? {
+            Some(log) => repair.recovered.push(log),
+            None => repair.removed.extend(pieces.iter().cloned()),
+        }
+        for piece in &pieces {
+            storage.delete(piece)?;
         }
     }
     repair.chain = chain;
     Ok(repair)
 }
 
-/// Renames the page log `path` of a killed run to a name of the run
-/// `run_id`, cut to its last complete line, and accounts for its credits.
-/// `None` when it holds no complete line (the caller removes it).
-fn recover_page_log(out: &Path, path: &Path, run_id: &str) -> Result<Option<RecoveredLog>> {
-    let bytes = fs::read(path).map_err(|e| Error::io(path, e))?;
+/// Writes the page log of the killed run `origin`, kept in `pieces`, as a
+/// new object of the run `run_id`, cut to its last complete line, and
+/// accounts for its credits. `None` when it holds no complete line.
+fn recover_page_log(
+    storage: &dyn Backend,
+    origin: &str,
+    pieces: &[String],
+    run_id: &str,
+) -> Result<Option<RecoveredLog>> {
+    // A copy recovered before holds the whole log (the pieces it came from
+    // are removed only once it is durable): a run killed between the two
+    // leaves both, and the copy alone is read. Otherwise the pieces of the
+    // journal, in order.
+    let copy = pieces.iter().find(|p| p.contains(".recovered."));
+    let mut bytes = Vec::new();
+    for piece in copy
+        .into_iter()
+        .chain(pieces.iter().filter(|_| copy.is_none()))
+    {
+        if let Some(stored) = storage.get(piece)? {
+            bytes.extend_from_slice(&stored.bytes);
+        }
+    }
     let good = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    // A log recovered before (by a run that was killed in turn) keeps the
-    // name of the run that made its requests.
-    let (owner, _) = audit_file_owner(&name);
-    let origin = name
-        .split_once(".recovered.")
-        .map_or(owner, |(_, rest)| rest.split('.').next().unwrap_or(owner))
-        .to_owned();
     if good == 0 {
         return Ok(None);
     }
+    bytes.truncate(good);
     let mut credits: BTreeMap<String, u64> = BTreeMap::new();
     let mut rows = 0u64;
-    for line in bytes[..good]
-        .split(|b| *b == b'\n')
-        .filter(|l| !l.is_empty())
-    {
+    for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
         rows += 1;
         // A line that does not parse still counts as a request; it just
         // adds no credits it cannot name.
@@ -583,24 +593,16 @@ fn recover_page_log(out: &Path, path: &Path, run_id: &str) -> Result<Option<Reco
             }
         }
     }
-    let file = OpenOptions::new()
-        .write(true)
-        .open(path)
-        .map_err(|e| Error::io(path, e))?;
-    file.set_len(good as u64)
-        .and_then(|()| file.sync_all())
-        .map_err(|e| Error::io(path, e))?;
-    drop(file);
     let rel = format!(
         "{RUNS_DIR}/{run_id}.recovered.{origin}{}",
         LogKind::Pages.suffix()
     );
-    publish(path, &out.join(&rel))?;
+    storage.put_new(&rel, &bytes)?;
     Ok(Some(RecoveredLog {
-        run_id: origin,
+        run_id: origin.to_owned(),
         log: LogInfo {
             path: rel,
-            sha256: sha256_hex(&bytes[..good]),
+            sha256: sha256_hex(&bytes),
             bytes: good as u64,
             rows,
             merkle_root: None,
@@ -637,32 +639,38 @@ impl RequestCost {
 }
 
 /// Reads a manifest file.
-pub fn read_manifest(out: &Path, rel: &str) -> Result<(Manifest, Vec<u8>)> {
-    let path = out.join(rel);
-    let bytes = fs::read(&path).map_err(|e| Error::io(&path, e))?;
+pub fn read_manifest(storage: &dyn Backend, rel: &str) -> Result<(Manifest, Vec<u8>)> {
+    let bytes = storage
+        .get(rel)?
+        .ok_or_else(|| {
+            Error::io(
+                storage.describe(rel),
+                std::io::Error::new(std::io::ErrorKind::NotFound, "missing"),
+            )
+        })?
+        .bytes;
     let manifest = serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
-        path,
+        path: storage.describe(rel),
         reason: format!("not a manifest ({})", crate::error::json_error_category(&e)),
     })?;
     Ok((manifest, bytes))
 }
 
-/// SHA-256 and size of a whole file, streamed.
-pub fn file_digest(path: &Path) -> Result<(String, u64)> {
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
-    digest_reader(file).map_err(|e| Error::io(path, e))
+/// SHA-256 and size of a whole object, streamed.
+pub fn digest(storage: &dyn Backend, key: &str) -> Result<(String, u64)> {
+    let reader = storage.reader(key, None)?;
+    digest_reader(reader).map_err(|e| Error::io(storage.describe(key), e))
 }
 
-/// SHA-256 and size of bytes `[offset, offset + length)` of a file.
-pub fn range_digest(path: &Path, offset: u64, length: u64) -> Result<(String, u64)> {
-    use std::io::{Seek, SeekFrom};
-    let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
-    file.seek(SeekFrom::Start(offset))
-        .map_err(|e| Error::io(path, e))?;
-    digest_reader(file.take(length)).map_err(|e| Error::io(path, e))
+/// SHA-256 and size of bytes `range` of the handoff file, streamed.
+pub fn handoff_digest(storage: &dyn Backend, range: Range<u64>) -> Result<(String, u64)> {
+    let reader = storage.handoff_reader(range)?;
+    digest_reader(reader)
+        .map_err(|e| Error::io(storage.describe(crate::sinks::jsonl::FILE_NAME), e))
 }
 
-fn digest_reader(mut reader: impl Read) -> std::io::Result<(String, u64)> {
+/// SHA-256 and size of everything `reader` yields.
+pub fn digest_reader(mut reader: impl Read) -> std::io::Result<(String, u64)> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut total = 0u64;
@@ -677,10 +685,14 @@ fn digest_reader(mut reader: impl Read) -> std::io::Result<(String, u64)> {
 }
 
 /// Rewrites `SHA256SUMS` atomically: one `<sha256>  <path>` line per file
-/// (paths relative to the output folder, sorted), in the format
+/// (paths relative to the output root, sorted), in the format
 /// `sha256sum -c` reads. `known` holds digests already computed (Parquet
 /// files, manifests), keyed by relative path; the rest is hashed here.
-pub fn write_sums(out: &Path, files: &[String], known: &BTreeMap<String, String>) -> Result<()> {
+pub fn write_sums(
+    storage: &dyn Backend,
+    files: &[String],
+    known: &BTreeMap<String, String>,
+) -> Result<()> {
     let mut lines = String::new();
     let mut sorted: Vec<&String> = files.iter().collect();
     sorted.sort();
@@ -688,23 +700,32 @@ pub fn write_sums(out: &Path, files: &[String], known: &BTreeMap<String, String>
     for rel in sorted {
         let digest = match known.get(rel) {
             Some(d) => d.clone(),
-            None => file_digest(&out.join(rel))?.0,
+            None => digest(storage, rel)?.0,
         };
         lines.push_str(&format!("{digest}  {rel}\n"));
     }
-    write_atomic(&out.join(SUMS), lines.as_bytes())
+    storage.replace(SUMS, lines.as_bytes(), Expect::Any)?;
+    Ok(())
 }
 
-/// Parses `SHA256SUMS` into (digest, path) pairs.
-pub fn read_sums(out: &Path) -> Result<Vec<(String, String)>> {
-    let path = out.join(SUMS);
-    let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
+/// Parses `SHA256SUMS` into (digest, path) pairs; empty when missing.
+pub fn read_sums(storage: &dyn Backend) -> Result<Vec<(String, String)>> {
+    let Some(stored) = storage.get(SUMS)? else {
+        return Err(Error::io(
+            storage.describe(SUMS),
+            std::io::Error::new(std::io::ErrorKind::NotFound, "missing"),
+        ));
+    };
     let mut sums = Vec::new();
-    for line in BufReader::new(file).lines() {
-        let line = line.map_err(|e| Error::io(&path, e))?;
+    for line in stored
+        .bytes
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+    {
+        let line = String::from_utf8_lossy(line);
         let Some((digest, rel)) = line.split_once("  ") else {
             return Err(Error::Corrupt {
-                path: path.clone(),
+                path: storage.describe(SUMS),
                 reason: "a line is not '<sha256>  <path>'".into(),
             });
         };
@@ -806,12 +827,14 @@ mod tests {
 
     #[test]
     fn a_torn_chain_line_and_orphan_manifests_are_repaired() {
+        use std::fs::{self, OpenOptions};
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path();
-        let first = append_run(out, &manifest(), None).unwrap();
+        let storage = crate::storage::local::LocalDir::new(out);
+        let first = append_run(&storage, &manifest(), None).unwrap();
         let mut m2 = manifest();
         m2.run_id = "r2".into();
-        append_run(out, &m2, Some(&first)).unwrap();
+        append_run(&storage, &m2, Some(&first)).unwrap();
         // Tear the second line, and leave an orphan rows file.
         let chain = out.join(CHAIN);
         let len = fs::metadata(&chain).unwrap().len();
@@ -837,7 +860,7 @@ mod tests {
         .unwrap();
         // A user's own file is not the tool's to remove.
         fs::write(out.join(RUNS_DIR).join("notes.txt"), b"mine").unwrap();
-        let repaired = repair(out, "r4").unwrap();
+        let repaired = repair(&storage, "r4").unwrap();
         let (entries, removed) = (repaired.chain, repaired.removed);
         assert_eq!(entries, vec![first]);
         assert_eq!(
@@ -866,14 +889,23 @@ mod tests {
                 ("GET /x/users/{id}".to_owned(), 1)
             ])
         );
-        // r4 is killed in turn: r5 takes the log over, still naming r3.
-        let again = repair(out, "r5").unwrap();
-        assert_eq!(again.recovered[0].run_id, "r3");
+        // r4 is killed in turn, and so is r5 after writing its copy but
+        // before removing r4's: r6 reads one copy, not both.
+        let again = repair(&storage, "r5").unwrap();
         assert_eq!(
             again.recovered[0].log.path,
             "audit/runs/r5.recovered.r3.pages.jsonl"
         );
+        fs::write(out.join(&recovered.log.path), &logged).unwrap();
+        let again = repair(&storage, "r6").unwrap();
+        assert_eq!(again.recovered.len(), 1);
+        assert_eq!(again.recovered[0].log.rows, 3);
+        assert_eq!(again.recovered[0].run_id, "r3");
+        assert_eq!(
+            again.recovered[0].log.path,
+            "audit/runs/r6.recovered.r3.pages.jsonl"
+        );
         assert_eq!(again.recovered[0].credits, recovered.credits);
-        assert_eq!(read_chain(out).unwrap(), (entries, None));
+        assert_eq!(read_chain(&storage).unwrap(), (entries, None));
     }
 }

@@ -1,28 +1,31 @@
 //! The one checkpoint object, `state/checkpoint.json` (the guide's
-//! "recipient / history / send / audit checkpoint"), and the lock that keeps
-//! two runs out of the same output folder.
+//! "recipient / history / send / audit checkpoint"): the commit record.
 //!
 //! The checkpoint says what is committed: how many bytes of the JSONL, which
 //! Parquet files, and per conversation which block of message IDs is written
 //! and where paging resumes. It holds IDs, cursors, counts and statuses,
 //! never a message body. It is replaced atomically and only after the data
-//! it describes is durable, so after a crash it never points past the data.
+//! it describes is durable, so after a crash it never points past the data;
+//! where the storage has versions, by compare-and-swap against the version
+//! it was read as, so that a run that was not the last to commit can never
+//! commit over another's work.
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions, TryLockError};
-use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::api::pagination::StopReason;
 use crate::dedupe::Block;
 use crate::error::{Error, Result};
-use crate::sinks::{WrittenFile, create_private_dir, open_private, write_atomic};
+use crate::sinks::WrittenFile;
+use crate::storage::{Backend, Expect};
 
 /// Folder of the checkpoint and the lock, inside the output folder.
 pub const STATE_DIR: &str = "state";
 /// Checkpoint file name.
 pub const FILE_NAME: &str = "checkpoint.json";
+/// The checkpoint's key.
+pub const KEY: &str = "state/checkpoint.json";
 const FORMAT_VERSION: u32 = 1;
 
 /// The checkpoint.
@@ -48,6 +51,10 @@ pub struct Checkpoint {
     /// The audit chain's head.
     #[serde(default)]
     pub audit: AuditPointer,
+    /// How it was read: `None` when there was none, else the version (if
+    /// the storage has versions) the next save must still find.
+    #[serde(skip)]
+    pub read_as: Option<Option<String>>,
 }
 
 /// Where one outbound send stands. No text: the key identifies it.
@@ -224,11 +231,6 @@ pub fn conversation_key(account: &str, user_id: &str) -> String {
 }
 
 impl Checkpoint {
-    /// The checkpoint's path inside `out`.
-    pub fn path(out: &Path) -> PathBuf {
-        out.join(STATE_DIR).join(FILE_NAME)
-    }
-
     /// The checkpoint of a folder with nothing committed yet.
     pub fn empty() -> Checkpoint {
         Checkpoint {
@@ -237,21 +239,19 @@ impl Checkpoint {
         }
     }
 
-    /// Whether `out` has a checkpoint.
-    pub fn exists(out: &Path) -> bool {
-        Self::path(out).exists()
+    /// Whether `storage` has a checkpoint.
+    pub fn exists(storage: &dyn Backend) -> Result<bool> {
+        Ok(storage.size(KEY)?.is_some())
     }
 
-    /// Loads the checkpoint of `out`; a folder without one starts empty.
-    pub fn load(out: &Path) -> Result<Checkpoint> {
-        let path = Self::path(out);
-        let bytes = match std::fs::read(&path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Checkpoint::empty()),
-            Err(e) => return Err(Error::io(&path, e)),
+    /// Loads the checkpoint of `storage`; a root without one starts empty.
+    pub fn load(storage: &dyn Backend) -> Result<Checkpoint> {
+        let Some(stored) = storage.get(KEY)? else {
+            return Ok(Checkpoint::empty());
         };
-        let checkpoint: Checkpoint =
-            serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
+        let path = storage.describe(KEY);
+        let mut checkpoint: Checkpoint =
+            serde_json::from_slice(&stored.bytes).map_err(|e| Error::Corrupt {
                 path: path.clone(),
                 reason: format!(
                     "not a checkpoint (JSON error at line {} column {}): restore it from backup",
@@ -268,68 +268,36 @@ impl Checkpoint {
                 ),
             });
         }
+        checkpoint.read_as = Some(stored.version);
         Ok(checkpoint)
     }
 
-    /// Replaces the checkpoint atomically and durably. Call only once the
-    /// data it describes is durable.
-    pub fn save(&self, out: &Path) -> Result<()> {
+    /// Replaces the checkpoint atomically and durably, provided it is still
+    /// the one this was read as. Call only once the data it describes is
+    /// durable.
+    pub fn save(&mut self, storage: &dyn Backend) -> Result<()> {
         let bytes = serde_json::to_vec_pretty(self)
-            .map_err(|e| Error::io(Self::path(out), std::io::Error::other(e)))?;
-        write_atomic(&Self::path(out), &bytes)
-    }
-}
-
-/// An exclusive lock on an output folder, held for a run's lifetime and
-/// released by the kernel when the process ends, however it ends.
-#[derive(Debug)]
-pub struct DirLock {
-    _file: File,
-}
-
-impl DirLock {
-    /// Whether a run holds the lock of `out` right now (without creating
-    /// anything).
-    pub fn is_held(out: &Path) -> bool {
-        let path = out.join(STATE_DIR).join("lock");
-        match File::open(&path) {
-            Ok(file) => matches!(file.try_lock_shared(), Err(TryLockError::WouldBlock)),
-            Err(_) => false,
-        }
-    }
-
-    /// Creates the state folder if needed and takes the lock, or says which
-    /// run holds it.
-    pub fn acquire(out: &Path) -> Result<DirLock> {
-        let dir = out.join(STATE_DIR);
-        create_private_dir(&dir)?;
-        let path = dir.join("lock");
-        let file = open_private(
-            &path,
-            OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false),
-        )?;
-        match file.try_lock() {
-            Ok(()) => Ok(DirLock { _file: file }),
-            Err(TryLockError::WouldBlock) => Err(Error::Locked {
-                path: out.to_owned(),
-            }),
-            Err(TryLockError::Error(e)) => Err(Error::io(&path, e)),
-        }
+            .map_err(|e| Error::io(storage.describe(KEY), std::io::Error::other(e)))?;
+        let expect = match &self.read_as {
+            None => Expect::Missing,
+            Some(None) => Expect::Any,
+            Some(Some(version)) => Expect::Version(version),
+        };
+        let version = storage.replace(KEY, &bytes, expect)?;
+        self.read_as = Some(version);
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::local::LocalDir;
 
     #[test]
     fn missing_checkpoint_starts_empty() {
         let dir = tempfile::tempdir().unwrap();
-        let c = Checkpoint::load(dir.path()).unwrap();
+        let c = Checkpoint::load(&LocalDir::new(dir.path())).unwrap();
         assert_eq!(c.version, FORMAT_VERSION);
         assert!(c.conversations.is_empty());
     }
@@ -337,8 +305,8 @@ mod tests {
     #[test]
     fn save_and_load_round_trip() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join(STATE_DIR)).unwrap();
-        let mut c = Checkpoint::load(dir.path()).unwrap();
+        let storage = LocalDir::new(dir.path());
+        let mut c = Checkpoint::load(&storage).unwrap();
         c.jsonl.committed_bytes = 123;
         c.conversations.insert(
             conversation_key("acme", "42"),
@@ -356,30 +324,16 @@ mod tests {
                 ..Conversation::default()
             },
         );
-        c.save(dir.path()).unwrap();
-        assert_eq!(Checkpoint::load(dir.path()).unwrap(), c);
+        c.save(&storage).unwrap();
+        assert_eq!(Checkpoint::load(&storage).unwrap(), c);
     }
 
     #[test]
     fn a_damaged_checkpoint_is_refused_with_its_path() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join(STATE_DIR)).unwrap();
-        std::fs::write(
-            Checkpoint::path(dir.path()),
-            b"{\"version\": 1, \"jsonl\": ",
-        )
-        .unwrap();
-        let err = Checkpoint::load(dir.path()).unwrap_err();
+        std::fs::write(dir.path().join(KEY), b"{\"version\": 1, \"jsonl\": ").unwrap();
+        let err = Checkpoint::load(&LocalDir::new(dir.path())).unwrap_err();
         assert!(err.to_string().contains("checkpoint.json"), "{err}");
-    }
-
-    #[test]
-    fn a_second_lock_on_the_same_folder_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let first = DirLock::acquire(dir.path()).unwrap();
-        let err = DirLock::acquire(dir.path()).unwrap_err();
-        assert!(matches!(err, Error::Locked { .. }), "{err}");
-        drop(first);
-        assert!(DirLock::acquire(dir.path()).is_ok());
     }
 }

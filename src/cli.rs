@@ -18,6 +18,7 @@ use crate::commands::send::{BatchLine, SendOptions, SendRequest};
 use crate::commands::sync::{SyncOptions, Target};
 use crate::error::{Error, Result};
 use crate::logging::LogFormat;
+use crate::storage::Location;
 
 /// Moves X direct messages between the Xquik API and private storage.
 ///
@@ -295,8 +296,8 @@ pub enum Command {
     },
     /// `verify`.
     Verify {
-        /// The folder.
-        dir: PathBuf,
+        /// The folder or bucket.
+        dir: Location,
         /// Signature key.
         key: Option<AuditKey>,
         /// Chain head that must still be in the chain.
@@ -307,7 +308,7 @@ pub enum Command {
     /// `rebuild`.
     Rebuild {
         /// The folder.
-        out: PathBuf,
+        out: Location,
         /// Report as JSON.
         json: bool,
     },
@@ -437,7 +438,7 @@ impl Args {
                 if !(1..=256).contains(&concurrency) {
                     return Err(Error::invalid("--concurrency", "must be between 1 and 256"));
                 }
-                let mut options = SyncOptions::new(api(api_key)?, out, targets);
+                let mut options = SyncOptions::new(api(api_key)?, Location::from(out), targets);
                 options.concurrency = concurrency;
                 options.max_credits = max_credits.or(job.as_ref().and_then(|j| j.max_credits));
                 options.max_empty_pages = max_empty_pages.max(1);
@@ -521,7 +522,7 @@ impl Args {
                 Command::Send {
                     options: SendOptions {
                         api: api(api_key)?,
-                        out,
+                        out: Location::from(out),
                         lines,
                         batch: is_batch,
                         ignore_can_dm,
@@ -573,13 +574,16 @@ impl Args {
                 concurrency,
             },
             CommandArgs::Demo { out } => Command::Demo { out },
-            CommandArgs::Rebuild { out, json } => Command::Rebuild { out, json },
+            CommandArgs::Rebuild { out, json } => Command::Rebuild {
+                out: Location::from(out),
+                json,
+            },
             CommandArgs::Verify {
                 dir,
                 json,
                 expect_head,
             } => Command::Verify {
-                dir,
+                dir: Location::from(dir),
                 key: audit_key,
                 expect_head,
                 json,
@@ -834,7 +838,7 @@ mod tests {
         assert_eq!(options.targets.len(), 3);
         assert_eq!(options.targets[1].user, UserRef::Username("jack".into()));
         assert_eq!(options.targets[1].account.as_str(), "other");
-        assert_eq!(options.out, PathBuf::from("/tmp/x"));
+        assert_eq!(options.out, Location::Dir(PathBuf::from("/tmp/x")));
         assert_eq!(options.max_credits, Some(500));
     }
 

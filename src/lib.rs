@@ -4,6 +4,9 @@
 //! The data flow, one module per step:
 //! - [`api`]: the HTTP client, retry rules and wire shapes of the Xquik API;
 //! - [`commands`]: what each subcommand does, each returning a report;
+//! - [`store`]: the commit protocol over the outputs ([`sinks`], [`audit`],
+//!   [`checkpoint`]), written once against the [`storage`] seam (a local
+//!   folder or a bucket);
 //! - [`mock`]: an embedded, realistic mock of the API for the demo and tests.
 //!
 //! The binary (`src/main.rs`) only parses the command line (`cli`), calls a
@@ -21,6 +24,7 @@ pub mod mock;
 pub mod normalize;
 pub mod records;
 pub mod sinks;
+pub mod storage;
 pub mod store;
 
 pub use api::client::{ApiKey, Client, ClientConfig, DEFAULT_BASE_URL};

@@ -22,7 +22,6 @@
 //! have written, and every committed byte ends up in exactly one manifest.
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
@@ -30,14 +29,15 @@ use serde::{Deserialize, Serialize};
 use crate::api::Endpoint;
 use crate::api::client::Reply;
 use crate::audit::{self, AuditLog, ChainEntry, Coverage, LogInfo, LogKind, Manifest};
-use crate::checkpoint::{self, AuditPointer, Checkpoint, Conversation, DirLock};
+use crate::checkpoint::{self, AuditPointer, Checkpoint, Conversation};
 use crate::error::{Error, Result};
 use crate::records::{HistoryRow, RecordType, SendRow};
+use crate::sinks::WrittenFile;
 use crate::sinks::jsonl::{self, JsonlSink};
 use crate::sinks::parquet::{
     Columns, MessageColumns, ParquetSink, SendColumns, remove_uncommitted,
 };
-use crate::sinks::{WrittenFile, create_private_dir, remove_temporaries};
+use crate::storage::{Backend, Storage};
 
 /// What opening the store had to repair.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -144,18 +144,26 @@ impl PageLog {
     }
 
     /// Closes the log for the manifest.
-    fn finish(&self, out: &Path) -> Result<LogInfo> {
+    fn finish(&self) -> Result<LogInfo> {
         let log = self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
-        log.ok_or_else(|| Error::io(out, std::io::Error::other("page log already closed")))?
+        log.ok_or_else(|| Error::io("<page log>", std::io::Error::other("already closed")))?
             .finish()
+    }
+
+    /// Makes the lines so far durable (at each commit).
+    fn sync(&self) -> Result<()> {
+        match self.0.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            Some(log) => log.sync(),
+            None => Ok(()),
+        }
     }
 }
 
 /// An open output folder, locked for this run.
 #[derive(Debug)]
 pub struct Store {
-    out: PathBuf,
-    _lock: DirLock,
+    storage: Storage,
+    _lock: Box<dyn std::fmt::Debug + Send + Sync>,
     stamp: RunStamp,
     checkpoint: Checkpoint,
     chain: Vec<ChainEntry>,
@@ -175,31 +183,27 @@ pub struct Store {
 
 impl Store {
     /// [`Store::open`] off the async runtime's threads.
-    pub async fn open_async(out: &Path, stamp: &RunStamp) -> Result<Store> {
-        let (owned, stamp) = (out.to_owned(), stamp.clone());
+    pub async fn open_async(storage: &Storage, stamp: &RunStamp) -> Result<Store> {
+        let (owned, stamp) = (storage.clone(), stamp.clone());
         tokio::task::spawn_blocking(move || Store::open(&owned, &stamp))
             .await
-            .map_err(|e| Error::io(out, std::io::Error::other(e)))?
+            .map_err(|e| Error::io("<store>", std::io::Error::other(e)))?
     }
 
-    /// Opens (creating if needed) and repairs the output folder `out` for
+    /// Opens (creating if needed) and repairs the output root `storage` for
     /// the run `stamp`.
-    pub fn open(out: &Path, stamp: &RunStamp) -> Result<Store> {
-        let lock = create_private_dir(out)
-            .and_then(|()| DirLock::acquire(out))
-            .map_err(|e| unusable_folder(out, e))?;
-        let found = Checkpoint::exists(out);
-        let mut checkpoint = Checkpoint::load(out)?;
-        let mut temporaries_removed = remove_temporaries(out, &[jsonl::FILE_NAME, audit::SUMS])?;
-        temporaries_removed.extend(remove_temporaries(
-            &out.join(checkpoint::STATE_DIR),
-            &[checkpoint::FILE_NAME],
-        )?);
-        let (chain, _) = audit::read_chain(out)?;
-        if !found {
-            refuse_data_without_checkpoint(out, &chain)?;
+    pub fn open(storage: &Storage, stamp: &RunStamp) -> Result<Store> {
+        let store = storage.as_ref();
+        store.prepare()?;
+        let lock = store.lock(&stamp.run_id)?;
+        let mut checkpoint = Checkpoint::load(store)?;
+        let temporaries_removed =
+            store.sweep_temporaries(&[jsonl::FILE_NAME, audit::SUMS, checkpoint::FILE_NAME])?;
+        let (chain, _) = audit::read_chain(store)?;
+        if checkpoint.read_as.is_none() {
+            refuse_data_without_checkpoint(store, &chain)?;
             // From now on a missing checkpoint means it was removed.
-            checkpoint.save(out)?;
+            checkpoint.save(store)?;
         }
         // The chain is the durable record of sealed runs: a run killed after
         // appending to it but before its checkpoint is believed from it. It
@@ -212,7 +216,7 @@ impl Store {
             || known.is_some_and(|d| !chain.iter().any(|e| e.sha256 == d))
         {
             return Err(Error::Corrupt {
-                path: out.join(audit::CHAIN),
+                path: store.describe(audit::CHAIN),
                 reason: format!(
                     "the audit chain has {} runs but the checkpoint records {}, ending with a manifest the chain does not hold: restore audit/ from backup",
                     chain.len(),
@@ -220,17 +224,17 @@ impl Store {
                 ),
             });
         }
-        let stamp = unused_stamp(out, &chain, stamp);
+        let stamp = unused_stamp(store, &chain, stamp)?;
         let (date, run_id) = (stamp.date.as_str(), stamp.run_id.as_str());
         let audit::AuditRepair {
             chain,
             removed: audit_removed,
             recovered,
-        } = audit::repair(out, run_id)?;
-        checkpoint.audit = pointer_from_chain(out, &chain)?;
+        } = audit::repair(store, run_id)?;
+        checkpoint.audit = pointer_from_chain(store, &chain)?;
         let coverage = checkpoint.audit.coverage;
         let (jsonl, cut) = JsonlSink::open(
-            &out.join(jsonl::FILE_NAME),
+            store,
             checkpoint.jsonl.committed_bytes,
             coverage.jsonl_bytes,
             checkpoint.jsonl.digest_state.as_ref(),
@@ -241,19 +245,19 @@ impl Store {
             .iter()
             .map(|f| f.path.clone())
             .collect();
-        let parquet_removed = remove_uncommitted(out, &listed)?;
+        let parquet_removed = remove_uncommitted(store, &listed)?;
         let mut store = Store {
-            out: out.to_owned(),
+            storage: storage.clone(),
             _lock: lock,
             stamp: stamp.clone(),
             checkpoint,
             chain,
             jsonl,
-            messages: ParquetSink::new(out, date, run_id),
-            sends: ParquetSink::new(out, date, run_id),
-            rows: AuditLog::create(out, run_id, LogKind::Rows)?,
+            messages: ParquetSink::new(storage, date, run_id),
+            sends: ParquetSink::new(storage, date, run_id),
+            rows: AuditLog::create(store, run_id, LogKind::Rows)?,
             pages: PageLog(Arc::new(Mutex::new(Some(AuditLog::create(
-                out,
+                store,
                 run_id,
                 LogKind::Pages,
             )?)))),
@@ -286,13 +290,14 @@ impl Store {
         if from >= committed {
             return Ok(());
         }
-        let path = self.out.join(jsonl::FILE_NAME);
+        let path = self.storage.describe(jsonl::FILE_NAME);
+        let storage = self.storage.clone();
         let mut offset = from;
         let mut rebuilt = 0u64;
         // No file is rolled over here: the open files close at the run's
         // next roll point or when it is sealed, covering all of this.
         let (messages, sends, rows) = (&mut self.messages, &mut self.sends, &mut self.rows);
-        jsonl::for_each_line(&path, from, committed, |line| {
+        jsonl::for_each_line(storage.as_ref(), from, committed, |line| {
             let start = offset;
             offset += line.len() as u64 + 1;
             let corrupt = |what: &str| Error::Corrupt {
@@ -339,9 +344,9 @@ impl Store {
         &self.repair
     }
 
-    /// The output folder.
-    pub fn out(&self) -> &Path {
-        &self.out
+    /// The output root.
+    pub fn storage(&self) -> &Storage {
+        &self.storage
     }
 
     /// This run's ID.
@@ -385,7 +390,7 @@ impl Store {
     /// Appends one send record (JSONL, Parquet, audit row).
     pub fn append_send(&mut self, row: &SendRow) -> Result<()> {
         let mut line = serde_json::to_vec(row)
-            .map_err(|e| Error::io(self.out.join(jsonl::FILE_NAME), e.into()))?;
+            .map_err(|e| Error::io(self.storage.describe(jsonl::FILE_NAME), e.into()))?;
         line.push(b'\n');
         self.jsonl.append(&line, 1)?;
         self.sends.push(row)?;
@@ -464,15 +469,15 @@ impl Store {
         self.uncommitted_history = 0;
         self.uncommitted_sends = 0;
         self.uncommitted_bytes = 0;
-        self.checkpoint.save(&self.out)
+        self.pages.sync()?;
+        self.checkpoint.save(self.storage.as_ref())
     }
 
     /// [`Store::seal`] off the async runtime's threads.
     pub async fn seal_async(self, body: ManifestBody) -> Result<Sealed> {
-        let out = self.out.clone();
         tokio::task::spawn_blocking(move || self.seal(body))
             .await
-            .map_err(|e| Error::io(out, std::io::Error::other(e)))?
+            .map_err(|e| Error::io("<store>", std::io::Error::other(e)))?
     }
 
     /// Ends the run: closes the Parquet file, commits, and writes the audit
@@ -492,7 +497,7 @@ impl Store {
         self.checkpoint.parquet.sends_covered_bytes = end;
         self.commit()?;
         let audit_rows = self.rows.finish()?;
-        let page_log = self.pages.finish(&self.out)?;
+        let page_log = self.pages.finish()?;
 
         let previous = self.chain.last().cloned();
         let mut files: Vec<WrittenFile> = self.jsonl.segment().into_iter().collect();
@@ -538,7 +543,7 @@ impl Store {
         if let Some(key) = &body.signing_key {
             manifest.sign(&key.0)?;
         }
-        let entry = audit::append_run(&self.out, &manifest, previous.as_ref())?;
+        let entry = audit::append_run(self.storage.as_ref(), &manifest, previous.as_ref())?;
         self.chain.push(entry.clone());
         self.checkpoint.audit = AuditPointer {
             runs: entry.seq,
@@ -546,12 +551,12 @@ impl Store {
             last_digest: Some(entry.sha256.clone()),
             coverage,
         };
-        self.checkpoint.save(&self.out)?;
+        self.checkpoint.save(self.storage.as_ref())?;
         let jsonl_digest = self.jsonl.file_digest();
         let mut logs = vec![&audit_rows, &page_log];
         logs.extend(self.recovered.iter().map(|r| &r.log));
         write_sums(
-            &self.out,
+            self.storage.as_ref(),
             &self.checkpoint,
             &self.chain,
             &logs,
@@ -587,13 +592,13 @@ impl Store {
 /// previous `SHA256SUMS`, the JSONL's is kept up to date as it grows; only
 /// the small mutable files (chain, checkpoint) are hashed again.
 fn write_sums(
-    out: &Path,
+    storage: &dyn Backend,
     checkpoint: &Checkpoint,
     chain: &[ChainEntry],
     logs: &[&LogInfo],
     jsonl_digest: &str,
 ) -> Result<()> {
-    let mut known: BTreeMap<String, String> = audit::read_sums(out)
+    let mut known: BTreeMap<String, String> = audit::read_sums(storage)
         .unwrap_or_default()
         .into_iter()
         .map(|(digest, path)| (path, digest))
@@ -628,55 +633,34 @@ fn write_sums(
     files.extend(
         known
             .keys()
-            .filter(|p| p.starts_with(audit::RUNS_DIR) && out.join(p).exists())
-            .cloned(),
+            .filter(|p| p.starts_with(audit::RUNS_DIR))
+            .filter(|p| storage.size(p).is_ok_and(|s| s.is_some()))
+            .cloned()
+            .collect::<Vec<_>>(),
     );
     for log in logs {
         known.insert(log.path.clone(), log.sha256.clone());
         files.push(log.path.clone());
     }
     known.insert(jsonl::FILE_NAME.to_owned(), jsonl_digest.to_owned());
-    if !out.join(jsonl::FILE_NAME).exists() {
+    if storage.handoff_len()? == 0 {
         files.retain(|f| f != jsonl::FILE_NAME);
     }
-    audit::write_sums(out, &files, &known)
+    audit::write_sums(storage, &files, &known)
 }
 
-/// An output folder that cannot be created or locked is bad input (exit 2):
-/// nothing has been sent yet. Another run holding it stays what it is.
-fn unusable_folder(out: &Path, e: Error) -> Error {
-    match e {
-        Error::Locked { .. } => e,
-        Error::Io { source, .. } => {
-            let why = if out.exists() && !out.is_dir() {
-                "it exists and is not a folder".to_owned()
-            } else {
-                source.to_string()
-            };
-            Error::invalid(
-                "--out",
-                format!(
-                    "{} is not usable as the output folder: {why}",
-                    out.display()
-                ),
-            )
-        }
-        other => other,
-    }
-}
-
-/// A checkpoint that is missing while the folder holds records, Parquet
+/// A checkpoint that is missing while the root holds records, Parquet
 /// files or sealed runs was removed (an operator "resetting" the job):
 /// starting over would cut the JSONL to nothing and drop the Parquet files,
 /// losing every message the API no longer serves. Refused instead.
-fn refuse_data_without_checkpoint(out: &Path, chain: &[ChainEntry]) -> Result<()> {
-    let jsonl_bytes = std::fs::metadata(out.join(jsonl::FILE_NAME)).map_or(0, |m| m.len());
-    let parquet = crate::sinks::parquet::any_written(out);
+fn refuse_data_without_checkpoint(storage: &dyn Backend, chain: &[ChainEntry]) -> Result<()> {
+    let jsonl_bytes = storage.handoff_len()?;
+    let parquet = crate::sinks::parquet::any_written(storage)?;
     if jsonl_bytes == 0 && !parquet && chain.is_empty() {
         return Ok(());
     }
     Err(Error::Corrupt {
-        path: Checkpoint::path(out),
+        path: storage.describe(checkpoint::KEY),
         reason: format!(
             "missing, but the folder holds data ({jsonl_bytes} bytes in {}, {}, {} sealed runs): nothing was changed. Run `xquik-dm rebuild --out {}` to rebuild the checkpoint from what is there, or restore state/ from backup",
             jsonl::FILE_NAME,
@@ -686,35 +670,32 @@ fn refuse_data_without_checkpoint(out: &Path, chain: &[ChainEntry]) -> Result<()
                 "no Parquet files"
             },
             chain.len(),
-            out.display()
+            storage.location()
         ),
     })
 }
 
 /// `stamp`, or a copy with a new random part if its run ID is taken in
-/// `out` (a sealed run, or a manifest on disk): a run never writes over
-/// another run's files.
-fn unused_stamp(out: &Path, chain: &[ChainEntry], stamp: &RunStamp) -> RunStamp {
-    let taken = |id: &str| {
-        chain.iter().any(|e| e.run_id == id)
-            || out
-                .join(audit::RUNS_DIR)
-                .join(format!("{id}.manifest.json"))
-                .exists()
-    };
+/// `storage` (a sealed run, or a manifest): a run never writes over another
+/// run's files.
+fn unused_stamp(storage: &dyn Backend, chain: &[ChainEntry], stamp: &RunStamp) -> Result<RunStamp> {
     let mut stamp = stamp.clone();
-    while taken(&stamp.run_id) {
+    loop {
+        let id = stamp.run_id.as_str();
+        let manifest = format!("{}/{id}.manifest.json", audit::RUNS_DIR);
+        if !chain.iter().any(|e| e.run_id == id) && storage.size(&manifest)?.is_none() {
+            return Ok(stamp);
+        }
         stamp = stamp.with_new_suffix();
     }
-    stamp
 }
 
 /// The audit pointer as the chain says it stands.
-fn pointer_from_chain(out: &Path, chain: &[ChainEntry]) -> Result<AuditPointer> {
+fn pointer_from_chain(storage: &dyn Backend, chain: &[ChainEntry]) -> Result<AuditPointer> {
     let Some(last) = chain.last() else {
         return Ok(AuditPointer::default());
     };
-    let (manifest, _) = audit::read_manifest(out, &last.manifest)?;
+    let (manifest, _) = audit::read_manifest(storage, &last.manifest)?;
     Ok(AuditPointer {
         runs: last.seq,
         last_manifest: Some(last.manifest.clone()),
@@ -754,6 +735,11 @@ impl Record {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
+
+    fn local(dir: &Path) -> Storage {
+        Arc::new(crate::storage::local::LocalDir::new(dir))
+    }
     use crate::records::RecordType;
 
     fn row(i: u64) -> HistoryRow {
@@ -806,7 +792,7 @@ mod tests {
         let out = dir.path();
         // Run 1 commits 3 rows, appends 2 more and dies before committing,
         // closing its Parquet file or sealing.
-        let mut store = Store::open(out, &stamp("run1")).unwrap();
+        let mut store = Store::open(&local(out), &stamp("run1")).unwrap();
         let first: Vec<_> = (0..3).map(row).collect();
         store.append_history(&lines(&first), &first).unwrap();
         store.commit().unwrap();
@@ -815,19 +801,16 @@ mod tests {
         drop(store);
 
         // Run 2 repairs and takes run 1's committed rows over.
-        let store = Store::open(out, &stamp("run2")).unwrap();
+        let store = Store::open(&local(out), &stamp("run2")).unwrap();
         let repair = store.repair().clone();
         assert_eq!(repair.jsonl_bytes_cut, lines(&lost).len() as u64);
         assert_eq!(repair.parquet_rebuilt_rows, 3);
         let mut removed = repair.audit_removed.clone();
         removed.sort();
-        assert_eq!(
-            removed,
-            vec![
-                "audit/runs/.run1.pages.jsonl.tmp",
-                "audit/runs/.run1.rows.jsonl.tmp"
-            ]
-        );
+        // The rows file vanished with its writer (a killed process would
+        // leave its temporary, which goes the same way); the page log,
+        // empty, holds nothing to recover.
+        assert_eq!(removed, vec!["audit/runs/.run1.pages.jsonl.tmp"]);
         let sealed = store.seal(body()).unwrap();
         assert_eq!(sealed.files.len(), 2, "{:?}", sealed.files);
         assert_eq!(sealed.files[0].offset, Some(0));
@@ -838,7 +821,7 @@ mod tests {
             std::fs::read(out.join(jsonl::FILE_NAME)).unwrap(),
             lines(&first)
         );
-        let checkpoint = Checkpoint::load(out).unwrap();
+        let checkpoint = Checkpoint::load(&*local(out)).unwrap();
         assert_eq!(
             checkpoint.parquet.messages_covered_bytes,
             checkpoint.jsonl.committed_bytes
@@ -855,11 +838,11 @@ mod tests {
     fn a_second_run_manifest_covers_only_its_own_segment() {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path();
-        let mut store = Store::open(out, &stamp("a")).unwrap();
+        let mut store = Store::open(&local(out), &stamp("a")).unwrap();
         let first: Vec<_> = (0..3).map(row).collect();
         store.append_history(&lines(&first), &first).unwrap();
         let a = store.seal(body()).unwrap();
-        let mut store = Store::open(out, &stamp("b")).unwrap();
+        let mut store = Store::open(&local(out), &stamp("b")).unwrap();
         let second: Vec<_> = (3..4).map(row).collect();
         store.append_history(&lines(&second), &second).unwrap();
         let b = store.seal(body()).unwrap();
@@ -886,7 +869,7 @@ mod tests {
     }
 
     fn parquet_rows(out: &Path, table: &str) -> u64 {
-        Checkpoint::load(out)
+        Checkpoint::load(&*local(out))
             .unwrap()
             .parquet
             .files
@@ -903,19 +886,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path();
         // A send is committed, then the run dies before sealing.
-        let mut store = Store::open(out, &stamp("a")).unwrap();
+        let mut store = Store::open(&local(out), &stamp("a")).unwrap();
         store.append_send(&send_row()).unwrap();
         store.commit().unwrap();
         drop(store);
         // The next run takes the send over (pending in its sends table),
         // writes history until the messages file rolls over, commits, dies.
-        let mut store = Store::open(out, &stamp("b")).unwrap();
+        let mut store = Store::open(&local(out), &stamp("b")).unwrap();
         store.set_file_rows(2);
         let rows: Vec<_> = (0..3).map(row).collect();
         store.append_history(&lines(&rows), &rows).unwrap();
         store.commit().unwrap();
         drop(store);
-        let store = Store::open(out, &stamp("c")).unwrap();
+        let store = Store::open(&local(out), &stamp("c")).unwrap();
         store.seal(body()).unwrap();
         assert_eq!(parquet_rows(out, "messages"), 3);
         assert_eq!(parquet_rows(out, "sends"), 1);
@@ -926,9 +909,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path();
         let id = "20261126T000000Z-0000000000000001";
-        let first = Store::open(out, &stamp(id)).unwrap().seal(body()).unwrap();
+        let first = Store::open(&local(out), &stamp(id))
+            .unwrap()
+            .seal(body())
+            .unwrap();
         let manifest = std::fs::read(out.join(&first.chain.manifest)).unwrap();
-        let store = Store::open(out, &stamp(id)).unwrap();
+        let store = Store::open(&local(out), &stamp(id)).unwrap();
         assert_ne!(store.run_id(), id);
         assert!(store.run_id().starts_with("20261126T000000Z-"));
         let second = store.seal(body()).unwrap();
@@ -943,25 +929,25 @@ mod tests {
     fn a_folder_whose_checkpoint_was_removed_is_refused_untouched() {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path();
-        let mut store = Store::open(out, &stamp("a")).unwrap();
+        let mut store = Store::open(&local(out), &stamp("a")).unwrap();
         let rows: Vec<_> = (0..3).map(row).collect();
         store.append_history(&lines(&rows), &rows).unwrap();
         store.seal(body()).unwrap();
         let jsonl = std::fs::read(out.join(jsonl::FILE_NAME)).unwrap();
-        std::fs::remove_file(Checkpoint::path(out)).unwrap();
-        let err = Store::open(out, &stamp("b")).unwrap_err();
+        std::fs::remove_file(out.join(checkpoint::KEY)).unwrap();
+        let err = Store::open(&local(out), &stamp("b")).unwrap_err();
         assert!(err.to_string().contains("xquik-dm rebuild"), "{err}");
         assert_eq!(err.exit_code(), 3);
         assert_eq!(std::fs::read(out.join(jsonl::FILE_NAME)).unwrap(), jsonl);
-        assert!(!Checkpoint::exists(out));
+        assert!(!Checkpoint::exists(&*local(out)).unwrap());
     }
 
     #[test]
     fn a_second_store_on_the_same_folder_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let _first = Store::open(dir.path(), &stamp("a")).unwrap();
+        let _first = Store::open(&local(dir.path()), &stamp("a")).unwrap();
         assert!(matches!(
-            Store::open(dir.path(), &stamp("b")),
+            Store::open(&local(dir.path()), &stamp("b")),
             Err(Error::Locked { .. })
         ));
     }

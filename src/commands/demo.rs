@@ -19,6 +19,9 @@ use crate::commands::verify::{self, VerifyReport};
 use crate::error::{Error, Result};
 use crate::mock::{Faults, MockConfig, MockServer};
 use crate::sinks::jsonl;
+use crate::storage::Backend as _;
+use crate::storage::Location;
+use crate::storage::local::LocalDir;
 
 /// What the demo did.
 #[derive(Debug)]
@@ -156,7 +159,7 @@ pub async fn run(out: Option<PathBuf>) -> Result<DemoReport> {
     ];
     let sends = send::run(SendOptions {
         api: options.api.clone(),
-        out: out.clone(),
+        out: Location::from(out.clone()),
         lines: lines.into_iter().map(BatchLine::Valid).collect(),
         batch: false,
         ignore_can_dm: false,
@@ -166,15 +169,15 @@ pub async fn run(out: Option<PathBuf>) -> Result<DemoReport> {
     })
     .await?;
     std::fs::remove_file(&picture).map_err(|e| Error::io(&picture, e))?;
-    let verify_out = out.clone();
-    let verify = tokio::task::spawn_blocking(move || verify::run(&verify_out, None, None))
+    let verify_out = Location::from(out.clone());
+    let verify = tokio::task::spawn_blocking(move || verify::run(verify_out, None, None))
         .await
         .map_err(|e| Error::io(&out, std::io::Error::other(e)))??;
 
-    let (written, duplicates) = count_history(&options.out)?;
+    let (written, duplicates) = count_history(&out)?;
     server.shutdown().await;
     Ok(DemoReport {
-        out: options.out,
+        out,
         full,
         incremental,
         sends,
@@ -195,14 +198,13 @@ fn count_history(out: &std::path::Path) -> Result<(u64, u64)> {
         message_id: String,
         conversation_user_id: Option<String>,
     }
+    let storage = LocalDir::new(out);
     let path = out.join(jsonl::FILE_NAME);
-    let len = std::fs::metadata(&path)
-        .map_err(|e| Error::io(&path, e))?
-        .len();
+    let len = storage.handoff_len()?;
     let mut seen = HashMap::new();
     let mut written = 0;
     let mut duplicates = 0;
-    jsonl::for_each_line(&path, 0, len, |line| {
+    jsonl::for_each_line(&storage, 0, len, |line| {
         let ids: Ids = serde_json::from_slice(line).map_err(|e| Error::Corrupt {
             path: path.clone(),
             reason: format!("unreadable record at line {}", e.line()),

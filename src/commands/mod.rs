@@ -159,7 +159,7 @@ pub async fn execute(command: Command) -> Result<Report> {
             json,
         } => {
             let report = tokio::task::spawn_blocking(move || {
-                verify::run(&dir, key.as_ref(), expect_head.as_deref())
+                verify::run(dir, key.as_ref(), expect_head.as_deref())
             })
             .await
             .map_err(|e| Error::io("<verify>", std::io::Error::other(e)))??;

@@ -12,21 +12,19 @@
 //! files no manifest lists are moved to `recovered/<time>/` for the
 //! operator to inspect, never left where a glob would read them twice.
 
-use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
-
 use serde::Serialize;
 
 use crate::audit::{self, ChainEntry};
 use crate::checkpoint::{
-    AuditPointer, Backfill, Checkpoint, Conversation, DirLock, SendState, conversation_key,
+    self, AuditPointer, Backfill, Checkpoint, Conversation, SendState, conversation_key,
 };
 use crate::dedupe::Block;
 use crate::error::{Error, Result};
 use crate::records::{HistoryRow, RecordType, SendRow};
+use crate::sinks::WrittenFile;
 use crate::sinks::jsonl;
 use crate::sinks::parquet::{any_written, remove_uncommitted};
-use crate::sinks::{WrittenFile, create_private_dir, fsync_dir};
+use crate::storage::{Backend, Location};
 
 /// Key prefix of the sends a rebuild takes from the JSONL: their original
 /// idempotency keys are not in the records, so they are known by message ID
@@ -36,8 +34,8 @@ pub const RECOVERED_SEND_PREFIX: &str = "recovered/";
 /// What `rebuild` found and wrote.
 #[derive(Debug, Clone, Serialize)]
 pub struct RebuildReport {
-    /// The output folder.
-    pub out: PathBuf,
+    /// The output folder or bucket.
+    pub out: Location,
     /// JSONL bytes the checkpoint now commits.
     pub jsonl_bytes: u64,
     /// Bytes after the last complete record (a torn tail; the next sync
@@ -68,8 +66,9 @@ impl std::fmt::Display for RebuildReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "rebuilt {} from {} ({} bytes: {} history and {} send records, {} conversations)",
-            Checkpoint::path(&self.out).display(),
+            "rebuilt {}/{} from {} ({} bytes: {} history and {} send records, {} conversations)",
+            self.out,
+            checkpoint::KEY,
             jsonl::FILE_NAME,
             self.jsonl_bytes,
             self.history_rows,
@@ -110,59 +109,59 @@ impl std::fmt::Display for RebuildReport {
 }
 
 /// Rebuilds the missing checkpoint of `out`.
-pub fn run(out: &Path) -> Result<RebuildReport> {
-    if !out.is_dir() {
+pub fn run(out: &Location) -> Result<RebuildReport> {
+    if let Some(dir) = out.as_dir()
+        && !dir.is_dir()
+    {
         return Err(Error::invalid(
             "--out",
-            format!("{} is not a folder", out.display()),
+            format!("{} is not a folder", dir.display()),
         ));
     }
-    let _lock = DirLock::acquire(out)?;
-    if Checkpoint::exists(out) {
+    let storage = out.open()?;
+    let storage = storage.as_ref();
+    let _lock = storage.lock("rebuild")?;
+    if Checkpoint::exists(storage)? {
         return Err(Error::invalid(
             "--out",
             format!(
                 "{} exists: rebuild only replaces a missing checkpoint (move a damaged one away first)",
-                Checkpoint::path(out).display()
+                storage.describe(checkpoint::KEY).display()
             ),
         ));
     }
-    let (chain, _) = audit::read_chain(out)?;
-    let jsonl_path = out.join(jsonl::FILE_NAME);
-    if !jsonl_path.exists() && chain.is_empty() && !any_written(out) {
+    let (chain, _) = audit::read_chain(storage)?;
+    let len = storage.handoff_len()?;
+    if len == 0 && chain.is_empty() && !any_written(storage)? {
         return Err(Error::invalid(
             "--out",
-            format!(
-                "{} holds no xquik-dm output: nothing to rebuild",
-                out.display()
-            ),
+            format!("{out} holds no xquik-dm output: nothing to rebuild"),
         ));
     }
-    let sealed = sealed_outputs(out, &chain)?;
-    let mut checkpoint = read_records(&jsonl_path)?;
+    let sealed = sealed_outputs(storage, &chain)?;
+    let mut checkpoint = read_records(storage, len)?;
     let committed = checkpoint.jsonl.committed_bytes;
     if sealed.pointer.coverage.jsonl_bytes > committed {
         return Err(Error::Corrupt {
-            path: jsonl_path,
+            path: storage.describe(jsonl::FILE_NAME),
             reason: format!(
                 "the audit chain covers {} bytes but the file holds {committed} bytes of complete records: restore it from backup",
                 sealed.pointer.coverage.jsonl_bytes
             ),
         });
     }
-    let torn_tail_bytes = std::fs::metadata(&jsonl_path).map_or(0, |m| m.len()) - committed;
-    let parquet_moved = move_unlisted_parquet(out, &sealed.parquet)?;
+    let parquet_moved = move_unlisted_parquet(storage, &sealed.parquet)?;
     // Every committed Parquet file covers what the last sealed run
     // covered; records after that are written to Parquet by the next run.
     checkpoint.parquet.messages_covered_bytes = sealed.pointer.coverage.jsonl_bytes;
     checkpoint.parquet.sends_covered_bytes = sealed.pointer.coverage.jsonl_bytes;
     checkpoint.parquet.files = sealed.parquet;
     checkpoint.audit = sealed.pointer;
-    checkpoint.save(out)?;
+    checkpoint.save(storage)?;
     Ok(RebuildReport {
-        out: out.to_owned(),
+        out: out.clone(),
         jsonl_bytes: committed,
-        torn_tail_bytes,
+        torn_tail_bytes: len - committed,
         history_rows: checkpoint.jsonl.history_rows,
         send_rows: checkpoint.jsonl.send_rows,
         conversations: checkpoint.conversations.len(),
@@ -178,11 +177,11 @@ struct Sealed {
     parquet: Vec<WrittenFile>,
 }
 
-fn sealed_outputs(out: &Path, chain: &[ChainEntry]) -> Result<Sealed> {
+fn sealed_outputs(storage: &dyn Backend, chain: &[ChainEntry]) -> Result<Sealed> {
     let mut parquet = Vec::new();
     let mut pointer = AuditPointer::default();
     for entry in chain {
-        let (manifest, _) = audit::read_manifest(out, &entry.manifest)?;
+        let (manifest, _) = audit::read_manifest(storage, &entry.manifest)?;
         parquet.extend(manifest.files.into_iter().filter(|f| f.offset.is_none()));
         pointer = AuditPointer {
             runs: entry.seq,
@@ -196,11 +195,11 @@ fn sealed_outputs(out: &Path, chain: &[ChainEntry]) -> Result<Sealed> {
 
 /// A checkpoint with the JSONL part, the conversations and the recorded
 /// sends that the complete records of the JSONL give.
-fn read_records(path: &Path) -> Result<Checkpoint> {
+fn read_records(storage: &dyn Backend, len: u64) -> Result<Checkpoint> {
     let mut checkpoint = Checkpoint::empty();
-    let len = std::fs::metadata(path).map_or(0, |m| m.len());
+    let path = storage.describe(jsonl::FILE_NAME);
     let mut offset = 0u64;
-    jsonl::for_each_line(path, 0, len, |line| {
+    jsonl::for_each_line(storage, 0, len, |line| {
         let start = offset;
         let end = start + line.len() as u64 + 1;
         if end > len {
@@ -208,7 +207,7 @@ fn read_records(path: &Path) -> Result<Checkpoint> {
             return Ok(());
         }
         let corrupt = || Error::Corrupt {
-            path: path.to_owned(),
+            path: path.clone(),
             reason: format!(
                 "the line at byte {start} is not an xquik-dm record: restore the file from backup"
             ),
@@ -277,23 +276,15 @@ fn add_send(checkpoint: &mut Checkpoint, row: SendRow) {
 }
 
 /// Moves the Parquet files no sealed manifest lists out of `parquet/`, to
-/// `recovered/<time>/parquet/...`. Returns their former relative paths.
-fn move_unlisted_parquet(out: &Path, listed: &[WrittenFile]) -> Result<Vec<String>> {
+/// `recovered/<time>/parquet/...`. Returns their former keys.
+fn move_unlisted_parquet(storage: &dyn Backend, listed: &[WrittenFile]) -> Result<Vec<String>> {
     let listed: std::collections::HashSet<String> = listed.iter().map(|f| f.path.clone()).collect();
-    let unlisted = crate::sinks::parquet::unlisted(out, &listed)?;
+    let unlisted = crate::sinks::parquet::unlisted(storage, &listed)?;
     let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
-    let mut touched = BTreeSet::new();
-    for rel in &unlisted {
-        let (from, to) = (out.join(rel), out.join("recovered").join(&stamp).join(rel));
-        let dir = to.parent().unwrap_or(out).to_owned();
-        create_private_dir(&dir)?;
-        std::fs::rename(&from, &to).map_err(|e| Error::io(&to, e))?;
-        touched.extend([dir, from.parent().unwrap_or(out).to_owned()]);
-    }
-    for dir in &touched {
-        fsync_dir(dir)?;
+    for key in &unlisted {
+        storage.rename(key, &format!("recovered/{stamp}/{key}"))?;
     }
     // Temporaries of a killed run go the usual way.
-    remove_uncommitted(out, &listed)?;
+    remove_uncommitted(storage, &listed)?;
     Ok(unlisted)
 }

@@ -28,6 +28,7 @@ use crate::audit::AuditKey;
 use crate::checkpoint::{Recipient, SendState};
 use crate::error::{Error, ErrorClass, Result};
 use crate::records::{RecordType, SendRow};
+use crate::storage::Location;
 use crate::store::{ManifestBody, RunStamp, Store};
 
 /// Longest DM text the API accepts, in Unicode scalar values.
@@ -224,7 +225,9 @@ fn check_media_file(path: &Path) -> Result<MediaSource> {
             ),
         ));
     }
-    let (sha256, _) = crate::audit::file_digest(path)?;
+    let (sha256, _) = std::fs::File::open(path)
+        .and_then(crate::audit::digest_reader)
+        .map_err(|e| Error::io(path, e))?;
     Ok(MediaSource::File {
         path: path.to_owned(),
         mime: kind.mime,
@@ -247,7 +250,7 @@ pub struct SendOptions {
     /// How to reach the API.
     pub api: ClientConfig,
     /// Output folder.
-    pub out: PathBuf,
+    pub out: Location,
     /// The sends, in order (one for `--to`, one per line for `--batch`).
     pub lines: Vec<BatchLine>,
     /// Whether this is a batch (results are reported per line).
@@ -364,7 +367,7 @@ pub struct SendReport {
     /// The run's ID.
     pub run_id: String,
     /// Output folder.
-    pub out: PathBuf,
+    pub out: Location,
     /// Whether it was a batch.
     #[serde(skip)]
     pub batch: bool,
@@ -426,7 +429,8 @@ pub async fn run(options: SendOptions) -> Result<SendReport> {
     }
     let stamp = RunStamp::now();
     let client = Client::new(options.api.clone())?;
-    let mut store = Store::open_async(&options.out, &stamp).await?;
+    let storage = options.out.open()?;
+    let mut store = Store::open_async(&storage, &stamp).await?;
 
     let mut credits: BTreeMap<Endpoint, u64> = BTreeMap::new();
     let mut outcomes = Vec::new();

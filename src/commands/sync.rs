@@ -14,7 +14,6 @@
 //! one page of known messages), then continues any unfinished backfill.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -32,6 +31,7 @@ use crate::error::{Error, ErrorClass, Result};
 use crate::normalize::normalize;
 use crate::records::HistoryRow;
 use crate::sinks::WrittenFile;
+use crate::storage::Location;
 use crate::store::{ManifestBody, PageLog, Repair, RunStamp, Store};
 
 /// One conversation to sync.
@@ -49,7 +49,7 @@ pub struct SyncOptions {
     /// How to reach the API.
     pub api: ClientConfig,
     /// Output folder.
-    pub out: PathBuf,
+    pub out: Location,
     /// Conversations.
     pub targets: Vec<Target>,
     /// Conversations paged at the same time.
@@ -68,10 +68,10 @@ pub struct SyncOptions {
 
 impl SyncOptions {
     /// Options with the defaults for everything but the essentials.
-    pub fn new(api: ClientConfig, out: PathBuf, targets: Vec<Target>) -> SyncOptions {
+    pub fn new(api: ClientConfig, out: impl Into<Location>, targets: Vec<Target>) -> SyncOptions {
         SyncOptions {
             api,
-            out,
+            out: out.into(),
             targets,
             concurrency: 8,
             max_credits: None,
@@ -154,7 +154,7 @@ pub struct SyncReport {
     /// This run's ID.
     pub run_id: String,
     /// Output folder.
-    pub out: PathBuf,
+    pub out: Location,
     /// Per conversation.
     pub conversations: Vec<ConversationReport>,
     /// Pages fetched.
@@ -343,7 +343,8 @@ pub async fn run(options: SyncOptions) -> Result<SyncReport> {
 
     // The folder is opened, locked and repaired before any request: an
     // unusable folder costs no credit.
-    let mut store = Store::open_async(&options.out, &stamp).await?;
+    let storage = options.out.open()?;
+    let mut store = Store::open_async(&storage, &stamp).await?;
     let run_id = store.run_id().to_owned();
     let repair = store.repair().clone();
     if repair != Repair::default() {
@@ -1018,7 +1019,7 @@ impl std::fmt::Display for SyncReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let count =
             |s: ConversationStatus| self.conversations.iter().filter(|c| c.status == s).count();
-        writeln!(f, "sync run {} -> {}", self.run_id, self.out.display())?;
+        writeln!(f, "sync run {} -> {}", self.run_id, self.out)?;
         writeln!(
             f,
             "  conversations  {} ({} complete, {} partial, {} failed)",

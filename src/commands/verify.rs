@@ -13,7 +13,6 @@
 
 use std::collections::BTreeSet;
 use std::io::BufRead;
-use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
@@ -21,7 +20,7 @@ use crate::audit::{self, AuditKey, ChainEntry, LogInfo, LogKind, Manifest, Merkl
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
 use crate::sinks::jsonl;
-use crate::sinks::parquet::relative;
+use crate::storage::{Backend, Location, file_name, is_temporary};
 
 /// One integrity failure.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -35,8 +34,8 @@ pub struct Failure {
 /// The outcome of `verify`.
 #[derive(Debug, Clone, Serialize)]
 pub struct VerifyReport {
-    /// The folder verified.
-    pub dir: PathBuf,
+    /// The folder or bucket verified.
+    pub dir: Location,
     /// Runs in the chain.
     pub runs: u64,
     /// Files and segments whose digest was recomputed.
@@ -74,15 +73,24 @@ impl VerifyReport {
 
 /// Verifies the output folder `dir`. `key` checks manifest signatures;
 /// `expect_head`, a chain head recorded earlier, must still be in the chain.
-pub fn run(dir: &Path, key: Option<&AuditKey>, expect_head: Option<&str>) -> Result<VerifyReport> {
-    if !dir.is_dir() {
+pub fn run(
+    location: impl Into<Location>,
+    key: Option<&AuditKey>,
+    expect_head: Option<&str>,
+) -> Result<VerifyReport> {
+    let location = location.into();
+    if let Some(dir) = location.as_dir()
+        && !dir.is_dir()
+    {
         return Err(Error::invalid(
             "DIR",
             format!("{} is not a folder", dir.display()),
         ));
     }
+    let storage = location.open()?;
+    let dir = storage.as_ref();
     let mut report = VerifyReport {
-        dir: dir.to_owned(),
+        dir: location,
         runs: 0,
         checked: 0,
         signatures_checked: 0,
@@ -90,7 +98,7 @@ pub fn run(dir: &Path, key: Option<&AuditKey>, expect_head: Option<&str>) -> Res
         failures: Vec::new(),
         notes: Vec::new(),
     };
-    if crate::checkpoint::DirLock::is_held(dir) {
+    if dir.is_locked() {
         report.notes.push(
             "a run is in progress in this folder: its data is not sealed yet; verify again when it has finished".into(),
         );
@@ -114,7 +122,11 @@ pub fn run(dir: &Path, key: Option<&AuditKey>, expect_head: Option<&str>) -> Res
 
 /// Checks the chain and each manifest's own digest and signature; returns
 /// the manifests that could be read, in chain order.
-fn check_chain(dir: &Path, key: Option<&AuditKey>, report: &mut VerifyReport) -> Vec<Manifest> {
+fn check_chain(
+    dir: &dyn Backend,
+    key: Option<&AuditKey>,
+    report: &mut VerifyReport,
+) -> Vec<Manifest> {
     let (chain, torn) = match audit::read_chain(dir) {
         Ok(c) => c,
         Err(e) => {
@@ -243,8 +255,7 @@ fn check_chain(dir: &Path, key: Option<&AuditKey>, report: &mut VerifyReport) ->
 }
 
 /// Checks every listed file, segment and rows file, and completeness.
-fn check_files(dir: &Path, manifests: &[Manifest], report: &mut VerifyReport) {
-    let jsonl_path = dir.join(jsonl::FILE_NAME);
+fn check_files(dir: &dyn Backend, manifests: &[Manifest], report: &mut VerifyReport) {
     let mut covered = 0u64;
     let mut listed = BTreeSet::new();
     for m in manifests {
@@ -255,7 +266,6 @@ fn check_files(dir: &Path, manifests: &[Manifest], report: &mut VerifyReport) {
             check_log(dir, &m.run_id, log, report);
         }
         for f in &m.files {
-            let path = dir.join(&f.path);
             let digest = match (f.offset, f.length) {
                 (Some(offset), Some(length)) => {
                     if offset != covered {
@@ -265,11 +275,11 @@ fn check_files(dir: &Path, manifests: &[Manifest], report: &mut VerifyReport) {
                         );
                     }
                     covered = offset + length;
-                    audit::range_digest(&path, offset, length)
+                    audit::handoff_digest(dir, offset..offset + length)
                 }
                 _ => {
                     listed.insert(f.path.clone());
-                    audit::file_digest(&path)
+                    audit::digest(dir, &f.path)
                 }
             };
             report.checked += 1;
@@ -297,7 +307,7 @@ fn check_files(dir: &Path, manifests: &[Manifest], report: &mut VerifyReport) {
         }
     }
     // Every JSONL byte belongs to exactly one sealed run.
-    let len = std::fs::metadata(&jsonl_path).map_or(0, |m| m.len());
+    let len = dir.handoff_len().unwrap_or(0);
     if len > covered {
         report.fail(
             jsonl::FILE_NAME,
@@ -317,14 +327,9 @@ fn check_files(dir: &Path, manifests: &[Manifest], report: &mut VerifyReport) {
 
 /// Checks a run's audit log: digest, size, line count and, for the rows
 /// file, the Merkle root.
-fn check_log(dir: &Path, run_id: &str, info: &LogInfo, report: &mut VerifyReport) {
+fn check_log(dir: &dyn Backend, run_id: &str, info: &LogInfo, report: &mut VerifyReport) {
     report.checked += 1;
-    let path = dir.join(&info.path);
-    let file = match std::fs::File::open(&path) {
-        Ok(f) => f,
-        Err(e) => return report.fail(&info.path, format!("cannot read: {e}")),
-    };
-    match audit::file_digest(&path) {
+    match audit::digest(dir, &info.path) {
         Ok((sha, bytes)) if sha == info.sha256 && bytes == info.bytes => {}
         Ok(_) => {
             return report.fail(
@@ -334,8 +339,12 @@ fn check_log(dir: &Path, run_id: &str, info: &LogInfo, report: &mut VerifyReport
         }
         Err(e) => return report.fail(&info.path, e.to_string()),
     }
+    let reader = match dir.reader(&info.path, None) {
+        Ok(r) => r,
+        Err(e) => return report.fail(&info.path, format!("cannot read: {e}")),
+    };
     let mut merkle = Merkle::default();
-    for line in std::io::BufReader::new(file).split(b'\n') {
+    for line in std::io::BufReader::new(reader).split(b'\n') {
         match line {
             Ok(line) => merkle.push(&line),
             Err(e) => return report.fail(&info.path, format!("cannot read: {e}")),
@@ -353,14 +362,14 @@ fn check_log(dir: &Path, run_id: &str, info: &LogInfo, report: &mut VerifyReport
 }
 
 /// Checks `SHA256SUMS` as `sha256sum -c` would.
-fn check_sums(dir: &Path, report: &mut VerifyReport) {
+fn check_sums(dir: &dyn Backend, report: &mut VerifyReport) {
     let sums = match audit::read_sums(dir) {
         Ok(s) => s,
         Err(e) => return report.fail(audit::SUMS, e.to_string()),
     };
     for (digest, rel) in sums {
         report.checked += 1;
-        match audit::file_digest(&dir.join(&rel)) {
+        match audit::digest(dir, &rel) {
             Ok((sha, _)) if sha == digest => {}
             Ok(_) => report.fail(&rel, "SHA-256 differs from SHA256SUMS"),
             Err(e) => report.fail(&rel, e.to_string()),
@@ -368,26 +377,15 @@ fn check_sums(dir: &Path, report: &mut VerifyReport) {
     }
 }
 
-/// Regular files below `dir/sub`, relative to `dir` (the temporary files a
-/// run in progress writes, `.<name>.tmp`, are skipped).
-fn files_under(dir: &Path, sub: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    let mut stack = vec![dir.join(sub)];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if !crate::sinks::is_temporary(&entry.file_name().to_string_lossy()) {
-                found.push(relative(dir, &path));
-            }
-        }
-    }
-    found.sort();
-    found
+/// Objects below `sub`, relative to the root (the temporary files a run in
+/// progress writes, `.<name>.tmp`, are skipped).
+fn files_under(dir: &dyn Backend, sub: &str) -> Vec<String> {
+    dir.list(&format!("{sub}/"))
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|l| !is_temporary(file_name(&l.key)))
+        .map(|l| l.key)
+        .collect()
 }
 
 impl std::fmt::Display for VerifyReport {
@@ -396,16 +394,14 @@ impl std::fmt::Display for VerifyReport {
             writeln!(
                 f,
                 "OK: {} runs, {} files and segments verified in {}",
-                self.runs,
-                self.checked,
-                self.dir.display()
+                self.runs, self.checked, self.dir
             )?;
         } else {
             writeln!(
                 f,
                 "FAILED: {} problems in {} ({} runs, {} files and segments checked)",
                 self.failures.len(),
-                self.dir.display(),
+                self.dir,
                 self.runs,
                 self.checked
             )?;

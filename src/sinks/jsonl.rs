@@ -6,16 +6,15 @@
 //! the uncommitted end of a killed run, and is cut back before a run appends
 //! (the rows it held are fetched again, so nothing is lost or duplicated).
 
-use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::io::{BufRead, BufReader, Read};
 
 use serde::{Deserialize, Serialize};
 use sha2::digest::common::hazmat::{SerializableState, SerializedState};
 use sha2::{Digest, Sha256};
 
-use super::{WrittenFile, open_private};
+use super::WrittenFile;
 use crate::error::{Error, Result};
+use crate::storage::{Backend, HandoffLog};
 
 /// File name of the handoff file inside the output folder.
 pub const FILE_NAME: &str = "xquik-dm-handoff.jsonl";
@@ -23,9 +22,7 @@ pub const FILE_NAME: &str = "xquik-dm-handoff.jsonl";
 /// An open handoff file, positioned at its committed end.
 #[derive(Debug)]
 pub struct JsonlSink {
-    file: File,
-    path: PathBuf,
-    len: u64,
+    log: Box<dyn HandoffLog>,
     segment_offset: u64,
     segment_hasher: Sha256,
     segment_rows: u64,
@@ -54,25 +51,17 @@ impl JsonlSink {
     /// records committed by a run that died before sealing its manifest are
     /// covered by the next one.
     pub fn open(
-        path: &Path,
+        storage: &dyn Backend,
         committed: u64,
         segment_from: u64,
         saved: Option<&DigestState>,
     ) -> Result<(JsonlSink, u64)> {
-        let existed = path.exists();
-        let file = open_private(
-            path,
-            OpenOptions::new().read(true).append(true).create(true),
-        )?;
-        if !existed {
-            // A new file is an entry of its folder: without this, a power
-            // cut could lose it under a checkpoint that counts its bytes.
-            super::fsync_dir(path.parent().unwrap_or(Path::new(".")))?;
-        }
-        let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        let path = storage.describe(FILE_NAME);
+        let mut log = storage.handoff()?;
+        let len = log.len();
         if len < committed {
             return Err(Error::Corrupt {
-                path: path.to_owned(),
+                path,
                 reason: format!(
                     "the checkpoint says {committed} bytes are committed but the file has {len}: restore it, or start over in an empty --out folder"
                 ),
@@ -80,19 +69,13 @@ impl JsonlSink {
         }
         if segment_from > committed {
             return Err(Error::Corrupt {
-                path: path.to_owned(),
+                path,
                 reason: format!(
                     "the audit chain covers {segment_from} bytes but only {committed} are committed: restore the output folder from backup"
                 ),
             });
         }
-        let cut = len - committed;
-        if cut > 0 {
-            // Durably cut before anything is appended after it.
-            file.set_len(committed)
-                .and_then(|()| file.sync_all())
-                .map_err(|e| Error::io(path, e))?;
-        }
+        let cut = log.truncate(committed)?;
         // The whole-file hasher resumes from the saved midstate when it
         // still describes a prefix of the committed bytes.
         let (mut file_hasher, file_from) =
@@ -104,15 +87,11 @@ impl JsonlSink {
         let mut segment_rows = 0;
         let start = segment_from.min(file_from);
         if start < committed {
-            let mut reader = File::open(path).map_err(|e| Error::io(path, e))?;
-            reader
-                .seek(SeekFrom::Start(start))
-                .map_err(|e| Error::io(path, e))?;
-            let mut reader = reader.take(committed - start);
+            let mut reader = storage.handoff_reader(start..committed)?;
             let mut buf = vec![0u8; 1 << 20];
             let mut at = start;
             loop {
-                let n = reader.read(&mut buf).map_err(|e| Error::io(path, e))?;
+                let n = reader.read(&mut buf).map_err(|e| Error::io(&path, e))?;
                 if n == 0 {
                     break;
                 }
@@ -127,9 +106,7 @@ impl JsonlSink {
         }
         Ok((
             JsonlSink {
-                file,
-                path: path.to_owned(),
-                len: committed,
+                log,
                 segment_offset: segment_from,
                 segment_hasher,
                 segment_rows,
@@ -141,22 +118,17 @@ impl JsonlSink {
 
     /// Appends complete lines (the caller batches many records per call).
     pub fn append(&mut self, lines: &[u8], rows: u64) -> Result<()> {
-        self.file
-            .write_all(lines)
-            .map_err(|e| Error::io(&self.path, e))?;
+        self.log.append(lines)?;
         self.segment_hasher.update(lines);
         self.file_hasher.update(lines);
         self.segment_rows += rows;
-        self.len += lines.len() as u64;
         Ok(())
     }
 
     /// Makes everything appended durable and returns the new committed length.
     pub fn sync(&mut self) -> Result<u64> {
-        self.file
-            .sync_data()
-            .map_err(|e| Error::io(&self.path, e))?;
-        Ok(self.len)
+        self.log.sync()?;
+        Ok(self.log.len())
     }
 
     /// SHA-256 of the whole file as appended so far.
@@ -168,24 +140,24 @@ impl JsonlSink {
     /// length it covers.
     pub fn digest_state(&self) -> DigestState {
         DigestState {
-            bytes: self.len,
+            bytes: self.log.len(),
             state: hex::encode(self.file_hasher.serialize().as_slice()),
         }
     }
 
     /// The current length (everything appended, synced or not).
     pub fn len(&self) -> u64 {
-        self.len
+        self.log.len()
     }
 
     /// Whether nothing was ever written.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.log.is_empty()
     }
 
     /// The segment this sink appended, for the audit manifest.
     pub fn segment(&self) -> Option<WrittenFile> {
-        let length = self.len - self.segment_offset;
+        let length = self.len() - self.segment_offset;
         (length > 0).then(|| WrittenFile {
             path: FILE_NAME.to_owned(),
             sha256: hex::encode(self.segment_hasher.clone().finalize()),
@@ -205,24 +177,24 @@ fn restore(saved: &DigestState) -> Option<(Sha256, u64)> {
     Some((hasher, saved.bytes))
 }
 
-/// Reads the lines of `path` between byte offsets `from` and `to` (both on
-/// line boundaries), calling `each` with every line (without its newline).
+/// Reads the lines of the handoff file between byte offsets `from` and
+/// `to` (both on line boundaries), calling `each` with every line (without
+/// its newline).
 pub fn for_each_line(
-    path: &Path,
+    storage: &dyn Backend,
     from: u64,
     to: u64,
     mut each: impl FnMut(&[u8]) -> Result<()>,
 ) -> Result<()> {
-    let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
-    file.seek(SeekFrom::Start(from))
-        .map_err(|e| Error::io(path, e))?;
-    let mut reader = BufReader::with_capacity(1 << 20, file.take(to.saturating_sub(from)));
+    let path = storage.describe(FILE_NAME);
+    let reader = storage.handoff_reader(from..to.max(from))?;
+    let mut reader = BufReader::with_capacity(1 << 20, reader);
     let mut line = Vec::new();
     loop {
         line.clear();
         let n = reader
             .read_until(b'\n', &mut line)
-            .map_err(|e| Error::io(path, e))?;
+            .map_err(|e| Error::io(&path, e))?;
         if n == 0 {
             return Ok(());
         }
@@ -236,18 +208,20 @@ pub fn for_each_line(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::local::LocalDir;
 
     #[test]
     fn torn_tail_is_cut_back_to_the_committed_length() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(FILE_NAME);
-        let (mut sink, cut) = JsonlSink::open(&path, 0, 0, None).unwrap();
+        let storage = LocalDir::new(dir.path());
+        let (mut sink, cut) = JsonlSink::open(&storage, 0, 0, None).unwrap();
         assert_eq!(cut, 0);
         sink.append(b"{\"a\":1}\n", 1).unwrap();
         let committed = sink.sync().unwrap();
         sink.append(b"{\"b\":2}\n{\"c\":", 1).unwrap();
         drop(sink);
-        let (sink, cut) = JsonlSink::open(&path, committed, committed, None).unwrap();
+        let (sink, cut) = JsonlSink::open(&storage, committed, committed, None).unwrap();
         assert_eq!(cut, 13);
         assert_eq!(sink.len(), committed);
         assert_eq!(std::fs::read(&path).unwrap(), b"{\"a\":1}\n");
@@ -257,8 +231,9 @@ mod tests {
     fn a_file_shorter_than_committed_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(FILE_NAME);
+        let storage = LocalDir::new(dir.path());
         std::fs::write(&path, b"{}\n").unwrap();
-        let err = JsonlSink::open(&path, 10, 0, None).unwrap_err();
+        let err = JsonlSink::open(&storage, 10, 0, None).unwrap_err();
         assert!(err.to_string().contains("10 bytes are committed"), "{err}");
     }
 
@@ -266,8 +241,9 @@ mod tests {
     fn segment_digest_covers_exactly_the_appended_bytes() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(FILE_NAME);
+        let storage = LocalDir::new(dir.path());
         std::fs::write(&path, b"{\"old\":1}\n").unwrap();
-        let (mut sink, _) = JsonlSink::open(&path, 10, 10, None).unwrap();
+        let (mut sink, _) = JsonlSink::open(&storage, 10, 10, None).unwrap();
         sink.append(b"{\"new\":2}\n", 1).unwrap();
         sink.sync().unwrap();
         let seg = sink.segment().unwrap();
@@ -276,7 +252,7 @@ mod tests {
         drop(sink);
         // A segment starting before the committed end covers the bytes
         // already there (committed by a run that never sealed).
-        let (mut sink, _) = JsonlSink::open(&path, 20, 0, None).unwrap();
+        let (mut sink, _) = JsonlSink::open(&storage, 20, 0, None).unwrap();
         sink.append(b"{\"c\":3}\n", 1).unwrap();
         let seg = sink.segment().unwrap();
         assert_eq!((seg.offset, seg.length, seg.rows), (Some(0), Some(28), 3));
@@ -290,7 +266,8 @@ mod tests {
     fn the_whole_file_digest_resumes_from_a_saved_midstate() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(FILE_NAME);
-        let (mut sink, _) = JsonlSink::open(&path, 0, 0, None).unwrap();
+        let storage = LocalDir::new(dir.path());
+        let (mut sink, _) = JsonlSink::open(&storage, 0, 0, None).unwrap();
         sink.append(b"{\"a\":1}\n", 1).unwrap();
         let committed = sink.sync().unwrap();
         let saved = sink.digest_state();
@@ -298,7 +275,7 @@ mod tests {
         let len = sink.sync().unwrap();
         drop(sink);
         // Resumed from the midstate at `committed`: hashes only the rest.
-        let (mut sink, _) = JsonlSink::open(&path, len, len, Some(&saved)).unwrap();
+        let (mut sink, _) = JsonlSink::open(&storage, len, len, Some(&saved)).unwrap();
         sink.append(b"{\"c\":3}\n", 1).unwrap();
         let whole = std::fs::read(&path).unwrap();
         assert_eq!(sink.file_digest(), super::super::sha256_hex(&whole));
@@ -308,7 +285,7 @@ mod tests {
             bytes: 3,
             state: "zz".into(),
         };
-        let (sink, _) = JsonlSink::open(&path, whole.len() as u64, 0, Some(&bad)).unwrap();
+        let (sink, _) = JsonlSink::open(&storage, whole.len() as u64, 0, Some(&bad)).unwrap();
         assert_eq!(sink.file_digest(), super::super::sha256_hex(&whole));
     }
 
@@ -316,9 +293,10 @@ mod tests {
     fn lines_between_offsets() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(FILE_NAME);
+        let storage = LocalDir::new(dir.path());
         std::fs::write(&path, b"a\nbb\nccc\n").unwrap();
         let mut seen = Vec::new();
-        for_each_line(&path, 2, 9, |l| {
+        for_each_line(&storage, 2, 9, |l| {
             seen.push(String::from_utf8(l.to_vec()).unwrap());
             Ok(())
         })

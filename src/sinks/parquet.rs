@@ -15,9 +15,6 @@
 //! rebuilt from the committed JSONL.
 
 use std::collections::HashSet;
-use std::fs::{self, File, OpenOptions};
-use std::io::BufWriter;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow_array::builder::{
@@ -30,9 +27,10 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use parquet::schema::types::ColumnPath;
 
-use super::{HashingWriter, WrittenFile, create_private_dir, open_private, publish};
+use super::{HashingWriter, WrittenFile};
 use crate::error::{Error, Result};
 use crate::records::{HistoryRow, SendRow};
+use crate::storage::{Backend, NewObject, Storage, file_name, is_temporary};
 
 /// Rows per row group: large enough for warehouse scans, small enough that
 /// the writer's in-memory row group stays within the memory budget.
@@ -272,16 +270,14 @@ fn writer_properties<C: Columns>() -> WriterProperties {
 }
 
 struct OpenFile {
-    writer: ArrowWriter<HashingWriter<BufWriter<File>>>,
-    tmp: PathBuf,
-    target: PathBuf,
+    writer: ArrowWriter<HashingWriter<Box<dyn NewObject>>>,
     rel: String,
     rows: u64,
 }
 
 /// Writes one table's rows of one run into immutable Parquet files.
 pub struct ParquetSink<C: Columns> {
-    out: PathBuf,
+    storage: Storage,
     rel_dir: String,
     run_id: String,
     seq: u32,
@@ -301,10 +297,10 @@ impl<C: Columns> std::fmt::Debug for ParquetSink<C> {
 }
 
 impl<C: Columns> ParquetSink<C> {
-    /// A sink writing under `out/parquet/<table>/date=<date>/`.
-    pub fn new(out: &Path, date: &str, run_id: &str) -> Self {
+    /// A sink writing under `parquet/<table>/date=<date>/`.
+    pub fn new(storage: &Storage, date: &str, run_id: &str) -> Self {
         ParquetSink {
-            out: out.to_owned(),
+            storage: storage.clone(),
             rel_dir: format!("parquet/{}/date={date}", C::TABLE),
             run_id: run_id.to_owned(),
             seq: 0,
@@ -343,21 +339,11 @@ impl<C: Columns> ParquetSink<C> {
         let Some(open) = self.open.take() else {
             return Ok(None);
         };
-        let OpenFile {
-            writer,
-            tmp,
-            target,
-            rel,
-            rows,
-        } = open;
-        let hashing = writer.into_inner().map_err(|e| parquet_error(&tmp, e))?;
-        let (buffered, sha256, bytes) = hashing.finish();
-        let file = buffered
-            .into_inner()
-            .map_err(|e| Error::io(&tmp, e.into_error()))?;
-        file.sync_all().map_err(|e| Error::io(&tmp, e))?;
-        drop(file);
-        publish(&tmp, &target)?;
+        let OpenFile { writer, rel, rows } = open;
+        let path = self.storage.describe(&rel);
+        let hashing = writer.into_inner().map_err(|e| parquet_error(&path, e))?;
+        let (object, sha256, bytes) = hashing.finish();
+        object.finish()?;
         Ok(Some(WrittenFile {
             path: rel,
             sha256,
@@ -379,40 +365,38 @@ impl<C: Columns> ParquetSink<C> {
             return Ok(());
         };
         let rows = self.columns.len() as u64;
+        let path = self.storage.describe(&open.rel);
         let batch = RecordBatch::try_new(C::schema(), self.columns.take())
-            .map_err(|e| Error::io(&open.tmp, std::io::Error::other(e)))?;
+            .map_err(|e| Error::io(&path, std::io::Error::other(e)))?;
         open.writer
             .write(&batch)
-            .map_err(|e| parquet_error(&open.tmp, e))?;
+            .map_err(|e| parquet_error(&path, e))?;
         open.rows += rows;
         Ok(())
     }
 
     fn start_file(&mut self) -> Result<OpenFile> {
-        let dir = self.out.join(&self.rel_dir);
-        create_private_dir(&dir)?;
         self.seq += 1;
-        let name = format!("part-{}-{:04}.parquet", self.run_id, self.seq);
-        let tmp = dir.join(format!(".{name}.tmp"));
-        let target = dir.join(&name);
-        let file = open_private(
-            &tmp,
-            OpenOptions::new().write(true).create(true).truncate(true),
-        )?;
-        let sink = HashingWriter::new(BufWriter::with_capacity(1 << 20, file));
-        let writer = ArrowWriter::try_new(sink, C::schema(), Some(writer_properties::<C>()))
-            .map_err(|e| parquet_error(&tmp, e))?;
+        let rel = format!(
+            "{}/part-{}-{:04}.parquet",
+            self.rel_dir, self.run_id, self.seq
+        );
+        let object = self.storage.create(&rel)?;
+        let writer = ArrowWriter::try_new(
+            HashingWriter::new(object),
+            C::schema(),
+            Some(writer_properties::<C>()),
+        )
+        .map_err(|e| parquet_error(&self.storage.describe(&rel), e))?;
         Ok(OpenFile {
             writer,
-            tmp,
-            target,
-            rel: format!("{}/{name}", self.rel_dir),
+            rel,
             rows: 0,
         })
     }
 }
 
-fn parquet_error(path: &Path, e: parquet::errors::ParquetError) -> Error {
+fn parquet_error(path: &std::path::Path, e: parquet::errors::ParquetError) -> Error {
     match e {
         parquet::errors::ParquetError::External(inner) => {
             match inner.downcast::<std::io::Error>() {
@@ -424,81 +408,63 @@ fn parquet_error(path: &Path, e: parquet::errors::ParquetError) -> Error {
     }
 }
 
-/// Every file under `out/parquet/` named as this module names its files:
-/// finished ones (`part-*.parquet`) and temporaries (`.part-*.tmp`), as
-/// (relative path, temporary?). A file the tool did not write is never
-/// among them, so it is never removed or moved.
-fn own_files(out: &Path) -> Result<Vec<(String, bool)>> {
-    let root = out.join("parquet");
+/// Every object under `parquet/` named as this module names its files:
+/// finished ones (`part-*.parquet`) and a folder's temporaries
+/// (`.part-*.tmp`), as (key, temporary?). An object the tool did not write
+/// is never among them, so it is never removed or moved.
+fn own_files(storage: &dyn Backend) -> Result<Vec<(String, bool)>> {
     let mut found = Vec::new();
-    if !root.exists() {
-        return Ok(found);
-    }
-    let mut stack = vec![root];
-    while let Some(dir) = stack.pop() {
-        for entry in fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))? {
-            let entry = entry.map_err(|e| Error::io(&dir, e))?;
-            let path = entry.path();
-            let kind = entry.file_type().map_err(|e| Error::io(&path, e))?;
-            if kind.is_dir() {
-                stack.push(path);
-                continue;
-            }
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if super::is_temporary(&name) && name.starts_with(".part-") {
-                found.push((relative(out, &path), true));
-            } else if name.starts_with("part-") && name.ends_with(".parquet") {
-                found.push((relative(out, &path), false));
-            }
+    for listed in storage.list("parquet/")? {
+        let name = file_name(&listed.key);
+        if is_temporary(name) && name.starts_with(".part-") {
+            found.push((listed.key, true));
+        } else if name.starts_with("part-") && name.ends_with(".parquet") {
+            found.push((listed.key, false));
         }
     }
-    found.sort();
     Ok(found)
 }
 
-/// Whether any finished Parquet file of this tool is under `out/parquet/`.
-pub fn any_written(out: &Path) -> bool {
-    own_files(out).is_ok_and(|files| files.iter().any(|(_, tmp)| !tmp))
+/// Whether any finished Parquet file of this tool is under `parquet/`.
+pub fn any_written(storage: &dyn Backend) -> Result<bool> {
+    Ok(own_files(storage)?.iter().any(|(_, tmp)| !tmp))
 }
 
-/// The finished Parquet files under `out/parquet/` that `committed`
-/// (relative paths) does not list.
-pub fn unlisted(out: &Path, committed: &HashSet<String>) -> Result<Vec<String>> {
-    Ok(own_files(out)?
+/// The finished Parquet files under `parquet/` that `committed` (keys)
+/// does not list.
+pub fn unlisted(storage: &dyn Backend, committed: &HashSet<String>) -> Result<Vec<String>> {
+    Ok(own_files(storage)?
         .into_iter()
         .filter(|(rel, tmp)| !tmp && !committed.contains(rel))
         .map(|(rel, _)| rel)
         .collect())
 }
 
-/// Removes what a killed run may have left under `out/parquet/`: temporary
+/// Removes what a killed run may have left under `parquet/`: temporary
 /// files, and finished files that no checkpoint lists (`committed` holds
-/// relative paths). Returns the relative paths removed.
-pub fn remove_uncommitted(out: &Path, committed: &HashSet<String>) -> Result<Vec<String>> {
+/// keys). Returns the keys removed.
+pub fn remove_uncommitted(
+    storage: &dyn Backend,
+    committed: &HashSet<String>,
+) -> Result<Vec<String>> {
     let mut removed = Vec::new();
-    for (rel, tmp) in own_files(out)? {
+    for (rel, tmp) in own_files(storage)? {
         if tmp || !committed.contains(&rel) {
-            let path = out.join(&rel);
-            fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+            storage.delete(&rel)?;
             removed.push(rel);
         }
     }
     Ok(removed)
 }
 
-/// `path` relative to `out`, `/`-separated.
-pub fn relative(out: &Path, path: &Path) -> String {
-    path.strip_prefix(out)
-        .unwrap_or(path)
-        .components()
-        .map(|c| c.as_os_str().to_string_lossy())
-        .collect::<Vec<_>>()
-        .join("/")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::{self, File};
+
+    fn local(dir: &std::path::Path) -> Storage {
+        Arc::new(crate::storage::local::LocalDir::new(dir))
+    }
     use crate::records::RecordType;
     use arrow_array::{Array, StringArray, TimestampMicrosecondArray};
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -520,7 +486,7 @@ mod tests {
     #[test]
     fn rows_read_back_equal_what_was_written() {
         let dir = tempfile::tempdir().unwrap();
-        let mut sink = ParquetSink::<MessageColumns>::new(dir.path(), "2026-11-26", "r1");
+        let mut sink = ParquetSink::<MessageColumns>::new(&local(dir.path()), "2026-11-26", "r1");
         let texts = ["héllo \"q\"\n👩‍👩‍👧", "مرحبا", "漢字\t\\", ""];
         let rows: Vec<HistoryRow> = (0..40_000)
             .map(|i| row(i, (i % 7 != 0).then_some(texts[i as usize % texts.len()])))
@@ -629,27 +595,30 @@ mod tests {
     #[test]
     fn nothing_is_visible_before_close() {
         let dir = tempfile::tempdir().unwrap();
-        let mut sink = ParquetSink::<MessageColumns>::new(dir.path(), "2026-11-26", "r2");
+        let mut sink = ParquetSink::<MessageColumns>::new(&local(dir.path()), "2026-11-26", "r2");
         for i in 0..(BATCH_ROWS as u64 + 10) {
             sink.push(&row(i, Some("x"))).unwrap();
         }
-        let visible = remove_uncommitted(dir.path(), &HashSet::new()).unwrap();
+        let visible = remove_uncommitted(&*local(dir.path()), &HashSet::new()).unwrap();
         // Only the temporary file exists, and it is what gets cleaned up.
         assert_eq!(visible.len(), 1);
-        assert!(visible[0].ends_with(".parquet.tmp"), "{visible:?}");
+        assert!(
+            visible[0].contains("/.part-r2-0001.parquet.") && visible[0].ends_with(".tmp"),
+            "{visible:?}"
+        );
     }
 
     #[test]
     fn unlisted_files_are_removed_and_listed_ones_kept() {
         let dir = tempfile::tempdir().unwrap();
-        let mut sink = ParquetSink::<MessageColumns>::new(dir.path(), "2026-11-26", "r3");
+        let mut sink = ParquetSink::<MessageColumns>::new(&local(dir.path()), "2026-11-26", "r3");
         sink.push(&row(1, Some("x"))).unwrap();
         let kept = sink.close().unwrap().unwrap();
-        let mut sink = ParquetSink::<MessageColumns>::new(dir.path(), "2026-11-26", "r4");
+        let mut sink = ParquetSink::<MessageColumns>::new(&local(dir.path()), "2026-11-26", "r4");
         sink.push(&row(2, Some("y"))).unwrap();
         let orphan = sink.close().unwrap().unwrap();
         let committed: HashSet<String> = [kept.path.clone()].into();
-        let removed = remove_uncommitted(dir.path(), &committed).unwrap();
+        let removed = remove_uncommitted(&*local(dir.path()), &committed).unwrap();
         assert_eq!(removed, vec![orphan.path]);
         assert!(dir.path().join(&kept.path).exists());
     }

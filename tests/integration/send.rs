@@ -29,7 +29,7 @@ fn png(dir: &Path) -> PathBuf {
 fn options(server: &MockServer, out: &Path, requests: Vec<SendRequest>) -> SendOptions {
     SendOptions {
         api: api(server),
-        out: out.to_owned(),
+        out: out.to_owned().into(),
         lines: requests.into_iter().map(BatchLine::Valid).collect(),
         batch: false,
         ignore_can_dm: false,

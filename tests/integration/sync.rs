@@ -382,8 +382,10 @@ async fn outputs_are_private() {
 async fn a_folder_in_use_is_refused_before_any_request() {
     let server = MockServer::start(world(&[30], 50)).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let _held =
-        xquik_dm::store::Store::open(dir.path(), &xquik_dm::store::RunStamp::now()).unwrap();
+    let storage = xquik_dm::storage::Location::from(dir.path())
+        .open()
+        .unwrap();
+    let _held = xquik_dm::store::Store::open(&storage, &xquik_dm::store::RunStamp::now()).unwrap();
     let err = sync::run(options(&server, dir.path(), &users(1)))
         .await
         .unwrap_err();
