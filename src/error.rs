@@ -127,6 +127,23 @@ pub enum Error {
         path: PathBuf,
     },
 
+    /// Another run committed to the same output concurrently: this run's
+    /// commit lost the race and was not made.
+    #[error("{}: another xquik-dm run committed here at the same time; this run stopped without committing over it (scheduled runs must not overlap)", path.display())]
+    Conflict {
+        /// The object whose version changed.
+        path: PathBuf,
+    },
+
+    /// The output storage refused access.
+    #[error("{}: {reason}", path.display())]
+    Storage {
+        /// Where.
+        path: PathBuf,
+        /// What to fix.
+        reason: String,
+    },
+
     /// A file or folder could not be read or written.
     #[error("{}: {source}", path.display())]
     Io {
@@ -145,16 +162,18 @@ impl Error {
                 ErrorClass::BadInput
             }
             Error::Api(api) => api.class(),
-            Error::RetriesExhausted { .. } | Error::Transport { .. } | Error::Locked { .. } => {
-                ErrorClass::Retryable
-            }
+            Error::RetriesExhausted { .. }
+            | Error::Transport { .. }
+            | Error::Locked { .. }
+            | Error::Conflict { .. } => ErrorClass::Retryable,
             // A write still pending is left for a later run to pick up.
             Error::WriteFailed { code, .. } if code.as_deref() == Some("poll_deadline") => {
                 ErrorClass::Retryable
             }
-            Error::WriteFailed { .. } | Error::Corrupt { .. } | Error::RecipientRefuses { .. } => {
-                ErrorClass::NeedsPerson
-            }
+            Error::WriteFailed { .. }
+            | Error::Corrupt { .. }
+            | Error::RecipientRefuses { .. }
+            | Error::Storage { .. } => ErrorClass::NeedsPerson,
             Error::Decode { .. } | Error::Io { .. } => ErrorClass::Internal,
         }
     }
@@ -179,7 +198,9 @@ impl Error {
             Error::MissingApiKey
             | Error::InsecureBaseUrl { .. }
             | Error::Io { .. }
-            | Error::Corrupt { .. } => true,
+            | Error::Corrupt { .. }
+            | Error::Conflict { .. }
+            | Error::Storage { .. } => true,
             _ => false,
         }
     }

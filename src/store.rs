@@ -561,6 +561,7 @@ impl Store {
             &self.chain,
             &logs,
             &jsonl_digest,
+            &self.jsonl.segment_digests(),
         )?;
         Ok(Sealed {
             files,
@@ -597,6 +598,7 @@ fn write_sums(
     chain: &[ChainEntry],
     logs: &[&LogInfo],
     jsonl_digest: &str,
+    segment_digests: &[(String, String)],
 ) -> Result<()> {
     let mut known: BTreeMap<String, String> = audit::read_sums(storage)
         .unwrap_or_default()
@@ -643,7 +645,13 @@ fn write_sums(
         files.push(log.path.clone());
     }
     known.insert(jsonl::FILE_NAME.to_owned(), jsonl_digest.to_owned());
-    if storage.handoff_len()? == 0 {
+    if let Some(segments) = storage.handoff_segments()? {
+        // A bucket holds the file as segments: each is listed, as an
+        // object of its own, instead of the file.
+        files.retain(|f| f != jsonl::FILE_NAME);
+        known.extend(segment_digests.iter().cloned());
+        files.extend(segments);
+    } else if storage.handoff_len()? == 0 {
         files.retain(|f| f != jsonl::FILE_NAME);
     }
     audit::write_sums(storage, &files, &known)

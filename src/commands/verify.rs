@@ -88,9 +88,18 @@ pub fn run(
         ));
     }
     let storage = location.open()?;
-    let dir = storage.as_ref();
+    if location.as_dir().is_none() {
+        // A bucket that is missing or refuses reading is bad input, not a
+        // list of failures.
+        storage.prepare()?;
+    }
+    Ok(check(storage.as_ref(), key, expect_head))
+}
+
+/// Verifies the output root `dir` (see [`run`]).
+pub fn check(dir: &dyn Backend, key: Option<&AuditKey>, expect_head: Option<&str>) -> VerifyReport {
     let mut report = VerifyReport {
-        dir: location,
+        dir: dir.location(),
         runs: 0,
         checked: 0,
         signatures_checked: 0,
@@ -117,7 +126,7 @@ pub fn run(
     }
     check_files(dir, &manifests, &mut report);
     check_sums(dir, &mut report);
-    Ok(report)
+    report
 }
 
 /// Checks the chain and each manifest's own digest and signature; returns

@@ -7,9 +7,9 @@
 //! - [`local::LocalDir`]: a folder on a POSIX file system (private modes,
 //!   fsync of files and of their folder entries, create-only publication by
 //!   hard link, an `flock` on `state/lock`);
-//! - an S3, GCS or Azure bucket prefix, through the `object_store` crate
-//!   (create-only puts, compare-and-swap by ETag, a lease object for the
-//!   lock).
+//! - [`object::ObjectStore`]: an S3, GCS or Azure bucket prefix, through
+//!   the `object_store` crate (create-only puts, compare-and-swap by ETag,
+//!   a lease object for the lock).
 //!
 //! Keys are paths relative to the output root, `/`-separated, exactly as in
 //! a folder (`state/checkpoint.json`, `parquet/messages/...`). The one
@@ -18,6 +18,7 @@
 //! segments whose concatenation is that file.
 
 pub mod local;
+pub mod object;
 
 use std::fmt::Debug;
 use std::io::{Read, Write};
@@ -58,14 +59,7 @@ impl Location {
     pub fn open(&self) -> Result<Storage> {
         match self {
             Location::Dir(dir) => Ok(Arc::new(local::LocalDir::new(dir))),
-            Location::Url(url) => Err(Error::invalid(
-                "--out",
-                format!(
-                    "{}: unsupported scheme {:?}; use a folder path",
-                    url,
-                    url.scheme()
-                ),
-            )),
+            Location::Url(url) => Ok(Arc::new(object::ObjectStore::from_url(url)?)),
         }
     }
 
@@ -181,6 +175,11 @@ pub trait HandoffLog: Send + Debug {
     fn append(&mut self, bytes: &[u8]) -> Result<()>;
     /// Makes everything appended durable.
     fn sync(&mut self) -> Result<()>;
+    /// The objects this log wrote as separate segments, with their SHA-256
+    /// (for `SHA256SUMS`); none where the log is one file.
+    fn segment_digests(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
 }
 
 /// An output root: a folder or a bucket prefix.
@@ -237,6 +236,11 @@ pub trait Backend: Send + Sync + Debug {
     fn handoff_reader(&self, range: Range<u64>) -> Result<Box<dyn Read + Send>>;
     /// The handoff file's length.
     fn handoff_len(&self) -> Result<u64>;
+    /// The keys of the handoff file's segments, in order, where it is kept
+    /// as segments; `None` where it is one file.
+    fn handoff_segments(&self) -> Result<Option<Vec<String>>> {
+        Ok(None)
+    }
     /// Starts the journal that will be published as `key`.
     fn journal(&self, key: &str) -> Result<Box<dyn Journal>>;
     /// Removes the temporary files a killed run left of the objects named

@@ -2,6 +2,7 @@
 //! on 127.0.0.1 port 0: the embedded mock, or a scripted server when a test
 //! needs exact control over each answer.
 
+mod bucket;
 mod cli;
 mod client;
 mod protocol;
@@ -186,4 +187,58 @@ pub fn assert_ground_truth(out: &Path, server: &MockServer, users: &[String]) {
             }
         }
     }
+}
+
+static PYDEPS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// A `python3` command that can import `modules`, installing them from PyPI
+/// into the test target folder on first use. A module given as
+/// `package:import` is installed as `package` and imported as `import`.
+pub fn python_with(modules: &[&str]) -> std::process::Command {
+    use std::process::{Command, Stdio};
+    let target = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("pydeps");
+    let _guard = PYDEPS.lock().unwrap_or_else(|p| p.into_inner());
+    let (packages, imports): (Vec<&str>, Vec<&str>) = modules
+        .iter()
+        .map(|m| m.split_once(':').unwrap_or((m, m)))
+        .unzip();
+    let import = format!("import {}", imports.join(", "));
+    let importable = Command::new("python3")
+        .args(["-c", &import])
+        .env("PYTHONPATH", &target)
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !importable {
+        let status = Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--target",
+            ])
+            .arg(&target)
+            .args(&packages)
+            .status()
+            .expect("python3 is needed for these tests");
+        assert!(status.success(), "pip could not install {packages:?}");
+    }
+    let mut cmd = Command::new("python3");
+    cmd.env("PYTHONPATH", &target);
+    cmd
+}
+
+/// Runs a Python script with arguments; returns its stdout, failing the
+/// test with its stderr if it fails.
+pub fn run_python(mut cmd: std::process::Command, script: &str, args: &[&Path]) -> String {
+    let output = cmd.arg("-c").arg(script).args(args).output().unwrap();
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        output.status.success(),
+        "python failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
 }

@@ -9,13 +9,14 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Mutex;
 
 use sha2::{Digest, Sha256};
 use xquik_dm::commands::sync::{self};
 use xquik_dm::mock::MockServer;
 
-use crate::{ACCOUNT, history_by_conversation, sync_options, users, world};
+use crate::{
+    ACCOUNT, history_by_conversation, python_with, run_python, sync_options, users, world,
+};
 
 const SCHEMAS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/schemas");
 
@@ -55,52 +56,6 @@ fn expected_digest(server: &MockServer, users: &[String]) -> (usize, String) {
         })
         .collect();
     (rows.len(), digest(rows))
-}
-
-static PYDEPS: Mutex<()> = Mutex::new(());
-
-/// A `python3` command that can import `modules`, installing them from PyPI
-/// into the test target folder on first use.
-fn python_with(modules: &[&str]) -> Command {
-    let target = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("pydeps");
-    let _guard = PYDEPS.lock().unwrap_or_else(|p| p.into_inner());
-    let import = format!("import {}", modules.join(", "));
-    let importable = Command::new("python3")
-        .args(["-c", &import])
-        .env("PYTHONPATH", &target)
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !importable {
-        let status = Command::new("python3")
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "--target",
-            ])
-            .arg(&target)
-            .args(modules)
-            .status()
-            .expect("python3 is needed for the warehouse tests");
-        assert!(status.success(), "pip could not install {modules:?}");
-    }
-    let mut cmd = Command::new("python3");
-    cmd.env("PYTHONPATH", &target);
-    cmd
-}
-
-fn run_python(mut cmd: Command, script: &str, args: &[&Path]) -> String {
-    let output = cmd.arg("-c").arg(script).args(args).output().unwrap();
-    let stdout = String::from_utf8(output.stdout).unwrap();
-    assert!(
-        output.status.success(),
-        "python failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1,0 +1,268 @@
+//! Outputs in a bucket, against a real S3 API: `moto` in server mode (from
+//! PyPI, installed into the test target folder on first use and started on
+//! 127.0.0.1 for each test). The binary runs with the S3 environment a
+//! deployment would set; the bucket is read back with boto3 and pyarrow,
+//! independently of the tool's own code.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use xquik_dm::mock::MockServer;
+use xquik_dm::storage::Backend;
+use xquik_dm::storage::object::ObjectStore;
+
+use crate::cli::{bin, run};
+use crate::sync::{assert_parquet_equals_jsonl, history_credits};
+use crate::{ACCOUNT, KEY, assert_ground_truth, python_with, run_python, users, world};
+
+/// The packages the S3 server and the readers need.
+const PYTHON: &[&str] = &["moto[server]:moto", "boto3", "pyarrow"];
+
+/// A moto S3 server on 127.0.0.1, stopped when dropped.
+pub struct Moto {
+    child: Child,
+    port: u16,
+}
+
+impl Moto {
+    pub fn start() -> Moto {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = python_with(PYTHON)
+            .args([
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("moto starts");
+        let moto = Moto { child, port };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "moto did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        moto
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Creates a bucket (moto accepts an unsigned request).
+    pub fn bucket(&self, name: &str) -> String {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        write!(
+            stream,
+            "PUT /{name} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.port
+        )
+        .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        name.to_owned()
+    }
+
+    /// The environment a deployment sets for S3: credentials, the
+    /// endpoint, plain http for this local server, and the instance
+    /// metadata endpoint kept on loopback.
+    pub fn env(&self, cmd: &mut Command) {
+        for (key, value) in self.vars() {
+            cmd.env(key, value);
+        }
+    }
+
+    fn vars(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ACCESS_KEY_ID", "test".into()),
+            ("AWS_SECRET_ACCESS_KEY", "test".into()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_ENDPOINT_URL", self.endpoint()),
+            ("AWS_ALLOW_HTTP", "true".into()),
+            ("AWS_METADATA_ENDPOINT", "http://127.0.0.1:9".into()),
+        ]
+    }
+
+    /// The tool's own backend on `url`, configured without touching this
+    /// process's environment (for tampering and inspection).
+    pub fn store(&self, url: &str) -> ObjectStore {
+        let endpoint = self.endpoint();
+        ObjectStore::with_options(
+            &url::Url::parse(url).unwrap(),
+            &[
+                ("aws_access_key_id", "test"),
+                ("aws_secret_access_key", "test"),
+                ("aws_region", "us-east-1"),
+                ("aws_endpoint", &endpoint),
+                ("aws_allow_http", "true"),
+            ],
+        )
+        .unwrap()
+    }
+
+    /// Copies the prefix to a local folder, as an analyst's download would,
+    /// with the handoff segments joined into the one file a folder holds.
+    pub fn mirror(&self, bucket: &str, prefix: &str, to: &Path) {
+        let script = r#"
+import sys, os, boto3
+endpoint, bucket, prefix, to = sys.argv[1:5]
+s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="test",
+                  aws_secret_access_key="test", region_name="us-east-1")
+segments = []
+for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/"):
+    for obj in page.get("Contents", []):
+        key = obj["Key"][len(prefix) + 1:]
+        body = s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
+        if key.startswith("xquik-dm-handoff/"):
+            segments.append((key, body))
+            continue
+        path = os.path.join(to, key)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        open(path, "wb").write(body)
+with open(os.path.join(to, "xquik-dm-handoff.jsonl"), "wb") as f:
+    for _, body in sorted(segments):
+        f.write(body)
+print(len(segments))
+"#;
+        run_python(
+            python_with(PYTHON),
+            script,
+            &[
+                Path::new(&self.endpoint()),
+                Path::new(bucket),
+                Path::new(prefix),
+                to,
+            ],
+        );
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `xquik-dm sync` of `users` into `out` (a bucket URL) against `server`,
+/// run from `cwd` (a fresh, empty working directory each time).
+fn sync(moto: &Moto, server: &MockServer, out: &str, users: &[String], cwd: &Path) -> Command {
+    let mut cmd = bin();
+    cmd.args([
+        "--base-url",
+        &server.base_url(),
+        "sync",
+        "--account",
+        ACCOUNT,
+    ]);
+    for u in users {
+        cmd.args(["--user", u]);
+    }
+    cmd.args(["--out", out])
+        .current_dir(cwd)
+        .env("XQUIK_API_KEY", KEY);
+    moto.env(&mut cmd);
+    cmd
+}
+
+fn verify(moto: &Moto, out: &str) -> (i32, String) {
+    let mut cmd = bin();
+    cmd.args(["verify", out]);
+    moto.env(&mut cmd);
+    let (code, stdout, stderr) = run(&mut cmd);
+    (code, format!("{stdout}{stderr}"))
+}
+
+/// Asserts that the Parquet data under `url` holds exactly the ground
+/// truth, read by pyarrow straight from the bucket with one glob.
+fn assert_pyarrow_reads_the_ground_truth(
+    moto: &Moto,
+    url: &str,
+    server: &MockServer,
+    users: &[String],
+) {
+    let script = r#"
+import sys, pyarrow.dataset as ds, pyarrow.fs as pafs
+endpoint, url = sys.argv[1], sys.argv[2]
+fs = pafs.S3FileSystem(endpoint_override=endpoint, scheme="http", access_key="test",
+                       secret_key="test", region="us-east-1")
+path = url[len("s3://"):] + "/parquet/messages"
+table = ds.dataset(path, filesystem=fs, format="parquet", partitioning="hive").to_table()
+ids = table.column("message_id").to_pylist()
+convs = table.column("conversation_user_id").to_pylist()
+assert len(set(zip(convs, ids))) == len(ids), "duplicate rows"
+print(len(ids))
+"#;
+    let out = run_python(
+        python_with(PYTHON),
+        script,
+        &[Path::new(&moto.endpoint()), Path::new(url)],
+    );
+    let expected: usize = users.iter().map(|u| server.history(ACCOUNT, u).len()).sum();
+    assert_eq!(out.trim(), expected.to_string());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bucket_sync_resumes_from_a_fresh_container_with_only_the_new_messages() {
+    let moto = Arc::new(tokio::task::spawn_blocking(Moto::start).await.unwrap());
+    let bucket = moto.bucket("dm-incremental");
+    let url = format!("s3://{bucket}/team/dm");
+    let server = Arc::new(MockServer::start(world(&[420, 130, 7], 50)).await.unwrap());
+    let users = users(3);
+    let (m, s, u, out) = (moto.clone(), server.clone(), users.clone(), url.clone());
+    tokio::task::spawn_blocking(move || {
+        let first = tempfile::tempdir().unwrap();
+        let (code, _, stderr) = run(&mut sync(&m, &s, &out, &u, first.path()));
+        assert_eq!(code, 0, "{stderr}");
+        // New messages arrive; the next run starts in a new container: an
+        // empty working directory, nothing local from the first run.
+        s.append_messages(ACCOUNT, &u[0], 9);
+        let before = history_credits(&s);
+        let fresh = tempfile::tempdir().unwrap();
+        let (code, _, stderr) = run(&mut sync(&m, &s, &out, &u, fresh.path()));
+        assert_eq!(code, 0, "{stderr}");
+        let spent = history_credits(&s) - before;
+        assert!(
+            (9..=9 + 3 * 50).contains(&spent),
+            "{spent} credits: more than the new messages and one page per conversation"
+        );
+        assert_eq!(
+            std::fs::read_dir(fresh.path()).unwrap().count(),
+            0,
+            "wrote locally"
+        );
+        let (code, report) = verify(&m, &out);
+        assert_eq!(code, 0, "{report}");
+    })
+    .await
+    .unwrap();
+    let local = tempfile::tempdir().unwrap();
+    moto.mirror(&bucket, "team/dm", local.path());
+    assert_ground_truth(local.path(), &server, &users);
+    assert_parquet_equals_jsonl(local.path());
+    assert_pyarrow_reads_the_ground_truth(&moto, &url, &server, &users);
+    // Nothing a run left behind: no lease, no journal pieces.
+    let store = moto.store(&url);
+    assert!(store.size("state/lease.json").unwrap().is_none());
+    let leftovers: Vec<String> = store
+        .list("audit/")
+        .unwrap()
+        .into_iter()
+        .map(|l| l.key)
+        .filter(|k| k.ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
