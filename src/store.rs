@@ -113,6 +113,23 @@ pub struct ManifestBody {
     pub signing_key: Option<audit::AuditKey>,
 }
 
+impl ManifestBody {
+    /// A manifest of `command` that records no work (exit status 0): what
+    /// a run that only repaired or took over earlier work says.
+    pub fn empty(command: &'static str) -> ManifestBody {
+        ManifestBody {
+            command,
+            exit_code: 0,
+            options: serde_json::json!({}),
+            conversations: serde_json::json!([]),
+            sends: serde_json::json!([]),
+            credits: BTreeMap::new(),
+            counts: serde_json::json!({}),
+            signing_key: None,
+        }
+    }
+}
+
 /// What sealing a run produced.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Sealed {
@@ -782,16 +799,7 @@ mod tests {
     }
 
     fn body() -> ManifestBody {
-        ManifestBody {
-            command: "sync",
-            exit_code: 0,
-            options: serde_json::json!({}),
-            conversations: serde_json::json!([]),
-            sends: serde_json::json!([]),
-            credits: BTreeMap::new(),
-            counts: serde_json::json!({}),
-            signing_key: None,
-        }
+        ManifestBody::empty("sync")
     }
 
     #[test]

@@ -299,12 +299,27 @@ impl Backend for ObjectStore {
         // writes are allowed.
         let (bucket, path) = (self.bucket.clone(), self.path(""));
         let prefix = (!self.prefix.is_empty()).then_some(path);
-        match block(async move { bucket.list_with_delimiter(prefix.as_ref()).await })? {
-            Ok(_) => Ok(()),
-            Err(object_store::Error::NotFound { .. }) => Err(Error::invalid(
+        let missing = || {
+            Error::invalid(
                 "--out",
                 format!(
                     "{}: the bucket does not exist (create it, or fix the name)",
+                    self.url
+                ),
+            )
+        };
+        match block(async move { bucket.list_with_delimiter(prefix.as_ref()).await })? {
+            Ok(_) => Ok(()),
+            Err(object_store::Error::NotFound { .. }) => Err(missing()),
+            // A listing finds a missing prefix empty: a 404 is the bucket
+            // (S3 NoSuchBucket, Azure ContainerNotFound, GCS 404).
+            Err(e) if e.to_string().contains("404 Not Found") => Err(missing()),
+            // No key in the environment: the crate then asks the instance
+            // metadata service, which is not there.
+            Err(e) if e.to_string().contains("/latest/") => Err(Error::invalid(
+                "--out",
+                format!(
+                    "{}: no credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or run where an instance role or web identity provides them)",
                     self.url
                 ),
             )),

@@ -266,3 +266,226 @@ async fn a_bucket_sync_resumes_from_a_fresh_container_with_only_the_new_messages
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_bucket_input_is_refused_before_any_request() {
+    let moto = Arc::new(tokio::task::spawn_blocking(Moto::start).await.unwrap());
+    let server = Arc::new(MockServer::start(world(&[30], 50)).await.unwrap());
+    let (m, s) = (moto.clone(), server.clone());
+    tokio::task::spawn_blocking(move || {
+        let cwd = tempfile::tempdir().unwrap();
+        let users = users(1);
+        let attempt = |out: &str, creds: bool| {
+            let mut cmd = sync(&m, &s, out, &users, cwd.path());
+            if !creds {
+                cmd.env_remove("AWS_ACCESS_KEY_ID")
+                    .env_remove("AWS_SECRET_ACCESS_KEY");
+            }
+            run(&mut cmd)
+        };
+        let (code, _, stderr) = attempt("ftp://host/dm", true);
+        assert_eq!(code, 2, "{stderr}");
+        assert!(stderr.contains("unsupported scheme"), "{stderr}");
+        let (code, _, stderr) = attempt("s3://no-such-bucket/dm", true);
+        assert_eq!(code, 2, "{stderr}");
+        assert!(stderr.contains("bucket does not exist"), "{stderr}");
+        m.bucket("dm-nocreds");
+        let (code, _, stderr) = attempt("s3://dm-nocreds/dm", false);
+        assert_eq!(code, 2, "{stderr}");
+        assert!(stderr.contains("no credentials found"), "{stderr}");
+        assert!(!stderr.contains(KEY));
+    })
+    .await
+    .unwrap();
+    let ledger = server.ledger();
+    assert_eq!(ledger.credits_total, 0);
+    assert!(
+        ledger.calls_by_endpoint.values().all(|n| *n == 0),
+        "{ledger:?}"
+    );
+}
+
+/// SIGKILL at random moments of syncs into a bucket, each run in a fresh
+/// container (an empty working directory): the outputs converge to the
+/// ground truth, with no duplicate in the segments or the Parquet data.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_during_bucket_syncs_then_fresh_reruns_converge() {
+    let moto = Arc::new(tokio::task::spawn_blocking(Moto::start).await.unwrap());
+    let bucket = moto.bucket("dm-kills");
+    let url = format!("s3://{bucket}/dm");
+    let sizes = vec![900u64; 12];
+    let mut config = world(&sizes, 50);
+    config.faults = xquik_dm::mock::Faults {
+        latency: Duration::from_millis(3),
+        overlap: 2,
+        unordered: true,
+        ..Default::default()
+    };
+    let server = Arc::new(MockServer::start(config).await.unwrap());
+    let users = users(sizes.len());
+    let seed = std::env::var("KILL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0xb0c_u64);
+    let (m, s, u, out) = (moto.clone(), server.clone(), users.clone(), url.clone());
+    let killed = tokio::task::spawn_blocking(move || {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let mut killed = 0;
+        for _ in 0..10 {
+            let cwd = tempfile::tempdir().unwrap();
+            let mut child = sync(&m, &s, &out, &u, cwd.path())
+                .args(["--commit-interval-ms", "20"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(rng.u64(50..700)));
+            if child.try_wait().unwrap().is_none() {
+                child.kill().unwrap();
+                killed += 1;
+            }
+            child.wait().unwrap();
+        }
+        let cwd = tempfile::tempdir().unwrap();
+        let (code, _, stderr) = run(&mut sync(&m, &s, &out, &u, cwd.path()));
+        assert_eq!(code, 0, "final run (seed {seed}): {stderr}");
+        let (code, report) = verify(&m, &out);
+        assert_eq!(code, 0, "{report}");
+        killed
+    })
+    .await
+    .unwrap();
+    assert!(
+        killed >= 8,
+        "only {killed} runs were killed mid-run (seed {seed})"
+    );
+    let local = tempfile::tempdir().unwrap();
+    moto.mirror(&bucket, "dm", local.path());
+    assert_ground_truth(local.path(), &server, &users);
+    assert_parquet_equals_jsonl(local.path());
+    assert_pyarrow_reads_the_ground_truth(&moto, &url, &server, &users);
+}
+
+/// Two runs on one prefix: the second is refused while the first holds the
+/// lease. Two writers that both got past the lease (one missed it): the
+/// compare-and-swap lets one commit and stops the other without damage,
+/// and the next run carries on.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_run_per_prefix_and_a_lost_race_at_the_checkpoint_is_clean() {
+    use xquik_dm::store::{RunStamp, Store};
+    let moto = Arc::new(tokio::task::spawn_blocking(Moto::start).await.unwrap());
+    let bucket = moto.bucket("dm-race");
+    let url = format!("s3://{bucket}/dm");
+    let mut config = world(&[600, 600], 50);
+    config.faults.latency = Duration::from_millis(5);
+    let server = Arc::new(MockServer::start(config).await.unwrap());
+    let users = users(2);
+    let (m, s, u, out) = (moto.clone(), server.clone(), users.clone(), url.clone());
+    tokio::task::spawn_blocking(move || {
+        let store = m.store(&out);
+        let cwd = tempfile::tempdir().unwrap();
+        let first = sync(&m, &s, &out, &u, cwd.path())
+            .args(["--concurrency", "1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while store.size("state/lease.json").unwrap().is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "the first run never took the lease"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let (code, _, stderr) = run(&mut sync(&m, &s, &out, &u, cwd.path()));
+        assert_eq!(code, 4, "{stderr}");
+        assert!(stderr.contains("another xquik-dm run"), "{stderr}");
+        let output = first.wait_with_output().unwrap();
+        assert_eq!(output.status.code(), Some(0));
+
+        // Two writers past the lease: the second takes it after the first
+        // "missed" it (its lease removed under it).
+        let storage: xquik_dm::storage::Storage = Arc::new(m.store(&out));
+        let mut a = Store::open(&storage, &RunStamp::now()).unwrap();
+        store.delete("state/lease.json").unwrap();
+        let mut b = Store::open(&storage, &RunStamp::now()).unwrap();
+        let key = xquik_dm::checkpoint::conversation_key(ACCOUNT, &u[0]);
+        let mut state = a.checkpoint().conversations[&key].clone();
+        state.status = Some("written by a".into());
+        a.set_conversation(key.clone(), state.clone());
+        a.commit().unwrap();
+        state.status = Some("written by b".into());
+        b.set_conversation(key.clone(), state);
+        let err = b.commit().unwrap_err();
+        assert!(matches!(err, xquik_dm::Error::Conflict { .. }), "{err}");
+        assert_eq!(err.exit_code(), 4);
+        drop(b);
+        a.seal(xquik_dm::store::ManifestBody::empty("sync"))
+            .unwrap();
+        let committed = xquik_dm::checkpoint::Checkpoint::load(&store).unwrap();
+        assert_eq!(
+            committed.conversations[&key].status.as_deref(),
+            Some("written by a")
+        );
+        // The next run carries on from there.
+        let (code, _, stderr) = run(&mut sync(&m, &s, &out, &u, cwd.path()));
+        assert_eq!(code, 0, "{stderr}");
+        let (code, report) = verify(&m, &out);
+        assert_eq!(code, 0, "{report}");
+    })
+    .await
+    .unwrap();
+    let local = tempfile::tempdir().unwrap();
+    moto.mirror(&bucket, "dm", local.path());
+    assert_ground_truth(local.path(), &server, &users);
+}
+
+/// `verify s3://...` names each object that was changed, removed or added.
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_names_every_tampered_object_in_a_bucket() {
+    let moto = Arc::new(tokio::task::spawn_blocking(Moto::start).await.unwrap());
+    let bucket = moto.bucket("dm-tamper");
+    let url = format!("s3://{bucket}/dm");
+    let server = Arc::new(MockServer::start(world(&[300, 200], 50)).await.unwrap());
+    let (m, s, out) = (moto.clone(), server.clone(), url.clone());
+    tokio::task::spawn_blocking(move || {
+        let cwd = tempfile::tempdir().unwrap();
+        let u = users(2);
+        let (code, _, stderr) = run(&mut sync(&m, &s, &out, &u, cwd.path()));
+        assert_eq!(code, 0, "{stderr}");
+        s.append_messages(ACCOUNT, &u[1], 20);
+        let (code, _, stderr) = run(&mut sync(&m, &s, &out, &u, cwd.path()));
+        assert_eq!(code, 0, "{stderr}");
+        let store = m.store(&out);
+        let keys: Vec<String> = store.list("").unwrap().into_iter().map(|l| l.key).collect();
+        let parquet = keys
+            .iter()
+            .find(|k| k.ends_with(".parquet"))
+            .unwrap()
+            .clone();
+        let segment = keys
+            .iter()
+            .rfind(|k| k.starts_with("xquik-dm-handoff/"))
+            .unwrap()
+            .clone();
+        // One byte changed in a Parquet file, the last segment removed, an
+        // extra Parquet file added.
+        let mut bytes = store.get(&parquet).unwrap().unwrap().bytes;
+        bytes[100] ^= 1;
+        store
+            .replace(&parquet, &bytes, xquik_dm::storage::Expect::Any)
+            .unwrap();
+        store.delete(&segment).unwrap();
+        let extra = "parquet/messages/date=2026-01-01/part-extra-0001.parquet";
+        store.put_new(extra, b"PAR1").unwrap();
+        let (code, report) = verify(&m, &out);
+        assert_eq!(code, 5, "{report}");
+        for named in [parquet.as_str(), extra] {
+            assert!(report.contains(named), "{named} not named:\n{report}");
+        }
+        assert!(report.contains("xquik-dm-handoff"), "{report}");
+    })
+    .await
+    .unwrap();
+}
