@@ -18,6 +18,7 @@ use crate::commands::send::{BatchLine, SendOptions, SendRequest};
 use crate::commands::sync::{SyncOptions, Target};
 use crate::error::{Error, Result};
 use crate::logging::LogFormat;
+use crate::shard::Shard;
 use crate::storage::Location;
 
 /// Moves X direct messages between the Xquik API and private storage.
@@ -87,6 +88,11 @@ pub enum CommandArgs {
         /// Consecutive empty pages that end a conversation's paging.
         #[arg(long, default_value_t = 5, value_name = "N")]
         max_empty_pages: u32,
+        /// Run only shard K of N (0-based) of the job's conversations, chosen by a
+        /// stable hash of (account, user), in <out>/shard=K/ (Kubernetes:
+        /// --shard $JOB_COMPLETION_INDEX/N).
+        #[arg(long, value_name = "K/N")]
+        shard: Option<String>,
         /// Print the run report as JSON on stdout instead of a summary.
         #[arg(long)]
         json: bool,
@@ -388,9 +394,11 @@ impl Args {
                 concurrency,
                 max_credits,
                 max_empty_pages,
+                shard,
                 json,
                 commit_interval_ms,
             } => {
+                let shard = shard.as_deref().map(Shard::parse).transpose()?;
                 let job = match job {
                     Some(path) => Some(JobFile::load(&path)?),
                     None => None,
@@ -445,6 +453,7 @@ impl Args {
                 options.progress = !json;
                 options.audit_key = audit_key;
                 options.commit_interval = Duration::from_millis(commit_interval_ms.max(1));
+                options.shard = shard;
                 Command::Sync { options, json }
             }
             CommandArgs::Lookup { user } => {

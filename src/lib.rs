@@ -23,6 +23,7 @@ pub mod logging;
 pub mod mock;
 pub mod normalize;
 pub mod records;
+pub mod shard;
 pub mod sinks;
 pub mod storage;
 pub mod store;

@@ -212,6 +212,15 @@ impl Store {
     pub fn open(storage: &Storage, stamp: &RunStamp) -> Result<Store> {
         let store = storage.as_ref();
         store.prepare()?;
+        if let Some(n) = crate::shard::registered(store)? {
+            return Err(Error::invalid(
+                "--out",
+                format!(
+                    "{} is split into {n} shards: sync each with --shard K/{n}, and keep sends in an output of their own",
+                    store.location()
+                ),
+            ));
+        }
         let lock = store.lock(&stamp.run_id)?;
         let mut checkpoint = Checkpoint::load(store)?;
         let temporaries_removed =

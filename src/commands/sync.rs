@@ -30,6 +30,7 @@ use crate::dedupe::admit;
 use crate::error::{Error, ErrorClass, Result};
 use crate::normalize::normalize;
 use crate::records::HistoryRow;
+use crate::shard::Shard;
 use crate::sinks::WrittenFile;
 use crate::storage::Location;
 use crate::store::{ManifestBody, PageLog, Repair, RunStamp, Store};
@@ -50,6 +51,8 @@ pub struct SyncOptions {
     pub api: ClientConfig,
     /// Output folder.
     pub out: Location,
+    /// Only this shard of the job's conversations, in `<out>/shard=K/`.
+    pub shard: Option<Shard>,
     /// Conversations.
     pub targets: Vec<Target>,
     /// Conversations paged at the same time.
@@ -72,6 +75,7 @@ impl SyncOptions {
         SyncOptions {
             api,
             out: out.into(),
+            shard: None,
             targets,
             concurrency: 8,
             max_credits: None,
@@ -343,7 +347,7 @@ pub async fn run(options: SyncOptions) -> Result<SyncReport> {
 
     // The folder is opened, locked and repaired before any request: an
     // unusable folder costs no credit.
-    let storage = options.out.open()?;
+    let (options, storage) = shard_of(options)?;
     let mut store = Store::open_async(&storage, &stamp).await?;
     let run_id = store.run_id().to_owned();
     let repair = store.repair().clone();
@@ -462,6 +466,25 @@ pub async fn run(options: SyncOptions) -> Result<SyncReport> {
     report.manifest = sealed.chain.manifest;
     report.elapsed = started.elapsed();
     Ok(report)
+}
+
+/// The options and output root of this run: for a shard, only its
+/// conversations, in its own root under the prefix (registered there first,
+/// so that a prefix is never split two ways).
+fn shard_of(mut options: SyncOptions) -> Result<(SyncOptions, crate::storage::Storage)> {
+    let Some(shard) = options.shard else {
+        let storage = options.out.open()?;
+        return Ok((options, storage));
+    };
+    let root = options.out.open()?;
+    root.prepare()?;
+    shard.register(root.as_ref())?;
+    options
+        .targets
+        .retain(|t| shard.contains(&t.account, &t.user));
+    options.out = options.out.join(&shard.dir());
+    let storage = options.out.open()?;
+    Ok((options, storage))
 }
 
 /// The manifest content of a sync run: IDs, cursors, statuses, counts and

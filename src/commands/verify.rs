@@ -46,6 +46,9 @@ pub struct VerifyReport {
     /// the folder, it lets a later `verify --expect-head` detect that runs
     /// were removed from the end (which the folder alone cannot show).
     pub head: Option<String>,
+    /// For a sharded prefix, each shard's chain head.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub shard_heads: std::collections::BTreeMap<String, Option<String>>,
     /// Everything that failed.
     pub failures: Vec<Failure>,
     /// Remarks that are not failures.
@@ -93,7 +96,61 @@ pub fn run(
         // list of failures.
         storage.prepare()?;
     }
-    Ok(check(storage.as_ref(), key, expect_head))
+    let Some(shards) = crate::shard::registered(storage.as_ref())? else {
+        return Ok(check(storage.as_ref(), key, expect_head));
+    };
+    // A sharded prefix: every shard is an output root of its own, each
+    // with its own chain; all of them must verify.
+    let mut report = VerifyReport {
+        dir: location.clone(),
+        runs: 0,
+        checked: 0,
+        signatures_checked: 0,
+        head: None,
+        shard_heads: std::collections::BTreeMap::new(),
+        failures: Vec::new(),
+        notes: Vec::new(),
+    };
+    let mut found_head = false;
+    for index in 0..shards {
+        let dir = crate::shard::Shard {
+            index,
+            count: shards,
+        }
+        .dir();
+        let storage = location.join(&dir).open()?;
+        let shard = check(storage.as_ref(), key, None);
+        if let Some(expected) = expect_head
+            && audit::read_chain(storage.as_ref())
+                .is_ok_and(|(chain, _)| chain.iter().any(|e| e.sha256 == expected))
+        {
+            found_head = true;
+        }
+        report.runs += shard.runs;
+        report.checked += shard.checked;
+        report.signatures_checked += shard.signatures_checked;
+        report
+            .failures
+            .extend(shard.failures.into_iter().map(|f| Failure {
+                path: format!("{dir}/{}", f.path),
+                reason: f.reason,
+            }));
+        report
+            .notes
+            .extend(shard.notes.into_iter().map(|n| format!("{dir}: {n}")));
+        report.shard_heads.insert(dir, shard.head);
+    }
+    if let Some(expected) = expect_head
+        && !found_head
+    {
+        report.fail(
+            audit::CHAIN,
+            format!(
+                "the expected head {expected} is in no shard's chain: runs were removed or replaced"
+            ),
+        );
+    }
+    Ok(report)
 }
 
 /// Verifies the output root `dir` (see [`run`]).
@@ -104,6 +161,7 @@ pub fn check(dir: &dyn Backend, key: Option<&AuditKey>, expect_head: Option<&str
         checked: 0,
         signatures_checked: 0,
         head: None,
+        shard_heads: std::collections::BTreeMap::new(),
         failures: Vec::new(),
         notes: Vec::new(),
     };
@@ -420,6 +478,13 @@ impl std::fmt::Display for VerifyReport {
         }
         if let Some(head) = &self.head {
             writeln!(f, "  chain head: {head}")?;
+        }
+        for (shard, head) in &self.shard_heads {
+            writeln!(
+                f,
+                "  {shard} chain head: {}",
+                head.as_deref().unwrap_or("(no runs)")
+            )?;
         }
         if self.signatures_checked > 0 {
             writeln!(

@@ -179,10 +179,19 @@ impl Backend for LocalDir {
         }))
     }
 
-    fn replace(&self, key: &str, bytes: &[u8], _expect: Expect<'_>) -> Result<Option<String>> {
-        // The folder lock already keeps every other run out.
+    fn replace(&self, key: &str, bytes: &[u8], expect: Expect<'_>) -> Result<Option<String>> {
+        // The folder lock already keeps every other run out of a version
+        // race; an object that must not exist yet is created create-only.
         let path = self.path(key);
         create_private_dir(path.parent().unwrap_or(&self.root))?;
+        if expect == Expect::Missing {
+            let tmp = temporary_beside(&path);
+            write_file(&tmp, bytes)?;
+            return match publish(&tmp, &path) {
+                Err(Error::Corrupt { path, .. }) => Err(Error::Conflict { path }),
+                other => other.map(|()| None),
+            };
+        }
         write_atomic(&path, bytes)?;
         Ok(None)
     }

@@ -63,6 +63,19 @@ impl Location {
         }
     }
 
+    /// The location of the folder or prefix `sub` inside this one.
+    pub fn join(&self, sub: &str) -> Location {
+        match self {
+            Location::Dir(dir) => Location::Dir(dir.join(sub)),
+            Location::Url(url) => {
+                let mut url = url.clone();
+                let path = format!("{}/{sub}", url.path().trim_end_matches('/'));
+                url.set_path(&path);
+                Location::Url(url)
+            }
+        }
+    }
+
     /// The folder, when it is one.
     pub fn as_dir(&self) -> Option<&std::path::Path> {
         match self {

@@ -489,3 +489,88 @@ async fn verify_names_every_tampered_object_in_a_bucket() {
     .await
     .unwrap();
 }
+
+/// Four shards of one job run at once into one prefix: together they hold
+/// exactly the ground truth, each conversation in one shard, readable with
+/// one glob; `verify` checks all four; another split of the prefix, or an
+/// unsharded run on it, is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn four_shards_of_one_job_form_one_dataset() {
+    let moto = Arc::new(tokio::task::spawn_blocking(Moto::start).await.unwrap());
+    let bucket = moto.bucket("dm-shards");
+    let url = format!("s3://{bucket}/dm");
+    let sizes: Vec<u64> = (0..16).map(|i| 40 + i * 13).collect();
+    let server = Arc::new(MockServer::start(world(&sizes, 50)).await.unwrap());
+    let users = users(sizes.len());
+    let (m, s, u, out) = (moto.clone(), server.clone(), users.clone(), url.clone());
+    tokio::task::spawn_blocking(move || {
+        let children: Vec<_> = (0..4)
+            .map(|k| {
+                let cwd = tempfile::tempdir().unwrap();
+                // Each shard lists the job's conversations in its own order.
+                let mut listed = u.clone();
+                listed.rotate_left(k * 3);
+                let child = sync(&m, &s, &out, &listed, cwd.path())
+                    .args(["--shard", &format!("{k}/4"), "--json"])
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap();
+                (cwd, child)
+            })
+            .collect();
+        let mut seen = std::collections::BTreeSet::new();
+        for (_cwd, child) in children {
+            let output = child.wait_with_output().unwrap();
+            assert_eq!(
+                output.status.code(),
+                Some(0),
+                "{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+            for conversation in report["conversations"].as_array().unwrap() {
+                let user = conversation["user"].as_str().unwrap().to_owned();
+                assert!(seen.insert(user.clone()), "{user} synced by two shards");
+            }
+        }
+        assert_eq!(seen.len(), u.len(), "every conversation in some shard");
+        let (code, report) = verify(&m, &out);
+        assert_eq!(code, 0, "{report}");
+        for k in 0..4 {
+            assert!(
+                report.contains(&format!("shard={k} chain head")),
+                "{report}"
+            );
+        }
+        let cwd = tempfile::tempdir().unwrap();
+        let (code, _, stderr) = run(sync(&m, &s, &out, &u, cwd.path()).args(["--shard", "0/3"]));
+        assert_eq!(code, 2, "{stderr}");
+        assert!(stderr.contains("split into 4 shards"), "{stderr}");
+        let (code, _, stderr) = run(&mut sync(&m, &s, &out, &u, cwd.path()));
+        assert_eq!(code, 2, "{stderr}");
+    })
+    .await
+    .unwrap();
+    // One glob over every shard's Parquet: the whole ground truth, once.
+    let script = r#"
+import sys, pyarrow.dataset as ds, pyarrow.fs as pafs
+endpoint, url = sys.argv[1], sys.argv[2]
+fs = pafs.S3FileSystem(endpoint_override=endpoint, scheme="http", access_key="test",
+                       secret_key="test", region="us-east-1")
+root = url[len("s3://"):]
+files = [f.path for f in fs.get_file_info(pafs.FileSelector(root, recursive=True))
+         if f.path.endswith(".parquet") and "/parquet/messages/" in f.path]
+table = ds.dataset(files, filesystem=fs, format="parquet").to_table()
+pairs = list(zip(table.column("conversation_user_id").to_pylist(), table.column("message_id").to_pylist()))
+assert len(set(pairs)) == len(pairs), "duplicate rows across shards"
+print(len(pairs))
+"#;
+    let out = run_python(
+        python_with(PYTHON),
+        script,
+        &[Path::new(&moto.endpoint()), Path::new(&url)],
+    );
+    let expected: usize = users.iter().map(|u| server.history(ACCOUNT, u).len()).sum();
+    assert_eq!(out.trim(), expected.to_string());
+}
