@@ -239,6 +239,10 @@ pub enum CommandArgs {
         /// Keep the output folders here instead of a temporary folder.
         #[arg(long, value_name = "DIR")]
         work_dir: Option<PathBuf>,
+        /// Also run the full sync into this bucket prefix (s3://, gs://, az://;
+        /// credentials and endpoint from the environment), beside the folder.
+        #[arg(long, value_name = "URL")]
+        bucket: Option<String>,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -550,8 +554,16 @@ impl Args {
                 new_percent,
                 concurrency,
                 work_dir,
+                bucket,
                 json,
             } => {
+                let bucket = match bucket.map(|b| Location::parse(&b)) {
+                    None => None,
+                    Some(Location::Url(url)) => Some(url),
+                    Some(Location::Dir(_)) => {
+                        return Err(Error::invalid("--bucket", "expected s3://, gs:// or az://"));
+                    }
+                };
                 if conversations == 0 || messages == 0 || page_size == 0 || runs == 0 {
                     return Err(Error::invalid(
                         "bench",
@@ -570,6 +582,7 @@ impl Args {
                         new_percent,
                         concurrency: concurrency.max(1),
                         work_dir,
+                        bucket,
                     },
                     json,
                 }

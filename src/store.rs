@@ -587,7 +587,6 @@ impl Store {
             &self.chain,
             &logs,
             &jsonl_digest,
-            &self.jsonl.segment_digests(),
         )?;
         Ok(Sealed {
             files,
@@ -624,7 +623,6 @@ fn write_sums(
     chain: &[ChainEntry],
     logs: &[&LogInfo],
     jsonl_digest: &str,
-    segment_digests: &[(String, String)],
 ) -> Result<()> {
     let mut known: BTreeMap<String, String> = audit::read_sums(storage)
         .unwrap_or_default()
@@ -671,13 +669,7 @@ fn write_sums(
         files.push(log.path.clone());
     }
     known.insert(jsonl::FILE_NAME.to_owned(), jsonl_digest.to_owned());
-    if let Some(segments) = storage.handoff_segments()? {
-        // A bucket holds the file as segments: each is listed, as an
-        // object of its own, instead of the file.
-        files.retain(|f| f != jsonl::FILE_NAME);
-        known.extend(segment_digests.iter().cloned());
-        files.extend(segments);
-    } else if storage.handoff_len()? == 0 {
+    if storage.handoff_len()? == 0 {
         files.retain(|f| f != jsonl::FILE_NAME);
     }
     audit::write_sums(storage, &files, &known)

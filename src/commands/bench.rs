@@ -11,6 +11,10 @@
 //!   with more messages: its messages depend only on their position, so the
 //!   old ones stay the same), with the credits it cost on the mock's ledger.
 //!
+//! With `--bucket URL`, the full sync also runs into that bucket prefix (a
+//! new prefix below it per run), beside the folder, for the object storage
+//! figure; `scripts/bench-bucket.sh` runs it against a local S3 server.
+//!
 //! Each scenario runs `--runs` times; the report gives medians.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -46,6 +50,8 @@ pub struct BenchOptions {
     pub concurrency: usize,
     /// Where the output folders go (default: a temp dir, removed after).
     pub work_dir: Option<PathBuf>,
+    /// A bucket prefix for the object storage scenario.
+    pub bucket: Option<url::Url>,
 }
 
 /// What one child process used.
@@ -101,6 +107,9 @@ pub struct BenchReport {
     pub full_sync: Figures,
     /// Incremental rerun.
     pub incremental: Figures,
+    /// Full sync into the bucket, when one was given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bucket_sync: Option<Figures>,
 }
 
 /// Runs the benchmark (blocking: it waits for child processes).
@@ -116,7 +125,8 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport> {
         ((options.messages as f64) * options.new_percent / 100.0).round() as u64;
     let total = options.conversations * options.messages;
 
-    let (mut fetch, mut full, mut incr) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut fetch, mut full, mut incr, mut bucket) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for run in 0..options.runs.max(1) {
         let out = scratch.path().join(format!("run-{run}"));
         let _ = std::fs::remove_dir_all(&out);
@@ -145,6 +155,24 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport> {
         let (messages, pages) = parse_sync(&synced.1)?;
         let credits = mock.ledger_history_credits()? - credits_after_fetch;
         full.push(figures(synced.0, messages, pages, dir_bytes(&out), credits));
+        if let Some(url) = &options.bucket {
+            // A new prefix per run and per invocation: every run starts empty.
+            let prefix = format!(
+                "{}/bench-{}-{run}",
+                url.as_str().trim_end_matches('/'),
+                crate::store::RunStamp::now().run_id
+            );
+            let before = mock.ledger_history_credits()?;
+            let synced = measure(&mut sync_command(
+                &exe,
+                &mock.base_url,
+                &job,
+                Path::new(&prefix),
+            ))?;
+            let (messages, pages) = parse_sync(&synced.1)?;
+            let credits = mock.ledger_history_credits()? - before;
+            bucket.push(figures(synced.0, messages, pages, 0, credits));
+        }
         drop(mock);
 
         let mock = MockChild::start(&exe, options, options.messages + per_conversation_new)?;
@@ -172,6 +200,7 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport> {
         fetch_only: median(&fetch),
         full_sync: median(&full),
         incremental: median(&incr),
+        bucket_sync: (!bucket.is_empty()).then(|| median(&bucket)),
     })
 }
 
@@ -514,11 +543,35 @@ impl std::fmt::Display for BenchReport {
                 x.credits
             )?;
         }
+        if let Some(x) = &self.bucket_sync {
+            writeln!(
+                f,
+                "{:<22} {:>12.0} {:>9.0} {:>8} {:>8.2} {:>12.1} {:>9.2} {:>10}",
+                "full sync to bucket",
+                x.messages_per_s,
+                x.pages_per_s,
+                "-",
+                x.cpu_s,
+                x.peak_rss_mb,
+                x.wall_s,
+                x.credits
+            )?;
+        }
         let ratio = self.full_sync.messages_per_s / self.fetch_only.messages_per_s.max(1e-9);
         let page_bound = self.new_messages + self.conversations * self.page_size as u64;
         let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
         writeln!(f)?;
         writeln!(f, "full sync / fetch-only: {:.0}%", ratio * 100.0)?;
+        if let Some(x) = &self.bucket_sync {
+            let share = x.messages_per_s / self.full_sync.messages_per_s.max(1e-9);
+            writeln!(
+                f,
+                "bucket / folder: {:.0}% (target >= 50%: {}); bucket peak RSS <= 150 MB: {}",
+                share * 100.0,
+                verdict(share >= 0.5),
+                verdict(x.peak_rss_mb <= 150.0)
+            )?;
+        }
         writeln!(
             f,
             "targets: sync >= 250,000 msg/s: {}; >= 80% of fetch-only: {}; peak RSS <= 150 MB: {}; incremental <= 2 s: {}; incremental credits {} <= new {} + one page per conversation ({}): {}",

@@ -136,12 +136,6 @@ impl JsonlSink {
         hex::encode(self.file_hasher.clone().finalize())
     }
 
-    /// The segments written as objects of their own, with their digests
-    /// (a bucket keeps the file as one object per commit).
-    pub fn segment_digests(&self) -> Vec<(String, String)> {
-        self.log.segment_digests()
-    }
-
     /// The whole-file hasher's midstate, to be saved with the committed
     /// length it covers.
     pub fn digest_state(&self) -> DigestState {

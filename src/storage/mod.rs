@@ -188,11 +188,6 @@ pub trait HandoffLog: Send + Debug {
     fn append(&mut self, bytes: &[u8]) -> Result<()>;
     /// Makes everything appended durable.
     fn sync(&mut self) -> Result<()>;
-    /// The objects this log wrote as separate segments, with their SHA-256
-    /// (for `SHA256SUMS`); none where the log is one file.
-    fn segment_digests(&self) -> Vec<(String, String)> {
-        Vec::new()
-    }
 }
 
 /// An output root: a folder or a bucket prefix.
@@ -249,11 +244,6 @@ pub trait Backend: Send + Sync + Debug {
     fn handoff_reader(&self, range: Range<u64>) -> Result<Box<dyn Read + Send>>;
     /// The handoff file's length.
     fn handoff_len(&self) -> Result<u64>;
-    /// The keys of the handoff file's segments, in order, where it is kept
-    /// as segments; `None` where it is one file.
-    fn handoff_segments(&self) -> Result<Option<Vec<String>>> {
-        Ok(None)
-    }
     /// Starts the journal that will be published as `key`.
     fn journal(&self, key: &str) -> Result<Box<dyn Journal>>;
     /// Removes the temporary files a killed run left of the objects named

@@ -446,7 +446,6 @@ impl Backend for ObjectStore {
             segments: segments.into_iter().map(|(o, k, _)| (o, k)).collect(),
             committed: len,
             pending: Vec::new(),
-            written: Vec::new(),
         }))
     }
 
@@ -468,16 +467,6 @@ impl Backend for ObjectStore {
 
     fn handoff_len(&self) -> Result<u64> {
         Ok(self.tiled_segments()?.1)
-    }
-
-    fn handoff_segments(&self) -> Result<Option<Vec<String>>> {
-        Ok(Some(
-            self.tiled_segments()?
-                .0
-                .into_iter()
-                .map(|(_, key, _)| key)
-                .collect(),
-        ))
     }
 
     fn journal(&self, key: &str) -> Result<Box<dyn Journal>> {
@@ -620,7 +609,10 @@ impl NewBucketObject {
         let Some(upload) = self.upload.as_mut() else {
             return Ok(());
         };
-        let part = PutPayload::from(std::mem::take(&mut self.buffer));
+        let part = PutPayload::from(std::mem::replace(
+            &mut self.buffer,
+            Vec::with_capacity(PART_BYTES),
+        ));
         let future = upload.upload.put_part(part);
         upload
             .in_flight
@@ -704,7 +696,6 @@ struct BucketHandoff {
     segments: Vec<(u64, String)>,
     committed: u64,
     pending: Vec<u8>,
-    written: Vec<(String, String)>,
 }
 
 impl HandoffLog for BucketHandoff {
@@ -747,16 +738,11 @@ impl HandoffLog for BucketHandoff {
         }
         let key = format!("{HANDOFF_DIR}/part-{:020}.jsonl", self.committed);
         let bytes = std::mem::take(&mut self.pending);
-        let (len, digest) = (bytes.len() as u64, crate::sinks::sha256_hex(&bytes));
+        let len = bytes.len() as u64;
         self.store.put(&key, bytes, PutMode::Create)?;
-        self.written.push((key.clone(), digest));
         self.segments.push((self.committed, key));
         self.committed += len;
         Ok(())
-    }
-
-    fn segment_digests(&self) -> Vec<(String, String)> {
-        self.written.clone()
     }
 }
 
