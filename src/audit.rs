@@ -493,7 +493,14 @@ fn audit_file_owner(name: &str) -> (&str, bool) {
     let bare = name.strip_prefix('.').unwrap_or(name);
     let bare = bare.strip_suffix(".tmp").unwrap_or(bare);
     let owner = bare.split('.').next().unwrap_or_default();
-    (owner, bare.ends_with(LogKind::Pages.suffix()))
+    // A journal kept in pieces names each `<log>.<20-digit offset>`.
+    let log = match bare.rsplit_once('.') {
+        Some((log, offset)) if offset.len() == 20 && offset.bytes().all(|b| b.is_ascii_digit()) => {
+            log
+        }
+        _ => bare,
+    };
+    (owner, log.ends_with(LogKind::Pages.suffix()))
 }
 
 /// Cuts a torn last chain line, and cleans `audit/runs/` of what runs the
@@ -561,11 +568,14 @@ fn recover_page_log(
     pieces: &[String],
     run_id: &str,
 ) -> Result<Option<RecoveredLog>> {
-    // A copy recovered before holds the whole log (the pieces it came from
-    // are removed only once it is durable): a run killed between the two
-    // leaves both, and the copy alone is read. Otherwise the pieces of the
-    // journal, in order.
-    let copy = pieces.iter().find(|p| p.contains(".recovered."));
+    // A whole copy — recovered before, or published by the run itself —
+    // holds the whole log: the pieces it came from are removed only once it
+    // is durable, so a run killed between the two leaves both, and the copy
+    // alone is read. Otherwise the journal's pieces, in order.
+    let copy = pieces
+        .iter()
+        .find(|p| p.contains(".recovered."))
+        .or_else(|| pieces.iter().find(|p| !file_name(p).starts_with('.')));
     let mut bytes = Vec::new();
     for piece in copy
         .into_iter()
@@ -906,6 +916,33 @@ mod tests {
             "audit/runs/r6.recovered.r3.pages.jsonl"
         );
         assert_eq!(again.recovered[0].credits, recovered.credits);
+
+        // r7 was killed between publishing its log and removing its
+        // temporary: both hold the same lines, counted once. r8 kept its
+        // log in pieces (as in a bucket): they are joined in order.
+        fs::write(out.join(RUNS_DIR).join("r7.pages.jsonl"), page(5)).unwrap();
+        fs::write(out.join(RUNS_DIR).join(".r7.pages.jsonl.tmp"), page(5)).unwrap();
+        let piece = |offset: u64| format!(".r8.pages.jsonl.{offset:020}.tmp");
+        fs::write(out.join(RUNS_DIR).join(piece(0)), page(1)).unwrap();
+        fs::write(out.join(RUNS_DIR).join(piece(70)), page(2)).unwrap();
+        let last = repair(&storage, "r9").unwrap();
+        let by_run: BTreeMap<&str, &RecoveredLog> = last
+            .recovered
+            .iter()
+            .map(|r| (r.run_id.as_str(), r))
+            .collect();
+        let history = |r: &RecoveredLog| r.credits["GET /x/dm/{userId}/history"];
+        assert_eq!(history(by_run["r7"]), 5);
+        assert_eq!(by_run["r7"].log.rows, 1);
+        assert_eq!(history(by_run["r8"]), 3);
+        assert_eq!(by_run["r8"].log.rows, 2);
+        assert!(
+            storage
+                .list("audit/runs/")
+                .unwrap()
+                .iter()
+                .all(|l| !l.key.ends_with(".tmp"))
+        );
         assert_eq!(read_chain(&storage).unwrap(), (entries, None));
     }
 }

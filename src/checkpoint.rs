@@ -51,6 +51,12 @@ pub struct Checkpoint {
     /// The audit chain's head.
     #[serde(default)]
     pub audit: AuditPointer,
+    /// The run that wrote it. Every run claims the output by committing
+    /// the checkpoint with its own ID before it changes anything, so that
+    /// the checkpoint's content — and the ETag a compare-and-swap compares,
+    /// which object stores derive from it — changes with every claim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<String>,
     /// How it was read: `None` when there was none, else the version (if
     /// the storage has versions) the next save must still find.
     #[serde(skip)]

@@ -2,7 +2,8 @@
 //!
 //! Each conversation belongs to exactly one shard, chosen by a stable hash
 //! of (account, user) — the first 8 bytes of SHA-256 over
-//! `<account lowercased>/<user as given>`, modulo N — so N copies of one
+//! `<account>/<user>` (a numeric ID as given, a username as `@name`, both
+//! lowercased), modulo N — so N copies of one
 //! job, whatever order they list the conversations in, split the work with
 //! no overlap. Shard K of a prefix is an output root of its own,
 //! `<prefix>/shard=K/`, with its own state and audit chain; all shards form
@@ -52,6 +53,12 @@ impl Shard {
 
     /// The shard a conversation belongs to, of `count`.
     pub fn of(account: &Account, user: &UserRef, count: u32) -> u32 {
+        // Handles and usernames are case-insensitive: `@Alice` and
+        // `@alice` are one conversation, in one shard.
+        let user = match user {
+            UserRef::Id(id) => id.clone(),
+            UserRef::Username(name) => format!("@{}", name.to_lowercase()),
+        };
         let key = format!("{}/{user}", account.as_str().to_lowercase());
         let digest = Sha256::digest(key.as_bytes());
         let mut first = [0u8; 8];
@@ -149,6 +156,10 @@ mod tests {
         assert!(
             per_shard.iter().all(|n| (70..=130).contains(n)),
             "{per_shard:?}"
+        );
+        assert_eq!(
+            Shard::of(&account, &UserRef::Username("Alice".into()), 4),
+            Shard::of(&account, &UserRef::Username("alice".into()), 4)
         );
         assert_eq!(
             Shard::of(&account, &UserRef::Id("1000001".into()), 4),

@@ -141,6 +141,38 @@ pub struct Sealed {
     pub audit_rows: LogInfo,
 }
 
+/// A commit that failed, remembered so that later commits and the seal
+/// refuse with the same kind of error.
+#[derive(Debug, Clone)]
+struct Failed {
+    conflict: bool,
+    what: String,
+}
+
+impl Failed {
+    fn from(e: &Error) -> Failed {
+        Failed {
+            conflict: matches!(e, Error::Conflict { .. }),
+            what: e.to_string(),
+        }
+    }
+
+    fn again(&self, storage: &Storage) -> Error {
+        let path = storage.describe(checkpoint::KEY);
+        if self.conflict {
+            Error::Conflict { path }
+        } else {
+            Error::io(
+                path,
+                std::io::Error::other(format!(
+                    "an earlier commit of this run failed ({}); the next run repairs from the last commit",
+                    self.what
+                )),
+            )
+        }
+    }
+}
+
 /// The run's page log, shared with the tasks that make requests: each line
 /// is written the moment its answer arrives, not when the writer gets to
 /// it, so that a killed run leaves a record of every request it was
@@ -191,6 +223,8 @@ pub struct Store {
     pages: PageLog,
     /// Page logs of killed runs, sealed into this run's manifest.
     recovered: Vec<audit::RecoveredLog>,
+    /// Set when a commit failed: the run then stops committing.
+    failed: Option<Failed>,
     /// History and send rows appended since the last commit.
     uncommitted_history: u64,
     uncommitted_sends: u64,
@@ -228,9 +262,15 @@ impl Store {
         let (chain, _) = audit::read_chain(store)?;
         if checkpoint.read_as.is_none() {
             refuse_data_without_checkpoint(store, &chain)?;
-            // From now on a missing checkpoint means it was removed.
-            checkpoint.save(store)?;
         }
+        // The run claims the output before it repairs anything: it commits
+        // the checkpoint it read, unchanged, by compare-and-swap. A run
+        // that got past the lock and committed since loses nothing to this
+        // run's repair (the claim fails instead), and any run still
+        // writing can no longer commit. In a fresh folder this also marks
+        // that a missing checkpoint from now on means it was removed.
+        checkpoint.run = Some(stamp.run_id.clone());
+        checkpoint.save(store)?;
         // The chain is the durable record of sealed runs: a run killed after
         // appending to it but before its checkpoint is believed from it. It
         // may be one run ahead of the checkpoint, never behind: a chain that
@@ -288,6 +328,7 @@ impl Store {
                 LogKind::Pages,
             )?)))),
             recovered,
+            failed: None,
             uncommitted_history: 0,
             uncommitted_sends: 0,
             uncommitted_bytes: 0,
@@ -486,6 +527,21 @@ impl Store {
     /// Makes everything appended so far durable, then the checkpoint that
     /// describes it.
     pub fn commit(&mut self) -> Result<()> {
+        if let Some(failed) = &self.failed {
+            return Err(failed.again(&self.storage));
+        }
+        let result = self.try_commit();
+        if let Err(e) = &result {
+            // What was appended is not durable, and the checkpoint in
+            // memory no longer matches what is: nothing more of this run
+            // is committed or sealed; the next run repairs from the last
+            // commit.
+            self.failed = Some(Failed::from(e));
+        }
+        result
+    }
+
+    fn try_commit(&mut self) -> Result<()> {
         // The data first: the checkpoint must never point past durable bytes.
         let committed = self.jsonl.sync()?;
         self.checkpoint.jsonl.committed_bytes = committed;

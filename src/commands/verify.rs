@@ -140,6 +140,21 @@ pub fn run(
             .extend(shard.notes.into_iter().map(|n| format!("{dir}: {n}")));
         report.shard_heads.insert(dir, shard.head);
     }
+    // A sharded prefix holds its shards and its registry, nothing else.
+    for listed in storage.list("")? {
+        let in_shard = listed
+            .key
+            .strip_prefix("shard=")
+            .and_then(|rest| rest.split_once('/'))
+            .and_then(|(k, _)| k.parse::<u32>().ok())
+            .is_some_and(|k| k < shards);
+        if !in_shard && listed.key != crate::shard::REGISTRY {
+            report.fail(
+                &listed.key,
+                format!("not part of any of the {shards} shards"),
+            );
+        }
+    }
     if let Some(expected) = expect_head
         && !found_head
     {
@@ -373,23 +388,91 @@ fn check_files(dir: &dyn Backend, manifests: &[Manifest], report: &mut VerifyRep
             );
         }
     }
-    // Every JSONL byte belongs to exactly one sealed run.
+    // Every JSONL byte belongs to exactly one sealed run, or to the
+    // committed work of an interrupted run that the next sync seals.
     let len = dir.handoff_len().unwrap_or(0);
-    if len > covered {
-        report.fail(
-            jsonl::FILE_NAME,
-            format!("{} bytes after the last sealed segment (appended outside a run, or a run was interrupted: rerun sync)", len - covered),
-        );
+    let checkpoint = Checkpoint::load(dir).ok();
+    let committed = checkpoint
+        .as_ref()
+        .map_or(covered, |c| c.jsonl.committed_bytes.max(covered));
+    if committed > covered && committed <= len {
+        report.notes.push(format!(
+            "unsealed: a run was interrupted after committing {} bytes of {}; the next sync seals them into its manifest",
+            committed - covered,
+            jsonl::FILE_NAME
+        ));
     }
-    // Nothing unlisted on disk.
+    let sealed_end = if committed <= len { committed } else { covered };
+    if len > sealed_end {
+        // In a bucket the rest are whole segments no commit names, left by
+        // a killed run: ignored, and removed by the next run. In a folder
+        // nothing tells them from bytes appended outside a run.
+        if dir.location().as_dir().is_none() {
+            report.notes.push(format!(
+                "{} bytes of handoff segments no commit names (left by an interrupted run; the next sync removes them)",
+                len - sealed_end
+            ));
+        } else {
+            report.fail(
+                jsonl::FILE_NAME,
+                format!(
+                    "{} bytes after the last committed record (appended outside a run)",
+                    len - sealed_end
+                ),
+            );
+        }
+    }
+    // The handoff folder of a bucket holds only its segments.
+    for rel in files_under(dir, crate::storage::object::HANDOFF_DIR) {
+        if crate::storage::object::segment_offset(file_name(&rel)).is_none() {
+            report.fail(&rel, "not a segment of the handoff file");
+        }
+    }
+    // Nothing unlisted on disk, but what an interrupted run left: files it
+    // committed (listed in the checkpoint; the next sync seals them), and
+    // files of a run the chain does not hold (the next sync removes them).
+    let sealed_runs: BTreeSet<&str> = manifests.iter().map(|m| m.run_id.as_str()).collect();
+    let pending: BTreeSet<&str> = checkpoint
+        .as_ref()
+        .map(|c| c.parquet.files.iter().map(|f| f.path.as_str()).collect())
+        .unwrap_or_default();
     for rel in files_under(dir, "parquet")
         .into_iter()
         .chain(files_under(dir, audit::RUNS_DIR))
     {
-        if !listed.contains(&rel) {
+        if listed.contains(&rel) {
+            continue;
+        }
+        if pending.contains(rel.as_str()) {
+            report.notes.push(format!(
+                "unsealed: {rel} is committed; the next sync seals it"
+            ));
+        } else if run_of(&rel).is_some_and(|run| !sealed_runs.contains(run)) {
+            report.notes.push(format!(
+                "{rel} was left by an interrupted run; the next sync removes it"
+            ));
+        } else {
             report.fail(&rel, "not listed in any manifest");
         }
     }
+}
+
+/// The run a Parquet or audit file is named after, when its name has the
+/// shape the tool gives its files (`part-<run>-<n>.parquet`,
+/// `<run>.<kind>...`) and the run ID has the shape of one.
+fn run_of(rel: &str) -> Option<&str> {
+    let name = file_name(rel);
+    let run = match name.strip_prefix("part-") {
+        Some(rest) => rest.strip_suffix(".parquet")?.rsplit_once('-')?.0,
+        None => name.split('.').next()?,
+    };
+    let (second, random) = run.split_once('-')?;
+    let shaped = second.len() == 16
+        && second.as_bytes()[8] == b'T'
+        && second.ends_with('Z')
+        && matches!(random.len(), 4 | 16)
+        && random.bytes().all(|b| b.is_ascii_hexdigit());
+    shaped.then_some(run)
 }
 
 /// Checks a run's audit log: digest, size, line count and, for the rows

@@ -61,17 +61,19 @@ fn lease_ttl() -> Duration {
 
 /// The runtime every bucket call runs on.
 fn runtime() -> Result<&'static tokio::runtime::Runtime> {
-    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    if let Some(rt) = RUNTIME.get() {
-        return Ok(rt);
-    }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("xquik-dm-storage")
-        .enable_all()
-        .build()
-        .map_err(|e| Error::io("<storage runtime>", e))?;
-    Ok(RUNTIME.get_or_init(|| rt))
+    static RUNTIME: OnceLock<std::result::Result<tokio::runtime::Runtime, String>> =
+        OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("xquik-dm-storage")
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|e| Error::io("<storage runtime>", std::io::Error::other(e.clone())))
 }
 
 /// Runs `f` on the storage runtime and waits for it, from any thread
@@ -87,6 +89,28 @@ fn block<T: Send + 'static>(f: impl Future<Output = T> + Send + 'static) -> Resu
 
 /// A handoff segment: its start offset, key and size.
 type Segment = (u64, String, u64);
+
+/// An object's version as the protocol carries it: the ETag and, where the
+/// provider has one (a GCS generation), the version, joined by a newline
+/// (which neither contains).
+fn version_token(e_tag: Option<String>, version: Option<String>) -> Option<String> {
+    match (e_tag, version) {
+        (None, None) => None,
+        (e_tag, version) => Some(format!(
+            "{}\n{}",
+            e_tag.unwrap_or_default(),
+            version.unwrap_or_default()
+        )),
+    }
+}
+
+fn update_version(token: &str) -> UpdateVersion {
+    let (e_tag, version) = token.split_once('\n').unwrap_or((token, ""));
+    UpdateVersion {
+        e_tag: (!e_tag.is_empty()).then(|| e_tag.to_owned()),
+        version: (!version.is_empty()).then(|| version.to_owned()),
+    }
+}
 
 /// A bucket prefix.
 #[derive(Debug, Clone)]
@@ -202,6 +226,10 @@ impl ObjectStore {
     }
 
     fn put(&self, key: &str, bytes: Vec<u8>, mode: PutMode) -> Result<Option<String>> {
+        self.put_bytes(key, Bytes::from(bytes), mode)
+    }
+
+    fn put_bytes(&self, key: &str, bytes: Bytes, mode: PutMode) -> Result<Option<String>> {
         let (bucket, path) = (self.bucket.clone(), self.path(key));
         let options = PutOptions {
             mode,
@@ -243,11 +271,7 @@ impl ObjectStore {
         let mut segments = Vec::new();
         for listed in self.list_keys(&format!("{HANDOFF_DIR}/"))? {
             let name = super::file_name(&listed.key);
-            let Some(offset) = name
-                .strip_prefix("part-")
-                .and_then(|n| n.strip_suffix(".jsonl"))
-                .and_then(|n| n.parse::<u64>().ok())
-            else {
+            let Some(offset) = segment_offset(name) else {
                 continue;
             };
             segments.push((offset, listed.key, listed.size));
@@ -274,6 +298,16 @@ impl ObjectStore {
         }
         Ok((segments, end))
     }
+}
+
+/// The start offset a segment's name gives: exactly
+/// `part-<20 digits>.jsonl`, nothing else.
+pub fn segment_offset(name: &str) -> Option<u64> {
+    let digits = name.strip_prefix("part-")?.strip_suffix(".jsonl")?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
 }
 
 /// The first line of an object_store error (they carry whole URLs and
@@ -348,13 +382,13 @@ impl Backend for ObjectStore {
         let (bucket, path) = (self.bucket.clone(), self.path(key));
         let got = block(async move {
             let result = bucket.get_opts(&path, GetOptions::default()).await?;
-            let e_tag = result.meta.e_tag.clone();
-            Ok::<_, object_store::Error>((result.bytes().await?, e_tag))
+            let version = version_token(result.meta.e_tag.clone(), result.meta.version.clone());
+            Ok::<_, object_store::Error>((result.bytes().await?, version))
         })?;
         match got {
-            Ok((bytes, e_tag)) => Ok(Some(Stored {
+            Ok((bytes, version)) => Ok(Some(Stored {
                 bytes: bytes.to_vec(),
-                version: e_tag,
+                version,
             })),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(self.error(key, e)),
@@ -395,10 +429,7 @@ impl Backend for ObjectStore {
         let mode = match expect {
             Expect::Any => PutMode::Overwrite,
             Expect::Missing => PutMode::Create,
-            Expect::Version(v) => PutMode::Update(UpdateVersion {
-                e_tag: Some(v.to_owned()),
-                version: None,
-            }),
+            Expect::Version(v) => PutMode::Update(update_version(v)),
         };
         self.put(key, bytes.to_vec(), mode)
     }
@@ -489,7 +520,7 @@ impl Backend for ObjectStore {
 
 /// A streaming reader of one object, fed by a task on the storage runtime.
 struct ObjectReader {
-    chunks: std::sync::mpsc::Receiver<std::result::Result<Bytes, String>>,
+    chunks: tokio::sync::mpsc::Receiver<std::result::Result<Bytes, String>>,
     current: Bytes,
     key: String,
 }
@@ -504,12 +535,13 @@ impl ObjectReader {
         let result = block(async move { bucket.get_opts(&path, options).await })?
             .map_err(|e| store.error(key, e))?;
         // A few chunks ahead at most: memory stays flat whatever the size.
-        let (tx, rx) = std::sync::mpsc::sync_channel(4);
+        // The task waits for room asynchronously, never holding a worker.
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
         runtime()?.spawn(async move {
             let mut stream = result.into_stream();
             while let Some(chunk) = stream.next().await {
                 let failed = chunk.is_err();
-                let sent = tx.send(chunk.map_err(|e| short(&e)));
+                let sent = tx.send(chunk.map_err(|e| short(&e))).await;
                 if failed || sent.is_err() {
                     return;
                 }
@@ -528,12 +560,12 @@ impl Read for ObjectReader {
         while self.current.is_empty() {
             // A task that ends blocks on nothing: its sender is dropped and
             // recv returns an error, which is the end of the object.
-            match self.chunks.recv() {
-                Ok(Ok(chunk)) => self.current = chunk,
-                Ok(Err(e)) => {
+            match self.chunks.blocking_recv() {
+                Some(Ok(chunk)) => self.current = chunk,
+                Some(Err(e)) => {
                     return Err(std::io::Error::other(format!("{}: {e}", self.key)));
                 }
-                Err(_) => return Ok(0),
+                None => return Ok(0),
             }
         }
         let n = buf.len().min(self.current.len());
@@ -666,11 +698,21 @@ impl NewObject for NewBucketObject {
             };
             upload = back;
         }
-        for handle in upload.in_flight.drain(..) {
-            wait_part(handle)?;
+        let waited: Result<()> = upload.in_flight.drain(..).try_for_each(wait_part);
+        if let Err(e) = waited {
+            let mut parts = upload.upload;
+            let _ = block(async move { parts.abort().await });
+            return Err(e);
         }
         let mut parts = upload.upload;
-        let completed = block(async move { parts.complete().await })?;
+        let completed = block(async move {
+            let result = parts.complete().await;
+            if result.is_err() {
+                // Its parts are not kept (nor billed) for nothing.
+                let _ = parts.abort().await;
+            }
+            result
+        })?;
         completed
             .map(|_| ())
             .map_err(|e| self.store.error(&self.key, e))
@@ -737,11 +779,25 @@ impl HandoffLog for BucketHandoff {
             return Ok(());
         }
         let key = format!("{HANDOFF_DIR}/part-{:020}.jsonl", self.committed);
-        let bytes = std::mem::take(&mut self.pending);
-        let len = bytes.len() as u64;
-        self.store.put(&key, bytes, PutMode::Create)?;
+        let bytes = Bytes::from(std::mem::take(&mut self.pending));
+        match self.store.put_bytes(&key, bytes.clone(), PutMode::Create) {
+            Ok(_) => {}
+            // A put that was applied but whose answer was lost, then
+            // retried into "exists": the object is ours if it holds
+            // exactly these bytes.
+            Err(Error::Conflict { .. })
+                if self
+                    .store
+                    .get(&key)?
+                    .is_some_and(|s| s.bytes.as_slice() == bytes.as_ref()) => {}
+            Err(e) => {
+                // Kept for the caller to see they are not durable.
+                self.pending = bytes.to_vec();
+                return Err(e);
+            }
+        }
         self.segments.push((self.committed, key));
-        self.committed += len;
+        self.committed += bytes.len() as u64;
         Ok(())
     }
 }
@@ -790,7 +846,13 @@ impl Journal for BucketJournal {
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct LeaseRecord {
     run_id: String,
+    /// Where the holder runs: host name, kernel boot and PID namespace, so
+    /// that its pid is probed only where that pid means the same process.
     host: String,
+    #[serde(default)]
+    boot: String,
+    #[serde(default)]
+    pid_ns: String,
     pid: u32,
     /// Unix seconds after which the lease no longer holds.
     expires: i64,
@@ -802,27 +864,34 @@ impl LeaseRecord {
     }
 
     fn new(run_id: &str) -> LeaseRecord {
+        let (host, boot, pid_ns) = whereabouts();
         LeaseRecord {
             run_id: run_id.to_owned(),
-            host: hostname(),
+            host,
+            boot,
+            pid_ns,
             pid: std::process::id(),
             expires: chrono::Utc::now().timestamp() + lease_ttl().as_secs() as i64,
         }
     }
 
-    /// Whether it still holds: not expired, and not held by a process of
-    /// this host that is gone.
+    /// Whether it still holds: not expired, and not held by a process that
+    /// is known to be gone (same host, boot and PID namespace, no such pid).
     fn live(&self) -> bool {
         if chrono::Utc::now().timestamp() >= self.expires {
             return false;
         }
-        if self.host == hostname() && self.pid != std::process::id() {
-            // SAFETY-free liveness probe: signal 0 checks the process only.
-            let alive = unsafe { libc::kill(self.pid as libc::pid_t, 0) } == 0
-                || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
-            return alive;
+        let (host, boot, pid_ns) = whereabouts();
+        let comparable = !self.boot.is_empty()
+            && !self.pid_ns.is_empty()
+            && (self.host.as_str(), self.boot.as_str(), self.pid_ns.as_str())
+                == (host.as_str(), boot.as_str(), pid_ns.as_str());
+        if !comparable || self.pid == std::process::id() {
+            return true;
         }
-        true
+        // Signal 0 only asks whether the process exists.
+        (unsafe { libc::kill(self.pid as libc::pid_t, 0) }) == 0
+            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
     }
 
     fn bytes(&self) -> Vec<u8> {
@@ -830,15 +899,24 @@ impl LeaseRecord {
     }
 }
 
-fn hostname() -> String {
+/// This process's host name, kernel boot ID and PID namespace (empty where
+/// they cannot be read: then no pid is ever probed).
+fn whereabouts() -> (String, String, String) {
     let mut buf = [0u8; 256];
     // gethostname writes a NUL-terminated name into the buffer.
-    let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;
-    if !ok {
-        return String::new();
-    }
-    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
-    String::from_utf8_lossy(&buf[..end]).into_owned()
+    let host = if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0 {
+        let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+        String::from_utf8_lossy(&buf[..end]).into_owned()
+    } else {
+        String::new()
+    };
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default();
+    let pid_ns = std::fs::read_link("/proc/self/ns/pid")
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    (host, boot, pid_ns)
 }
 
 /// The lease a run holds on a prefix, renewed in the background while it
@@ -897,29 +975,41 @@ impl Lease {
     }
 }
 
-/// Renews the lease every third of its life until told to stop. A lost
-/// renewal (another run took the lease over) is not fatal here: the
-/// checkpoint's compare-and-swap keeps that run and this one from both
-/// committing.
+/// Renews the lease every third of its life until told to stop, retrying a
+/// failed renewal until the lease would expire. A lease lost anyway
+/// (another run took it over) cannot lead to damage: that run's first act
+/// is to commit the checkpoint it read, so this run's next commit fails
+/// its compare-and-swap and stops.
 fn renew(store: &ObjectStore, run_id: &str, mut version: Option<String>, stop: &AtomicBool) {
     let step = Duration::from_millis(200);
     let every = lease_ttl() / 3;
-    let mut waited = Duration::ZERO;
+    let mut since = std::time::Instant::now();
+    let mut renewed = since;
     while !stop.load(Ordering::SeqCst) {
         std::thread::sleep(step);
-        waited += step;
-        if waited < every {
+        if since.elapsed() < every {
             continue;
         }
-        waited = Duration::ZERO;
         let expect = match &version {
             Some(v) => Expect::Version(v),
             None => Expect::Any,
         };
         match store.replace(LEASE, &LeaseRecord::new(run_id).bytes(), expect) {
-            Ok(v) => version = v,
+            Ok(v) => {
+                version = v;
+                renewed = std::time::Instant::now();
+                since = renewed;
+            }
+            Err(Error::Conflict { .. }) => {
+                tracing::warn!("the lease on the output prefix was taken over by another run");
+                return;
+            }
+            Err(e) if renewed.elapsed() < lease_ttl() => {
+                tracing::warn!(error = %e, "could not renew the lease on the output prefix; retrying");
+                since = std::time::Instant::now() - every + Duration::from_secs(2);
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "could not renew the lease on the output prefix");
+                tracing::warn!(error = %e, "the lease on the output prefix expired");
                 return;
             }
         }

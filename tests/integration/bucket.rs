@@ -405,28 +405,40 @@ async fn one_run_per_prefix_and_a_lost_race_at_the_checkpoint_is_clean() {
         assert_eq!(output.status.code(), Some(0));
 
         // Two writers past the lease: the second takes it after the first
-        // "missed" it (its lease removed under it).
+        // "missed" it (its lease removed under it). The second claims the
+        // output as it opens, so the first, still running, can no longer
+        // commit; nothing of what it committed before is touched.
         let storage: xquik_dm::storage::Storage = Arc::new(m.store(&out));
         let mut a = Store::open(&storage, &RunStamp::now()).unwrap();
-        store.delete("state/lease.json").unwrap();
-        let mut b = Store::open(&storage, &RunStamp::now()).unwrap();
         let key = xquik_dm::checkpoint::conversation_key(ACCOUNT, &u[0]);
         let mut state = a.checkpoint().conversations[&key].clone();
-        state.status = Some("written by a".into());
+        state.status = Some("committed by a".into());
         a.set_conversation(key.clone(), state.clone());
         a.commit().unwrap();
-        state.status = Some("written by b".into());
-        b.set_conversation(key.clone(), state);
-        let err = b.commit().unwrap_err();
+        store.delete("state/lease.json").unwrap();
+        let mut b = Store::open(&storage, &RunStamp::now()).unwrap();
+        assert_eq!(
+            b.checkpoint().conversations[&key].status.as_deref(),
+            Some("committed by a")
+        );
+        state.status = Some("lost by a".into());
+        a.set_conversation(key.clone(), state.clone());
+        let err = a.commit().unwrap_err();
         assert!(matches!(err, xquik_dm::Error::Conflict { .. }), "{err}");
         assert_eq!(err.exit_code(), 4);
-        drop(b);
-        a.seal(xquik_dm::store::ManifestBody::empty("sync"))
+        let err = a
+            .seal(xquik_dm::store::ManifestBody::empty("sync"))
+            .unwrap_err();
+        assert!(matches!(err, xquik_dm::Error::Conflict { .. }), "{err}");
+        state.status = Some("committed by b".into());
+        b.set_conversation(key.clone(), state);
+        b.commit().unwrap();
+        b.seal(xquik_dm::store::ManifestBody::empty("sync"))
             .unwrap();
         let committed = xquik_dm::checkpoint::Checkpoint::load(&store).unwrap();
         assert_eq!(
             committed.conversations[&key].status.as_deref(),
-            Some("written by a")
+            Some("committed by b")
         );
         // The next run carries on from there.
         let (code, _, stderr) = run(&mut sync(&m, &s, &out, &u, cwd.path()));
