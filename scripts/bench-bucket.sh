@@ -31,3 +31,6 @@ export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench AWS_REGION=us-east-1 
   AWS_ENDPOINT_URL="http://127.0.0.1:$port" AWS_ALLOW_HTTP=true \
   AWS_METADATA_ENDPOINT=http://127.0.0.1:9
 target/release/xquik-dm bench --bucket s3://bench/dm "$@"
+# The S3 server shares this machine's cores with the tool and the mock:
+# its CPU time is part of what the bucket scenario's wall time reflects.
+echo "S3 server (moto) CPU time over the whole benchmark: $(ps -o cputime= -p "$moto" | tr -d ' ')"

@@ -23,6 +23,12 @@
 //! over its canonical bytes (the manifest without its `signature`, as
 //! compact JSON with sorted keys).
 
+// Reads bytes the API or a file supplies: no panic may be reachable from them.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
+
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::ops::Range;
@@ -424,8 +430,8 @@ pub fn read_chain(storage: &dyn Backend) -> Result<(Vec<ChainEntry>, Option<u64>
         if line.last() != Some(&b'\n') {
             return Ok((entries, Some(good_len)));
         }
-        let entry: ChainEntry =
-            serde_json::from_slice(&line[..line.len() - 1]).map_err(|e| Error::Corrupt {
+        let entry: ChainEntry = serde_json::from_slice(line.strip_suffix(b"\n").unwrap_or(line))
+            .map_err(|e| Error::Corrupt {
                 path: storage.describe(CHAIN),
                 reason: format!(
                     "line {} is not a chain entry ({})",
@@ -514,7 +520,7 @@ pub fn repair(storage: &dyn Backend, run_id: &str) -> Result<AuditRepair> {
     if let Some(len) = torn_at
         && let Some(stored) = storage.get(CHAIN)?
     {
-        let good = &stored.bytes[..len as usize];
+        let good = stored.bytes.get(..len as usize).unwrap_or(&stored.bytes);
         storage.replace(CHAIN, good, Expect::Any)?;
     }
     let mut repair = AuditRepair::default();
@@ -689,7 +695,7 @@ pub fn digest_reader(mut reader: impl Read) -> std::io::Result<(String, u64)> {
         if n == 0 {
             return Ok((hex::encode(hasher.finalize()), total));
         }
-        hasher.update(&buf[..n]);
+        hasher.update(buf.get(..n).unwrap_or_default());
         total += n as u64;
     }
 }

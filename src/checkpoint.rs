@@ -10,6 +10,12 @@
 //! it was read as, so that a run that was not the last to commit can never
 //! commit over another's work.
 
+// Reads bytes the API or a file supplies: no panic may be reachable from them.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
+
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};

@@ -3,6 +3,12 @@
 //! Nothing past this module sees a clap type, and everything refused here is
 //! refused before any request is made (exit status 2).
 
+// Reads bytes the API or a file supplies: no panic may be reachable from them.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -52,6 +58,10 @@ pub struct Args {
     #[arg(long, global = true, default_value_t = 600, value_name = "SECS")]
     pub max_retry_time: u64,
 
+    /// Largest API answer read, in MiB; a larger one is refused as it streams in.
+    #[arg(long, global = true, default_value_t = 32, value_name = "MIB")]
+    pub max_response_mb: u64,
+
     /// What to do.
     #[command(subcommand)]
     pub command: CommandArgs,
@@ -88,6 +98,10 @@ pub enum CommandArgs {
         /// Consecutive empty pages that end a conversation's paging.
         #[arg(long, default_value_t = 5, value_name = "N")]
         max_empty_pages: u32,
+        /// Fetch at most N pages per conversation in this run; the next run continues
+        /// where it stopped (exit 4 while pages remain).
+        #[arg(long, value_name = "N")]
+        max_pages: Option<u64>,
         /// Run only shard K of N (0-based) of the job's conversations, chosen by a
         /// stable hash of (account, user), in <out>/shard=K/ (Kubernetes:
         /// --shard $JOB_COMPLETION_INDEX/N).
@@ -259,7 +273,7 @@ pub enum CommandArgs {
     },
     /// Run the whole workflow offline against the embedded mock: no key, no network.
     Demo {
-        /// Output folder (default: a new folder under the system temp dir).
+        /// Output folder or bucket prefix (default: a new folder under the system temp dir).
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
     },
@@ -379,6 +393,7 @@ impl Args {
         };
         let timeout = Duration::from_secs(self.timeout.max(1));
         let base_url = self.base_url;
+        let max_response_mb = self.max_response_mb;
         let api = |key: Option<String>| -> Result<ClientConfig> {
             check_base_url(&base_url)?;
             let key = ApiKey::new(key.ok_or(Error::MissingApiKey)?)?;
@@ -387,6 +402,7 @@ impl Args {
                 api_key: key,
                 timeout,
                 retry: retry.clone(),
+                max_response_bytes: max_response_mb.max(1) << 20,
             })
         };
         let command = match self.command {
@@ -398,6 +414,7 @@ impl Args {
                 concurrency,
                 max_credits,
                 max_empty_pages,
+                max_pages,
                 shard,
                 json,
                 commit_interval_ms,
@@ -458,6 +475,7 @@ impl Args {
                 options.audit_key = audit_key;
                 options.commit_interval = Duration::from_millis(commit_interval_ms.max(1));
                 options.shard = shard;
+                options.max_pages = max_pages.map(|n| n.max(1));
                 Command::Sync { options, json }
             }
             CommandArgs::Lookup { user } => {
@@ -664,6 +682,24 @@ fn read_batch(path: &std::path::Path, default_account: Option<&str>) -> Result<V
     let text = std::fs::read_to_string(path)
         .map_err(|e| Error::invalid("--batch", format!("{}: {e}", path.display())))?;
     let base = path.parent().unwrap_or(std::path::Path::new("."));
+    let lines = parse_batch(&text, base, default_account);
+    if lines.is_empty() {
+        return Err(Error::invalid(
+            "--batch",
+            format!("{} has no lines", path.display()),
+        ));
+    }
+    Ok(lines)
+}
+
+/// Parses the text of a batch file, one [`BatchLine`] per non-blank line;
+/// relative media paths are taken from `base`. Never fails as a whole: a bad
+/// line is an invalid line.
+pub fn parse_batch(
+    text: &str,
+    base: &std::path::Path,
+    default_account: Option<&str>,
+) -> Vec<BatchLine> {
     let mut lines = Vec::new();
     for (i, raw) in text.lines().enumerate() {
         if raw.trim().is_empty() {
@@ -704,13 +740,7 @@ fn read_batch(path: &std::path::Path, default_account: Option<&str>) -> Result<V
         };
         lines.push(line);
     }
-    if lines.is_empty() {
-        return Err(Error::invalid(
-            "--batch",
-            format!("{} has no lines", path.display()),
-        ));
-    }
-    Ok(lines)
+    lines
 }
 
 /// The manifest signing key from `XQUIK_DM_AUDIT_KEY`, if set and non-empty.

@@ -11,6 +11,12 @@
 //! IDs are compared by numeric value (X IDs are snowflakes, increasing with
 //! time); they are never rewritten or stored as numbers.
 
+// Reads bytes the API or a file supplies: no panic may be reachable from them.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
+
 use std::cmp::Ordering;
 use std::collections::HashSet;
 

@@ -10,6 +10,12 @@
 //! - **Every API error says what to fix.** The advice comes from the code the
 //!   API returned (SPEC §1), not from the HTTP status alone.
 
+// Reads bytes the API or a file supplies: no panic may be reachable from them.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
+
 use std::path::PathBuf;
 use std::time::Duration;
 

@@ -5,6 +5,12 @@
 //! UTC)`), and a missing or unparseable value becomes null and is counted —
 //! never a crash, never a guess.
 
+// Reads bytes the API or a file supplies: no panic may be reachable from them.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
+
 use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
 
 use crate::api::types::WireMessage;
@@ -48,6 +54,25 @@ pub fn normalize(msg: WireMessage, account: &str, conversation_user_id: &str) ->
         },
         bad_created_at,
     }
+}
+
+/// Whether an ID is what X IDs are: 1 to 20 decimal digits. Anything else
+/// — empty, a path, a 400-digit number — cannot be deduped or loaded into
+/// a warehouse `BIGINT`, and is never written (SPEC §5, hostile answers).
+pub fn is_valid_id(id: &str) -> bool {
+    (1..=20).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// The first ID field of a message that is not a valid ID, if any.
+pub fn invalid_id_field(msg: &WireMessage) -> Option<&'static str> {
+    [
+        ("id", &msg.id),
+        ("senderId", &msg.sender_id),
+        ("receiverId", &msg.receiver_id),
+    ]
+    .into_iter()
+    .find(|(_, id)| !is_valid_id(id))
+    .map(|(field, _)| field)
 }
 
 /// Parses an ISO-8601 timestamp into UTC microseconds since the epoch.

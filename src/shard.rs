@@ -11,6 +11,12 @@
 //! `shards.json` records N, so that a run with another N (or none) is
 //! refused instead of splitting the same conversations differently.
 
+// Reads bytes the API or a file supplies: no panic may be reachable from them.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
+
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -61,8 +67,7 @@ impl Shard {
         };
         let key = format!("{}/{user}", account.as_str().to_lowercase());
         let digest = Sha256::digest(key.as_bytes());
-        let mut first = [0u8; 8];
-        first.copy_from_slice(&digest[..8]);
+        let first = digest.first_chunk::<8>().copied().unwrap_or_default();
         (u64::from_be_bytes(first) % u64::from(count)) as u32
     }
 

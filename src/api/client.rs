@@ -5,6 +5,12 @@
 //! attempts, time spent waiting) because the audit manifest records exactly
 //! that for each page and each write.
 
+// Reads bytes the API or a file supplies: no panic may be reachable from them.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
+
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
@@ -53,7 +59,14 @@ pub struct ClientConfig {
     pub timeout: Duration,
     /// Retry bounds.
     pub retry: RetryPolicy,
+    /// The largest answer read, in bytes: a larger one is refused while it
+    /// streams in, never held whole (an honest history page is at most a
+    /// few MiB).
+    pub max_response_bytes: u64,
 }
+
+/// The default cap on one answer: 32 MiB.
+pub const DEFAULT_MAX_RESPONSE_BYTES: u64 = 32 << 20;
 
 impl ClientConfig {
     /// A configuration with default timeout and retry policy.
@@ -63,6 +76,7 @@ impl ClientConfig {
             api_key,
             timeout: Duration::from_secs(30),
             retry: RetryPolicy::default(),
+            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
         }
     }
 }
@@ -102,6 +116,7 @@ pub struct Client {
     base_str: String,
     key: HeaderValue,
     retry: RetryPolicy,
+    max_response_bytes: u64,
     rng: Mutex<fastrand::Rng>,
     /// Per-account "not before" instants. The API's rate limit is per
     /// account, so a 429 seen by one conversation holds back every request
@@ -141,6 +156,7 @@ impl Client {
             base,
             key,
             retry: config.retry,
+            max_response_bytes: config.max_response_bytes,
             rng: Mutex::new(fastrand::Rng::new()),
             gates: Mutex::new(HashMap::new()),
         })
@@ -429,10 +445,7 @@ impl Client {
         let header_wait = header_str(&headers, "retry-after")
             .and_then(|v| retry::parse_retry_after(v, SystemTime::now()));
         let request_id = header_str(&headers, "x-request-id").map(str::to_owned);
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| (transport(endpoint, &e), None))?;
+        let body = read_capped(resp, endpoint, self.max_response_bytes).await?;
         if (200..300).contains(&status) {
             let value = serde_json::from_slice::<T>(&body).map_err(|e| {
                 (
@@ -541,6 +554,43 @@ fn path_id(id: &str) -> Result<&str> {
     } else {
         Err(Error::invalid("user ID", "not a numeric user ID"))
     }
+}
+
+/// Reads an answer's body, refusing it once it is larger than `cap`: by its
+/// `Content-Length` before reading, else by the bytes counted as they
+/// stream in. Memory never holds more than the cap.
+async fn read_capped(
+    mut resp: reqwest::Response,
+    endpoint: Endpoint,
+    cap: u64,
+) -> std::result::Result<Vec<u8>, (Error, Option<Duration>)> {
+    let too_large = || {
+        (
+            Error::Decode {
+                endpoint,
+                reason: format!(
+                    "the answer is larger than the {} MiB cap (--max-response-mb)",
+                    cap.div_ceil(1 << 20)
+                ),
+            },
+            None,
+        )
+    };
+    if resp.content_length().is_some_and(|n| n > cap) {
+        return Err(too_large());
+    }
+    let mut body = Vec::with_capacity(resp.content_length().unwrap_or(0) as usize);
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| (transport(endpoint, &e), None))?
+    {
+        if body.len() as u64 + chunk.len() as u64 > cap {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 fn header_str<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {

@@ -12,6 +12,12 @@
 //! with a fresh cursor every time — counts as an empty page, and a run of
 //! those ends the scan (SPEC §5, hostile answers).
 
+// Reads bytes the API or a file supplies: no panic may be reachable from them.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
+
 use std::collections::HashSet;
 
 use serde::{Deserialize, Serialize};

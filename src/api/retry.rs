@@ -5,6 +5,12 @@
 //! SPEC §1 and is tested case by case; the timing is policy and is tested
 //! with millisecond settings.
 
+// Reads bytes the API or a file supplies: no panic may be reachable from them.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
+
 use std::time::{Duration, SystemTime};
 
 /// What to do with one failed attempt.

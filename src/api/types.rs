@@ -5,6 +5,12 @@
 //! `{messageId, success}` shape or a write-action record, and `error` is a
 //! string or a `{code, message, type}` object.
 
+// Reads bytes the API or a file supplies: no panic may be reachable from them.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
+
 use serde::{Deserialize, Deserializer, Serialize};
 
 /// `GET /x/users/{id}`: the fields this tool uses; the rest is ignored.

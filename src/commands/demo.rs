@@ -7,7 +7,6 @@
 //! and how to query them.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::api::client::{ApiKey, ClientConfig};
@@ -19,15 +18,13 @@ use crate::commands::verify::{self, VerifyReport};
 use crate::error::{Error, Result};
 use crate::mock::{Faults, MockConfig, MockServer};
 use crate::sinks::jsonl;
-use crate::storage::Backend as _;
-use crate::storage::Location;
-use crate::storage::local::LocalDir;
+use crate::storage::{Backend, Location};
 
 /// What the demo did.
 #[derive(Debug)]
 pub struct DemoReport {
-    /// Output folder.
-    pub out: PathBuf,
+    /// Output folder or bucket prefix.
+    pub out: Location,
     /// The first, full sync.
     pub full: SyncReport,
     /// The incremental rerun after new messages arrived.
@@ -72,13 +69,14 @@ const DEMO_PNG: &[u8] = &[
 const ACCOUNT: &str = "acme_support";
 const DEMO_KEY: &str = "demo-key-not-a-secret";
 
-/// Runs the demo into `out` (default: a new folder under the temp dir).
-pub async fn run(out: Option<PathBuf>) -> Result<DemoReport> {
+/// Runs the demo into `out`, a folder or a bucket prefix (default: a new
+/// folder under the temp dir).
+pub async fn run(out: Option<Location>) -> Result<DemoReport> {
     let out = out.unwrap_or_else(|| {
-        std::env::temp_dir().join(format!(
+        Location::Dir(std::env::temp_dir().join(format!(
             "xquik-dm-demo-{}",
             chrono::Utc::now().format("%Y%m%dT%H%M%S")
-        ))
+        )))
     });
     let world = MockConfig {
         api_key: Some(DEMO_KEY.to_owned()),
@@ -135,9 +133,10 @@ pub async fn run(out: Option<PathBuf>) -> Result<DemoReport> {
         .map(|u| server.history(ACCOUNT, u).len() as u64)
         .sum();
 
-    // A text DM and a media DM (a small PNG the demo writes next to the
-    // outputs: the mock takes any bytes).
-    let picture = out.join("demo-picture.png");
+    // A text DM and a media DM (a small PNG the demo writes to a temporary
+    // folder: the mock takes any bytes).
+    let scratch = tempfile::tempdir().map_err(|e| Error::io("<temp dir>", e))?;
+    let picture = scratch.path().join("demo-picture.png");
     std::fs::write(&picture, DEMO_PNG).map_err(|e| Error::io(&picture, e))?;
     let lines = vec![
         SendRequest::validate(
@@ -159,7 +158,7 @@ pub async fn run(out: Option<PathBuf>) -> Result<DemoReport> {
     ];
     let sends = send::run(SendOptions {
         api: options.api.clone(),
-        out: Location::from(out.clone()),
+        out: out.clone(),
         lines: lines.into_iter().map(BatchLine::Valid).collect(),
         batch: false,
         ignore_can_dm: false,
@@ -168,13 +167,13 @@ pub async fn run(out: Option<PathBuf>) -> Result<DemoReport> {
         audit_key: None,
     })
     .await?;
-    std::fs::remove_file(&picture).map_err(|e| Error::io(&picture, e))?;
-    let verify_out = Location::from(out.clone());
+    drop(scratch);
+    let verify_out = out.clone();
     let verify = tokio::task::spawn_blocking(move || verify::run(verify_out, None, None))
         .await
-        .map_err(|e| Error::io(&out, std::io::Error::other(e)))??;
+        .map_err(|e| Error::io("<verify>", std::io::Error::other(e)))??;
 
-    let (written, duplicates) = count_history(&out)?;
+    let (written, duplicates) = count_history(out.open()?.as_ref())?;
     server.shutdown().await;
     Ok(DemoReport {
         out,
@@ -191,20 +190,19 @@ pub async fn run(out: Option<PathBuf>) -> Result<DemoReport> {
 
 /// Counts the history records in the JSONL and the IDs seen twice within a
 /// conversation.
-fn count_history(out: &std::path::Path) -> Result<(u64, u64)> {
+fn count_history(storage: &dyn Backend) -> Result<(u64, u64)> {
     #[derive(serde::Deserialize)]
     struct Ids {
         record_type: String,
         message_id: String,
         conversation_user_id: Option<String>,
     }
-    let storage = LocalDir::new(out);
-    let path = out.join(jsonl::FILE_NAME);
+    let path = storage.describe(jsonl::FILE_NAME);
     let len = storage.handoff_len()?;
     let mut seen = HashMap::new();
     let mut written = 0;
     let mut duplicates = 0;
-    jsonl::for_each_line(&storage, 0, len, |line| {
+    jsonl::for_each_line(storage, 0, len, |line| {
         let ids: Ids = serde_json::from_slice(line).map_err(|e| Error::Corrupt {
             path: path.clone(),
             reason: format!("unreadable record at line {}", e.line()),
@@ -256,7 +254,7 @@ impl std::fmt::Display for DemoReport {
             self.expected, self.written, self.duplicates
         )?;
         writeln!(f)?;
-        let out = self.out.display();
+        let out = &self.out;
         writeln!(f, "Outputs in {out}")?;
         writeln!(f, "  {}  (private JSON Lines handoff)", jsonl::FILE_NAME)?;
         writeln!(

@@ -179,7 +179,9 @@ pub async fn execute(command: Command) -> Result<Report> {
             mock::run(options).await?;
             Ok(Report::MockStopped)
         }
-        Command::Demo { out } => Ok(Report::Demo(Box::new(demo::run(out).await?))),
+        Command::Demo { out } => Ok(Report::Demo(Box::new(
+            demo::run(out.map(crate::storage::Location::from)).await?,
+        ))),
     }
 }
 

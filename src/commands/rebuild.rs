@@ -12,6 +12,12 @@
 //! files no manifest lists are moved to `recovered/<time>/` for the
 //! operator to inspect, never left where a glob would read them twice.
 
+// Reads bytes the API or a file supplies: no panic may be reachable from them.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
+
 use serde::Serialize;
 
 use crate::audit::{self, ChainEntry};

@@ -716,6 +716,13 @@ async fn send_one(
                 };
                 return Err((outcome.fail(SendStatus::Failed, &e), e));
             };
+            if !crate::normalize::is_valid_id(&id) {
+                let e = Error::Decode {
+                    endpoint: Endpoint::Media,
+                    reason: "the upload answer's mediaId is not 1-20 decimal digits".into(),
+                };
+                return Err((outcome.fail(SendStatus::Failed, &e), e));
+            }
             state.status = "media_uploaded".into();
             state.media_id = Some(id.clone());
             state.media_url = reply.value.media_url.clone().or_else(|| match source {
@@ -797,6 +804,13 @@ async fn send_one(
         };
         return Err((outcome.fail(SendStatus::Failed, &e), e));
     };
+    if !crate::normalize::is_valid_id(&message_id) {
+        let e = Error::Decode {
+            endpoint: Endpoint::SendDm,
+            reason: "the send answer's message ID is not 1-20 decimal digits".into(),
+        };
+        return Err((outcome.fail(SendStatus::Failed, &e), e));
+    }
     let sent_at = chrono::Utc::now().timestamp_micros();
     let send_status = reply.value.status.clone().unwrap_or_else(|| {
         if reply.value.succeeded() {

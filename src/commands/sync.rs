@@ -53,6 +53,9 @@ pub struct SyncOptions {
     pub out: Location,
     /// Only this shard of the job's conversations, in `<out>/shard=K/`.
     pub shard: Option<Shard>,
+    /// Pages fetched per conversation in one run at most; the rest is left
+    /// for the next run.
+    pub max_pages: Option<u64>,
     /// Conversations.
     pub targets: Vec<Target>,
     /// Conversations paged at the same time.
@@ -76,6 +79,7 @@ impl SyncOptions {
             api,
             out: out.into(),
             shard: None,
+            max_pages: None,
             targets,
             concurrency: 8,
             max_credits: None,
@@ -118,6 +122,9 @@ pub struct ConversationReport {
     pub class: Option<ErrorClass>,
     /// Pages fetched this run.
     pub pages: u64,
+    /// Records refused for an invalid ID this run (not written).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub invalid_records: u64,
     /// Messages the API returned this run.
     pub fetched: u64,
     /// New messages written this run.
@@ -150,6 +157,25 @@ pub struct PageRecord {
     /// Why paging stopped after it, if it did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stop: Option<StopReason>,
+    /// Messages of the page refused for an invalid ID: where they were on
+    /// the page and which field (never a body).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub invalid: Vec<InvalidRecord>,
+}
+
+/// A message refused for an invalid ID.
+#[derive(Debug, Clone, Serialize)]
+pub struct InvalidRecord {
+    /// Its position on the page, from 0.
+    pub position: u64,
+    /// The field at fault (`id`, `senderId`, `receiverId`).
+    pub field: &'static str,
+    /// Why.
+    pub reason: &'static str,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The outcome of a sync run.
@@ -171,6 +197,8 @@ pub struct SyncReport {
     pub duplicates_dropped: u64,
     /// Messages whose `createdAt` could not be parsed (written as null).
     pub bad_timestamps: u64,
+    /// Records refused for an invalid ID (not written; the run is partial).
+    pub invalid_records: u64,
     /// Retried requests.
     pub retries: u64,
     /// Credits spent, by endpoint.
@@ -261,6 +289,7 @@ struct Run {
     new_messages: AtomicU64,
     dropped: AtomicU64,
     bad_timestamps: AtomicU64,
+    invalid_records: AtomicU64,
     /// Accounts stopped by an account-level error (not connected, needs
     /// reauthentication, restricted, daily limit): code, class, rendering.
     stopped_accounts: Mutex<HashMap<String, (String, ErrorClass, String)>>,
@@ -375,6 +404,7 @@ pub async fn run(options: SyncOptions) -> Result<SyncReport> {
         new_messages: AtomicU64::new(0),
         dropped: AtomicU64::new(0),
         bad_timestamps: AtomicU64::new(0),
+        invalid_records: AtomicU64::new(0),
         stopped_accounts: Mutex::new(HashMap::new()),
         done: AtomicU64::new(0),
         total: AtomicU64::new(0),
@@ -451,6 +481,7 @@ pub async fn run(options: SyncOptions) -> Result<SyncReport> {
         new_messages: run.new_messages.load(Ordering::SeqCst),
         duplicates_dropped: run.dropped.load(Ordering::SeqCst),
         bad_timestamps: run.bad_timestamps.load(Ordering::SeqCst),
+        invalid_records: run.invalid_records.load(Ordering::SeqCst),
         retries: run.retries.load(Ordering::SeqCst),
         credits,
         files: Vec::new(),
@@ -512,6 +543,7 @@ fn manifest_body(report: &SyncReport, options: &SyncOptions) -> ManifestBody {
             "new_messages": report.new_messages,
             "duplicates_dropped": report.duplicates_dropped,
             "bad_timestamps": report.bad_timestamps,
+            "invalid_records": report.invalid_records,
             "retries": report.retries,
         }),
         signing_key: options.audit_key.clone(),
@@ -611,6 +643,7 @@ fn unresolved(target: &Target, reason: &str, error: Option<Error>) -> Conversati
         class: error.as_ref().map(Error::class),
         error: error.map(|e| e.to_string()),
         pages: 0,
+        invalid_records: 0,
         fetched: 0,
         new_messages: 0,
     }
@@ -643,6 +676,7 @@ async fn sync_conversation(
         pages: 0,
         fetched: 0,
         new_messages: 0,
+        invalid_records: 0,
     };
     // A conversation with nothing written starts over from the newest page:
     // an earlier run may have found it empty.
@@ -685,6 +719,10 @@ async fn sync_conversation(
     }
     .await;
     match outcome {
+        Ok(()) if report.invalid_records > 0 => {
+            report.status = ConversationStatus::Partial;
+            report.reason = "invalid_ids".into();
+        }
         Ok(()) => {}
         Err(Halt::Anomaly(reason)) => {
             report.status = ConversationStatus::Partial;
@@ -693,6 +731,10 @@ async fn sync_conversation(
         Err(Halt::Budget) => {
             report.status = ConversationStatus::Partial;
             report.reason = "max_credits".into();
+        }
+        Err(Halt::PageLimit) => {
+            report.status = ConversationStatus::Partial;
+            report.reason = "max_pages".into();
         }
         Err(Halt::JobStopped) => {
             report.status = ConversationStatus::Partial;
@@ -741,6 +783,7 @@ const FIRST_PAGE_ESTIMATE: u64 = 100;
 enum Halt {
     Anomaly(StopReason),
     Budget,
+    PageLimit,
     JobStopped,
     AccountStopped {
         code: String,
@@ -788,6 +831,11 @@ async fn page_scan(
             0 => FIRST_PAGE_ESTIMATE,
             seen => seen,
         };
+        if run.options.max_pages.is_some_and(|max| report.pages >= max) {
+            // The state already holds the next cursor: the next run
+            // continues this scan where it stopped.
+            return Err(Halt::PageLimit);
+        }
         if !run.reserve(reserve) {
             return Err(Halt::Budget);
         }
@@ -811,8 +859,30 @@ async fn page_scan(
                 return Err(Halt::Failed(e));
             }
         };
-        let page = reply.value;
+        let mut page = reply.value;
         let count = page.messages.len() as u64;
+        // Messages with an ID that is not an X ID are never written (an
+        // empty ID cannot dedupe; a path or 400 digits fail far away, in a
+        // warehouse): counted, and placed on the page in the page log.
+        let mut invalid = Vec::new();
+        let mut position = 0u64;
+        page.messages.retain(|m| {
+            let bad = crate::normalize::invalid_id_field(m);
+            if let Some(field) = bad {
+                invalid.push(InvalidRecord {
+                    position,
+                    field,
+                    reason: "not 1-20 decimal digits",
+                });
+            }
+            position += 1;
+            bad.is_none()
+        });
+        if !invalid.is_empty() {
+            report.invalid_records += invalid.len() as u64;
+            run.invalid_records
+                .fetch_add(invalid.len() as u64, Ordering::Relaxed);
+        }
         run.settle(Endpoint::History, reserve, count);
         run.page_estimate.fetch_max(count, Ordering::SeqCst);
         run.retries
@@ -852,6 +922,7 @@ async fn page_scan(
             attempts: reply.meta.attempts,
             waited_ms: reply.meta.waited.as_millis() as u64,
             stop,
+            invalid,
         };
         if let Err(e) = run.page_log.push(&record) {
             run.stop_job(&e);
@@ -1061,6 +1132,13 @@ impl std::fmt::Display for SyncReport {
                 f,
                 "  timestamps     {} unparseable createdAt written as null",
                 self.bad_timestamps
+            )?;
+        }
+        if self.invalid_records > 0 {
+            writeln!(
+                f,
+                "  invalid IDs    {} records refused (not 1-20 decimal digits); positions in the manifest's page log",
+                self.invalid_records
             )?;
         }
         let by_endpoint: Vec<String> = self

@@ -11,6 +11,12 @@
 //!   the ones the manifests list — nothing missing, nothing extra;
 //! - `SHA256SUMS`, line by line, as `sha256sum -c` would.
 
+// Reads bytes the API or a file supplies: no panic may be reachable from them.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
+
 use std::collections::BTreeSet;
 use std::io::BufRead;
 
@@ -468,7 +474,7 @@ fn run_of(rel: &str) -> Option<&str> {
     };
     let (second, random) = run.split_once('-')?;
     let shaped = second.len() == 16
-        && second.as_bytes()[8] == b'T'
+        && second.as_bytes().get(8) == Some(&b'T')
         && second.ends_with('Z')
         && matches!(random.len(), 4 | 16)
         && random.bytes().all(|b| b.is_ascii_hexdigit());

@@ -6,6 +6,12 @@
 //! the uncommitted end of a killed run, and is cut back before a run appends
 //! (the rows it held are fetched again, so nothing is lost or duplicated).
 
+// Reads bytes the API or a file supplies: no panic may be reachable from them.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
+
 use std::io::{BufRead, BufReader, Read};
 
 use serde::{Deserialize, Serialize};
@@ -95,8 +101,12 @@ impl JsonlSink {
                 if n == 0 {
                     break;
                 }
-                let chunk = &buf[..n];
-                let tail = |from: u64| &chunk[(from.saturating_sub(at) as usize).min(n)..];
+                let chunk = buf.get(..n).unwrap_or_default();
+                let tail = |from: u64| {
+                    chunk
+                        .get((from.saturating_sub(at) as usize).min(n)..)
+                        .unwrap_or_default()
+                };
                 let seg = tail(segment_from);
                 segment_hasher.update(seg);
                 segment_rows += seg.iter().filter(|b| **b == b'\n').count() as u64;

@@ -5,6 +5,12 @@
 //! (`.<name>.<pid>.tmp`) and published by a hard link, which fails rather
 //! than replace a file; mutable ones are replaced by rename.
 
+// Reads bytes the API or a file supplies: no panic may be reachable from them.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
+
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::ops::Range;

@@ -26,6 +26,12 @@
 //! call is run on one small runtime of this module's own and waited for,
 //! so that it works the same from any thread.
 
+// Reads bytes the API or a file supplies: no panic may be reachable from them.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
+
 use std::future::Future;
 use std::io::Read;
 use std::ops::Range;
@@ -518,9 +524,11 @@ impl Backend for ObjectStore {
     }
 }
 
-/// A streaming reader of one object, fed by a task on the storage runtime.
+/// A streaming reader of one object: each chunk is pulled from the
+/// response stream on the storage runtime while the reading thread waits
+/// (as it would for a file), so memory holds one chunk at a time.
 struct ObjectReader {
-    chunks: tokio::sync::mpsc::Receiver<std::result::Result<Bytes, String>>,
+    stream: Option<futures_util::stream::BoxStream<'static, object_store::Result<Bytes>>>,
     current: Bytes,
     key: String,
 }
@@ -534,21 +542,8 @@ impl ObjectReader {
         };
         let result = block(async move { bucket.get_opts(&path, options).await })?
             .map_err(|e| store.error(key, e))?;
-        // A few chunks ahead at most: memory stays flat whatever the size.
-        // The task waits for room asynchronously, never holding a worker.
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        runtime()?.spawn(async move {
-            let mut stream = result.into_stream();
-            while let Some(chunk) = stream.next().await {
-                let failed = chunk.is_err();
-                let sent = tx.send(chunk.map_err(|e| short(&e))).await;
-                if failed || sent.is_err() {
-                    return;
-                }
-            }
-        });
         Ok(ObjectReader {
-            chunks: rx,
+            stream: Some(result.into_stream()),
             current: Bytes::new(),
             key: key.to_owned(),
         })
@@ -558,18 +553,33 @@ impl ObjectReader {
 impl Read for ObjectReader {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         while self.current.is_empty() {
-            // A task that ends blocks on nothing: its sender is dropped and
-            // recv returns an error, which is the end of the object.
-            match self.chunks.blocking_recv() {
-                Some(Ok(chunk)) => self.current = chunk,
+            let Some(mut stream) = self.stream.take() else {
+                return Ok(0);
+            };
+            let (stream, chunk) = block(async move {
+                let chunk = stream.next().await;
+                (stream, chunk)
+            })
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+            match chunk {
+                Some(Ok(chunk)) => {
+                    self.current = chunk;
+                    self.stream = Some(stream);
+                }
                 Some(Err(e)) => {
-                    return Err(std::io::Error::other(format!("{}: {e}", self.key)));
+                    return Err(std::io::Error::other(format!(
+                        "{}: {}",
+                        self.key,
+                        short(&e)
+                    )));
                 }
                 None => return Ok(0),
             }
         }
         let n = buf.len().min(self.current.len());
-        buf[..n].copy_from_slice(&self.current[..n]);
+        if let (Some(to), Some(from)) = (buf.get_mut(..n), self.current.get(..n)) {
+            to.copy_from_slice(from);
+        }
         self.current = self.current.slice(n..);
         Ok(n)
     }
@@ -826,8 +836,11 @@ impl Journal for BucketJournal {
         }
         let (dir, name) = self.key.rsplit_once('/').unwrap_or(("", &self.key));
         let piece = format!("{dir}/.{name}.{:020}.tmp", self.synced);
-        self.store
-            .put(&piece, self.all[self.synced..].to_vec(), PutMode::Create)?;
+        self.store.put(
+            &piece,
+            self.all.get(self.synced..).unwrap_or_default().to_vec(),
+            PutMode::Create,
+        )?;
         self.pieces.push(piece);
         self.synced = self.all.len();
         Ok(())
@@ -906,7 +919,7 @@ fn whereabouts() -> (String, String, String) {
     // gethostname writes a NUL-terminated name into the buffer.
     let host = if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0 {
         let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
-        String::from_utf8_lossy(&buf[..end]).into_owned()
+        String::from_utf8_lossy(buf.get(..end).unwrap_or_default()).into_owned()
     } else {
         String::new()
     };

@@ -586,3 +586,25 @@ print(len(pairs))
     let expected: usize = users.iter().map(|u| server.history(ACCOUNT, u).len()).sum();
     assert_eq!(out.trim(), expected.to_string());
 }
+
+/// The demo — sync, incremental sync, a text and a media DM, verify — runs
+/// unchanged into a bucket.
+#[test]
+fn the_demo_runs_unchanged_into_a_bucket() {
+    let moto = Moto::start();
+    let bucket = moto.bucket("dm-demo");
+    let mut cmd = bin();
+    cmd.args(["demo", "--out", &format!("s3://{bucket}/demo")]);
+    moto.env(&mut cmd);
+    let (code, stdout, stderr) = run(&mut cmd);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("OK"), "{stdout}");
+    let local = tempfile::tempdir().unwrap();
+    moto.mirror(&bucket, "demo", local.path());
+    let sends = crate::jsonl_records(local.path())
+        .into_iter()
+        .filter(|r| r["record_type"] == "send")
+        .count();
+    assert_eq!(sends, 2);
+    assert_eq!(crate::files_under(local.path(), "parquet/sends").len(), 1);
+}

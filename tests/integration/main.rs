@@ -5,6 +5,8 @@
 mod bucket;
 mod cli;
 mod client;
+mod fuzz;
+mod hostile;
 mod protocol;
 mod scripted;
 mod send;

@@ -650,3 +650,34 @@ async fn a_server_that_keeps_sending_newer_pages_cannot_keep_a_scan_going() {
     sync::run(options()).await.unwrap();
     assert!(server.calls() - calls <= 6);
 }
+
+/// `--max-pages` bounds one run's pages per conversation; the next runs
+/// continue where it stopped, and together they write every message once.
+#[tokio::test(flavor = "multi_thread")]
+async fn max_pages_leaves_the_rest_for_the_next_run() {
+    let server = MockServer::start(world(&[500, 400], 50)).await.unwrap();
+    let users = users(2);
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = options(&server, dir.path(), &users);
+    options.max_pages = Some(3);
+    let first = sync::run(options.clone()).await.unwrap();
+    assert_eq!(first.exit_code(), 4);
+    for c in &first.conversations {
+        assert_eq!(c.pages, 3, "{c:?}");
+        assert_eq!(c.reason, "max_pages");
+    }
+    assert_eq!(first.new_messages, 300);
+    let mut runs = 1;
+    loop {
+        let report = sync::run(options.clone()).await.unwrap();
+        runs += 1;
+        assert!(report.conversations.iter().all(|c| c.pages <= 3));
+        if report.exit_code() == 0 {
+            break;
+        }
+        assert!(runs < 10, "never finished");
+    }
+    assert_ground_truth(dir.path(), &server, &users);
+    let report = xquik_dm::commands::verify::run(dir.path(), None, None).unwrap();
+    assert!(report.ok(), "{report}");
+}
