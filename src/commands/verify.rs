@@ -203,8 +203,8 @@ pub fn check(dir: &dyn Backend, key: Option<&AuditKey>, expect_head: Option<&str
             );
         }
     }
-    check_files(dir, &manifests, &mut report);
-    check_sums(dir, &mut report);
+    let interrupted = check_files(dir, &manifests, &mut report);
+    check_sums(dir, interrupted, &mut report);
     report
 }
 
@@ -343,7 +343,13 @@ fn check_chain(
 }
 
 /// Checks every listed file, segment and rows file, and completeness.
-fn check_files(dir: &dyn Backend, manifests: &[Manifest], report: &mut VerifyReport) {
+/// Returns, when an interrupted run committed after the last sealed one,
+/// where the sealed part of the handoff file ends.
+fn check_files(
+    dir: &dyn Backend,
+    manifests: &[Manifest],
+    report: &mut VerifyReport,
+) -> Option<u64> {
     let mut covered = 0u64;
     let mut listed = BTreeSet::new();
     for m in manifests {
@@ -401,7 +407,8 @@ fn check_files(dir: &dyn Backend, manifests: &[Manifest], report: &mut VerifyRep
     let committed = checkpoint
         .as_ref()
         .map_or(covered, |c| c.jsonl.committed_bytes.max(covered));
-    if committed > covered && committed <= len {
+    let interrupted = (committed > covered && committed <= len).then_some(covered);
+    if interrupted.is_some() {
         report.notes.push(format!(
             "unsealed: a run was interrupted after committing {} bytes of {}; the next sync seals them into its manifest",
             committed - covered,
@@ -461,6 +468,7 @@ fn check_files(dir: &dyn Backend, manifests: &[Manifest], report: &mut VerifyRep
             report.fail(&rel, "not listed in any manifest");
         }
     }
+    interrupted
 }
 
 /// The run a Parquet or audit file is named after, when its name has the
@@ -518,7 +526,11 @@ fn check_log(dir: &dyn Backend, run_id: &str, info: &LogInfo, report: &mut Verif
 }
 
 /// Checks `SHA256SUMS` as `sha256sum -c` would.
-fn check_sums(dir: &dyn Backend, report: &mut VerifyReport) {
+/// With `interrupted` (where the sealed part of the handoff file ends), the
+/// files an interrupted run changed after the last seal are checked as
+/// that seal left them: the handoff file up to its sealed end; the
+/// checkpoint, which every commit replaces, is only noted.
+fn check_sums(dir: &dyn Backend, interrupted: Option<u64>, report: &mut VerifyReport) {
     let sums = match audit::read_sums(dir) {
         Ok(s) => s,
         Err(e) => return report.fail(audit::SUMS, e.to_string()),
@@ -527,11 +539,18 @@ fn check_sums(dir: &dyn Backend, report: &mut VerifyReport) {
         report.checked += 1;
         // The handoff file is one object in a folder and a series of
         // segments in a bucket; either way its digest is the whole file's.
-        let actual = if rel == jsonl::FILE_NAME {
-            dir.handoff_len()
-                .and_then(|len| audit::handoff_digest(dir, 0..len))
-        } else {
-            audit::digest(dir, &rel)
+        let actual = match (rel.as_str(), interrupted) {
+            (jsonl::FILE_NAME, Some(sealed)) => audit::handoff_digest(dir, 0..sealed),
+            (jsonl::FILE_NAME, None) => dir
+                .handoff_len()
+                .and_then(|len| audit::handoff_digest(dir, 0..len)),
+            (crate::checkpoint::KEY, Some(_)) => {
+                report.notes.push(format!(
+                    "{rel} changed since the last sealed run (the interrupted run committed)"
+                ));
+                continue;
+            }
+            _ => audit::digest(dir, &rel),
         };
         match actual {
             Ok((sha, _)) if sha == digest => {}

@@ -188,11 +188,12 @@ async fn records_whose_ids_are_not_ids_are_never_written() {
     let (base, _) = hostile(move |_| Answer::Json(page.clone())).await;
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().to_owned();
-    let (code, stdout, stderr) =
-        tokio::task::spawn_blocking(move || run(sync(&base, &out).arg("--json")))
+    let (code, stdout, stderr, rss) =
+        tokio::task::spawn_blocking(move || run_measured(sync(&base, &out).arg("--json")))
             .await
             .unwrap();
     assert_eq!(code, 4, "{stderr}");
+    assert!(rss < 200 << 20, "peak RSS {} MB", rss >> 20);
     let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(report["invalid_records"], 5);
     assert_eq!(report["conversations"][0]["reason"], "invalid_ids");
@@ -247,16 +248,17 @@ async fn fresh_cursors_with_newer_messages_forever_cannot_keep_a_run_going() {
     .await;
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().to_owned();
-    let (code, stdout, stderr) = tokio::task::spawn_blocking(move || {
-        let (code, stdout, stderr) = run(sync(&base, &out).arg("--json"));
+    let (code, stdout, stderr, rss) = tokio::task::spawn_blocking(move || {
+        let measured = run_measured(sync(&base, &out).arg("--json"));
         // The partial run was sealed: the folder verifies as it is.
         let (verified, report, _) = run(bin().arg("verify").arg(&out));
         assert_eq!(verified, 0, "{report}");
-        (code, stdout, stderr)
+        measured
     })
     .await
     .unwrap();
     assert_eq!(code, 4, "{stderr}");
+    assert!(rss < 200 << 20, "peak RSS {} MB", rss >> 20);
     let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(report["conversations"][0]["reason"], "empty_pages");
     assert_eq!(calls.load(Ordering::SeqCst), 6);

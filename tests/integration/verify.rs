@@ -333,3 +333,64 @@ async fn a_recorded_head_detects_the_last_run_being_rolled_back() {
             .any(|f| f.reason.contains("expected head"))
     );
 }
+
+/// A run killed after it committed but before it sealed leaves data no
+/// manifest covers yet: `verify` says so in a note and passes, since the
+/// checkpoint accounts for it and the next sync seals it; bytes nothing
+/// accounts for still fail.
+#[test]
+fn an_interrupted_run_is_told_from_tampering() {
+    use xquik_dm::records::{HistoryRow, RecordType};
+    use xquik_dm::store::{ManifestBody, RunStamp, Store};
+    let dir = tempfile::tempdir().unwrap();
+    let storage = xquik_dm::storage::Location::from(dir.path())
+        .open()
+        .unwrap();
+    let row = |i: u64| HistoryRow {
+        record_type: RecordType::History,
+        message_id: (1_900_000_000_000_000_000u64 + i).to_string(),
+        conversation_user_id: "42".into(),
+        account: "acme".into(),
+        sender_id: "42".into(),
+        receiver_id: "7".into(),
+        created_at: None,
+        message_text: Some(format!("text {i}")),
+        media_url: None,
+    };
+    let append = |store: &mut Store, range: std::ops::Range<u64>| {
+        let rows: Vec<HistoryRow> = range.map(row).collect();
+        let mut lines = Vec::new();
+        for r in &rows {
+            serde_json::to_writer(&mut lines, r).unwrap();
+            lines.push(b'\n');
+        }
+        store.append_history(&lines, &rows).unwrap();
+    };
+    let mut store = Store::open(&storage, &RunStamp::now()).unwrap();
+    append(&mut store, 0..3);
+    store.seal(ManifestBody::empty("sync")).unwrap();
+    // The next run commits more, then is killed before sealing.
+    let mut store = Store::open(&storage, &RunStamp::now()).unwrap();
+    append(&mut store, 3..5);
+    store.commit().unwrap();
+    drop(store);
+    let report = verify::run(dir.path(), None, None).unwrap();
+    assert!(report.ok(), "{report}");
+    assert!(
+        report
+            .notes
+            .iter()
+            .any(|n| n.starts_with("unsealed: a run was interrupted")),
+        "{report}"
+    );
+    // Bytes appended outside any run are not accounted for: a failure.
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(dir.path().join("xquik-dm-handoff.jsonl"))
+        .unwrap()
+        .write_all(b"{\"record_type\":\"history\"}\n")
+        .unwrap();
+    let report = verify::run(dir.path(), None, None).unwrap();
+    assert_eq!(report.exit_code(), 5, "{report}");
+}
