@@ -98,8 +98,9 @@ pub enum CommandArgs {
         /// Consecutive empty pages that end a conversation's paging.
         #[arg(long, default_value_t = 5, value_name = "N")]
         max_empty_pages: u32,
-        /// Fetch at most N pages per conversation in this run; the next run continues
-        /// where it stopped (exit 4 while pages remain).
+        /// Fetch at most N pages per scan of a conversation in this run (the scan for
+        /// new messages and the backfill each); the next run continues where it
+        /// stopped (exit 4 while pages remain).
         #[arg(long, value_name = "N")]
         max_pages: Option<u64>,
         /// Run only shard K of N (0-based) of the job's conversations, chosen by a

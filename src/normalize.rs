@@ -60,7 +60,10 @@ pub fn normalize(msg: WireMessage, account: &str, conversation_user_id: &str) ->
 /// — empty, a path, a 400-digit number — cannot be deduped or loaded into
 /// a warehouse `BIGINT`, and is never written (SPEC §5, hostile answers).
 pub fn is_valid_id(id: &str) -> bool {
-    (1..=20).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_digit())
+    (1..=20).contains(&id.len())
+        && id.bytes().all(|b| b.is_ascii_digit())
+        // One spelling per ID: `007` and `7` would dedupe as two.
+        && (id == "0" || !id.starts_with('0'))
 }
 
 /// The first ID field of a message that is not a valid ID, if any.

@@ -263,14 +263,6 @@ impl Store {
         if checkpoint.read_as.is_none() {
             refuse_data_without_checkpoint(store, &chain)?;
         }
-        // The run claims the output before it repairs anything: it commits
-        // the checkpoint it read, unchanged, by compare-and-swap. A run
-        // that got past the lock and committed since loses nothing to this
-        // run's repair (the claim fails instead), and any run still
-        // writing can no longer commit. In a fresh folder this also marks
-        // that a missing checkpoint from now on means it was removed.
-        checkpoint.run = Some(stamp.run_id.clone());
-        checkpoint.save(store)?;
         // The chain is the durable record of sealed runs: a run killed after
         // appending to it but before its checkpoint is believed from it. It
         // may be one run ahead of the checkpoint, never behind: a chain that
@@ -290,7 +282,15 @@ impl Store {
                 ),
             });
         }
+        // The run claims the output before it repairs anything: it commits
+        // the checkpoint it read, naming this run, by compare-and-swap. A run
+        // that got past the lock and committed since loses nothing to this
+        // run's repair (the claim fails instead), and any run still
+        // writing can no longer commit. In a fresh folder this also marks
+        // that a missing checkpoint from now on means it was removed.
         let stamp = unused_stamp(store, &chain, stamp)?;
+        checkpoint.run = Some(stamp.run_id.clone());
+        checkpoint.save(store)?;
         let (date, run_id) = (stamp.date.as_str(), stamp.run_id.as_str());
         let audit::AuditRepair {
             chain,

@@ -445,7 +445,16 @@ impl Client {
         let header_wait = header_str(&headers, "retry-after")
             .and_then(|v| retry::parse_retry_after(v, SystemTime::now()));
         let request_id = header_str(&headers, "x-request-id").map(str::to_owned);
-        let body = read_capped(resp, endpoint, self.max_response_bytes).await?;
+        // An error's body is read only this far: past it, the status alone
+        // speaks (a hostile 32 MiB error body is not parsed into a tree).
+        const ERROR_BODY_BYTES: u64 = 64 << 10;
+        let body = if (200..300).contains(&status) {
+            read_capped(resp, endpoint, self.max_response_bytes).await?
+        } else {
+            read_capped(resp, endpoint, ERROR_BODY_BYTES)
+                .await
+                .unwrap_or_default()
+        };
         if (200..300).contains(&status) {
             let value = serde_json::from_slice::<T>(&body).map_err(|e| {
                 (
@@ -579,7 +588,8 @@ async fn read_capped(
     if resp.content_length().is_some_and(|n| n > cap) {
         return Err(too_large());
     }
-    let mut body = Vec::with_capacity(resp.content_length().unwrap_or(0) as usize);
+    // Sized from the header, but never more than a page is worth up front.
+    let mut body = Vec::with_capacity(resp.content_length().unwrap_or(0).min(4 << 20) as usize);
     while let Some(chunk) = resp
         .chunk()
         .await

@@ -39,14 +39,24 @@ pub enum StopReason {
     /// Too many pages in a row that brought no message older than the scan
     /// had seen (empty pages, or only repeated or newer messages).
     EmptyPages,
+    /// A `next_cursor` longer than any honest cursor ([`MAX_CURSOR_BYTES`]).
+    OversizedCursor,
 }
+
+/// The longest cursor followed: an opaque cursor is a few dozen bytes; a
+/// longer one would be copied into every later request, the checkpoint and
+/// the page log.
+pub const MAX_CURSOR_BYTES: usize = 4096;
 
 impl StopReason {
     /// Whether the reason is an anomaly of the API rather than a normal end.
     pub fn is_anomaly(self) -> bool {
         matches!(
             self,
-            StopReason::RepeatedCursor | StopReason::EmptyCursor | StopReason::EmptyPages
+            StopReason::RepeatedCursor
+                | StopReason::EmptyCursor
+                | StopReason::EmptyPages
+                | StopReason::OversizedCursor
         )
     }
 }
@@ -113,6 +123,9 @@ impl PageGuard {
         if next_cursor.is_empty() {
             return Next::Stop(StopReason::EmptyCursor);
         }
+        if next_cursor.len() > MAX_CURSOR_BYTES {
+            return Next::Stop(StopReason::OversizedCursor);
+        }
         if older {
             self.empty_run = 0;
         } else {
@@ -158,6 +171,16 @@ mod tests {
         assert_eq!(
             g.next(ids(&page(5)), false, "abc"),
             Next::Stop(StopReason::End)
+        );
+    }
+
+    #[test]
+    fn an_oversized_cursor_ends_paging() {
+        let mut g = PageGuard::new(None, 3);
+        let long = "c".repeat(MAX_CURSOR_BYTES + 1);
+        assert_eq!(
+            g.next(ids(&page(5)), true, &long),
+            Next::Stop(StopReason::OversizedCursor)
         );
     }
 

@@ -50,14 +50,17 @@ pub struct HistoryPage {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct WireMessage {
-    /// Message ID (snowflake), kept as the exact string the API sent.
-    #[serde(deserialize_with = "id_string")]
+    /// Message ID (snowflake), kept as the exact string the API sent. A
+    /// value that is no ID at all (missing, null, negative, an object)
+    /// reads as `""`, which the sync refuses record by record instead of
+    /// failing the whole page.
+    #[serde(default, deserialize_with = "lenient_id")]
     pub id: String,
-    /// Sender user ID.
-    #[serde(deserialize_with = "id_string")]
+    /// Sender user ID (read as leniently as `id`).
+    #[serde(default, deserialize_with = "lenient_id")]
     pub sender_id: String,
-    /// Receiver user ID.
-    #[serde(deserialize_with = "id_string")]
+    /// Receiver user ID (read as leniently as `id`).
+    #[serde(default, deserialize_with = "lenient_id")]
     pub receiver_id: String,
     /// Message body: private data.
     #[serde(default)]
@@ -224,6 +227,23 @@ fn id_string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     Ok(match Id::deserialize(d)? {
         Id::S(s) => s,
         Id::U(n) => n.to_string(),
+    })
+}
+
+/// An ID of a history message: a string or an unsigned integer as
+/// [`id_string`]; anything else `""` (never a valid ID).
+fn lenient_id<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Id {
+        S(String),
+        U(u64),
+        Other(serde::de::IgnoredAny),
+    }
+    Ok(match Id::deserialize(d)? {
+        Id::S(s) => s,
+        Id::U(n) => n.to_string(),
+        Id::Other(_) => String::new(),
     })
 }
 

@@ -614,6 +614,13 @@ async fn send_one(
                 let o = outcome.clone().fail(SendStatus::Failed, &e);
                 (o, e)
             })?;
+            if !crate::normalize::is_valid_id(&reply.value.id) {
+                let e = Error::Decode {
+                    endpoint: Endpoint::User,
+                    reason: "the profile's id is not 1-20 decimal digits".into(),
+                };
+                return Err((outcome.fail(SendStatus::Failed, &e), e));
+            }
             *credits.entry(Endpoint::User).or_default() += 1;
             let profile = reply.value;
             store.checkpoint_mut().recipients.insert(

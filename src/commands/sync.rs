@@ -53,8 +53,9 @@ pub struct SyncOptions {
     pub out: Location,
     /// Only this shard of the job's conversations, in `<out>/shard=K/`.
     pub shard: Option<Shard>,
-    /// Pages fetched per conversation in one run at most; the rest is left
-    /// for the next run.
+    /// Pages fetched per scan of a conversation in one run at most (an
+    /// incremental scan and a backfill each); the rest is left for the next
+    /// run.
     pub max_pages: Option<u64>,
     /// Conversations.
     pub targets: Vec<Target>,
@@ -581,6 +582,14 @@ async fn resolve_targets(
                         run.stop_job(&e);
                     }
                     match result {
+                        Ok(reply) if !crate::normalize::is_valid_id(&reply.value.id) => {
+                            let e = Error::Decode {
+                                endpoint: Endpoint::User,
+                                reason: "the profile's id is not 1-20 decimal digits".into(),
+                            };
+                            failed.push(unresolved(target, "lookup_failed", Some(e)));
+                            continue;
+                        }
                         Ok(reply) => {
                             let profile = reply.value;
                             store.checkpoint_mut().recipients.insert(
@@ -820,6 +829,9 @@ async fn page_scan(
         Scan::Backfill => state.backfill.cursor.clone(),
     };
     let mut guard = PageGuard::new(cursor.as_deref(), run.options.max_empty_pages);
+    // `--max-pages` bounds each scan of the run on its own, so that the
+    // incremental scan's boundary page never leaves a backfill no page.
+    let mut scan_pages = 0u64;
     loop {
         if run.stopped() {
             return Err(Halt::JobStopped);
@@ -831,7 +843,7 @@ async fn page_scan(
             0 => FIRST_PAGE_ESTIMATE,
             seen => seen,
         };
-        if run.options.max_pages.is_some_and(|max| report.pages >= max) {
+        if run.options.max_pages.is_some_and(|max| scan_pages >= max) {
             // The state already holds the next cursor: the next run
             // continues this scan where it stopped.
             return Err(Halt::PageLimit);
@@ -992,6 +1004,7 @@ async fn page_scan(
         });
 
         report.pages += 1;
+        scan_pages += 1;
         report.fetched += count;
         report.new_messages += new_count;
         run.pages.fetch_add(1, Ordering::Relaxed);

@@ -148,11 +148,13 @@ pub fn run(
     }
     // A sharded prefix holds its shards and its registry, nothing else.
     for listed in storage.list("")? {
+        // Exactly `shard=<k>/` as the tool names it: `shard=00/` is not
+        // shard 0, and a glob would read it all the same.
         let in_shard = listed
             .key
             .strip_prefix("shard=")
             .and_then(|rest| rest.split_once('/'))
-            .and_then(|(k, _)| k.parse::<u32>().ok())
+            .and_then(|(k, _)| k.parse::<u32>().ok().filter(|n| n.to_string() == k))
             .is_some_and(|k| k < shards);
         if !in_shard && listed.key != crate::shard::REGISTRY {
             report.fail(
@@ -400,40 +402,60 @@ fn check_files(
             );
         }
     }
-    // Every JSONL byte belongs to exactly one sealed run, or to the
-    // committed work of an interrupted run that the next sync seals.
+    // Every JSONL byte belongs to exactly one sealed run — or, when the
+    // last run to claim the output (the checkpoint names it) is not in the
+    // chain, to the work of that interrupted run: what it committed is
+    // checked against the checkpoint and noted (the next sync seals it);
+    // what it left uncommitted is noted (the next sync removes it).
     let len = dir.handoff_len().unwrap_or(0);
     let checkpoint = Checkpoint::load(dir).ok();
-    let committed = checkpoint
+    let sealed_runs: BTreeSet<&str> = manifests.iter().map(|m| m.run_id.as_str()).collect();
+    let last_sealed = manifests.last().map(|m| m.run_id.as_str());
+    let interrupted_run = checkpoint
         .as_ref()
-        .map_or(covered, |c| c.jsonl.committed_bytes.max(covered));
-    let interrupted = (committed > covered && committed <= len).then_some(covered);
-    if interrupted.is_some() {
-        report.notes.push(format!(
-            "unsealed: a run was interrupted after committing {} bytes of {}; the next sync seals them into its manifest",
-            committed - covered,
-            jsonl::FILE_NAME
-        ));
-    }
-    let sealed_end = if committed <= len { committed } else { covered };
-    if len > sealed_end {
-        // In a bucket the rest are whole segments no commit names, left by
-        // a killed run: ignored, and removed by the next run. In a folder
-        // nothing tells them from bytes appended outside a run.
-        if dir.location().as_dir().is_none() {
+        .and_then(|c| c.run.as_deref())
+        .filter(|run| !sealed_runs.contains(run));
+    let committed = checkpoint.as_ref().map_or(0, |c| c.jsonl.committed_bytes);
+    let mut sealed_end = covered;
+    if let (Some(run), Some(c)) = (interrupted_run, &checkpoint) {
+        if committed > covered {
+            // The checkpoint's running digest must be that of the bytes it
+            // commits: records slipped in with a raised length are caught.
+            let claimed = c.jsonl.digest_state.as_ref().and_then(jsonl::digest_of);
+            let actual = (committed <= len)
+                .then(|| audit::handoff_digest(dir, 0..committed).ok())
+                .flatten()
+                .map(|(sha, _)| sha);
+            if claimed.is_none() || claimed != actual {
+                report.fail(
+                    jsonl::FILE_NAME,
+                    format!("the {committed} bytes the checkpoint commits do not match its digest"),
+                );
+            } else {
+                report.notes.push(format!(
+                    "unsealed: run {run} was interrupted after committing {} bytes of {}; the next sync seals them into its manifest",
+                    committed - covered,
+                    jsonl::FILE_NAME
+                ));
+                sealed_end = committed;
+            }
+        }
+        if len > sealed_end {
             report.notes.push(format!(
-                "{} bytes of handoff segments no commit names (left by an interrupted run; the next sync removes them)",
+                "{} bytes after the last commit were left by the interrupted run {run}; the next sync removes them",
                 len - sealed_end
             ));
-        } else {
-            report.fail(
-                jsonl::FILE_NAME,
-                format!(
-                    "{} bytes after the last committed record (appended outside a run)",
-                    len - sealed_end
-                ),
-            );
+            sealed_end = len;
         }
+    }
+    if len > sealed_end {
+        report.fail(
+            jsonl::FILE_NAME,
+            format!(
+                "{} bytes after the last sealed segment (appended outside a run)",
+                len - sealed_end
+            ),
+        );
     }
     // The handoff folder of a bucket holds only its segments.
     for rel in files_under(dir, crate::storage::object::HANDOFF_DIR) {
@@ -441,14 +463,30 @@ fn check_files(
             report.fail(&rel, "not a segment of the handoff file");
         }
     }
-    // Nothing unlisted on disk, but what an interrupted run left: files it
-    // committed (listed in the checkpoint; the next sync seals them), and
-    // files of a run the chain does not hold (the next sync removes them).
-    let sealed_runs: BTreeSet<&str> = manifests.iter().map(|m| m.run_id.as_str()).collect();
-    let pending: BTreeSet<&str> = checkpoint
+    // Nothing unlisted on disk, but what an interrupted run left: Parquet
+    // files it committed (listed in the checkpoint, checked against it; the
+    // next sync seals them), and files of runs after the last sealed one
+    // (the next sync removes them).
+    let pending: std::collections::BTreeMap<&str, &crate::sinks::WrittenFile> = checkpoint
         .as_ref()
-        .map(|c| c.parquet.files.iter().map(|f| f.path.as_str()).collect())
+        .filter(|_| interrupted_run.is_some())
+        .map(|c| {
+            c.parquet
+                .files
+                .iter()
+                .map(|f| (f.path.as_str(), f))
+                .collect()
+        })
         .unwrap_or_default();
+    for (rel, file) in &pending {
+        report.checked += 1;
+        match audit::digest(dir, rel) {
+            Ok((sha, bytes)) if sha == file.sha256 && bytes == file.bytes => {}
+            Ok(_) => report.fail(*rel, "SHA-256 differs from the checkpoint"),
+            Err(e) => report.fail(*rel, e.to_string()),
+        }
+    }
+    let after_last_sealed = |run: &str| last_sealed.is_none_or(|last| run > last);
     for rel in files_under(dir, "parquet")
         .into_iter()
         .chain(files_under(dir, audit::RUNS_DIR))
@@ -456,11 +494,13 @@ fn check_files(
         if listed.contains(&rel) {
             continue;
         }
-        if pending.contains(rel.as_str()) {
+        if pending.contains_key(rel.as_str()) {
             report.notes.push(format!(
                 "unsealed: {rel} is committed; the next sync seals it"
             ));
-        } else if run_of(&rel).is_some_and(|run| !sealed_runs.contains(run)) {
+        } else if interrupted_run.is_some()
+            && run_of(&rel).is_some_and(|run| !sealed_runs.contains(run) && after_last_sealed(run))
+        {
             report.notes.push(format!(
                 "{rel} was left by an interrupted run; the next sync removes it"
             ));
@@ -468,7 +508,7 @@ fn check_files(
             report.fail(&rel, "not listed in any manifest");
         }
     }
-    interrupted
+    interrupted_run.map(|_| covered)
 }
 
 /// The run a Parquet or audit file is named after, when its name has the

@@ -179,6 +179,12 @@ impl JsonlSink {
     }
 }
 
+/// The SHA-256 of the bytes a saved midstate covers; `None` when it does
+/// not parse.
+pub fn digest_of(saved: &DigestState) -> Option<String> {
+    restore(saved).map(|(hasher, _)| hex::encode(hasher.finalize()))
+}
+
 /// A hasher from a saved midstate; `None` when the state does not parse.
 fn restore(saved: &DigestState) -> Option<(Sha256, u64)> {
     let bytes = hex::decode(&saved.state).ok()?;

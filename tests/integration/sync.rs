@@ -671,7 +671,8 @@ async fn max_pages_leaves_the_rest_for_the_next_run() {
     loop {
         let report = sync::run(options.clone()).await.unwrap();
         runs += 1;
-        assert!(report.conversations.iter().all(|c| c.pages <= 3));
+        // At most 3 pages per scan: an incremental scan and a backfill.
+        assert!(report.conversations.iter().all(|c| c.pages <= 6));
         if report.exit_code() == 0 {
             break;
         }
@@ -680,4 +681,21 @@ async fn max_pages_leaves_the_rest_for_the_next_run() {
     assert_ground_truth(dir.path(), &server, &users);
     let report = xquik_dm::commands::verify::run(dir.path(), None, None).unwrap();
     assert!(report.ok(), "{report}");
+}
+
+/// With `--max-pages 1` the incremental scan's boundary page does not keep
+/// the backfill from moving: each run makes progress until it is done.
+#[tokio::test(flavor = "multi_thread")]
+async fn max_pages_one_still_finishes_the_backfill() {
+    let server = MockServer::start(world(&[300], 50)).await.unwrap();
+    let users = users(1);
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = options(&server, dir.path(), &users);
+    options.max_pages = Some(1);
+    let mut runs = 0;
+    while sync::run(options.clone()).await.unwrap().exit_code() != 0 {
+        runs += 1;
+        assert!(runs < 12, "no progress after {runs} runs");
+    }
+    assert_ground_truth(dir.path(), &server, &users);
 }

@@ -335,17 +335,15 @@ async fn a_recorded_head_detects_the_last_run_being_rolled_back() {
 }
 
 /// A run killed after it committed but before it sealed leaves data no
-/// manifest covers yet: `verify` says so in a note and passes, since the
-/// checkpoint accounts for it and the next sync seals it; bytes nothing
-/// accounts for still fail.
+/// manifest covers yet: `verify` checks it against the checkpoint, says so
+/// in a note and passes (the next sync seals it). What the killed run left
+/// uncommitted is noted too (the next sync removes it). Records slipped in
+/// under a raised committed length, bytes appended after a sealed run and
+/// files named like a run in a sealed folder fail.
 #[test]
 fn an_interrupted_run_is_told_from_tampering() {
     use xquik_dm::records::{HistoryRow, RecordType};
     use xquik_dm::store::{ManifestBody, RunStamp, Store};
-    let dir = tempfile::tempdir().unwrap();
-    let storage = xquik_dm::storage::Location::from(dir.path())
-        .open()
-        .unwrap();
     let row = |i: u64| HistoryRow {
         record_type: RecordType::History,
         message_id: (1_900_000_000_000_000_000u64 + i).to_string(),
@@ -366,31 +364,79 @@ fn an_interrupted_run_is_told_from_tampering() {
         }
         store.append_history(&lines, &rows).unwrap();
     };
-    let mut store = Store::open(&storage, &RunStamp::now()).unwrap();
-    append(&mut store, 0..3);
-    store.seal(ManifestBody::empty("sync")).unwrap();
-    // The next run commits more, then is killed before sealing.
+    let sealed_folder = || {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = xquik_dm::storage::Location::from(dir.path())
+            .open()
+            .unwrap();
+        let mut store = Store::open(&storage, &RunStamp::now()).unwrap();
+        append(&mut store, 0..3);
+        store.seal(ManifestBody::empty("sync")).unwrap();
+        (dir, storage)
+    };
+    let append_bytes = |dir: &Path, bytes: &[u8]| {
+        use std::io::Write;
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(dir.join("xquik-dm-handoff.jsonl"))
+            .unwrap()
+            .write_all(bytes)
+            .unwrap();
+    };
+    let has_note =
+        |report: &verify::VerifyReport, start: &str| report.notes.iter().any(|n| n.contains(start));
+
+    // Killed after committing, and with an uncommitted tail.
+    let (dir, storage) = sealed_folder();
     let mut store = Store::open(&storage, &RunStamp::now()).unwrap();
     append(&mut store, 3..5);
     store.commit().unwrap();
+    append(&mut store, 5..6);
     drop(store);
     let report = verify::run(dir.path(), None, None).unwrap();
     assert!(report.ok(), "{report}");
     assert!(
-        report
-            .notes
-            .iter()
-            .any(|n| n.starts_with("unsealed: a run was interrupted")),
+        has_note(&report, "was interrupted after committing"),
         "{report}"
     );
-    // Bytes appended outside any run are not accounted for: a failure.
-    use std::io::Write;
-    std::fs::OpenOptions::new()
-        .append(true)
-        .open(dir.path().join("xquik-dm-handoff.jsonl"))
+    assert!(
+        has_note(&report, "after the last commit were left"),
+        "{report}"
+    );
+    // A raised committed length over slipped-in records: caught.
+    let path = dir.path().join("state/checkpoint.json");
+    let mut checkpoint: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let len = std::fs::metadata(dir.path().join("xquik-dm-handoff.jsonl"))
         .unwrap()
-        .write_all(b"{\"record_type\":\"history\"}\n")
-        .unwrap();
+        .len();
+    checkpoint["jsonl"]["committed_bytes"] = len.into();
+    std::fs::write(&path, serde_json::to_vec(&checkpoint).unwrap()).unwrap();
+    let report = verify::run(dir.path(), None, None).unwrap();
+    assert_eq!(report.exit_code(), 5, "{report}");
+    assert!(
+        report.to_string().contains("do not match its digest"),
+        "{report}"
+    );
+
+    // Killed before its first commit: only the claim changed the checkpoint.
+    let (dir, storage) = sealed_folder();
+    drop(Store::open(&storage, &RunStamp::now()).unwrap());
+    let report = verify::run(dir.path(), None, None).unwrap();
+    assert!(report.ok(), "{report}");
+
+    // After a sealed run nothing may be added: bytes, or a file named like
+    // a run's.
+    let (dir, _) = sealed_folder();
+    append_bytes(dir.path(), b"{\"record_type\":\"history\"}\n");
+    let report = verify::run(dir.path(), None, None).unwrap();
+    assert_eq!(report.exit_code(), 5, "{report}");
+    let (dir, _) = sealed_folder();
+    let stray = dir
+        .path()
+        .join("parquet/messages/date=2024-01-01/part-20990101T000000Z-abcd-0001.parquet");
+    std::fs::create_dir_all(stray.parent().unwrap()).unwrap();
+    std::fs::write(&stray, b"PAR1").unwrap();
     let report = verify::run(dir.path(), None, None).unwrap();
     assert_eq!(report.exit_code(), 5, "{report}");
 }
