@@ -62,6 +62,20 @@ pub struct VerifyReport {
 }
 
 impl VerifyReport {
+    /// An empty report on `dir`.
+    fn new(dir: Location) -> VerifyReport {
+        VerifyReport {
+            dir,
+            runs: 0,
+            checked: 0,
+            signatures_checked: 0,
+            head: None,
+            shard_heads: std::collections::BTreeMap::new(),
+            failures: Vec::new(),
+            notes: Vec::new(),
+        }
+    }
+
     /// Whether everything verified.
     pub fn ok(&self) -> bool {
         self.failures.is_empty()
@@ -107,16 +121,7 @@ pub fn run(
     };
     // A sharded prefix: every shard is an output root of its own, each
     // with its own chain; all of them must verify.
-    let mut report = VerifyReport {
-        dir: location.clone(),
-        runs: 0,
-        checked: 0,
-        signatures_checked: 0,
-        head: None,
-        shard_heads: std::collections::BTreeMap::new(),
-        failures: Vec::new(),
-        notes: Vec::new(),
-    };
+    let mut report = VerifyReport::new(location.clone());
     let mut found_head = false;
     for index in 0..shards {
         let dir = crate::shard::Shard {
@@ -178,16 +183,7 @@ pub fn run(
 
 /// Verifies the output root `dir` (see [`run`]).
 pub fn check(dir: &dyn Backend, key: Option<&AuditKey>, expect_head: Option<&str>) -> VerifyReport {
-    let mut report = VerifyReport {
-        dir: dir.location(),
-        runs: 0,
-        checked: 0,
-        signatures_checked: 0,
-        head: None,
-        shard_heads: std::collections::BTreeMap::new(),
-        failures: Vec::new(),
-        notes: Vec::new(),
-    };
+    let mut report = VerifyReport::new(dir.location());
     if dir.is_locked() {
         report.notes.push(
             "a run is in progress in this folder: its data is not sealed yet; verify again when it has finished".into(),

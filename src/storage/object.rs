@@ -145,43 +145,34 @@ impl ObjectStore {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let bad = |reason: String| Error::invalid("--out", format!("{url}: {reason}"));
         let unknown = |key: &str| bad(format!("unknown storage option {key:?}"));
+        // Each provider's builder: its environment, then `options`, then
+        // the URL (bucket and prefix).
+        macro_rules! build {
+            ($builder:ty, $key:ty) => {{
+                let mut builder = <$builder>::from_env();
+                for (key, value) in options {
+                    let key = <$key>::from_str(key).map_err(|_| unknown(key))?;
+                    builder = builder.with_config(key, *value);
+                }
+                builder
+                    .with_url(url.as_str())
+                    .build()
+                    .map(|b| Arc::new(b) as Arc<dyn Bucket>)
+            }};
+        }
         let built: std::result::Result<Arc<dyn Bucket>, object_store::Error> = match url.scheme() {
-            "s3" | "s3a" => {
-                let mut builder = object_store::aws::AmazonS3Builder::from_env();
-                for (key, value) in options {
-                    let key = object_store::aws::AmazonS3ConfigKey::from_str(key)
-                        .map_err(|_| unknown(key))?;
-                    builder = builder.with_config(key, *value);
-                }
-                builder
-                    .with_url(url.as_str())
-                    .build()
-                    .map(|b| Arc::new(b) as Arc<dyn Bucket>)
-            }
-            "gs" => {
-                let mut builder = object_store::gcp::GoogleCloudStorageBuilder::from_env();
-                for (key, value) in options {
-                    let key = object_store::gcp::GoogleConfigKey::from_str(key)
-                        .map_err(|_| unknown(key))?;
-                    builder = builder.with_config(key, *value);
-                }
-                builder
-                    .with_url(url.as_str())
-                    .build()
-                    .map(|b| Arc::new(b) as Arc<dyn Bucket>)
-            }
-            "az" | "azure" | "abfs" | "abfss" => {
-                let mut builder = object_store::azure::MicrosoftAzureBuilder::from_env();
-                for (key, value) in options {
-                    let key = object_store::azure::AzureConfigKey::from_str(key)
-                        .map_err(|_| unknown(key))?;
-                    builder = builder.with_config(key, *value);
-                }
-                builder
-                    .with_url(url.as_str())
-                    .build()
-                    .map(|b| Arc::new(b) as Arc<dyn Bucket>)
-            }
+            "s3" | "s3a" => build!(
+                object_store::aws::AmazonS3Builder,
+                object_store::aws::AmazonS3ConfigKey
+            ),
+            "gs" => build!(
+                object_store::gcp::GoogleCloudStorageBuilder,
+                object_store::gcp::GoogleConfigKey
+            ),
+            "az" | "azure" | "abfs" | "abfss" => build!(
+                object_store::azure::MicrosoftAzureBuilder,
+                object_store::azure::AzureConfigKey
+            ),
             other => {
                 return Err(bad(format!(
                     "unsupported scheme {other:?}: use a folder path, s3://, gs:// or az://"
