@@ -51,10 +51,11 @@ use super::{Backend, Expect, HandoffLog, Journal, Listed, Location, NewObject, S
 use crate::error::{Error, Result};
 
 /// Objects up to this size are written with one create-only put; larger
-/// ones as a multipart upload of parts this large.
-const PART_BYTES: usize = 8 << 20;
-/// Multipart parts in flight at once.
-const PARTS_IN_FLIGHT: usize = 2;
+/// ones as a multipart upload of parts this large (S3's smallest part).
+const PART_BYTES: usize = 5 << 20;
+/// Multipart parts in flight at once, besides the one being filled: the
+/// upload overlaps the encoding, and memory stays at two parts per file.
+const PARTS_IN_FLIGHT: usize = 1;
 /// The handoff file's segments.
 pub const HANDOFF_DIR: &str = "xquik-dm-handoff";
 /// The lease object.

@@ -608,3 +608,50 @@ fn the_demo_runs_unchanged_into_a_bucket() {
     assert_eq!(sends, 2);
     assert_eq!(crate::files_under(local.path(), "parquet/sends").len(), 1);
 }
+
+/// Large objects go up as multipart uploads: nothing is visible until the
+/// upload completes, the object read back is byte for byte what was
+/// written, an abandoned one leaves nothing, and a taken key is refused.
+#[test]
+fn large_objects_are_multipart_and_invisible_until_complete() {
+    use std::io::{Read as _, Write as _};
+    let moto = Moto::start();
+    let bucket = moto.bucket("dm-multipart");
+    let store = moto.store(&format!("s3://{bucket}/dm"));
+    let mut rng = fastrand::Rng::with_seed(7);
+    let bytes: Vec<u8> = (0..13 << 20).map(|_| rng.u8(..)).collect();
+    let key = "parquet/messages/date=2026-11-30/part-big-0001.parquet";
+    let mut object = store.create(key).unwrap();
+    for chunk in bytes.chunks(1 << 20) {
+        object.write_all(chunk).unwrap();
+    }
+    assert!(
+        store.size(key).unwrap().is_none(),
+        "visible before completion"
+    );
+    object.finish().unwrap();
+    let mut back = Vec::new();
+    store
+        .reader(key, None)
+        .unwrap()
+        .read_to_end(&mut back)
+        .unwrap();
+    assert!(back == bytes, "read back differs");
+    let mut range = Vec::new();
+    store
+        .reader(key, Some(6_000_000..6_000_100))
+        .unwrap()
+        .read_to_end(&mut range)
+        .unwrap();
+    assert_eq!(range, bytes[6_000_000..6_000_100]);
+    // A taken key is refused before anything is uploaded.
+    let mut again = store.create(key).unwrap();
+    assert!(again.write_all(&bytes[..6 << 20]).is_err());
+    drop(again);
+    // An abandoned upload leaves no object behind.
+    let other = "parquet/messages/date=2026-11-30/part-big-0002.parquet";
+    let mut abandoned = store.create(other).unwrap();
+    abandoned.write_all(&bytes[..11 << 20]).unwrap();
+    drop(abandoned);
+    assert!(store.size(other).unwrap().is_none());
+}
