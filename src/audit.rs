@@ -457,7 +457,7 @@ pub fn append_run(
     bytes.push(b'\n');
     storage.put_new(&rel, &bytes)?;
     let entry = ChainEntry {
-        seq: previous.map_or(1, |p| p.seq + 1),
+        seq: previous.map_or(1, |p| p.seq.saturating_add(1)),
         run_id: manifest.run_id.clone(),
         manifest: rel,
         sha256: sha256_hex(&bytes),

@@ -235,7 +235,7 @@ fn check_chain(
     let mut previous: Option<&ChainEntry> = None;
     let (mut signed_unchecked, mut unsigned_before_signing, mut seen_signed) = (0, 0, false);
     for entry in &chain {
-        let expected_seq = previous.map_or(1, |p| p.seq + 1);
+        let expected_seq = previous.map_or(1, |p| p.seq.saturating_add(1));
         if entry.seq != expected_seq {
             report.fail(
                 audit::CHAIN,
@@ -366,8 +366,9 @@ fn check_files(
                             format!("segment of run {} starts at byte {offset}, but the previous one ended at {covered}", m.run_id),
                         );
                     }
-                    covered = offset + length;
-                    audit::handoff_digest(dir, offset..offset + length)
+                    // Numbers from a file: never trusted not to overflow.
+                    covered = offset.saturating_add(length);
+                    audit::handoff_digest(dir, offset..covered)
                 }
                 _ => {
                     listed.insert(f.path.clone());

@@ -201,8 +201,11 @@ proptest! {
         let storage = LocalDir::new(dir.path());
         let run = "20261130T000000Z-0000000000000001";
         let manifest_key = format!("audit/runs/{run}.manifest.json");
+        // The entry names the manifest's real digest, so that verify goes on
+        // to parse it and check what it lists.
+        let digest = xquik_dm::sinks::sha256_hex(&manifest);
         let entry = serde_json::json!({"seq": 1, "run_id": run, "manifest": manifest_key,
-                                       "sha256": "00", "previous_sha256": null});
+                                       "sha256": digest, "previous_sha256": null});
         for chain in [chain.clone(), format!("{entry}\n").into_bytes(), [format!("{entry}\n").into_bytes(), chain].concat()] {
             storage.put_new(&manifest_key, &manifest).ok();
             std::fs::create_dir_all(dir.path().join("audit")).unwrap();
