@@ -176,6 +176,11 @@ pub enum CommandArgs {
         /// be in the chain: detects runs removed from the end.
         #[arg(long, value_name = "SHA256")]
         expect_head: Option<String>,
+        /// Check only what came after this chain head (printed by an earlier verify):
+        /// in time proportional to the new runs. The full verify also checks the
+        /// earlier runs, SHA256SUMS and that nothing extra exists.
+        #[arg(long, value_name = "SHA256")]
+        since: Option<String>,
     },
     /// Rebuild a lost state/checkpoint.json from the folder's JSONL and audit trail.
     ///
@@ -327,6 +332,8 @@ pub enum Command {
         key: Option<AuditKey>,
         /// Chain head that must still be in the chain.
         expect_head: Option<String>,
+        /// Check only what came after this chain head.
+        since: Option<String>,
         /// Report as JSON.
         json: bool,
     },
@@ -623,10 +630,12 @@ impl Args {
                 dir,
                 json,
                 expect_head,
+                since,
             } => Command::Verify {
                 dir: Location::from(dir),
                 key: audit_key,
                 expect_head,
+                since,
                 json,
             },
         };

@@ -156,10 +156,11 @@ pub async fn execute(command: Command) -> Result<Report> {
             dir,
             key,
             expect_head,
+            since,
             json,
         } => {
             let report = tokio::task::spawn_blocking(move || {
-                verify::run(dir, key.as_ref(), expect_head.as_deref())
+                verify::run_since(dir, key.as_ref(), expect_head.as_deref(), since.as_deref())
             })
             .await
             .map_err(|e| Error::io("<verify>", std::io::Error::other(e)))??;

@@ -22,7 +22,7 @@ use std::io::BufRead;
 
 use serde::Serialize;
 
-use crate::audit::{self, AuditKey, ChainEntry, LogInfo, LogKind, Manifest, Merkle};
+use crate::audit::{self, AuditKey, ChainEntry, Coverage, LogInfo, LogKind, Manifest, Merkle};
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
 use crate::sinks::jsonl;
@@ -101,6 +101,17 @@ pub fn run(
     key: Option<&AuditKey>,
     expect_head: Option<&str>,
 ) -> Result<VerifyReport> {
+    run_since(location, key, expect_head, None)
+}
+
+/// [`run`], checking only what came after the chain head `since` when it
+/// is given (see [`check_since`]).
+pub fn run_since(
+    location: impl Into<Location>,
+    key: Option<&AuditKey>,
+    expect_head: Option<&str>,
+    since: Option<&str>,
+) -> Result<VerifyReport> {
     let location = location.into();
     if let Some(dir) = location.as_dir()
         && !dir.is_dir()
@@ -117,8 +128,14 @@ pub fn run(
         storage.prepare()?;
     }
     let Some(shards) = crate::shard::registered(storage.as_ref())? else {
-        return Ok(check(storage.as_ref(), key, expect_head));
+        return Ok(check_since(storage.as_ref(), key, expect_head, since));
     };
+    if since.is_some() {
+        return Err(Error::invalid(
+            "--since",
+            "a chain head belongs to one shard: verify that shard's folder (<prefix>/shard=K)",
+        ));
+    }
     // A sharded prefix: every shard is an output root of its own, each
     // with its own chain; all of them must verify.
     let mut report = VerifyReport::new(location.clone());
@@ -183,13 +200,27 @@ pub fn run(
 
 /// Verifies the output root `dir` (see [`run`]).
 pub fn check(dir: &dyn Backend, key: Option<&AuditKey>, expect_head: Option<&str>) -> VerifyReport {
+    check_since(dir, key, expect_head, None)
+}
+
+/// [`check`], or with `since` (a chain head verified before) only what came
+/// after it: the chain's links after that run, the later runs' manifests
+/// and everything they list, and the handoff file from where that run's
+/// coverage ended — in time proportional to the new runs. `SHA256SUMS` and
+/// the check that nothing extra exists are left to the full verify.
+pub fn check_since(
+    dir: &dyn Backend,
+    key: Option<&AuditKey>,
+    expect_head: Option<&str>,
+    since: Option<&str>,
+) -> VerifyReport {
     let mut report = VerifyReport::new(dir.location());
     if dir.is_locked() {
         report.notes.push(
             "a run is in progress in this folder: its data is not sealed yet; verify again when it has finished".into(),
         );
     }
-    let manifests = check_chain(dir, key, &mut report);
+    let (manifests, start, chained) = check_chain(dir, key, since, &mut report);
     if let Some(expected) = expect_head {
         let in_chain = audit::read_chain(dir)
             .map(|(chain, _)| chain.iter().any(|e| e.sha256 == expected))
@@ -201,25 +232,72 @@ pub fn check(dir: &dyn Backend, key: Option<&AuditKey>, expect_head: Option<&str
             );
         }
     }
-    let interrupted = check_files(dir, &manifests, &mut report);
-    check_sums(dir, interrupted, &mut report);
+    if since.is_some() && start.is_none() {
+        return report;
+    }
+    let interrupted = check_files(dir, &manifests, &chained, start, &mut report);
+    match start {
+        Some(_) => report.notes.push(format!(
+            "checked the {} runs after {}; the full verify also checks the earlier runs, SHA256SUMS and that nothing extra exists",
+            manifests.len(),
+            since.unwrap_or_default()
+        )),
+        None => check_sums(dir, interrupted, &mut report),
+    }
     report
 }
 
 /// Checks the chain and each manifest's own digest and signature; returns
 /// the manifests that could be read, in chain order.
+/// With `since`, the manifests are read only after that run, and the
+/// second value is where its coverage ended (`None` when `since` is not in
+/// the chain: a failure). The third is every run the chain holds.
 fn check_chain(
     dir: &dyn Backend,
     key: Option<&AuditKey>,
+    since: Option<&str>,
     report: &mut VerifyReport,
-) -> Vec<Manifest> {
+) -> (Vec<Manifest>, Option<Coverage>, BTreeSet<String>) {
     let (chain, torn) = match audit::read_chain(dir) {
         Ok(c) => c,
         Err(e) => {
             report.fail(audit::CHAIN, e.to_string());
-            return Vec::new();
+            return (Vec::new(), None, BTreeSet::new());
         }
     };
+    let chained: BTreeSet<String> = chain.iter().map(|e| e.run_id.clone()).collect();
+    // The run a reviewer verified before: manifests up to it are not read
+    // again, its own only for where its coverage ended and whether it was
+    // signed.
+    let mut start = None;
+    let mut skip = 0;
+    if let Some(head) = since {
+        let Some(at) = chain.iter().position(|e| e.sha256 == head) else {
+            report.fail(
+                audit::CHAIN,
+                format!(
+                    "the verified head {head} is not in the chain: runs were removed or replaced"
+                ),
+            );
+            return (Vec::new(), None, chained);
+        };
+        skip = at + 1;
+        match chain
+            .get(at)
+            .map(|e| audit::read_manifest(dir, &e.manifest))
+        {
+            Some(Ok((manifest, bytes))) if crate::sinks::sha256_hex(&bytes) == head => {
+                start = Some(manifest.coverage);
+            }
+            _ => {
+                report.fail(
+                    audit::CHAIN,
+                    format!("the manifest of the verified head {head} no longer matches it"),
+                );
+                return (Vec::new(), None, chained);
+            }
+        }
+    }
     if torn.is_some() {
         report.fail(audit::CHAIN, "the last line is torn (no newline)");
     }
@@ -228,7 +306,7 @@ fn check_chain(
             audit::CHAIN,
             "no runs recorded: missing or empty audit chain",
         );
-        return Vec::new();
+        return (Vec::new(), None, chained);
     }
     report.runs = chain.len() as u64;
     let mut manifests = Vec::new();
@@ -252,6 +330,9 @@ fn check_chain(
             );
         }
         previous = Some(entry);
+        if entry.seq <= skip as u64 {
+            continue;
+        }
         let (manifest, bytes) = match audit::read_manifest(dir, &entry.manifest) {
             Ok(m) => m,
             Err(e) => {
@@ -337,7 +418,7 @@ fn check_chain(
         }
         Err(e) => report.fail("state/checkpoint.json", e.to_string()),
     }
-    manifests
+    (manifests, start, chained)
 }
 
 /// Checks every listed file, segment and rows file, and completeness.
@@ -346,9 +427,11 @@ fn check_chain(
 fn check_files(
     dir: &dyn Backend,
     manifests: &[Manifest],
+    chained: &BTreeSet<String>,
+    start: Option<Coverage>,
     report: &mut VerifyReport,
 ) -> Option<u64> {
-    let mut covered = 0u64;
+    let mut covered = start.map_or(0, |c| c.jsonl_bytes);
     let mut listed = BTreeSet::new();
     for m in manifests {
         listed.insert(format!("{}/{}.manifest.json", audit::RUNS_DIR, m.run_id));
@@ -406,12 +489,11 @@ fn check_files(
     // what it left uncommitted is noted (the next sync removes it).
     let len = dir.handoff_len().unwrap_or(0);
     let checkpoint = Checkpoint::load(dir).ok();
-    let sealed_runs: BTreeSet<&str> = manifests.iter().map(|m| m.run_id.as_str()).collect();
     let last_sealed = manifests.last().map(|m| m.run_id.as_str());
     let interrupted_run = checkpoint
         .as_ref()
         .and_then(|c| c.run.as_deref())
-        .filter(|run| !sealed_runs.contains(run));
+        .filter(|run| !chained.contains(*run));
     let committed = checkpoint.as_ref().map_or(0, |c| c.jsonl.committed_bytes);
     let mut sealed_end = covered;
     if let (Some(run), Some(c)) = (interrupted_run, &checkpoint) {
@@ -484,10 +566,17 @@ fn check_files(
         }
     }
     let after_last_sealed = |run: &str| last_sealed.is_none_or(|last| run > last);
-    for rel in files_under(dir, "parquet")
-        .into_iter()
-        .chain(files_under(dir, audit::RUNS_DIR))
-    {
+    // What exists beyond the listed files is the full verify's to check:
+    // listing every file is not proportional to the new runs.
+    let everything = if start.is_some() {
+        Vec::new()
+    } else {
+        files_under(dir, "parquet")
+            .into_iter()
+            .chain(files_under(dir, audit::RUNS_DIR))
+            .collect()
+    };
+    for rel in everything {
         if listed.contains(&rel) {
             continue;
         }
@@ -496,7 +585,7 @@ fn check_files(
                 "unsealed: {rel} is committed; the next sync seals it"
             ));
         } else if interrupted_run.is_some()
-            && run_of(&rel).is_some_and(|run| !sealed_runs.contains(run) && after_last_sealed(run))
+            && run_of(&rel).is_some_and(|run| !chained.contains(run) && after_last_sealed(run))
         {
             report.notes.push(format!(
                 "{rel} was left by an interrupted run; the next sync removes it"

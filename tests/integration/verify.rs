@@ -440,3 +440,59 @@ fn an_interrupted_run_is_told_from_tampering() {
     let report = verify::run(dir.path(), None, None).unwrap();
     assert_eq!(report.exit_code(), 5, "{report}");
 }
+
+/// `verify --since HEAD` checks what came after a head a reviewer verified:
+/// a change to a later run is caught, while the earlier runs are left to
+/// the full verify (which still catches a change there).
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_since_checks_only_the_runs_after_a_verified_head() {
+    let (dir, server) = two_runs(None).await;
+    let first = verify::run(dir.path(), None, None).unwrap();
+    assert!(first.ok(), "{first}");
+    let head = first.head.clone().unwrap();
+    // Two more runs after the verified head.
+    let mut options = sync_options(&server, dir.path(), &users(3));
+    options.audit_key = None;
+    for n in [15, 9] {
+        server.append_messages(ACCOUNT, &user_id(2), n);
+        assert_eq!(sync::run(options.clone()).await.unwrap().exit_code(), 0);
+    }
+    let since = verify::run_since(dir.path(), None, None, Some(&head)).unwrap();
+    assert!(since.ok(), "{since}");
+    assert!(
+        since
+            .notes
+            .iter()
+            .any(|n| n.starts_with("checked the 2 runs after")),
+        "{since}"
+    );
+    // An earlier run's Parquet file changed: out of --since's scope, caught
+    // by the full verify.
+    let manifests = files(dir.path(), "audit/runs", ".manifest.json");
+    let first_run: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join(&manifests[0])).unwrap()).unwrap();
+    let early = first_run["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["path"].as_str().unwrap().ends_with(".parquet"))
+        .unwrap()["path"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    flip(&dir.path().join(&early), 0.5);
+    assert!(
+        verify::run_since(dir.path(), None, None, Some(&head))
+            .unwrap()
+            .ok()
+    );
+    assert!(!verify::run(dir.path(), None, None).unwrap().ok());
+    // A later run's segment changed: caught by --since.
+    let jsonl = dir.path().join("xquik-dm-handoff.jsonl");
+    flip(&jsonl, 0.99);
+    let report = verify::run_since(dir.path(), None, None, Some(&head)).unwrap();
+    assert_eq!(report.exit_code(), 5, "{report}");
+    // A head that is not in the chain is a failure, not a pass.
+    let report = verify::run_since(dir.path(), None, None, Some("00")).unwrap();
+    assert_eq!(report.exit_code(), 5, "{report}");
+}
