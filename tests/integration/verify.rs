@@ -468,9 +468,13 @@ async fn verify_since_checks_only_the_runs_after_a_verified_head() {
     );
     // An earlier run's Parquet file changed: out of --since's scope, caught
     // by the full verify.
-    let manifests = files(dir.path(), "audit/runs", ".manifest.json");
+    // The first run's manifest, by the chain (run IDs of one second do not
+    // sort by time).
+    let chain = std::fs::read_to_string(dir.path().join("audit/chain.jsonl")).unwrap();
+    let entry: serde_json::Value = serde_json::from_str(chain.lines().next().unwrap()).unwrap();
+    let first_manifest = entry["manifest"].as_str().unwrap();
     let first_run: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.path().join(&manifests[0])).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(dir.path().join(first_manifest)).unwrap()).unwrap();
     let early = first_run["files"]
         .as_array()
         .unwrap()
