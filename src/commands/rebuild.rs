@@ -116,14 +116,7 @@ impl std::fmt::Display for RebuildReport {
 
 /// Rebuilds the missing checkpoint of `out`.
 pub fn run(out: &Location) -> Result<RebuildReport> {
-    if let Some(dir) = out.as_dir()
-        && !dir.is_dir()
-    {
-        return Err(Error::invalid(
-            "--out",
-            format!("{} is not a folder", dir.display()),
-        ));
-    }
+    out.require_existing("--out")?;
     let storage = out.open()?;
     let storage = storage.as_ref();
     let _lock = storage.lock("rebuild")?;

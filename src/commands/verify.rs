@@ -113,14 +113,7 @@ pub fn run_since(
     since: Option<&str>,
 ) -> Result<VerifyReport> {
     let location = location.into();
-    if let Some(dir) = location.as_dir()
-        && !dir.is_dir()
-    {
-        return Err(Error::invalid(
-            "DIR",
-            format!("{} is not a folder", dir.display()),
-        ));
-    }
+    location.require_existing("DIR")?;
     let storage = location.open()?;
     if location.as_dir().is_none() {
         // A bucket that is missing or refuses reading is bad input, not a

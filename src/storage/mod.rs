@@ -76,6 +76,18 @@ impl Location {
         }
     }
 
+    /// Refuses (bad input, naming `field`) a folder that does not exist:
+    /// for commands that read an output, which must not create one.
+    pub fn require_existing(&self, field: &'static str) -> Result<()> {
+        match self {
+            Location::Dir(dir) if !dir.is_dir() => Err(Error::invalid(
+                field,
+                format!("{} is not a folder", dir.display()),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// The folder, when it is one.
     pub fn as_dir(&self) -> Option<&std::path::Path> {
         match self {

@@ -160,20 +160,8 @@ impl Drop for Moto {
 /// `xquik-dm sync` of `users` into `out` (a bucket URL) against `server`,
 /// run from `cwd` (a fresh, empty working directory each time).
 fn sync(moto: &Moto, server: &MockServer, out: &str, users: &[String], cwd: &Path) -> Command {
-    let mut cmd = bin();
-    cmd.args([
-        "--base-url",
-        &server.base_url(),
-        "sync",
-        "--account",
-        ACCOUNT,
-    ]);
-    for u in users {
-        cmd.args(["--user", u]);
-    }
-    cmd.args(["--out", out])
-        .current_dir(cwd)
-        .env("XQUIK_API_KEY", KEY);
+    let mut cmd = crate::protocol::sync(server, out, users);
+    cmd.current_dir(cwd);
     moto.env(&mut cmd);
     cmd
 }

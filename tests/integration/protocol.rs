@@ -15,8 +15,9 @@ use crate::cli::{bin, run};
 use crate::sync::{assert_parquet_equals_jsonl, history_credits};
 use crate::{ACCOUNT, KEY, assert_ground_truth, files_under, jsonl_records, user_id, users, world};
 
-/// `xquik-dm sync` of `users` into `out` against `server`.
-fn sync(server: &MockServer, out: &Path, users: &[String]) -> Command {
+/// `xquik-dm sync` of `users` into `out` (a folder or a bucket URL)
+/// against `server`.
+pub fn sync(server: &MockServer, out: impl AsRef<std::ffi::OsStr>, users: &[String]) -> Command {
     let mut cmd = bin();
     cmd.args([
         "--base-url",
