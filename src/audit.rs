@@ -45,8 +45,12 @@ use crate::storage::{Backend, Expect, Journal, NewObject, file_name};
 pub const RUNS_DIR: &str = "audit/runs";
 /// The chain file.
 pub const CHAIN: &str = "audit/chain.jsonl";
-/// The coreutils checksum file.
+/// The coreutils checksum file of the files that change (the handoff
+/// file, the chain, the checkpoint).
 pub const SUMS: &str = "SHA256SUMS";
+/// Suffix of a run's own checksum file, `audit/runs/<run>.sha256`: the
+/// files it added, in `sha256sum -c` format.
+pub const RUN_SUMS_SUFFIX: &str = ".sha256";
 /// Environment variable holding the optional manifest signing key.
 pub const AUDIT_KEY_ENV: &str = "XQUIK_DM_AUDIT_KEY";
 /// Manifest format tag.
@@ -445,8 +449,71 @@ pub fn read_chain(storage: &dyn Backend) -> Result<(Vec<ChainEntry>, Option<u64>
     Ok((entries, None))
 }
 
-/// Writes a manifest durably (create-only), then appends it to the chain
-/// durably. Returns its chain entry.
+/// Reads the end of the chain: the entries from sequence number `from` on
+/// (at least the last one), and like [`read_chain`] where a torn last line
+/// starts. Reads only as much of the file as those entries take, so what a
+/// run reads of the chain does not grow with the runs before it.
+pub fn read_chain_tail(storage: &dyn Backend, from: u64) -> Result<(Vec<ChainEntry>, Option<u64>)> {
+    let Some(size) = storage.size(CHAIN)? else {
+        return Ok((Vec::new(), None));
+    };
+    let mut window = 4096u64;
+    loop {
+        let start = size.saturating_sub(window);
+        let mut bytes = Vec::new();
+        storage
+            .reader(CHAIN, Some(start..size))?
+            .read_to_end(&mut bytes)
+            .map_err(|e| Error::io(storage.describe(CHAIN), e))?;
+        // The window's first line is cut unless it starts the file.
+        let skip = match start {
+            0 => 0,
+            _ => bytes
+                .iter()
+                .position(|b| *b == b'\n')
+                .map_or(bytes.len(), |i| i + 1),
+        };
+        let body = bytes.get(skip..).unwrap_or_default();
+        let complete = body.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        let torn = (complete < body.len()).then_some(start + (skip + complete) as u64);
+        let mut entries = Vec::new();
+        for line in body
+            .get(..complete)
+            .unwrap_or_default()
+            .split(|b| *b == b'\n')
+        {
+            if line.is_empty() {
+                continue;
+            }
+            let entry: ChainEntry = serde_json::from_slice(line).map_err(|e| Error::Corrupt {
+                path: storage.describe(CHAIN),
+                reason: format!(
+                    "a line near its end is not a chain entry ({})",
+                    crate::error::json_error_category(&e)
+                ),
+            })?;
+            entries.push(entry);
+        }
+        let reached = entries.first().is_some_and(|e| e.seq <= from.max(1));
+        if start == 0 || reached || (from == 0 && !entries.is_empty()) {
+            let keep = entries
+                .iter()
+                .position(|e| e.seq >= from)
+                .unwrap_or(entries.len().saturating_sub(1));
+            entries.drain(..keep.min(entries.len().saturating_sub(1)));
+            if from == 0 {
+                entries.drain(..entries.len().saturating_sub(1));
+            }
+            return Ok((entries, torn));
+        }
+        window = window.saturating_mul(4);
+    }
+}
+
+/// Seals a run into the audit trail, each step durable before the next:
+/// its checksum file `audit/runs/<run>.sha256` (the manifest and every
+/// file it lists but the handoff segments, in `sha256sum -c` format), the
+/// manifest (create-only), then its chain entry. Returns that entry.
 pub fn append_run(
     storage: &dyn Backend,
     manifest: &Manifest,
@@ -455,18 +522,60 @@ pub fn append_run(
     let rel = format!("{RUNS_DIR}/{}.manifest.json", manifest.run_id);
     let mut bytes = serde_json::to_vec_pretty(manifest).map_err(|e| Error::io(&rel, e.into()))?;
     bytes.push(b'\n');
+    let sha256 = sha256_hex(&bytes);
+    storage.put_new(
+        &run_sums_key(&manifest.run_id),
+        &run_sums(manifest, &rel, &sha256),
+    )?;
     storage.put_new(&rel, &bytes)?;
     let entry = ChainEntry {
         seq: previous.map_or(1, |p| p.seq.saturating_add(1)),
         run_id: manifest.run_id.clone(),
         manifest: rel,
-        sha256: sha256_hex(&bytes),
+        sha256,
         previous_sha256: previous.map(|p| p.sha256.clone()),
     };
     let mut line = serde_json::to_vec(&entry).map_err(|e| Error::io(CHAIN, e.into()))?;
     line.push(b'\n');
     storage.append_line(CHAIN, &line)?;
     Ok(entry)
+}
+
+/// The checksum file of the run `run_id`.
+pub fn run_sums_key(run_id: &str) -> String {
+    format!("{RUNS_DIR}/{run_id}{RUN_SUMS_SUFFIX}")
+}
+
+/// The lines of a run's checksum file: every whole file its manifest
+/// names (the manifest itself as `manifest_key` with `manifest_sha256`),
+/// sorted by path.
+fn run_sums(manifest: &Manifest, manifest_key: &str, manifest_sha256: &str) -> Vec<u8> {
+    let mut files: Vec<(&str, &str)> = vec![(manifest_key, manifest_sha256)];
+    let logs = [&manifest.audit_rows, &manifest.page_log]
+        .into_iter()
+        .chain(manifest.recovered.iter().map(|r| &r.log));
+    files.extend(logs.map(|l| (l.path.as_str(), l.sha256.as_str())));
+    files.extend(
+        manifest
+            .files
+            .iter()
+            .filter(|f| f.offset.is_none())
+            .map(|f| (f.path.as_str(), f.sha256.as_str())),
+    );
+    files.sort_unstable();
+    sums_lines(files)
+}
+
+/// `<sha256>  <path>` lines, as `sha256sum` writes them.
+pub fn sums_lines<'a>(files: impl IntoIterator<Item = (&'a str, &'a str)>) -> Vec<u8> {
+    let mut out = String::new();
+    for (path, sha256) in files {
+        out.push_str(sha256);
+        out.push_str("  ");
+        out.push_str(path);
+        out.push('\n');
+    }
+    out.into_bytes()
 }
 
 /// A page log that a run killed before sealing left behind, taken into a
@@ -482,11 +591,9 @@ pub struct RecoveredLog {
     pub credits: BTreeMap<String, u64>,
 }
 
-/// What [`repair`] found.
+/// What [`repair_runs`] found.
 #[derive(Debug, Default)]
 pub struct AuditRepair {
-    /// The chain, its torn line cut.
-    pub chain: Vec<ChainEntry>,
     /// Relative paths removed (files of runs the chain does not hold).
     pub removed: Vec<String>,
     /// Page logs of killed runs, now named after `run_id`.
@@ -509,30 +616,86 @@ fn audit_file_owner(name: &str) -> (&str, bool) {
     (owner, log.ends_with(LogKind::Pages.suffix()))
 }
 
-/// Cuts a torn last chain line, and cleans `audit/runs/` of what runs the
-/// chain does not hold (killed while running or sealing) left there: their
-/// page logs are kept, renamed after `run_id` (the run now opening) and
-/// returned for its manifest; their manifests, rows files (rebuilt from the
-/// JSONL) and temporary files are removed. Only files named like a run's
-/// files are touched.
-pub fn repair(storage: &dyn Backend, run_id: &str) -> Result<AuditRepair> {
-    let (chain, torn_at) = read_chain(storage)?;
+/// Cuts a torn last chain line (`torn_at`, from [`read_chain_tail`]).
+pub fn cut_torn_chain(storage: &dyn Backend, torn_at: Option<u64>) -> Result<()> {
     if let Some(len) = torn_at
         && let Some(stored) = storage.get(CHAIN)?
     {
         let good = stored.bytes.get(..len as usize).unwrap_or(&stored.bytes);
         storage.replace(CHAIN, good, Expect::Any)?;
     }
+    Ok(())
+}
+
+/// Cleans up after the runs `runs`, which claimed the output but are not
+/// in the chain (killed while running or sealing), looking only at the
+/// names those runs give their audit files: their page logs are kept,
+/// renamed after `run_id` (the run now opening) and returned for its
+/// manifest; their manifests, rows files (rebuilt from the JSONL) and
+/// checksum files are removed.
+pub fn repair_runs(storage: &dyn Backend, runs: &[String], run_id: &str) -> Result<AuditRepair> {
+    let mut candidates = Vec::new();
+    for run in runs {
+        for suffix in [".manifest.json", LogKind::Rows.suffix(), RUN_SUMS_SUFFIX] {
+            candidates.push(format!("{RUNS_DIR}/{run}{suffix}"));
+        }
+        let pages = format!("{RUNS_DIR}/{run}{}", LogKind::Pages.suffix());
+        candidates.extend(storage.journal_pieces(&pages)?);
+        candidates.push(pages);
+        // A log an earlier killed run recovered from this one.
+        for other in runs {
+            candidates.push(format!(
+                "{RUNS_DIR}/{other}.recovered.{run}{}",
+                LogKind::Pages.suffix()
+            ));
+        }
+    }
+    let mut present = Vec::new();
+    for key in candidates {
+        if storage.size(&key)?.is_some() {
+            present.push(key);
+        }
+    }
+    clean_runs(storage, present, &Default::default(), run_id)
+}
+
+/// [`repair_runs`] for an output whose checkpoint does not name the runs
+/// to clean up after (format 1): every file under `audit/runs/` of a run
+/// the chain does not hold is one. Reads the whole chain and lists the
+/// folder; only files named like a run's files are touched.
+pub fn repair_all(storage: &dyn Backend, run_id: &str) -> Result<AuditRepair> {
+    let (chain, _) = read_chain(storage)?;
+    let known: std::collections::HashSet<String> = chain.iter().map(|e| e.run_id.clone()).collect();
+    let keys = storage
+        .list(&format!("{RUNS_DIR}/"))?
+        .into_iter()
+        .map(|l| l.key)
+        .collect();
+    clean_runs(storage, keys, &known, run_id)
+}
+
+/// What [`repair_runs`] and [`repair_all`] share: of `keys`, the files of
+/// runs not in `known`, sorted into page logs (recovered) and the rest
+/// (removed).
+fn clean_runs(
+    storage: &dyn Backend,
+    keys: Vec<String>,
+    known: &std::collections::HashSet<String>,
+    run_id: &str,
+) -> Result<AuditRepair> {
     let mut repair = AuditRepair::default();
-    let known: std::collections::HashSet<&str> = chain.iter().map(|e| e.run_id.as_str()).collect();
     // Page logs of runs the chain does not hold, by the run that made them
     // (a journal may be kept in several pieces, named in order).
     let mut page_logs: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for listed in storage.list(&format!("{RUNS_DIR}/"))? {
-        let name = file_name(&listed.key).to_owned();
-        let (owner, page_log) = audit_file_owner(&name);
+    for key in keys {
+        let name = file_name(&key).to_owned();
+        let (mut owner, mut page_log) = audit_file_owner(&name);
+        if let Some(journal) = journal_of(&key) {
+            (owner, page_log) = audit_file_owner(journal);
+        }
         let ours = name.ends_with(".json")
             || name.ends_with(".jsonl")
+            || name.ends_with(RUN_SUMS_SUFFIX)
             || crate::storage::is_temporary(&name);
         if known.contains(owner) || !ours {
             continue;
@@ -543,14 +706,11 @@ pub fn repair(storage: &dyn Backend, run_id: &str) -> Result<AuditRepair> {
             let origin = name
                 .split_once(".recovered.")
                 .map_or(owner, |(_, rest)| rest.split('.').next().unwrap_or(owner));
-            page_logs
-                .entry(origin.to_owned())
-                .or_default()
-                .push(listed.key);
+            page_logs.entry(origin.to_owned()).or_default().push(key);
             continue;
         }
-        storage.delete(&listed.key)?;
-        repair.removed.push(listed.key);
+        storage.delete(&key)?;
+        repair.removed.push(key);
     }
     for (origin, pieces) in page_logs {
         match recover_page_log(storage, &origin, &pieces, run_id)? {
@@ -561,8 +721,16 @@ pub fn repair(storage: &dyn Backend, run_id: &str) -> Result<AuditRepair> {
             storage.delete(piece)?;
         }
     }
-    repair.chain = chain;
     Ok(repair)
+}
+
+/// The journal a piece kept under `state/journal/<journal name>/` belongs
+/// to (see [`Backend::journal_pieces`]).
+fn journal_of(key: &str) -> Option<&str> {
+    let rest = key
+        .strip_prefix(crate::storage::JOURNAL_DIR)?
+        .strip_prefix('/')?;
+    rest.split_once('/').map(|(journal, _)| journal)
 }
 
 /// Writes the page log of the killed run `origin`, kept in `pieces`, as a
@@ -709,26 +877,28 @@ pub fn write_sums(
     files: &[String],
     known: &BTreeMap<String, String>,
 ) -> Result<()> {
-    let mut lines = String::new();
     let mut sorted: Vec<&String> = files.iter().collect();
     sorted.sort();
     sorted.dedup();
+    let mut digests = Vec::new();
     for rel in sorted {
         let digest = match known.get(rel) {
             Some(d) => d.clone(),
             None => digest(storage, rel)?.0,
         };
-        lines.push_str(&format!("{digest}  {rel}\n"));
+        digests.push((rel.as_str(), digest));
     }
-    storage.replace(SUMS, lines.as_bytes(), Expect::Any)?;
+    let lines = sums_lines(digests.iter().map(|(p, d)| (*p, d.as_str())));
+    storage.replace(SUMS, &lines, Expect::Any)?;
     Ok(())
 }
 
-/// Parses `SHA256SUMS` into (digest, path) pairs; empty when missing.
-pub fn read_sums(storage: &dyn Backend) -> Result<Vec<(String, String)>> {
-    let Some(stored) = storage.get(SUMS)? else {
+/// Parses a checksum file (`SHA256SUMS`, or a run's) into (digest, path)
+/// pairs.
+pub fn read_sums(storage: &dyn Backend, key: &str) -> Result<Vec<(String, String)>> {
+    let Some(stored) = storage.get(key)? else {
         return Err(Error::io(
-            storage.describe(SUMS),
+            storage.describe(key),
             std::io::Error::new(std::io::ErrorKind::NotFound, "missing"),
         ));
     };
@@ -741,7 +911,7 @@ pub fn read_sums(storage: &dyn Backend) -> Result<Vec<(String, String)>> {
         let line = String::from_utf8_lossy(line);
         let Some((digest, rel)) = line.split_once("  ") else {
             return Err(Error::Corrupt {
-                path: storage.describe(SUMS),
+                path: storage.describe(key),
                 reason: "a line is not '<sha256>  <path>'".into(),
             });
         };
@@ -876,15 +1046,27 @@ mod tests {
         .unwrap();
         // A user's own file is not the tool's to remove.
         fs::write(out.join(RUNS_DIR).join("notes.txt"), b"mine").unwrap();
-        let repaired = repair(&storage, "r4").unwrap();
-        let (entries, removed) = (repaired.chain, repaired.removed);
-        assert_eq!(entries, vec![first]);
+        // The listing repair (a format 1 checkpoint names no runs).
+        let repair = |run: &str| {
+            let (_, torn) = read_chain_tail(&storage, 0).unwrap();
+            cut_torn_chain(&storage, torn).unwrap();
+            repair_all(&storage, run).unwrap()
+        };
+        let repaired = repair("r4");
+        let removed = repaired.removed;
+        let entries = vec![first];
+        assert_eq!(read_chain(&storage).unwrap(), (entries.clone(), None));
         assert_eq!(
             removed
                 .iter()
                 .map(String::as_str)
                 .collect::<std::collections::BTreeSet<_>>(),
-            ["audit/runs/r2.manifest.json", "audit/runs/r3.rows.jsonl"].into()
+            [
+                "audit/runs/r2.manifest.json",
+                "audit/runs/r2.sha256",
+                "audit/runs/r3.rows.jsonl"
+            ]
+            .into()
         );
         assert!(out.join(RUNS_DIR).join("notes.txt").exists());
         let [recovered] = repaired.recovered.as_slice() else {
@@ -907,13 +1089,13 @@ mod tests {
         );
         // r4 is killed in turn, and so is r5 after writing its copy but
         // before removing r4's: r6 reads one copy, not both.
-        let again = repair(&storage, "r5").unwrap();
+        let again = repair("r5");
         assert_eq!(
             again.recovered[0].log.path,
             "audit/runs/r5.recovered.r3.pages.jsonl"
         );
         fs::write(out.join(&recovered.log.path), &logged).unwrap();
-        let again = repair(&storage, "r6").unwrap();
+        let again = repair("r6");
         assert_eq!(again.recovered.len(), 1);
         assert_eq!(again.recovered[0].log.rows, 3);
         assert_eq!(again.recovered[0].run_id, "r3");
@@ -931,7 +1113,7 @@ mod tests {
         let piece = |offset: u64| format!(".r8.pages.jsonl.{offset:020}.tmp");
         fs::write(out.join(RUNS_DIR).join(piece(0)), page(1)).unwrap();
         fs::write(out.join(RUNS_DIR).join(piece(70)), page(2)).unwrap();
-        let last = repair(&storage, "r9").unwrap();
+        let last = repair("r9");
         let by_run: BTreeMap<&str, &RecoveredLog> = last
             .recovered
             .iter()

@@ -1,9 +1,12 @@
 //! The one checkpoint object, `state/checkpoint.json` (the guide's
 //! "recipient / history / send / audit checkpoint"): the commit record.
 //!
-//! The checkpoint says what is committed: how many bytes of the JSONL, which
-//! Parquet files, and per conversation which block of message IDs is written
-//! and where paging resumes. It holds IDs, cursors, counts and statuses,
+//! The checkpoint says what is committed: how many bytes of the JSONL, the
+//! Parquet files no sealed run's manifest lists yet, which runs have claimed
+//! the output since the last seal, and per conversation which block of
+//! message IDs is written and where paging resumes. Its size depends on the
+//! conversations and sends it tracks, never on how many runs came before:
+//! what sealed runs wrote is in their manifests, not here. It holds IDs, cursors, counts and statuses,
 //! never a message body. It is replaced atomically and only after the data
 //! it describes is durable, so after a crash it never points past the data;
 //! where the storage has versions, by compare-and-swap against the version
@@ -32,7 +35,10 @@ pub const STATE_DIR: &str = "state";
 pub const FILE_NAME: &str = "checkpoint.json";
 /// The checkpoint's key.
 pub const KEY: &str = "state/checkpoint.json";
-const FORMAT_VERSION: u32 = 1;
+/// Format 2: `parquet.files` holds only the files written since the last
+/// sealed run, and `unsealed` names the runs to clean up after. A format 1
+/// checkpoint (every file, no `unsealed`) is read and upgraded.
+const FORMAT_VERSION: u32 = 2;
 
 /// The checkpoint.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -63,10 +69,26 @@ pub struct Checkpoint {
     /// which object stores derive from it — changes with every claim.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run: Option<String>,
+    /// The runs that claimed the output since the last sealed run, with the
+    /// folders they write Parquet files into: what a killed one left is
+    /// found by name there, without listing folders that grow with the
+    /// history. `None` in a format 1 checkpoint, whose repair lists them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unsealed: Option<Vec<Claim>>,
     /// How it was read: `None` when there was none, else the version (if
     /// the storage has versions) the next save must still find.
     #[serde(skip)]
     pub read_as: Option<Option<String>>,
+}
+
+/// A run that claimed the output and may have written files.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claim {
+    /// The run's ID, which names every file it writes.
+    pub run: String,
+    /// The Parquet folders it writes into (`parquet/<table>/date=<date>`).
+    #[serde(default)]
+    pub dirs: Vec<String>,
 }
 
 /// Where one outbound send stands. No text: the key identifies it.
@@ -140,9 +162,15 @@ pub struct ParquetState {
     /// a table whose file rolls over must not wait for the other.
     #[serde(default)]
     pub sends_covered_bytes: u64,
-    /// Every committed Parquet file, oldest first.
+    /// Committed Parquet files that no sealed run's manifest lists yet,
+    /// oldest first (a sealed run's files are in its manifest).
     #[serde(default)]
     pub files: Vec<WrittenFile>,
+    /// How many committed files came before `files[0]`: the manifests'
+    /// cumulative `coverage.parquet_files` counts in the same order, so a
+    /// run that sealed without recording it here is recognised.
+    #[serde(default)]
+    pub listed_before: u64,
 }
 
 /// A resolved recipient (from `GET /x/users/{id}`).
@@ -247,6 +275,7 @@ impl Checkpoint {
     pub fn empty() -> Checkpoint {
         Checkpoint {
             version: FORMAT_VERSION,
+            unsealed: Some(Vec::new()),
             ..Checkpoint::default()
         }
     }
@@ -281,6 +310,9 @@ impl Checkpoint {
             });
         }
         checkpoint.read_as = Some(stored.version);
+        // Saved in the current format from now on; a format 1 checkpoint
+        // keeps `unsealed: None` until its repair ran (see `Store::open`).
+        checkpoint.version = FORMAT_VERSION;
         Ok(checkpoint)
     }
 

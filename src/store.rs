@@ -215,7 +215,8 @@ pub struct Store {
     _lock: Box<dyn std::fmt::Debug + Send + Sync>,
     stamp: RunStamp,
     checkpoint: Checkpoint,
-    chain: Vec<ChainEntry>,
+    /// The last sealed run, which this one's manifest links to.
+    head: Option<ChainEntry>,
     jsonl: JsonlSink,
     messages: ParquetSink<MessageColumns>,
     sends: ParquetSink<SendColumns>,
@@ -259,26 +260,26 @@ impl Store {
         let mut checkpoint = Checkpoint::load(store)?;
         let temporaries_removed =
             store.sweep_temporaries(&[jsonl::FILE_NAME, audit::SUMS, checkpoint::FILE_NAME])?;
-        let (chain, _) = audit::read_chain(store)?;
+        // Only the chain's end is read: the runs since the checkpoint's.
+        let (tail, torn_at) = audit::read_chain_tail(store, checkpoint.audit.runs)?;
         if checkpoint.read_as.is_none() {
-            refuse_data_without_checkpoint(store, &chain)?;
+            refuse_data_without_checkpoint(store, tail.len())?;
         }
         // The chain is the durable record of sealed runs: a run killed after
         // appending to it but before its checkpoint is believed from it. It
-        // may be one run ahead of the checkpoint, never behind: a chain that
-        // lost runs the checkpoint knows of was truncated or replaced, and
+        // may be ahead of the checkpoint, never behind: a chain that lost
+        // runs the checkpoint knows of was truncated or replaced, and
         // repairing or building on it would bury that. Checked before the
-        // repair, which removes manifests the chain does not name.
+        // repair, which removes files of runs the chain does not name.
+        let runs = checkpoint.audit.runs;
         let known = checkpoint.audit.last_digest.as_deref();
-        if chain.len() < checkpoint.audit.runs as usize
-            || known.is_some_and(|d| !chain.iter().any(|e| e.sha256 == d))
-        {
+        let last_seq = tail.last().map_or(0, |e| e.seq);
+        let holds_known = known.is_none_or(|d| tail.iter().any(|e| e.seq == runs && e.sha256 == d));
+        if last_seq < runs || !holds_known {
             return Err(Error::Corrupt {
                 path: store.describe(audit::CHAIN),
                 reason: format!(
-                    "the audit chain has {} runs but the checkpoint records {}, ending with a manifest the chain does not hold: restore audit/ from backup",
-                    chain.len(),
-                    checkpoint.audit.runs
+                    "the audit chain has {last_seq} runs but the checkpoint records {runs}, ending with a manifest the chain does not hold: restore audit/ from backup"
                 ),
             });
         }
@@ -287,17 +288,72 @@ impl Store {
         // that got past the lock and committed since loses nothing to this
         // run's repair (the claim fails instead), and any run still
         // writing can no longer commit. In a fresh folder this also marks
-        // that a missing checkpoint from now on means it was removed.
-        let stamp = unused_stamp(store, &chain, stamp)?;
-        checkpoint.run = Some(stamp.run_id.clone());
-        checkpoint.save(store)?;
+        // that a missing checkpoint from now on means it was removed. The
+        // runs claimed before and never sealed stay named until this one
+        // seals: a repair killed half way is taken up again.
+        let stamp = unused_stamp(store, &tail, stamp)?;
         let (date, run_id) = (stamp.date.as_str(), stamp.run_id.as_str());
+        let sealed = |run: &str| tail.iter().any(|e| e.run_id == run);
+        let earlier = checkpoint.unsealed.clone();
+        let mut claims: Vec<checkpoint::Claim> = earlier
+            .iter()
+            .flatten()
+            .filter(|c| !sealed(&c.run))
+            .cloned()
+            .collect();
+        claims.push(checkpoint::Claim {
+            run: run_id.to_owned(),
+            dirs: vec![
+                crate::sinks::parquet::partition::<MessageColumns>(date),
+                crate::sinks::parquet::partition::<SendColumns>(date),
+            ],
+        });
+        checkpoint.run = Some(run_id.to_owned());
+        checkpoint.unsealed = Some(claims.clone());
+        checkpoint.save(store)?;
+        audit::cut_torn_chain(store, torn_at)?;
+        // Committed Parquet files stay; every other file of an unsealed run
+        // goes (it is rebuilt from the committed JSONL).
+        let committed: HashSet<String> = checkpoint
+            .parquet
+            .files
+            .iter()
+            .map(|f| f.path.clone())
+            .collect();
+        let (audit_repair, parquet_removed) = match earlier {
+            Some(_) => {
+                let killed: Vec<String> = claims
+                    .iter()
+                    .filter(|c| c.run != run_id)
+                    .map(|c| c.run.clone())
+                    .collect();
+                let mut removed = Vec::new();
+                for claim in claims.iter().filter(|c| c.run != run_id) {
+                    removed.extend(crate::sinks::parquet::remove_run_files(
+                        store, claim, &committed,
+                    )?);
+                }
+                (audit::repair_runs(store, &killed, run_id)?, removed)
+            }
+            // A format 1 checkpoint lists every committed file but names no
+            // runs: the folders are listed, once.
+            None => (
+                audit::repair_all(store, run_id)?,
+                remove_uncommitted(store, &committed)?,
+            ),
+        };
         let audit::AuditRepair {
-            chain,
             removed: audit_removed,
             recovered,
-        } = audit::repair(store, run_id)?;
-        checkpoint.audit = pointer_from_chain(store, &chain)?;
+        } = audit_repair;
+        checkpoint.audit = pointer_from_chain(store, tail.last())?;
+        // Files a sealed run's manifest lists leave the checkpoint (those of
+        // a run that sealed without committing its checkpoint, too).
+        let parquet = &mut checkpoint.parquet;
+        let listed = checkpoint.audit.coverage.parquet_files;
+        let drop = listed.saturating_sub(parquet.listed_before) as usize;
+        parquet.files.drain(..drop.min(parquet.files.len()));
+        parquet.listed_before = parquet.listed_before.max(listed);
         let coverage = checkpoint.audit.coverage;
         let (jsonl, cut) = JsonlSink::open(
             store,
@@ -305,19 +361,12 @@ impl Store {
             coverage.jsonl_bytes,
             checkpoint.jsonl.digest_state.as_ref(),
         )?;
-        let listed: HashSet<String> = checkpoint
-            .parquet
-            .files
-            .iter()
-            .map(|f| f.path.clone())
-            .collect();
-        let parquet_removed = remove_uncommitted(store, &listed)?;
         let mut store = Store {
             storage: storage.clone(),
             _lock: lock,
             stamp: stamp.clone(),
             checkpoint,
-            chain,
+            head: tail.last().cloned(),
             jsonl,
             messages: ParquetSink::new(storage, date, run_id),
             sends: ParquetSink::new(storage, date, run_id),
@@ -581,20 +630,13 @@ impl Store {
         let audit_rows = self.rows.finish()?;
         let page_log = self.pages.finish()?;
 
-        let previous = self.chain.last().cloned();
+        let previous = self.head.clone();
         let mut files: Vec<WrittenFile> = self.jsonl.segment().into_iter().collect();
-        let listed_before = self.checkpoint.audit.coverage.parquet_files as usize;
-        files.extend(
-            self.checkpoint
-                .parquet
-                .files
-                .iter()
-                .skip(listed_before)
-                .cloned(),
-        );
+        files.extend(self.checkpoint.parquet.files.iter().cloned());
+        let parquet = &self.checkpoint.parquet;
         let coverage = Coverage {
             jsonl_bytes: self.jsonl.len(),
-            parquet_files: self.checkpoint.parquet.files.len() as u64,
+            parquet_files: parquet.listed_before + parquet.files.len() as u64,
         };
         let mut manifest = Manifest {
             format: audit::MANIFEST_FORMAT.to_owned(),
@@ -626,23 +668,22 @@ impl Store {
             manifest.sign(&key.0)?;
         }
         let entry = audit::append_run(self.storage.as_ref(), &manifest, previous.as_ref())?;
-        self.chain.push(entry.clone());
+        self.head = Some(entry.clone());
         self.checkpoint.audit = AuditPointer {
             runs: entry.seq,
             last_manifest: Some(entry.manifest.clone()),
             last_digest: Some(entry.sha256.clone()),
             coverage,
         };
+        // The manifest lists them now; nothing is left to clean up after.
+        self.checkpoint.parquet.files.clear();
+        self.checkpoint.parquet.listed_before = coverage.parquet_files;
+        self.checkpoint.unsealed = Some(Vec::new());
         self.checkpoint.save(self.storage.as_ref())?;
-        let jsonl_digest = self.jsonl.file_digest();
-        let mut logs = vec![&audit_rows, &page_log];
-        logs.extend(self.recovered.iter().map(|r| &r.log));
         write_sums(
             self.storage.as_ref(),
-            &self.checkpoint,
-            &self.chain,
-            &logs,
-            &jsonl_digest,
+            self.jsonl.len(),
+            &self.jsonl.file_digest(),
         )?;
         Ok(Sealed {
             files,
@@ -669,65 +710,17 @@ impl Store {
     }
 }
 
-/// Rewrites `SHA256SUMS` for the current state. Digests of immutable
-/// files (Parquet, manifests, rows files) are known or reused from the
-/// previous `SHA256SUMS`, the JSONL's is kept up to date as it grows; only
-/// the small mutable files (chain, checkpoint) are hashed again.
-fn write_sums(
-    storage: &dyn Backend,
-    checkpoint: &Checkpoint,
-    chain: &[ChainEntry],
-    logs: &[&LogInfo],
-    jsonl_digest: &str,
-) -> Result<()> {
-    let mut known: BTreeMap<String, String> = audit::read_sums(storage)
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(digest, path)| (path, digest))
-        .collect();
-    for mutable in [jsonl::FILE_NAME, audit::CHAIN, checkpoint::STATE_DIR] {
-        known.retain(|path, _| !path.starts_with(mutable));
+/// Rewrites `SHA256SUMS`, which lists the files that change: the handoff
+/// file (its digest kept up to date as it grows) and the checkpoint. Every
+/// file that never changes is listed in the checksum file of the run that
+/// wrote it (see [`audit::append_run`]), so nothing here grows with the
+/// history.
+fn write_sums(storage: &dyn Backend, jsonl_len: u64, jsonl_digest: &str) -> Result<()> {
+    let mut files = vec![checkpoint::KEY.to_owned()];
+    if jsonl_len > 0 {
+        files.push(jsonl::FILE_NAME.to_owned());
     }
-    let mut files = vec![
-        jsonl::FILE_NAME.to_owned(),
-        audit::CHAIN.to_owned(),
-        format!("{}/{}", checkpoint::STATE_DIR, checkpoint::FILE_NAME),
-    ];
-    for f in &checkpoint.parquet.files {
-        known.insert(f.path.clone(), f.sha256.clone());
-        files.push(f.path.clone());
-    }
-    for entry in chain {
-        known.insert(entry.manifest.clone(), entry.sha256.clone());
-        files.push(entry.manifest.clone());
-        for kind in [LogKind::Rows, LogKind::Pages] {
-            files.push(format!(
-                "{}/{}{}",
-                audit::RUNS_DIR,
-                entry.run_id,
-                kind.suffix()
-            ));
-        }
-    }
-    // Audit files are immutable: those listed before (page logs of killed
-    // runs, recovered by an earlier run) stay listed while they exist (a
-    // folder whose audit trail was removed and rebuilt has stale lines).
-    files.extend(
-        known
-            .keys()
-            .filter(|p| p.starts_with(audit::RUNS_DIR))
-            .filter(|p| storage.size(p).is_ok_and(|s| s.is_some()))
-            .cloned()
-            .collect::<Vec<_>>(),
-    );
-    for log in logs {
-        known.insert(log.path.clone(), log.sha256.clone());
-        files.push(log.path.clone());
-    }
-    known.insert(jsonl::FILE_NAME.to_owned(), jsonl_digest.to_owned());
-    if storage.handoff_len()? == 0 {
-        files.retain(|f| f != jsonl::FILE_NAME);
-    }
+    let known = BTreeMap::from([(jsonl::FILE_NAME.to_owned(), jsonl_digest.to_owned())]);
     audit::write_sums(storage, &files, &known)
 }
 
@@ -735,23 +728,27 @@ fn write_sums(
 /// files or sealed runs was removed (an operator "resetting" the job):
 /// starting over would cut the JSONL to nothing and drop the Parquet files,
 /// losing every message the API no longer serves. Refused instead.
-fn refuse_data_without_checkpoint(storage: &dyn Backend, chain: &[ChainEntry]) -> Result<()> {
+fn refuse_data_without_checkpoint(storage: &dyn Backend, sealed: usize) -> Result<()> {
     let jsonl_bytes = storage.handoff_len()?;
     let parquet = crate::sinks::parquet::any_written(storage)?;
-    if jsonl_bytes == 0 && !parquet && chain.is_empty() {
+    if jsonl_bytes == 0 && !parquet && sealed == 0 {
         return Ok(());
     }
     Err(Error::Corrupt {
         path: storage.describe(checkpoint::KEY),
         reason: format!(
-            "missing, but the folder holds data ({jsonl_bytes} bytes in {}, {}, {} sealed runs): nothing was changed. Run `xquik-dm rebuild --out {}` to rebuild the checkpoint from what is there, or restore state/ from backup",
+            "missing, but the folder holds data ({jsonl_bytes} bytes in {}, {}, {}): nothing was changed. Run `xquik-dm rebuild --out {}` to rebuild the checkpoint from what is there, or restore state/ from backup",
             jsonl::FILE_NAME,
             if parquet {
                 "Parquet files"
             } else {
                 "no Parquet files"
             },
-            chain.len(),
+            if sealed > 0 {
+                "sealed runs"
+            } else {
+                "no sealed runs"
+            },
             storage.location()
         ),
     })
@@ -772,9 +769,9 @@ fn unused_stamp(storage: &dyn Backend, chain: &[ChainEntry], stamp: &RunStamp) -
     }
 }
 
-/// The audit pointer as the chain says it stands.
-fn pointer_from_chain(storage: &dyn Backend, chain: &[ChainEntry]) -> Result<AuditPointer> {
-    let Some(last) = chain.last() else {
+/// The audit pointer as the chain's last entry says it stands.
+fn pointer_from_chain(storage: &dyn Backend, last: Option<&ChainEntry>) -> Result<AuditPointer> {
+    let Some(last) = last else {
         return Ok(AuditPointer::default());
     };
     let (manifest, _) = audit::read_manifest(storage, &last.manifest)?;
@@ -941,12 +938,18 @@ mod tests {
         }
     }
 
+    /// Rows of `table` in the Parquet files the sealed runs list.
     fn parquet_rows(out: &Path, table: &str) -> u64 {
-        Checkpoint::load(&*local(out))
-            .unwrap()
-            .parquet
-            .files
+        let storage = local(out);
+        let (chain, _) = audit::read_chain(&*storage).unwrap();
+        chain
             .iter()
+            .flat_map(|e| {
+                audit::read_manifest(&*storage, &e.manifest)
+                    .unwrap()
+                    .0
+                    .files
+            })
             .filter(|f| f.path.starts_with(&format!("parquet/{table}/")))
             .map(|f| f.rows)
             .sum()
@@ -1013,6 +1016,109 @@ mod tests {
         assert_eq!(err.exit_code(), 3);
         assert_eq!(std::fs::read(out.join(jsonl::FILE_NAME)).unwrap(), jsonl);
         assert!(!Checkpoint::exists(&*local(out)).unwrap());
+    }
+
+    /// A killed run's files are found by the names it gives them: the
+    /// repair lists neither `parquet/` nor `audit/runs/`, keeps what was
+    /// committed and removes the rest.
+    #[test]
+    fn a_killed_run_is_cleaned_up_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path();
+        let store = Store::open(&local(out), &stamp("a")).unwrap();
+        store.seal(body()).unwrap();
+        let mut store = Store::open(&local(out), &stamp("b")).unwrap();
+        store.set_file_rows(2);
+        let rows: Vec<_> = (0..2).map(row).collect();
+        store.append_history(&lines(&rows), &rows).unwrap();
+        store.commit().unwrap();
+        let more: Vec<_> = (2..4).map(row).collect();
+        store.append_history(&lines(&more), &more).unwrap();
+        store
+            .page_log()
+            .push(
+                &serde_json::json!({"endpoint": "GET /x/users/{id}", "status": 200, "credits": 1}),
+            )
+            .unwrap();
+        store.page_log().sync().unwrap();
+        drop(store);
+        let folder = crate::sinks::parquet::partition::<MessageColumns>("2026-11-26");
+        let file = |n| crate::sinks::parquet::file_key(&folder, "b", n);
+        assert!(out.join(file(1)).exists() && out.join(file(2)).exists());
+
+        let counting = crate::storage::counting::Counting::new(local(out));
+        let storage: Storage = Arc::new(counting.clone());
+        let store = Store::open(&storage, &stamp("c")).unwrap();
+        assert_eq!(counting.take().listed, Vec::<String>::new());
+        assert_eq!(store.repair().parquet_removed, vec![file(2)]);
+        assert_eq!(store.recovered.len(), 1);
+        assert_eq!(store.recovered[0].run_id, "b");
+        let sealed = store.seal(body()).unwrap();
+        assert!(out.join(file(1)).exists() && !out.join(file(2)).exists());
+        assert!(sealed.files.iter().any(|f| f.path == file(1)));
+        let report = crate::commands::verify::check(&*local(out), None, None);
+        assert!(report.ok(), "{report}");
+    }
+
+    /// A scratch folder in memory where there is one (`/dev/shm`), so that
+    /// thousands of runs do not wait for a disk.
+    fn scratch() -> tempfile::TempDir {
+        let shm = Path::new("/dev/shm");
+        match shm.is_dir() {
+            true => tempfile::tempdir_in(shm).unwrap(),
+            false => tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// 10,000 small runs in a row: what a run reads, writes and lists, and
+    /// the checkpoint's size, are the same at the end as at the start. The
+    /// bench's `longevity` scenario prints the wall times.
+    #[test]
+    fn a_run_costs_the_same_after_ten_thousand_runs() {
+        let dir = scratch();
+        let counting = crate::storage::counting::Counting::new(local(dir.path()));
+        let storage: Storage = Arc::new(counting.clone());
+        let sample = |run: u64| {
+            counting.take();
+            let mut store =
+                Store::open(&storage, &stamp(&format!("20261126T000000Z-{run:016x}"))).unwrap();
+            let rows: Vec<_> = (run * 2..run * 2 + 2).map(row).collect();
+            store.append_history(&lines(&rows), &rows).unwrap();
+            store.commit().unwrap();
+            store.seal(body()).unwrap();
+            let counts = counting.take();
+            let checkpoint = std::fs::metadata(dir.path().join(checkpoint::KEY))
+                .unwrap()
+                .len();
+            (counts, checkpoint)
+        };
+        for run in 0..100 {
+            sample(run);
+        }
+        let (first, first_checkpoint) = sample(100);
+        for run in 101..9_999 {
+            sample(run);
+        }
+        let (last, last_checkpoint) = sample(9_999);
+        // Run numbers, offsets and sequence numbers gain digits; nothing
+        // else may grow.
+        assert!(last.read <= first.read + 256, "{first:?} {last:?}");
+        assert!(last.written <= first.written + 256, "{first:?} {last:?}");
+        assert!(
+            last_checkpoint <= first_checkpoint + 64,
+            "{first_checkpoint} {last_checkpoint}"
+        );
+        assert_eq!(last.listed, first.listed);
+        assert!(
+            last.listed_objects <= first.listed_objects + 2,
+            "{first:?} {last:?}"
+        );
+        for prefix in &last.listed {
+            assert!(
+                !prefix.starts_with("parquet") && !prefix.starts_with(audit::RUNS_DIR),
+                "{prefix}"
+            );
+        }
     }
 
     #[test]

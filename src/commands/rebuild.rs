@@ -154,8 +154,11 @@ pub fn run(out: &Location) -> Result<RebuildReport> {
     // covered; records after that are written to Parquet by the next run.
     checkpoint.parquet.messages_covered_bytes = sealed.pointer.coverage.jsonl_bytes;
     checkpoint.parquet.sends_covered_bytes = sealed.pointer.coverage.jsonl_bytes;
-    checkpoint.parquet.files = sealed.parquet;
+    checkpoint.parquet.listed_before = sealed.pointer.coverage.parquet_files;
     checkpoint.audit = sealed.pointer;
+    // Which runs were killed is not known: the next run lists the audit
+    // folder once to clean up after them.
+    checkpoint.unsealed = None;
     checkpoint.save(storage)?;
     Ok(RebuildReport {
         out: out.clone(),
@@ -165,7 +168,7 @@ pub fn run(out: &Location) -> Result<RebuildReport> {
         send_rows: checkpoint.jsonl.send_rows,
         conversations: checkpoint.conversations.len(),
         runs: checkpoint.audit.runs,
-        parquet_kept: checkpoint.parquet.files.len(),
+        parquet_kept: sealed.parquet.len(),
         parquet_moved,
     })
 }

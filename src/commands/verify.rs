@@ -229,6 +229,7 @@ pub fn check_since(
         return report;
     }
     let interrupted = check_files(dir, &manifests, &chained, start, &mut report);
+    check_run_sums(dir, &manifests, &mut report);
     match start {
         Some(_) => report.notes.push(format!(
             "checked the {} runs after {}; the full verify also checks the earlier runs, SHA256SUMS and that nothing extra exists",
@@ -428,6 +429,7 @@ fn check_files(
     let mut listed = BTreeSet::new();
     for m in manifests {
         listed.insert(format!("{}/{}.manifest.json", audit::RUNS_DIR, m.run_id));
+        listed.insert(audit::run_sums_key(&m.run_id));
         let recovered = m.recovered.iter().map(|r| &r.log);
         for log in [&m.audit_rows, &m.page_log].into_iter().chain(recovered) {
             listed.insert(log.path.clone());
@@ -650,7 +652,7 @@ fn check_log(dir: &dyn Backend, run_id: &str, info: &LogInfo, report: &mut Verif
 /// that seal left them: the handoff file up to its sealed end; the
 /// checkpoint, which every commit replaces, is only noted.
 fn check_sums(dir: &dyn Backend, interrupted: Option<u64>, report: &mut VerifyReport) {
-    let sums = match audit::read_sums(dir) {
+    let sums = match audit::read_sums(dir, audit::SUMS) {
         Ok(s) => s,
         Err(e) => return report.fail(audit::SUMS, e.to_string()),
     };
@@ -676,6 +678,59 @@ fn check_sums(dir: &dyn Backend, interrupted: Option<u64>, report: &mut VerifyRe
             Ok(_) => report.fail(&rel, "SHA-256 differs from SHA256SUMS"),
             Err(e) => report.fail(&rel, e.to_string()),
         }
+    }
+}
+
+/// Checks each run's checksum file as `sha256sum -c` would: it lists the
+/// files the run's manifest names, whose digests `check_files` already
+/// recomputed, so each line is compared with the manifest rather than
+/// hashed again.
+fn check_run_sums(dir: &dyn Backend, manifests: &[Manifest], report: &mut VerifyReport) {
+    let mut missing = 0;
+    for m in manifests {
+        let key = audit::run_sums_key(&m.run_id);
+        let sums = match audit::read_sums(dir, &key) {
+            Ok(s) => s,
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                missing += 1;
+                continue;
+            }
+            Err(e) => {
+                report.fail(&key, e.to_string());
+                continue;
+            }
+        };
+        report.checked += 1;
+        let mut expected: BTreeSet<(String, String)> = m
+            .files
+            .iter()
+            .filter(|f| f.offset.is_none())
+            .map(|f| (f.sha256.clone(), f.path.clone()))
+            .collect();
+        let logs = [&m.audit_rows, &m.page_log]
+            .into_iter()
+            .chain(m.recovered.iter().map(|r| &r.log));
+        expected.extend(logs.map(|l| (l.sha256.clone(), l.path.clone())));
+        let manifest = format!("{}/{}.manifest.json", audit::RUNS_DIR, m.run_id);
+        let found: BTreeSet<(String, String)> = sums.into_iter().collect();
+        let listed_manifest = found.iter().find(|(_, path)| *path == manifest);
+        let rest: BTreeSet<_> = found
+            .iter()
+            .filter(|(_, path)| *path != manifest)
+            .cloned()
+            .collect();
+        if rest != expected || listed_manifest.is_none() {
+            report.fail(
+                &key,
+                "does not list exactly the files of its run's manifest",
+            );
+        }
+    }
+    if missing > 0 {
+        report.notes.push(format!(
+            "{missing} runs have no checksum file under {} (sealed by an xquik-dm that did not write one)",
+            audit::RUNS_DIR
+        ));
     }
 }
 

@@ -299,9 +299,14 @@ impl<C: Columns> std::fmt::Debug for ParquetSink<C> {
 impl<C: Columns> ParquetSink<C> {
     /// A sink writing under `parquet/<table>/date=<date>/`.
     pub fn new(storage: &Storage, date: &str, run_id: &str) -> Self {
+        ParquetSink::in_dir(storage, partition::<C>(date), run_id)
+    }
+
+    /// A sink writing into the folder `rel_dir`.
+    pub fn in_dir(storage: &Storage, rel_dir: String, run_id: &str) -> Self {
         ParquetSink {
             storage: storage.clone(),
-            rel_dir: format!("parquet/{}/date={date}", C::TABLE),
+            rel_dir,
             run_id: run_id.to_owned(),
             seq: 0,
             columns: C::new(),
@@ -377,10 +382,7 @@ impl<C: Columns> ParquetSink<C> {
 
     fn start_file(&mut self) -> Result<OpenFile> {
         self.seq += 1;
-        let rel = format!(
-            "{}/part-{}-{:04}.parquet",
-            self.rel_dir, self.run_id, self.seq
-        );
+        let rel = file_key(&self.rel_dir, &self.run_id, u64::from(self.seq));
         let object = self.storage.create(&rel)?;
         let writer = ArrowWriter::try_new(
             HashingWriter::new(object),
@@ -452,6 +454,45 @@ pub fn remove_uncommitted(
         if tmp || !committed.contains(&rel) {
             storage.delete(&rel)?;
             removed.push(rel);
+        }
+    }
+    Ok(removed)
+}
+
+/// The folder of a table's files of one date.
+pub fn partition<C: Columns>(date: &str) -> String {
+    format!("parquet/{}/date={date}", C::TABLE)
+}
+
+/// The name of the `seq`th file (from 1) a run writes into a folder.
+pub fn file_key(dir: &str, run_id: &str, seq: u64) -> String {
+    format!("{dir}/part-{run_id}-{seq:04}.parquet")
+}
+
+/// Removes the files the run `claim` names wrote into its folders, but
+/// those `keep` lists (committed ones), looking only at the names it gives
+/// them (`part-<run>-0001.parquet` onward, in sequence), never listing a
+/// folder. The last is removed first, so a repair that is itself killed
+/// leaves an unbroken sequence for the next one to find. Returns the keys
+/// removed.
+pub fn remove_run_files(
+    storage: &dyn Backend,
+    claim: &crate::checkpoint::Claim,
+    keep: &HashSet<String>,
+) -> Result<Vec<String>> {
+    let mut removed = Vec::new();
+    for dir in &claim.dirs {
+        let mut found = Vec::new();
+        for seq in 1.. {
+            let key = file_key(dir, &claim.run, seq);
+            if storage.size(&key)?.is_none() {
+                break;
+            }
+            found.push(key);
+        }
+        for key in found.into_iter().rev().filter(|k| !keep.contains(k)) {
+            storage.delete(&key)?;
+            removed.push(key);
         }
     }
     Ok(removed)
@@ -599,13 +640,49 @@ mod tests {
         for i in 0..(BATCH_ROWS as u64 + 10) {
             sink.push(&row(i, Some("x"))).unwrap();
         }
-        let visible = remove_uncommitted(&*local(dir.path()), &HashSet::new()).unwrap();
-        // Only the temporary file exists, and it is what gets cleaned up.
-        assert_eq!(visible.len(), 1);
-        assert!(
-            visible[0].contains("/.part-r2-0001.parquet.") && visible[0].ends_with(".tmp"),
-            "{visible:?}"
+        // Nothing is under parquet/ yet: the file is staged in state/tmp/.
+        let storage = local(dir.path());
+        assert_eq!(storage.list("parquet/").unwrap(), Vec::new());
+        let staged = storage.list("state/tmp/").unwrap();
+        assert_eq!(staged.len(), 1, "{staged:?}");
+        assert!(staged[0].key.contains("part-r2-0001.parquet."));
+        assert_eq!(storage.sweep_temporaries(&[]).unwrap().len(), 1);
+        assert_eq!(storage.list("state/tmp/").unwrap(), Vec::new());
+    }
+
+    /// A killed run's files are found by name, in sequence: committed ones
+    /// stay, the rest go, and a file of another run is never touched.
+    #[test]
+    fn a_killed_runs_files_are_found_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = local(dir.path());
+        let folder = partition::<MessageColumns>("2026-11-26");
+        for run in ["r5", "r6"] {
+            let mut sink = ParquetSink::<MessageColumns>::new(&storage, "2026-11-26", run);
+            sink.set_file_rows(1);
+            for i in 0..3 {
+                sink.push(&row(i, Some("x"))).unwrap();
+                sink.close().unwrap().unwrap();
+            }
+        }
+        let claim = crate::checkpoint::Claim {
+            run: "r5".into(),
+            dirs: vec![folder.clone(), partition::<SendColumns>("2026-11-26")],
+        };
+        let committed = HashSet::from([file_key(&folder, "r5", 1)]);
+        let removed = remove_run_files(&*storage, &claim, &committed).unwrap();
+        assert_eq!(
+            removed,
+            vec![file_key(&folder, "r5", 3), file_key(&folder, "r5", 2)]
         );
+        let left: Vec<String> = storage
+            .list("parquet/")
+            .unwrap()
+            .into_iter()
+            .map(|l| l.key)
+            .collect();
+        assert_eq!(left.len(), 4, "{left:?}");
+        assert!(left.contains(&file_key(&folder, "r5", 1)));
     }
 
     #[test]

@@ -1,9 +1,12 @@
 //! The output root as a local folder. Every file is private (0600 in 0700
 //! folders) and durable before the commit protocol counts it: data is
 //! fsynced, and so is the folder entry of every new file, folder and
-//! rename. Immutable files are written under a temporary name
-//! (`.<name>.<pid>.tmp`) and published by a hard link, which fails rather
-//! than replace a file; mutable ones are replaced by rename.
+//! rename. Immutable files are written under a temporary name in
+//! `state/tmp/` and published by a hard link, which fails rather than
+//! replace a file; mutable ones are replaced by rename. Keeping the
+//! temporaries of immutable files out of the folders they are published
+//! to means that cleaning up after a killed run never has to read a folder
+//! that grows with the history (`parquet/…`, `audit/runs/`).
 
 // Reads bytes the API or a file supplies: no panic may be reachable from them.
 #![cfg_attr(
@@ -31,6 +34,8 @@ pub const DIR_MODE: u32 = 0o700;
 pub const HANDOFF: &str = "xquik-dm-handoff.jsonl";
 /// The lock file.
 const LOCK: &str = "state/lock";
+/// Where immutable files are written before they are published.
+const STAGING: &str = "state/tmp";
 
 /// A local output folder.
 #[derive(Debug, Clone)]
@@ -48,6 +53,19 @@ impl LocalDir {
 
     fn path(&self, key: &str) -> PathBuf {
         self.root.join(key)
+    }
+
+    /// The temporary file a new immutable `key` is written to: in
+    /// `state/tmp/`, on the same file system as its final place (a hard
+    /// link publishes it), named `.<key with / as ~>.<pid>.tmp`.
+    fn staging(&self, key: &str) -> Result<PathBuf> {
+        let dir = self.path(STAGING);
+        create_private_dir(&dir)?;
+        Ok(dir.join(format!(
+            ".{}.{}.tmp",
+            key.replace('/', "~"),
+            std::process::id()
+        )))
     }
 }
 
@@ -173,7 +191,7 @@ impl Backend for LocalDir {
     fn create(&self, key: &str) -> Result<Box<dyn NewObject>> {
         let target = self.path(key);
         create_private_dir(target.parent().unwrap_or(&self.root))?;
-        let tmp = temporary_beside(&target);
+        let tmp = self.staging(key)?;
         let file = open_private(
             &tmp,
             OpenOptions::new().write(true).create(true).truncate(true),
@@ -191,7 +209,7 @@ impl Backend for LocalDir {
         let path = self.path(key);
         create_private_dir(path.parent().unwrap_or(&self.root))?;
         if expect == Expect::Missing {
-            let tmp = temporary_beside(&path);
+            let tmp = self.staging(key)?;
             write_file(&tmp, bytes)?;
             return match publish(&tmp, &path) {
                 Err(Error::Corrupt { path, .. }) => Err(Error::Conflict { path }),
@@ -282,11 +300,19 @@ impl Backend for LocalDir {
         Ok(Box::new(LocalJournal { file, tmp, target }))
     }
 
+    fn journal_pieces(&self, key: &str) -> Result<Vec<String>> {
+        let (dir, name) = key.rsplit_once('/').unwrap_or(("", key));
+        let tmp = format!("{dir}/.{name}.tmp");
+        Ok(self.size(&tmp)?.map(|_| tmp).into_iter().collect())
+    }
+
     fn sweep_temporaries(&self, names: &[&str]) -> Result<Vec<String>> {
         let mut removed = Vec::new();
         for dir in [self.root.clone(), self.path("state")] {
             removed.extend(remove_temporaries(&dir, names)?);
         }
+        // Whatever is staged belongs to a run that no longer holds the lock.
+        removed.extend(remove_temporaries(&self.path(STAGING), &[""])?);
         Ok(removed)
     }
 }
@@ -492,8 +518,9 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// Removes the temporary files a killed run left directly in `dir` when
-/// they are temporaries of one of `names` (`.<name>.<pid>.tmp`): a file
-/// the tool did not write is never removed. Returns their names.
+/// they are temporaries of one of `names` (`.<name>.<pid>.tmp`; the name
+/// `""` stands for any): a file the tool did not write is never removed.
+/// Returns their names.
 fn remove_temporaries(dir: &Path, names: &[&str]) -> Result<Vec<String>> {
     let mut removed = Vec::new();
     let entries = match fs::read_dir(dir) {
@@ -505,8 +532,10 @@ fn remove_temporaries(dir: &Path, names: &[&str]) -> Result<Vec<String>> {
         let entry = entry.map_err(|e| Error::io(dir, e))?;
         let name = entry.file_name().to_string_lossy().into_owned();
         let ours = names.iter().any(|n| {
-            name.strip_prefix('.')
-                .is_some_and(|rest| rest.starts_with(&format!("{n}.")))
+            n.is_empty()
+                || name
+                    .strip_prefix('.')
+                    .is_some_and(|rest| rest.starts_with(&format!("{n}.")))
         });
         if ours && is_temporary(&name) && entry.file_type().is_ok_and(|t| t.is_file()) {
             fs::remove_file(entry.path()).map_err(|e| Error::io(entry.path(), e))?;

@@ -17,6 +17,8 @@
 //! is a [`HandoffLog`], which a backend keeps as one file or as immutable
 //! segments whose concatenation is that file.
 
+#[cfg(test)]
+pub mod counting;
 pub mod local;
 pub mod object;
 
@@ -258,10 +260,16 @@ pub trait Backend: Send + Sync + Debug {
     fn handoff_len(&self) -> Result<u64>;
     /// Starts the journal that will be published as `key`.
     fn journal(&self, key: &str) -> Result<Box<dyn Journal>>;
+    /// The pieces a journal of `key` that was never finished left (a
+    /// killed run's), in order.
+    fn journal_pieces(&self, key: &str) -> Result<Vec<String>>;
     /// Removes the temporary files a killed run left of the objects named
     /// `names` at the root and in `state/`. Returns what was removed.
     fn sweep_temporaries(&self, names: &[&str]) -> Result<Vec<String>>;
 }
+
+/// Where a backend that cannot append keeps the pieces of a run's journal.
+pub const JOURNAL_DIR: &str = "state/journal";
 
 /// Whether a file name is a temporary file of a run: `.<name>.tmp`.
 pub fn is_temporary(name: &str) -> bool {

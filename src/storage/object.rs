@@ -16,8 +16,9 @@
 //! - the handoff file is a series of immutable segments
 //!   `xquik-dm-handoff/part-<start offset, 20 digits>.jsonl`, one per
 //!   commit, whose concatenation in name order is the file a folder holds;
-//! - a run's page log is kept as pieces (`audit/runs/.<name>.<offset>.tmp`),
-//!   one per commit, and published whole when the run ends;
+//! - a run's page log is kept as pieces
+//!   (`state/journal/<name>/.<offset>.tmp`), one per commit, and published
+//!   whole when the run ends;
 //! - the lock is a lease object, `state/lease.json`, created create-only,
 //!   renewed while the run lives, and taken over once expired (or at once
 //!   when its holder was a process on this host that is gone).
@@ -508,6 +509,11 @@ impl Backend for ObjectStore {
         }))
     }
 
+    fn journal_pieces(&self, key: &str) -> Result<Vec<String>> {
+        let dir = format!("{}/{}/", super::JOURNAL_DIR, super::file_name(key));
+        Ok(self.list_keys(&dir)?.into_iter().map(|l| l.key).collect())
+    }
+
     fn sweep_temporaries(&self, _names: &[&str]) -> Result<Vec<String>> {
         // Puts are atomic: a bucket has no temporary files to sweep. (An
         // unfinished multipart upload is invisible; a bucket lifecycle rule
@@ -826,8 +832,12 @@ impl Journal for BucketJournal {
         if self.synced == self.all.len() {
             return Ok(());
         }
-        let (dir, name) = self.key.rsplit_once('/').unwrap_or(("", &self.key));
-        let piece = format!("{dir}/.{name}.{:020}.tmp", self.synced);
+        let piece = format!(
+            "{}/{}/.{:020}.tmp",
+            super::JOURNAL_DIR,
+            super::file_name(&self.key),
+            self.synced
+        );
         self.store.put(
             &piece,
             self.all.get(self.synced..).unwrap_or_default().to_vec(),

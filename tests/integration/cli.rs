@@ -173,6 +173,9 @@ fn assert_no_bodies(server: &MockServer, users: &[String], out: &Path, texts: &[
         .collect();
     for entry in std::fs::read_dir(out.join("state")).unwrap() {
         let path = entry.unwrap().path();
+        if !path.is_file() {
+            continue;
+        }
         haystacks.push((
             path.display().to_string(),
             String::from_utf8_lossy(&std::fs::read(&path).unwrap()).into_owned(),

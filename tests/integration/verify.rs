@@ -77,8 +77,18 @@ async fn an_untouched_folder_verifies_also_with_sha256sum() {
     let report = verify::run(dir.path(), None, None).unwrap();
     assert!(report.ok(), "{report}");
     assert_eq!(report.runs, 2);
+    // SHA256SUMS lists the files that change; each run's own checksum
+    // file, the files it added.
+    let mut args = vec!["-c".to_owned(), "--strict".into(), "SHA256SUMS".into()];
+    for entry in std::fs::read_dir(dir.path().join("audit/runs")).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        if name.ends_with(".sha256") {
+            args.push(format!("audit/runs/{name}"));
+        }
+    }
+    assert_eq!(args.len(), 5, "{args:?}");
     let out = Command::new("sha256sum")
-        .args(["-c", "--strict", "SHA256SUMS"])
+        .args(&args)
         .current_dir(dir.path())
         .output()
         .unwrap();
@@ -88,9 +98,9 @@ async fn an_untouched_folder_verifies_also_with_sha256sum() {
         String::from_utf8_lossy(&out.stdout)
     );
     let listed = String::from_utf8_lossy(&out.stdout).lines().count();
-    // JSONL, chain, checkpoint, 2 Parquet files, 2 manifests, 2 rows files,
-    // 2 page logs.
-    assert_eq!(listed, 11, "{}", String::from_utf8_lossy(&out.stdout));
+    // JSONL, checkpoint, 2 Parquet files, 2 manifests, 2 rows files, 2 page
+    // logs.
+    assert_eq!(listed, 10, "{}", String::from_utf8_lossy(&out.stdout));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -255,7 +265,7 @@ async fn no_message_body_reaches_the_audit_trail_or_the_state() {
 async fn temporaries_of_a_killed_run_neither_fail_verify_nor_stay() {
     let (dir, server) = two_runs(None).await;
     let strays = [
-        "audit/runs/.20261126T000000Z-dead.manifest.json.4242.tmp",
+        "state/tmp/.audit~runs~20261126T000000Z-dead.manifest.json.4242.tmp",
         "state/.checkpoint.json.4242.tmp",
         ".SHA256SUMS.4242.tmp",
     ];
