@@ -425,12 +425,38 @@ pub struct ChainEntry {
 /// Reads the chain. A last line without its newline (a torn append) is
 /// reported separately so the caller can cut it.
 pub fn read_chain(storage: &dyn Backend) -> Result<(Vec<ChainEntry>, Option<u64>)> {
-    let Some(stored) = storage.get(CHAIN)? else {
+    parse_chain(storage, storage.chain_read(None)?)
+}
+
+/// Reads the end of the chain: the entries from sequence number `from` on
+/// (at least the last one), and like [`read_chain`] where a torn last line
+/// starts. Reads only as much as those entries take, so what a run reads
+/// of the chain does not grow with the runs before it.
+pub fn read_chain_tail(storage: &dyn Backend, from: u64) -> Result<(Vec<ChainEntry>, Option<u64>)> {
+    let (mut entries, torn) = parse_chain(storage, storage.chain_read(Some(from))?)?;
+    let keep = match from {
+        0 => entries.len().saturating_sub(1),
+        _ => entries
+            .iter()
+            .position(|e| e.seq >= from)
+            .unwrap_or(entries.len().saturating_sub(1)),
+    };
+    entries.drain(..keep);
+    Ok((entries, torn))
+}
+
+/// The entries of chain lines; a last line without its newline (a torn
+/// append) is reported by where it starts, for the caller to cut.
+fn parse_chain(
+    storage: &dyn Backend,
+    read: Option<crate::storage::ChainBytes>,
+) -> Result<(Vec<ChainEntry>, Option<u64>)> {
+    let Some(read) = read else {
         return Ok((Vec::new(), None));
     };
     let mut entries = Vec::new();
-    let mut good_len = 0u64;
-    for line in stored.bytes.split_inclusive(|b| *b == b'\n') {
+    let mut good_len = read.start;
+    for line in read.bytes.split_inclusive(|b| *b == b'\n') {
         if line.last() != Some(&b'\n') {
             return Ok((entries, Some(good_len)));
         }
@@ -438,8 +464,7 @@ pub fn read_chain(storage: &dyn Backend) -> Result<(Vec<ChainEntry>, Option<u64>
             .map_err(|e| Error::Corrupt {
                 path: storage.describe(CHAIN),
                 reason: format!(
-                    "line {} is not a chain entry ({})",
-                    entries.len() + 1,
+                    "a line is not a chain entry ({})",
                     crate::error::json_error_category(&e)
                 ),
             })?;
@@ -447,67 +472,6 @@ pub fn read_chain(storage: &dyn Backend) -> Result<(Vec<ChainEntry>, Option<u64>
         good_len += line.len() as u64;
     }
     Ok((entries, None))
-}
-
-/// Reads the end of the chain: the entries from sequence number `from` on
-/// (at least the last one), and like [`read_chain`] where a torn last line
-/// starts. Reads only as much of the file as those entries take, so what a
-/// run reads of the chain does not grow with the runs before it.
-pub fn read_chain_tail(storage: &dyn Backend, from: u64) -> Result<(Vec<ChainEntry>, Option<u64>)> {
-    let Some(size) = storage.size(CHAIN)? else {
-        return Ok((Vec::new(), None));
-    };
-    let mut window = 4096u64;
-    loop {
-        let start = size.saturating_sub(window);
-        let mut bytes = Vec::new();
-        storage
-            .reader(CHAIN, Some(start..size))?
-            .read_to_end(&mut bytes)
-            .map_err(|e| Error::io(storage.describe(CHAIN), e))?;
-        // The window's first line is cut unless it starts the file.
-        let skip = match start {
-            0 => 0,
-            _ => bytes
-                .iter()
-                .position(|b| *b == b'\n')
-                .map_or(bytes.len(), |i| i + 1),
-        };
-        let body = bytes.get(skip..).unwrap_or_default();
-        let complete = body.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-        let torn = (complete < body.len()).then_some(start + (skip + complete) as u64);
-        let mut entries = Vec::new();
-        for line in body
-            .get(..complete)
-            .unwrap_or_default()
-            .split(|b| *b == b'\n')
-        {
-            if line.is_empty() {
-                continue;
-            }
-            let entry: ChainEntry = serde_json::from_slice(line).map_err(|e| Error::Corrupt {
-                path: storage.describe(CHAIN),
-                reason: format!(
-                    "a line near its end is not a chain entry ({})",
-                    crate::error::json_error_category(&e)
-                ),
-            })?;
-            entries.push(entry);
-        }
-        let reached = entries.first().is_some_and(|e| e.seq <= from.max(1));
-        if start == 0 || reached || (from == 0 && !entries.is_empty()) {
-            let keep = entries
-                .iter()
-                .position(|e| e.seq >= from)
-                .unwrap_or(entries.len().saturating_sub(1));
-            entries.drain(..keep.min(entries.len().saturating_sub(1)));
-            if from == 0 {
-                entries.drain(..entries.len().saturating_sub(1));
-            }
-            return Ok((entries, torn));
-        }
-        window = window.saturating_mul(4);
-    }
 }
 
 /// Seals a run into the audit trail, each step durable before the next:
@@ -537,7 +501,7 @@ pub fn append_run(
     };
     let mut line = serde_json::to_vec(&entry).map_err(|e| Error::io(CHAIN, e.into()))?;
     line.push(b'\n');
-    storage.append_line(CHAIN, &line)?;
+    storage.chain_append(entry.seq, &line)?;
     Ok(entry)
 }
 
@@ -618,13 +582,10 @@ fn audit_file_owner(name: &str) -> (&str, bool) {
 
 /// Cuts a torn last chain line (`torn_at`, from [`read_chain_tail`]).
 pub fn cut_torn_chain(storage: &dyn Backend, torn_at: Option<u64>) -> Result<()> {
-    if let Some(len) = torn_at
-        && let Some(stored) = storage.get(CHAIN)?
-    {
-        let good = stored.bytes.get(..len as usize).unwrap_or(&stored.bytes);
-        storage.replace(CHAIN, good, Expect::Any)?;
+    match torn_at {
+        Some(len) => storage.chain_cut(len),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// Cleans up after the runs `runs`, which claimed the output but are not

@@ -63,7 +63,7 @@ impl JsonlSink {
         saved: Option<&DigestState>,
     ) -> Result<(JsonlSink, u64)> {
         let path = storage.describe(FILE_NAME);
-        let mut log = storage.handoff()?;
+        let mut log = storage.handoff(committed)?;
         let len = log.len();
         if len < committed {
             return Err(Error::Corrupt {

@@ -1,12 +1,14 @@
 //! A backend that counts what the commit protocol reads, writes and lists
-//! through another one: for tests that hold a run's cost to what it does,
-//! not to how many runs came before.
+//! through another one: for the tests and the bench that hold a run's cost
+//! to what it does, not to how many runs came before.
 
 use std::io::{Read, Write};
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
-use super::{Backend, Expect, HandoffLog, Journal, Listed, Location, NewObject, Storage, Stored};
+use super::{
+    Backend, ChainBytes, Expect, HandoffLog, Journal, Listed, Location, NewObject, Storage, Stored,
+};
 use crate::error::Result;
 
 /// What went through a [`Counting`] backend.
@@ -135,9 +137,18 @@ impl Backend for Counting {
         self.add(|c| c.written += bytes.len() as u64);
         self.inner.replace(key, bytes, expect)
     }
-    fn append_line(&self, key: &str, line: &[u8]) -> Result<()> {
+    fn chain_append(&self, seq: u64, line: &[u8]) -> Result<()> {
         self.add(|c| c.written += line.len() as u64);
-        self.inner.append_line(key, line)
+        self.inner.chain_append(seq, line)
+    }
+    fn chain_read(&self, from: Option<u64>) -> Result<Option<ChainBytes>> {
+        let read = self.inner.chain_read(from)?;
+        let n = read.as_ref().map_or(0, |r| r.bytes.len() as u64);
+        self.add(|c| c.read += n);
+        Ok(read)
+    }
+    fn chain_cut(&self, len: u64) -> Result<()> {
+        self.inner.chain_cut(len)
     }
     fn rename(&self, from: &str, to: &str) -> Result<()> {
         self.inner.rename(from, to)
@@ -145,8 +156,8 @@ impl Backend for Counting {
     fn delete(&self, key: &str) -> Result<()> {
         self.inner.delete(key)
     }
-    fn handoff(&self) -> Result<Box<dyn HandoffLog>> {
-        self.inner.handoff()
+    fn handoff(&self, committed: u64) -> Result<Box<dyn HandoffLog>> {
+        self.inner.handoff(committed)
     }
     fn handoff_reader(&self, range: Range<u64>) -> Result<Box<dyn Read + Send>> {
         self.inner.handoff_reader(range)

@@ -21,7 +21,8 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use super::{
-    Backend, Expect, HandoffLog, Journal, Listed, Location, NewObject, Stored, is_temporary,
+    Backend, ChainBytes, Expect, HandoffLog, Journal, Listed, Location, NewObject, Stored,
+    is_temporary,
 };
 use crate::error::{Error, Result};
 
@@ -34,6 +35,14 @@ pub const DIR_MODE: u32 = 0o700;
 pub const HANDOFF: &str = "xquik-dm-handoff.jsonl";
 /// The lock file.
 const LOCK: &str = "state/lock";
+/// The audit chain: one file, appended to.
+const CHAIN: &str = "audit/chain.jsonl";
+
+/// The sequence number of a chain line.
+#[derive(serde::Deserialize)]
+struct Seq {
+    seq: u64,
+}
 /// Where immutable files are written before they are published.
 const STAGING: &str = "state/tmp";
 
@@ -220,8 +229,8 @@ impl Backend for LocalDir {
         Ok(None)
     }
 
-    fn append_line(&self, key: &str, line: &[u8]) -> Result<()> {
-        let path = self.path(key);
+    fn chain_append(&self, _seq: u64, line: &[u8]) -> Result<()> {
+        let path = self.path(CHAIN);
         let dir = path.parent().unwrap_or(&self.root).to_owned();
         create_private_dir(&dir)?;
         let existed = path.exists();
@@ -233,6 +242,58 @@ impl Backend for LocalDir {
             fsync_dir(&dir)?;
         }
         Ok(())
+    }
+
+    fn chain_read(&self, from: Option<u64>) -> Result<Option<ChainBytes>> {
+        let Some(size) = self.size(CHAIN)? else {
+            return Ok(None);
+        };
+        let Some(from) = from else {
+            return Ok(self.get(CHAIN)?.map(|s| ChainBytes {
+                bytes: s.bytes,
+                start: 0,
+            }));
+        };
+        // A window at the end, widened until its first whole line is entry
+        // `from` or earlier: a few kilobytes however long the chain is.
+        let mut window = 4096u64;
+        loop {
+            let start = size.saturating_sub(window);
+            let mut bytes = Vec::new();
+            self.reader(CHAIN, Some(start..size))?
+                .read_to_end(&mut bytes)
+                .map_err(|e| Error::io(self.path(CHAIN), e))?;
+            let skip = match start {
+                0 => 0,
+                _ => bytes
+                    .iter()
+                    .position(|b| *b == b'\n')
+                    .map_or(bytes.len(), |i| i + 1),
+            };
+            let first = bytes
+                .get(skip..)
+                .and_then(|rest| rest.split(|b| *b == b'\n').next())
+                .and_then(|line| serde_json::from_slice::<Seq>(line).ok());
+            let complete = bytes.get(skip..).is_some_and(|rest| rest.contains(&b'\n'));
+            if start == 0 || first.is_some_and(|f| f.seq <= from.max(1) || (from == 0 && complete))
+            {
+                bytes.drain(..skip);
+                return Ok(Some(ChainBytes {
+                    bytes,
+                    start: start + skip as u64,
+                }));
+            }
+            window = window.saturating_mul(4);
+        }
+    }
+
+    fn chain_cut(&self, len: u64) -> Result<()> {
+        let path = self.path(CHAIN);
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.set_len(len).and_then(|()| f.sync_all()))
+            .map_err(|e| Error::io(&path, e))
     }
 
     fn rename(&self, from: &str, to: &str) -> Result<()> {
@@ -259,7 +320,7 @@ impl Backend for LocalDir {
         }
     }
 
-    fn handoff(&self) -> Result<Box<dyn HandoffLog>> {
+    fn handoff(&self, _committed: u64) -> Result<Box<dyn HandoffLog>> {
         let path = self.path(HANDOFF);
         let existed = path.exists();
         let file = open_private(

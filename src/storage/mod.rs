@@ -17,7 +17,6 @@
 //! is a [`HandoffLog`], which a backend keeps as one file or as immutable
 //! segments whose concatenation is that file.
 
-#[cfg(test)]
 pub mod counting;
 pub mod local;
 pub mod object;
@@ -245,15 +244,24 @@ pub trait Backend: Send + Sync + Debug {
     /// lock already keeps other runs out); a lost race is
     /// [`Error::Conflict`]. Returns the new version.
     fn replace(&self, key: &str, bytes: &[u8], expect: Expect<'_>) -> Result<Option<String>>;
-    /// Appends a line to a small append-only object (the chain), creating
-    /// it if missing.
-    fn append_line(&self, key: &str, line: &[u8]) -> Result<()>;
+    /// Appends the line of the audit chain's entry `seq` (see
+    /// [`crate::audit`]), durably; create-only where the backend can.
+    fn chain_append(&self, seq: u64, line: &[u8]) -> Result<()>;
+    /// Lines of the audit chain: all of them (`from` = `None`), or enough
+    /// of its end to hold the entries from `from` on and at least the last
+    /// one. `None` when there is no chain.
+    fn chain_read(&self, from: Option<u64>) -> Result<Option<ChainBytes>>;
+    /// Cuts a torn last line: the chain keeps its first `len` bytes.
+    fn chain_cut(&self, len: u64) -> Result<()>;
     /// Moves an object to a new key, which must be free.
     fn rename(&self, from: &str, to: &str) -> Result<()>;
     /// Removes an object; a missing one is fine.
     fn delete(&self, key: &str) -> Result<()>;
-    /// Opens the handoff file for appending.
-    fn handoff(&self) -> Result<Box<dyn HandoffLog>>;
+    /// Opens the handoff file for appending; `committed` is the length the
+    /// checkpoint commits, which a backend that keeps the file in segments
+    /// trusts instead of listing them (only what a killed run appended
+    /// after it can follow it).
+    fn handoff(&self, committed: u64) -> Result<Box<dyn HandoffLog>>;
     /// A streaming reader of `range` of the handoff file.
     fn handoff_reader(&self, range: Range<u64>) -> Result<Box<dyn Read + Send>>;
     /// The handoff file's length.
@@ -266,6 +274,15 @@ pub trait Backend: Send + Sync + Debug {
     /// Removes the temporary files a killed run left of the objects named
     /// `names` at the root and in `state/`. Returns what was removed.
     fn sweep_temporaries(&self, names: &[&str]) -> Result<Vec<String>>;
+}
+
+/// Lines of the audit chain as read by [`Backend::chain_read`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainBytes {
+    /// Whole lines (the last one may be torn: no newline).
+    pub bytes: Vec<u8>,
+    /// Where they start in the chain.
+    pub start: u64,
 }
 
 /// Where a backend that cannot append keeps the pieces of a run's journal.

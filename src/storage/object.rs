@@ -48,7 +48,9 @@ use object_store::{
     PutOptions, PutPayload, UpdateVersion,
 };
 
-use super::{Backend, Expect, HandoffLog, Journal, Listed, Location, NewObject, Stored};
+use super::{
+    Backend, ChainBytes, Expect, HandoffLog, Journal, Listed, Location, NewObject, Stored,
+};
 use crate::error::{Error, Result};
 
 /// Objects up to this size are written with one create-only put; larger
@@ -299,6 +301,21 @@ impl ObjectStore {
     }
 }
 
+/// Where the audit chain's entries are kept, one object each.
+const CHAIN_DIR: &str = "audit/chain";
+/// The chain as one object, as an earlier version kept it (read only).
+const LEGACY_CHAIN: &str = "audit/chain.jsonl";
+
+/// The key of the chain entry `seq`.
+fn chain_key(seq: u64) -> String {
+    format!("{CHAIN_DIR}/{seq:020}.jsonl")
+}
+
+/// The key of the segment that starts at `offset`.
+fn segment_key(offset: u64) -> String {
+    format!("{HANDOFF_DIR}/part-{offset:020}.jsonl")
+}
+
 /// The start offset a segment's name gives: exactly
 /// `part-<20 digits>.jsonl`, nothing else.
 pub fn segment_offset(name: &str) -> Option<u64> {
@@ -433,21 +450,61 @@ impl Backend for ObjectStore {
         self.put(key, bytes.to_vec(), mode)
     }
 
-    fn append_line(&self, key: &str, line: &[u8]) -> Result<()> {
-        // Nothing appends in a bucket: read, extend, write back if still
-        // the version read.
-        let current = self.get(key)?;
-        let mut bytes = current
-            .as_ref()
-            .map(|s| s.bytes.clone())
-            .unwrap_or_default();
-        bytes.extend_from_slice(line);
-        let expect = match current.as_ref().and_then(|s| s.version.as_deref()) {
-            Some(v) => Expect::Version(v),
-            None if current.is_some() => Expect::Any,
-            None => Expect::Missing,
-        };
-        self.replace(key, &bytes, expect).map(|_| ())
+    fn chain_append(&self, seq: u64, line: &[u8]) -> Result<()> {
+        // One object per entry, create-only: nothing is rewritten as the
+        // chain grows, and two runs can never both append entry `seq`.
+        self.put(&chain_key(seq), line.to_vec(), PutMode::Create)
+            .map(|_| ())
+    }
+
+    fn chain_read(&self, from: Option<u64>) -> Result<Option<ChainBytes>> {
+        if let Some(from) = from.filter(|f| *f > 0) {
+            // The entries from `from` on, one by one until the first that
+            // is missing: two requests for a run that finds the chain as
+            // its checkpoint left it.
+            let mut bytes = Vec::new();
+            for seq in from.. {
+                match self.get(&chain_key(seq))? {
+                    Some(stored) => bytes.extend_from_slice(&stored.bytes),
+                    None => break,
+                }
+            }
+            if !bytes.is_empty() {
+                return Ok(Some(ChainBytes { bytes, start: 0 }));
+            }
+        }
+        // All of it: a chain written whole by an earlier version, then the
+        // entries, fetched a few at a time.
+        let mut bytes = self.get(LEGACY_CHAIN)?.map(|s| s.bytes).unwrap_or_default();
+        let keys: Vec<String> = self
+            .list_keys(&format!("{CHAIN_DIR}/"))?
+            .into_iter()
+            .map(|l| l.key)
+            .collect();
+        let found = !keys.is_empty() || !bytes.is_empty();
+        let (bucket, paths) = (
+            self.bucket.clone(),
+            keys.iter().map(|k| self.path(k)).collect::<Vec<_>>(),
+        );
+        let parts = block(async move {
+            futures_util::stream::iter(paths)
+                .map(|path| {
+                    let bucket = bucket.clone();
+                    async move { bucket.get(&path).await?.bytes().await }
+                })
+                .buffered(16)
+                .collect::<Vec<_>>()
+                .await
+        })?;
+        for (key, part) in keys.iter().zip(parts) {
+            bytes.extend_from_slice(&part.map_err(|e| self.error(key, e))?);
+        }
+        Ok(found.then_some(ChainBytes { bytes, start: 0 }))
+    }
+
+    fn chain_cut(&self, _len: u64) -> Result<()> {
+        // Every entry is put whole: there is never a torn line to cut.
+        Ok(())
     }
 
     fn rename(&self, from: &str, to: &str) -> Result<()> {
@@ -469,12 +526,16 @@ impl Backend for ObjectStore {
         }
     }
 
-    fn handoff(&self) -> Result<Box<dyn HandoffLog>> {
-        let (segments, len) = self.tiled_segments()?;
+    fn handoff(&self, committed: u64) -> Result<Box<dyn HandoffLog>> {
+        // Each commit puts one segment and then the checkpoint: past the
+        // committed length there can be only the segment of a commit that
+        // did not complete, which starts there. No listing needed.
+        let stray = segment_key(committed);
+        let size = self.size(&stray)?;
         Ok(Box::new(BucketHandoff {
             store: self.clone(),
-            segments: segments.into_iter().map(|(o, k, _)| (o, k)).collect(),
-            committed: len,
+            segments: size.map(|_| (committed, stray)).into_iter().collect(),
+            committed: committed + size.unwrap_or(0),
             pending: Vec::new(),
         }))
     }
@@ -786,7 +847,7 @@ impl HandoffLog for BucketHandoff {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let key = format!("{HANDOFF_DIR}/part-{:020}.jsonl", self.committed);
+        let key = segment_key(self.committed);
         let bytes = Bytes::from(std::mem::take(&mut self.pending));
         match self.store.put_bytes(&key, bytes.clone(), PutMode::Create) {
             Ok(_) => {}

@@ -643,3 +643,66 @@ fn large_objects_are_multipart_and_invisible_until_complete() {
     drop(abandoned);
     assert!(store.size(other).unwrap().is_none());
 }
+
+/// In a bucket too, a run costs the same however many came before: it
+/// lists nothing, and reads and writes the same number of bytes at the
+/// 40th run as at the 10th (the chain is one object per entry, the handoff
+/// file one segment per commit, found from the checkpoint).
+#[test]
+fn a_bucket_run_lists_nothing_and_costs_the_same_at_the_fortieth_run() {
+    use xquik_dm::records::{HistoryRow, RecordType};
+    use xquik_dm::storage::counting::Counting;
+    use xquik_dm::store::{ManifestBody, RunStamp, Store};
+    let moto = Moto::start();
+    let bucket = moto.bucket("dm-longevity");
+    let url = format!("s3://{bucket}/dm");
+    let counting = Counting::new(Arc::new(moto.store(&url)));
+    let storage: xquik_dm::storage::Storage = Arc::new(counting.clone());
+    let run = |n: u64| {
+        counting.take();
+        let stamp = RunStamp {
+            run_id: format!("20261130T000000Z-{n:016x}"),
+            date: "2026-11-30".into(),
+            started_at: "2026-11-30T00:00:00Z".into(),
+        };
+        let mut store = Store::open(&storage, &stamp).unwrap();
+        let rows: Vec<HistoryRow> = (0..2)
+            .map(|i| HistoryRow {
+                record_type: RecordType::History,
+                message_id: (1_900_000_000_000_000_000u64 + n * 2 + i).to_string(),
+                conversation_user_id: "42".into(),
+                account: "acme".into(),
+                sender_id: "42".into(),
+                receiver_id: "7".into(),
+                created_at: None,
+                message_text: Some(format!("text {n}")),
+                media_url: None,
+            })
+            .collect();
+        let mut lines = Vec::new();
+        for row in &rows {
+            serde_json::to_writer(&mut lines, row).unwrap();
+            lines.push(b'\n');
+        }
+        store.append_history(&lines, &rows).unwrap();
+        store.commit().unwrap();
+        store.seal(ManifestBody::empty("sync")).unwrap();
+        counting.take()
+    };
+    for n in 0..10 {
+        run(n);
+    }
+    let tenth = run(10);
+    for n in 11..40 {
+        run(n);
+    }
+    let fortieth = run(40);
+    assert_eq!(fortieth.listed, Vec::<String>::new(), "{fortieth:?}");
+    assert!(fortieth.read <= tenth.read + 64, "{tenth:?} {fortieth:?}");
+    assert!(
+        fortieth.written <= tenth.written + 64,
+        "{tenth:?} {fortieth:?}"
+    );
+    let (code, report) = verify(&moto, &url);
+    assert_eq!(code, 0, "{report}");
+}
