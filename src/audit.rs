@@ -292,6 +292,28 @@ pub struct Coverage {
     pub parquet_files: u64,
 }
 
+/// What a `compact` run swapped: sealed Parquet files of closed date
+/// partitions, merged into fewer files with the same rows in the same
+/// order.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Compaction {
+    /// The files removed, as the manifests of the runs that wrote them
+    /// list them.
+    pub removed: Vec<RemovedFile>,
+    /// The files written in their place.
+    pub added: Vec<WrittenFile>,
+}
+
+/// A file a compaction removed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemovedFile {
+    /// The run whose manifest lists it.
+    pub run_id: String,
+    /// The file, as that manifest lists it.
+    #[serde(flatten)]
+    pub file: WrittenFile,
+}
+
 /// An HMAC over a manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Signature {
@@ -350,6 +372,10 @@ pub struct Manifest {
     /// Page logs of runs killed before sealing, taken over by this run.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub recovered: Vec<RecoveredLog>,
+    /// For a `compact` run: the Parquet files it merged away and the ones
+    /// it wrote in their place (also in `files`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compaction: Option<Compaction>,
     /// HMAC, when a key was set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature: Option<Signature>,
@@ -540,6 +566,65 @@ pub fn sums_lines<'a>(files: impl IntoIterator<Item = (&'a str, &'a str)>) -> Ve
         out.push('\n');
     }
     out.into_bytes()
+}
+
+/// The Parquet files the manifests of `chain` list now: every file a run
+/// listed, but those a later compaction merged away. Reads every manifest:
+/// for the rare repairs that cannot go by the checkpoint.
+pub fn listed_parquet(storage: &dyn Backend, chain: &[ChainEntry]) -> Result<Vec<WrittenFile>> {
+    let mut parquet = Vec::new();
+    let mut removed = std::collections::HashSet::new();
+    for entry in chain {
+        let (manifest, _) = read_manifest(storage, &entry.manifest)?;
+        // Names carry run IDs: a removed file never comes back.
+        removed.extend(
+            manifest
+                .compaction
+                .iter()
+                .flat_map(|c| &c.removed)
+                .map(|r| r.file.path.clone()),
+        );
+        parquet.extend(manifest.files.into_iter().filter(|f| f.offset.is_none()));
+    }
+    parquet.retain(|f| !removed.contains(&f.path));
+    Ok(parquet)
+}
+
+/// Finishes a sealed compaction: every checksum file that lists a file it
+/// removed is rewritten without it, then the files go. Safe to repeat: a
+/// compaction killed after its manifest was chained (from then on its new
+/// files are the listed ones) and before its checkpoint followed is
+/// finished by the next run.
+pub fn finish_compaction(storage: &dyn Backend, compaction: &Compaction) -> Result<()> {
+    let mut by_run: BTreeMap<&str, std::collections::BTreeSet<&str>> = BTreeMap::new();
+    for removed in &compaction.removed {
+        by_run
+            .entry(removed.run_id.as_str())
+            .or_default()
+            .insert(removed.file.path.as_str());
+    }
+    for (run, paths) in by_run {
+        let key = run_sums_key(run);
+        let Some(stored) = storage.get(&key)? else {
+            continue;
+        };
+        let lines: Vec<&[u8]> = stored
+            .bytes
+            .split_inclusive(|b| *b == b'\n')
+            .filter(|line| {
+                let text = String::from_utf8_lossy(line);
+                let path = text.trim_end().split_once("  ").map_or("", |(_, p)| p);
+                !paths.contains(path)
+            })
+            .collect();
+        if lines.len() < stored.bytes.split_inclusive(|b| *b == b'\n').count() {
+            storage.replace(&key, &lines.concat(), Expect::Any)?;
+        }
+    }
+    for removed in &compaction.removed {
+        storage.delete(&removed.file.path)?;
+    }
+    Ok(())
 }
 
 /// A page log that a run killed before sealing left behind, taken into a
@@ -957,6 +1042,7 @@ mod tests {
             },
             coverage: Coverage::default(),
             recovered: Vec::new(),
+            compaction: None,
             signature: None,
         }
     }

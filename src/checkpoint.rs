@@ -75,10 +75,28 @@ pub struct Checkpoint {
     /// history. `None` in a format 1 checkpoint, whose repair lists them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unsealed: Option<Vec<Claim>>,
+    /// Where compaction stands.
+    #[serde(default, skip_serializing_if = "CompactionState::is_empty")]
+    pub compaction: CompactionState,
     /// How it was read: `None` when there was none, else the version (if
     /// the storage has versions) the next save must still find.
     #[serde(skip)]
     pub read_as: Option<Option<String>>,
+}
+
+/// Where compaction stands (see `xquik-dm compact`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompactionState {
+    /// Every date partition up to this date (`YYYY-MM-DD`) was compacted
+    /// when it was closed: an automatic compaction starts after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub through: Option<String>,
+}
+
+impl CompactionState {
+    fn is_empty(&self) -> bool {
+        self.through.is_none()
+    }
 }
 
 /// A run that claimed the output and may have written files.

@@ -182,6 +182,26 @@ pub enum CommandArgs {
         #[arg(long, value_name = "SHA256")]
         since: Option<String>,
     },
+    /// Merge the small Parquet files of closed date partitions into large ones.
+    ///
+    /// A job that runs every few minutes writes a file or two per run; compaction
+    /// merges each partition whose date has passed into one file per table, the
+    /// same rows in the same order, as an audited run of its own (its manifest
+    /// names the files removed and added, with digests; verify checks both). A
+    /// kill at any moment leaves either the old or the new files listed; the
+    /// next run finishes or undoes it. Exit status: 0 done, 2 bad input, 3 a
+    /// damaged file (named; nothing is compacted).
+    Compact {
+        /// The output folder (or bucket URL) of sync/send.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Merge a partition only when it holds at least this many files.
+        #[arg(long, value_name = "N", default_value_t = crate::commands::compact::MIN_FILES)]
+        min_files: usize,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Rebuild a lost state/checkpoint.json from the folder's JSONL and audit trail.
     ///
     /// For a folder whose state/ was removed: sync and send refuse to run there
@@ -334,6 +354,15 @@ pub enum Command {
         expect_head: Option<String>,
         /// Check only what came after this chain head.
         since: Option<String>,
+        /// Report as JSON.
+        json: bool,
+    },
+    /// `compact`.
+    Compact {
+        /// The folder.
+        out: Location,
+        /// Files a partition needs to be merged.
+        min_files: usize,
         /// Report as JSON.
         json: bool,
     },
@@ -622,6 +651,15 @@ impl Args {
                 concurrency,
             },
             CommandArgs::Demo { out } => Command::Demo { out },
+            CommandArgs::Compact {
+                out,
+                min_files,
+                json,
+            } => Command::Compact {
+                out: Location::from(out),
+                min_files,
+                json,
+            },
             CommandArgs::Rebuild { out, json } => Command::Rebuild {
                 out: Location::from(out),
                 json,

@@ -226,6 +226,8 @@ pub struct Store {
     recovered: Vec<audit::RecoveredLog>,
     /// Set when a commit failed: the run then stops committing.
     failed: Option<Failed>,
+    /// The files a `compact` run swapped, sealed into its manifest.
+    compaction: Option<audit::Compaction>,
     /// History and send rows appended since the last commit.
     uncommitted_history: u64,
     uncommitted_sends: u64,
@@ -335,18 +337,36 @@ impl Store {
                 }
                 (audit::repair_runs(store, &killed, run_id)?, removed)
             }
-            // A format 1 checkpoint lists every committed file but names no
-            // runs: the folders are listed, once.
-            None => (
-                audit::repair_all(store, run_id)?,
-                remove_uncommitted(store, &committed)?,
-            ),
+            // A checkpoint that names no runs (format 1, or rebuilt): the
+            // folders are listed, once, and a file is kept when the
+            // checkpoint or any sealed manifest lists it.
+            None => {
+                let (chain, _) = audit::read_chain(store)?;
+                let mut keep = committed.clone();
+                keep.extend(
+                    audit::listed_parquet(store, &chain)?
+                        .into_iter()
+                        .map(|f| f.path),
+                );
+                (
+                    audit::repair_all(store, run_id)?,
+                    remove_uncommitted(store, &keep)?,
+                )
+            }
         };
         let audit::AuditRepair {
             removed: audit_removed,
             recovered,
         } = audit_repair;
-        checkpoint.audit = pointer_from_chain(store, tail.last())?;
+        let (pointer, last) = pointer_from_chain(store, tail.last())?;
+        // A compaction sealed but killed before its checkpoint followed may
+        // have left files it merged away (it removes them in between).
+        if pointer.runs > checkpoint.audit.runs
+            && let Some(compaction) = last.and_then(|m| m.compaction)
+        {
+            audit::finish_compaction(store, &compaction)?;
+        }
+        checkpoint.audit = pointer;
         // Files a sealed run's manifest lists leave the checkpoint (those of
         // a run that sealed without committing its checkpoint, too).
         let parquet = &mut checkpoint.parquet;
@@ -378,6 +398,7 @@ impl Store {
             )?)))),
             recovered,
             failed: None,
+            compaction: None,
             uncommitted_history: 0,
             uncommitted_sends: 0,
             uncommitted_bytes: 0,
@@ -446,6 +467,33 @@ impl Store {
         })?;
         self.repair.parquet_rebuilt_rows = rebuilt;
         Ok(())
+    }
+
+    /// Names `dirs` as folders this run writes Parquet files into (beyond
+    /// its own date's), and commits that before it writes there: if it is
+    /// killed, the next run looks for its files there by name.
+    pub fn claim_dirs(&mut self, dirs: &[String]) -> Result<()> {
+        let run_id = self.stamp.run_id.clone();
+        if let Some(claim) = self
+            .checkpoint
+            .unsealed
+            .iter_mut()
+            .flatten()
+            .find(|c| c.run == run_id)
+        {
+            for dir in dirs {
+                if !claim.dirs.contains(dir) {
+                    claim.dirs.push(dir.clone());
+                }
+            }
+        }
+        self.commit()
+    }
+
+    /// Records what a `compact` run swapped, for its manifest; the files it
+    /// removed go once the manifest is sealed.
+    pub fn set_compaction(&mut self, compaction: audit::Compaction) {
+        self.compaction = Some(compaction);
     }
 
     /// Rolls both Parquet tables over every `rows` rows (tests).
@@ -633,6 +681,9 @@ impl Store {
         let previous = self.head.clone();
         let mut files: Vec<WrittenFile> = self.jsonl.segment().into_iter().collect();
         files.extend(self.checkpoint.parquet.files.iter().cloned());
+        if let Some(compaction) = &self.compaction {
+            files.extend(compaction.added.iter().cloned());
+        }
         let parquet = &self.checkpoint.parquet;
         let coverage = Coverage {
             jsonl_bytes: self.jsonl.len(),
@@ -662,6 +713,7 @@ impl Store {
             page_log: page_log.clone(),
             coverage,
             recovered: self.recovered.clone(),
+            compaction: self.compaction.clone(),
             signature: None,
         };
         if let Some(key) = &body.signing_key {
@@ -679,6 +731,12 @@ impl Store {
         self.checkpoint.parquet.files.clear();
         self.checkpoint.parquet.listed_before = coverage.parquet_files;
         self.checkpoint.unsealed = Some(Vec::new());
+        if let Some(compaction) = &self.compaction {
+            // The merged files are the listed ones now. Done before the
+            // checkpoint follows the chain: until it has, the next run
+            // finishes this.
+            audit::finish_compaction(self.storage.as_ref(), compaction)?;
+        }
         self.checkpoint.save(self.storage.as_ref())?;
         write_sums(
             self.storage.as_ref(),
@@ -769,18 +827,23 @@ fn unused_stamp(storage: &dyn Backend, chain: &[ChainEntry], stamp: &RunStamp) -
     }
 }
 
-/// The audit pointer as the chain's last entry says it stands.
-fn pointer_from_chain(storage: &dyn Backend, last: Option<&ChainEntry>) -> Result<AuditPointer> {
+/// The audit pointer as the chain's last entry says it stands, and that
+/// run's manifest.
+fn pointer_from_chain(
+    storage: &dyn Backend,
+    last: Option<&ChainEntry>,
+) -> Result<(AuditPointer, Option<Manifest>)> {
     let Some(last) = last else {
-        return Ok(AuditPointer::default());
+        return Ok((AuditPointer::default(), None));
     };
     let (manifest, _) = audit::read_manifest(storage, &last.manifest)?;
-    Ok(AuditPointer {
+    let pointer = AuditPointer {
         runs: last.seq,
         last_manifest: Some(last.manifest.clone()),
         last_digest: Some(last.sha256.clone()),
         coverage: manifest.coverage,
-    })
+    };
+    Ok((pointer, Some(manifest)))
 }
 
 /// The fields of a JSONL record that every record type has, or that tell

@@ -2,6 +2,7 @@
 //! a [`Report`]; `main` prints it and turns it into the exit status.
 
 pub mod bench;
+pub mod compact;
 pub mod demo;
 pub mod lookup;
 pub mod mock;
@@ -56,6 +57,13 @@ pub enum Report {
         /// Print as JSON.
         json: bool,
     },
+    /// `compact`: what was merged.
+    Compact {
+        /// The report.
+        report: compact::CompactReport,
+        /// Print as JSON.
+        json: bool,
+    },
     /// `rebuild`: what the rebuilt checkpoint holds.
     Rebuild {
         /// The report.
@@ -81,6 +89,7 @@ impl Report {
             }
             Report::Sync { report, json } => write_report(out, report.as_ref(), *json),
             Report::Verify { report, json } => write_report(out, report, *json),
+            Report::Compact { report, json } => write_report(out, report, *json),
             Report::Rebuild { report, json } => write_report(out, report, *json),
             Report::Send { report, json } => write_report(out, report.as_ref(), *json),
             Report::Bench { report, json } => write_report(out, report, *json),
@@ -105,6 +114,7 @@ impl Report {
             Report::Send { report, .. } => report.exit_code(),
             Report::Demo(report) => report.exit_code(),
             Report::Lookup(_)
+            | Report::Compact { .. }
             | Report::MockStopped
             | Report::Bench { .. }
             | Report::BenchFetch { .. } => 0,
@@ -165,6 +175,16 @@ pub async fn execute(command: Command) -> Result<Report> {
             .await
             .map_err(|e| Error::io("<verify>", std::io::Error::other(e)))??;
             Ok(Report::Verify { report, json })
+        }
+        Command::Compact {
+            out,
+            min_files,
+            json,
+        } => {
+            let report = tokio::task::spawn_blocking(move || compact::run(&out, min_files))
+                .await
+                .map_err(|e| Error::io("<compact>", std::io::Error::other(e)))??;
+            Ok(Report::Compact { report, json })
         }
         Command::Rebuild { out, json } => {
             let report = tokio::task::spawn_blocking(move || rebuild::run(&out))

@@ -180,18 +180,17 @@ struct Sealed {
 }
 
 fn sealed_outputs(storage: &dyn Backend, chain: &[ChainEntry]) -> Result<Sealed> {
-    let mut parquet = Vec::new();
     let mut pointer = AuditPointer::default();
-    for entry in chain {
-        let (manifest, _) = audit::read_manifest(storage, &entry.manifest)?;
-        parquet.extend(manifest.files.into_iter().filter(|f| f.offset.is_none()));
+    if let Some(last) = chain.last() {
+        let (manifest, _) = audit::read_manifest(storage, &last.manifest)?;
         pointer = AuditPointer {
-            runs: entry.seq,
-            last_manifest: Some(entry.manifest.clone()),
-            last_digest: Some(entry.sha256.clone()),
+            runs: last.seq,
+            last_manifest: Some(last.manifest.clone()),
+            last_digest: Some(last.sha256.clone()),
             coverage: manifest.coverage,
         };
     }
+    let parquet = audit::listed_parquet(storage, chain)?;
     Ok(Sealed { pointer, parquet })
 }
 

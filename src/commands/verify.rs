@@ -213,7 +213,8 @@ pub fn check_since(
             "a run is in progress in this folder: its data is not sealed yet; verify again when it has finished".into(),
         );
     }
-    let (manifests, start, chained) = check_chain(dir, key, since, &mut report);
+    let (manifests, start, chained, sealing_interrupted) =
+        check_chain(dir, key, since, &mut report);
     if let Some(expected) = expect_head {
         let in_chain = audit::read_chain(dir)
             .map(|(chain, _)| chain.iter().any(|e| e.sha256 == expected))
@@ -228,8 +229,18 @@ pub fn check_since(
     if since.is_some() && start.is_none() {
         return report;
     }
-    let interrupted = check_files(dir, &manifests, &chained, start, &mut report);
-    check_run_sums(dir, &manifests, &mut report);
+    let compacted = Compacted::of(&manifests);
+    let mut interrupted = check_files(dir, &manifests, &chained, start, &compacted, &mut report);
+    if sealing_interrupted {
+        // SHA256SUMS is still the one the run before the last one wrote.
+        let before_last = manifests
+            .len()
+            .checked_sub(2)
+            .and_then(|i| manifests.get(i));
+        interrupted = Some(before_last.map_or(0, |m| m.coverage.jsonl_bytes));
+    }
+    check_compactions(&manifests, &compacted, start.is_some(), &mut report);
+    check_run_sums(dir, &manifests, &compacted, &mut report);
     match start {
         Some(_) => report.notes.push(format!(
             "checked the {} runs after {}; the full verify also checks the earlier runs, SHA256SUMS and that nothing extra exists",
@@ -251,12 +262,12 @@ fn check_chain(
     key: Option<&AuditKey>,
     since: Option<&str>,
     report: &mut VerifyReport,
-) -> (Vec<Manifest>, Option<Coverage>, BTreeSet<String>) {
+) -> (Vec<Manifest>, Option<Coverage>, BTreeSet<String>, bool) {
     let (chain, torn) = match audit::read_chain(dir) {
         Ok(c) => c,
         Err(e) => {
             report.fail(audit::CHAIN, e.to_string());
-            return (Vec::new(), None, BTreeSet::new());
+            return (Vec::new(), None, BTreeSet::new(), false);
         }
     };
     let chained: BTreeSet<String> = chain.iter().map(|e| e.run_id.clone()).collect();
@@ -273,7 +284,7 @@ fn check_chain(
                     "the verified head {head} is not in the chain: runs were removed or replaced"
                 ),
             );
-            return (Vec::new(), None, chained);
+            return (Vec::new(), None, chained, false);
         };
         skip = at + 1;
         match chain
@@ -288,7 +299,7 @@ fn check_chain(
                     audit::CHAIN,
                     format!("the manifest of the verified head {head} no longer matches it"),
                 );
-                return (Vec::new(), None, chained);
+                return (Vec::new(), None, chained, false);
             }
         }
     }
@@ -300,7 +311,7 @@ fn check_chain(
             audit::CHAIN,
             "no runs recorded: missing or empty audit chain",
         );
-        return (Vec::new(), None, chained);
+        return (Vec::new(), None, chained, false);
     }
     report.runs = chain.len() as u64;
     let mut manifests = Vec::new();
@@ -398,12 +409,27 @@ fn check_chain(
         ));
     }
     report.head = chain.last().map(|e| e.sha256.clone());
+    let mut sealing_interrupted = false;
     match Checkpoint::load(dir) {
         Ok(c) => {
             let last = chain.last();
-            if c.audit.last_digest.as_deref() != last.map(|e| e.sha256.as_str())
-                || c.audit.last_manifest.as_deref() != last.map(|e| e.manifest.as_str())
+            let before_last = chain.len().checked_sub(2).and_then(|i| chain.get(i));
+            let names = |entry: Option<&ChainEntry>| {
+                c.audit.last_digest.as_deref() == entry.map(|e| e.sha256.as_str())
+                    && c.audit.last_manifest.as_deref() == entry.map(|e| e.manifest.as_str())
+            };
+            if names(last) {
+            } else if names(before_last)
+                && last.is_some_and(|l| c.run.as_deref() == Some(l.run_id.as_str()))
             {
+                // The last run sealed and was killed before its checkpoint
+                // followed: the next run completes it.
+                sealing_interrupted = true;
+                report.notes.push(format!(
+                    "run {} was interrupted after it sealed, before its checkpoint followed; the next run completes it",
+                    last.map_or("", |l| l.run_id.as_str())
+                ));
+            } else {
                 report.fail(
                     "state/checkpoint.json",
                     "the audit pointer does not name the last run of the chain",
@@ -412,7 +438,7 @@ fn check_chain(
         }
         Err(e) => report.fail("state/checkpoint.json", e.to_string()),
     }
-    (manifests, start, chained)
+    (manifests, start, chained, sealing_interrupted)
 }
 
 /// Checks every listed file, segment and rows file, and completeness.
@@ -423,11 +449,12 @@ fn check_files(
     manifests: &[Manifest],
     chained: &BTreeSet<String>,
     start: Option<Coverage>,
+    compacted: &Compacted,
     report: &mut VerifyReport,
 ) -> Option<u64> {
     let mut covered = start.map_or(0, |c| c.jsonl_bytes);
     let mut listed = BTreeSet::new();
-    for m in manifests {
+    for (index, m) in manifests.iter().enumerate() {
         listed.insert(format!("{}/{}.manifest.json", audit::RUNS_DIR, m.run_id));
         listed.insert(audit::run_sums_key(&m.run_id));
         let recovered = m.recovered.iter().map(|r| &r.log);
@@ -449,6 +476,28 @@ fn check_files(
                     audit::handoff_digest(dir, offset..covered)
                 }
                 _ => {
+                    if let Some(&(by, removed)) = compacted.removed.get(f.path.as_str()) {
+                        // Merged away by a later compaction: that one must
+                        // have removed exactly this file.
+                        compacted.matched.borrow_mut().insert(f.path.clone());
+                        let by_run = manifests.get(by).map_or("", |c| c.run_id.as_str());
+                        if by <= index || removed.file != *f || removed.run_id != m.run_id {
+                            report.fail(
+                                format!("{}/{by_run}.manifest.json", audit::RUNS_DIR),
+                                format!(
+                                    "its compaction names {} unlike run {}'s manifest",
+                                    f.path, m.run_id
+                                ),
+                            );
+                        } else if dir.size(&f.path).is_ok_and(|s| s.is_some()) {
+                            listed.insert(f.path.clone());
+                            report.notes.push(format!(
+                                "{} was merged by compaction {by_run} and is still there; the next run removes it",
+                                f.path
+                            ));
+                        }
+                        continue;
+                    }
                     listed.insert(f.path.clone());
                     audit::digest(dir, &f.path)
                 }
@@ -597,9 +646,9 @@ fn check_files(
 /// `<run>.<kind>...`) and the run ID has the shape of one.
 fn run_of(rel: &str) -> Option<&str> {
     let name = file_name(rel);
-    let run = match name.strip_prefix("part-") {
-        Some(rest) => rest.strip_suffix(".parquet")?.rsplit_once('-')?.0,
-        None => name.split('.').next()?,
+    let run = match name.starts_with("part-") {
+        true => crate::sinks::parquet::file_run(name)?,
+        false => name.split('.').next()?,
     };
     let (second, random) = run.split_once('-')?;
     let shaped = second.len() == 16
@@ -681,11 +730,89 @@ fn check_sums(dir: &dyn Backend, interrupted: Option<u64>, report: &mut VerifyRe
     }
 }
 
+/// The files compactions among the checked runs merged away.
+#[derive(Debug, Default)]
+struct Compacted<'a> {
+    /// Path → (index of the compaction's manifest, what it says it removed).
+    removed: std::collections::BTreeMap<&'a str, (usize, &'a audit::RemovedFile)>,
+    /// The removed files an earlier manifest was found to list.
+    matched: std::cell::RefCell<BTreeSet<String>>,
+}
+
+impl<'a> Compacted<'a> {
+    fn of(manifests: &'a [Manifest]) -> Compacted<'a> {
+        let mut compacted = Compacted::default();
+        for (index, m) in manifests.iter().enumerate() {
+            for removed in m.compaction.iter().flat_map(|c| &c.removed) {
+                compacted
+                    .removed
+                    .insert(removed.file.path.as_str(), (index, removed));
+            }
+        }
+        compacted
+    }
+}
+
+/// Checks what each compaction says of itself: the files it added are
+/// listed as its files, hold as many rows per folder as the files it
+/// removed, and (in a full verify, which reads every earlier manifest)
+/// every file it removed was listed by an earlier run, digest for digest.
+fn check_compactions(
+    manifests: &[Manifest],
+    compacted: &Compacted,
+    since: bool,
+    report: &mut VerifyReport,
+) {
+    for m in manifests {
+        let Some(c) = &m.compaction else {
+            continue;
+        };
+        let key = format!("{}/{}.manifest.json", audit::RUNS_DIR, m.run_id);
+        let folder = |path: &str| {
+            path.rsplit_once('/')
+                .map_or(String::new(), |(d, _)| d.to_owned())
+        };
+        let mut rows: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
+        for r in &c.removed {
+            rows.entry(folder(&r.file.path)).or_default().0 += r.file.rows;
+        }
+        for a in &c.added {
+            rows.entry(folder(&a.path)).or_default().1 += a.rows;
+            if !m.files.contains(a) {
+                report.fail(&key, format!("{} is added but not among its files", a.path));
+            }
+        }
+        for (dir, (before, after)) in rows {
+            if before != after {
+                report.fail(
+                    &key,
+                    format!("{dir}: {before} rows removed but {after} added"),
+                );
+            }
+        }
+        if !since {
+            for r in &c.removed {
+                if !compacted.matched.borrow().contains(&r.file.path) {
+                    report.fail(
+                        &key,
+                        format!("removes {}, which no earlier run listed", r.file.path),
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// Checks each run's checksum file as `sha256sum -c` would: it lists the
 /// files the run's manifest names, whose digests `check_files` already
 /// recomputed, so each line is compared with the manifest rather than
 /// hashed again.
-fn check_run_sums(dir: &dyn Backend, manifests: &[Manifest], report: &mut VerifyReport) {
+fn check_run_sums(
+    dir: &dyn Backend,
+    manifests: &[Manifest],
+    compacted: &Compacted,
+    report: &mut VerifyReport,
+) {
     let mut missing = 0;
     for m in manifests {
         let key = audit::run_sums_key(&m.run_id);
@@ -701,12 +828,14 @@ fn check_run_sums(dir: &dyn Backend, manifests: &[Manifest], report: &mut Verify
             }
         };
         report.checked += 1;
-        let mut expected: BTreeSet<(String, String)> = m
+        // A compaction rewrites the checksum files of the runs whose files
+        // it merged away (until it has, they still list them).
+        let (mut expected, merged): (BTreeSet<_>, BTreeSet<_>) = m
             .files
             .iter()
             .filter(|f| f.offset.is_none())
             .map(|f| (f.sha256.clone(), f.path.clone()))
-            .collect();
+            .partition(|(_, path)| !compacted.removed.contains_key(path.as_str()));
         let logs = [&m.audit_rows, &m.page_log]
             .into_iter()
             .chain(m.recovered.iter().map(|r| &r.log));
@@ -719,7 +848,8 @@ fn check_run_sums(dir: &dyn Backend, manifests: &[Manifest], report: &mut Verify
             .filter(|(_, path)| *path != manifest)
             .cloned()
             .collect();
-        if rest != expected || listed_manifest.is_none() {
+        let before_removal: BTreeSet<_> = expected.union(&merged).cloned().collect();
+        if (rest != expected && rest != before_removal) || listed_manifest.is_none() {
             report.fail(
                 &key,
                 "does not list exactly the files of its run's manifest",

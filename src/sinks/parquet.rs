@@ -330,6 +330,30 @@ impl<C: Columns> ParquetSink<C> {
         Ok(())
     }
 
+    /// Adds rows that are already columns of this table (a file being
+    /// merged); a batch of another schema is refused.
+    pub fn push_batch(&mut self, batch: &RecordBatch) -> Result<()> {
+        self.write_pending()?;
+        if self.open.is_none() {
+            self.open = Some(self.start_file()?);
+        }
+        let Some(open) = self.open.as_mut() else {
+            return Ok(());
+        };
+        let path = self.storage.describe(&open.rel);
+        let batch = RecordBatch::try_new(C::schema(), batch.columns().to_vec()).map_err(|e| {
+            Error::Corrupt {
+                path: path.clone(),
+                reason: format!("rows of another schema than the {} table's ({e})", C::TABLE),
+            }
+        })?;
+        open.writer
+            .write(&batch)
+            .map_err(|e| parquet_error(&path, e))?;
+        open.rows += batch.num_rows() as u64;
+        Ok(())
+    }
+
     /// Whether the current file is full and should be closed (the caller
     /// closes it at a record boundary it can name in the checkpoint).
     pub fn is_full(&self) -> bool {
@@ -457,6 +481,13 @@ pub fn remove_uncommitted(
         }
     }
     Ok(removed)
+}
+
+/// The run a file of this module is named after (`part-<run>-<n>.parquet`).
+pub fn file_run(name: &str) -> Option<&str> {
+    let rest = name.strip_prefix("part-")?.strip_suffix(".parquet")?;
+    let (run, seq) = rest.rsplit_once('-')?;
+    (!seq.is_empty() && seq.bytes().all(|b| b.is_ascii_digit())).then_some(run)
 }
 
 /// The folder of a table's files of one date.

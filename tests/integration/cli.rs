@@ -499,7 +499,7 @@ fn bench_runs_small_and_reports_consistent_figures() {
 fn help_matches_the_golden_files() {
     let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
     for command in [
-        "main", "sync", "send", "verify", "rebuild", "lookup", "mock", "demo", "bench",
+        "main", "sync", "send", "verify", "compact", "rebuild", "lookup", "mock", "demo", "bench",
     ] {
         let mut cmd = bin();
         if command != "main" {

@@ -5,6 +5,7 @@
 mod bucket;
 mod cli;
 mod client;
+mod compact;
 mod fuzz;
 mod hostile;
 mod protocol;
