@@ -108,6 +108,10 @@ pub enum CommandArgs {
         /// --shard $JOB_COMPLETION_INDEX/N).
         #[arg(long, value_name = "K/N")]
         shard: Option<String>,
+        /// After the run, merge the Parquet files of dates that closed since the last
+        /// compaction (at most once a day; see `xquik-dm compact`).
+        #[arg(long)]
+        compact: bool,
         /// Print the run report as JSON on stdout instead of a summary.
         #[arg(long)]
         json: bool,
@@ -283,6 +287,12 @@ pub enum CommandArgs {
         /// credentials and endpoint from the environment), beside the folder.
         #[arg(long, value_name = "URL")]
         bucket: Option<String>,
+        /// Instead, the longevity scenario: RUNS syncs of a 20-conversation job,
+        /// stamped 5 minutes apart, a few new messages before each; prints the run
+        /// time of the first and last 10%, checkpoint size, verify times and the
+        /// files before and after compact.
+        #[arg(long, value_name = "RUNS", conflicts_with = "bucket")]
+        longevity: Option<u64>,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -389,6 +399,15 @@ pub enum Command {
         /// Report as JSON.
         json: bool,
     },
+    /// `bench --longevity`.
+    Longevity {
+        /// Runs.
+        runs: u64,
+        /// Where the folder goes.
+        work_dir: Option<PathBuf>,
+        /// Report as JSON.
+        json: bool,
+    },
     /// `bench-fetch`.
     BenchFetch {
         /// How to reach the API.
@@ -453,6 +472,7 @@ impl Args {
                 max_empty_pages,
                 max_pages,
                 shard,
+                compact,
                 json,
                 commit_interval_ms,
             } => {
@@ -513,6 +533,7 @@ impl Args {
                 options.commit_interval = Duration::from_millis(commit_interval_ms.max(1));
                 options.shard = shard;
                 options.max_pages = max_pages.map(|n| n.max(1));
+                options.compact = compact || job.as_ref().is_some_and(|j| j.compact);
                 Command::Sync { options, json }
             }
             CommandArgs::Lookup { user } => {
@@ -610,36 +631,48 @@ impl Args {
                 concurrency,
                 work_dir,
                 bucket,
+                longevity,
                 json,
             } => {
-                let bucket = match bucket.map(|b| Location::parse(&b)) {
-                    None => None,
-                    Some(Location::Url(url)) => Some(url),
-                    Some(Location::Dir(_)) => {
-                        return Err(Error::invalid("--bucket", "expected s3://, gs:// or az://"));
-                    }
-                };
-                if conversations == 0 || messages == 0 || page_size == 0 || runs == 0 {
-                    return Err(Error::invalid(
-                        "bench",
-                        "sizes and --runs must be at least 1",
-                    ));
-                }
-                if !(0.0..=100.0).contains(&new_percent) {
-                    return Err(Error::invalid("--new-percent", "must be between 0 and 100"));
-                }
-                Command::Bench {
-                    options: BenchOptions {
-                        conversations,
-                        messages,
-                        page_size,
+                if let Some(runs) = longevity {
+                    Command::Longevity {
                         runs,
-                        new_percent,
-                        concurrency: concurrency.max(1),
                         work_dir,
-                        bucket,
-                    },
-                    json,
+                        json,
+                    }
+                } else {
+                    let bucket = match bucket.map(|b| Location::parse(&b)) {
+                        None => None,
+                        Some(Location::Url(url)) => Some(url),
+                        Some(Location::Dir(_)) => {
+                            return Err(Error::invalid(
+                                "--bucket",
+                                "expected s3://, gs:// or az://",
+                            ));
+                        }
+                    };
+                    if conversations == 0 || messages == 0 || page_size == 0 || runs == 0 {
+                        return Err(Error::invalid(
+                            "bench",
+                            "sizes and --runs must be at least 1",
+                        ));
+                    }
+                    if !(0.0..=100.0).contains(&new_percent) {
+                        return Err(Error::invalid("--new-percent", "must be between 0 and 100"));
+                    }
+                    Command::Bench {
+                        options: BenchOptions {
+                            conversations,
+                            messages,
+                            page_size,
+                            runs,
+                            new_percent,
+                            concurrency: concurrency.max(1),
+                            work_dir,
+                            bucket,
+                        },
+                        json,
+                    }
                 }
             }
             CommandArgs::BenchFetch {
@@ -818,6 +851,9 @@ pub struct JobFile {
     pub concurrency: Option<usize>,
     /// Credit ceiling per run.
     pub max_credits: Option<u64>,
+    /// Compact closed date partitions after each run (`--compact`).
+    #[serde(default)]
+    pub compact: bool,
     /// Accounts and their conversations.
     #[serde(default)]
     pub conversations: Vec<JobConversations>,

@@ -70,7 +70,11 @@ impl RunStamp {
     /// A stamp for a run starting now. The run ID is the second it started
     /// and 64 random bits; [`Store::open`] also checks that it is unused.
     pub fn now() -> RunStamp {
-        let now = chrono::Utc::now();
+        RunStamp::at(chrono::Utc::now())
+    }
+
+    /// A stamp for a run starting at `now`.
+    pub fn at(now: chrono::DateTime<chrono::Utc>) -> RunStamp {
         RunStamp {
             run_id: format!(
                 "{}-{:016x}",

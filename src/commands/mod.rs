@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod compact;
 pub mod demo;
+pub mod longevity;
 pub mod lookup;
 pub mod mock;
 pub mod rebuild;
@@ -57,6 +58,13 @@ pub enum Report {
         /// Print as JSON.
         json: bool,
     },
+    /// `bench --longevity`: the figures.
+    Longevity {
+        /// The report.
+        report: longevity::LongevityReport,
+        /// Print as JSON.
+        json: bool,
+    },
     /// `compact`: what was merged.
     Compact {
         /// The report.
@@ -90,6 +98,7 @@ impl Report {
             Report::Sync { report, json } => write_report(out, report.as_ref(), *json),
             Report::Verify { report, json } => write_report(out, report, *json),
             Report::Compact { report, json } => write_report(out, report, *json),
+            Report::Longevity { report, json } => write_report(out, report, *json),
             Report::Rebuild { report, json } => write_report(out, report, *json),
             Report::Send { report, json } => write_report(out, report.as_ref(), *json),
             Report::Bench { report, json } => write_report(out, report, *json),
@@ -115,6 +124,7 @@ impl Report {
             Report::Demo(report) => report.exit_code(),
             Report::Lookup(_)
             | Report::Compact { .. }
+            | Report::Longevity { .. }
             | Report::MockStopped
             | Report::Bench { .. }
             | Report::BenchFetch { .. } => 0,
@@ -176,6 +186,14 @@ pub async fn execute(command: Command) -> Result<Report> {
             .map_err(|e| Error::io("<verify>", std::io::Error::other(e)))??;
             Ok(Report::Verify { report, json })
         }
+        Command::Longevity {
+            runs,
+            work_dir,
+            json,
+        } => Ok(Report::Longevity {
+            report: longevity::run(runs, work_dir).await?,
+            json,
+        }),
         Command::Compact {
             out,
             min_files,

@@ -71,6 +71,12 @@ pub struct SyncOptions {
     pub progress: bool,
     /// Key for signing the run's manifest.
     pub audit_key: Option<AuditKey>,
+    /// Compact the partitions of dates that closed since the last
+    /// compaction, after the run (`--compact`).
+    pub compact: bool,
+    /// The run's ID and start time; `None` for now. The longevity bench
+    /// sets it to simulate a job running every five minutes for days.
+    pub stamp: Option<RunStamp>,
 }
 
 impl SyncOptions {
@@ -87,6 +93,8 @@ impl SyncOptions {
             max_empty_pages: 5,
             commit_interval: Duration::from_secs(1),
             progress: false,
+            compact: false,
+            stamp: None,
             audit_key: None,
         }
     }
@@ -215,6 +223,15 @@ pub struct SyncReport {
     pub elapsed: Duration,
     /// The error that stopped the whole job, if one did.
     pub stopped_by: Option<String>,
+    /// The compaction that followed the run (`--compact`), when a date
+    /// had closed since the last one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compaction: Option<super::compact::CompactReport>,
+    /// Why that compaction failed (the run itself is sealed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compaction_error: Option<String>,
+    #[serde(skip)]
+    compaction_exit: u8,
     /// Whether the job stop was an error a person must fix.
     #[serde(skip)]
     stop_needs_person: bool,
@@ -229,6 +246,14 @@ impl SyncReport {
     /// The exit status (SPEC §2): 0 all done; 3 stopped on an error a
     /// person must fix with nothing else left to do; 4 partial.
     pub fn exit_code(&self) -> u8 {
+        match self.fetch_exit_code() {
+            // A failed compaction after a complete run says what it needs.
+            0 => self.compaction_exit,
+            code => code,
+        }
+    }
+
+    fn fetch_exit_code(&self) -> u8 {
         if self.stopped_by.is_some() {
             return if self.stop_needs_person { 3 } else { 4 };
         }
@@ -372,7 +397,7 @@ pub async fn run(options: SyncOptions) -> Result<SyncReport> {
         return Err(Error::invalid("--user", "name at least one conversation"));
     }
     let started = Instant::now();
-    let stamp = RunStamp::now();
+    let stamp = options.stamp.clone().unwrap_or_else(RunStamp::now);
     let client = Client::new(options.api.clone())?;
 
     // The folder is opened, locked and repaired before any request: an
@@ -491,11 +516,29 @@ pub async fn run(options: SyncOptions) -> Result<SyncReport> {
         elapsed: Duration::ZERO,
         stop_needs_person: stop_error.as_ref().is_some_and(|(_, code)| *code == 3),
         stopped_by: stop_error.map(|(text, _)| text),
+        compaction: None,
+        compaction_error: None,
+        compaction_exit: 0,
     };
     let body = manifest_body(&report, &options);
     let sealed = store.seal_async(body).await?;
     report.files = sealed.files;
     report.manifest = sealed.chain.manifest;
+    if options.compact {
+        // A run of its own, after this one is sealed and has let go of
+        // the output.
+        let compacted = tokio::task::spawn_blocking(move || super::compact::auto(&storage))
+            .await
+            .map_err(|e| Error::io("<compact>", std::io::Error::other(e)))?;
+        match compacted {
+            Ok(compaction) => report.compaction = compaction,
+            Err(e) => {
+                tracing::error!(error = %e, "compaction after the run failed; the run is sealed");
+                report.compaction_exit = e.exit_code();
+                report.compaction_error = Some(e.to_string());
+            }
+        }
+    }
     report.elapsed = started.elapsed();
     Ok(report)
 }
@@ -1195,6 +1238,19 @@ impl std::fmt::Display for SyncReport {
         }
         if let Some(stop) = &self.stopped_by {
             writeln!(f, "  stopped        {stop}")?;
+        }
+        if let Some(c) = &self.compaction {
+            writeln!(
+                f,
+                "  compacted      {} partitions: {} files merged into {} ({})",
+                c.partitions.len(),
+                c.files_removed,
+                c.files_added,
+                c.manifest
+            )?;
+        }
+        if let Some(e) = &self.compaction_error {
+            writeln!(f, "  compaction     failed: {e}")?;
         }
         Ok(())
     }

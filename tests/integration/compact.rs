@@ -257,3 +257,52 @@ fn copy_dir(from: &Path, to: &Path) {
         .unwrap();
     assert!(status.success());
 }
+
+/// `sync --compact`: after a sync, the dates that closed since the last
+/// compaction are compacted in a run of their own — once a day.
+#[tokio::test(flavor = "multi_thread")]
+async fn sync_with_compact_merges_closed_dates_once_a_day() {
+    let server = xquik_dm::mock::MockServer::start(crate::world(&[60], 50))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().to_owned();
+    past_runs(&out, 2, 4, 10);
+    let users = crate::users(1);
+    let sync = move |out: std::path::PathBuf, users: Vec<String>, base: String| {
+        let mut cmd = bin();
+        cmd.args(["--base-url", &base, "sync", "--compact", "--json"])
+            .args(["--account", crate::ACCOUNT, "--user", &users[0]])
+            .arg("--out")
+            .arg(&out)
+            .env("XQUIK_API_KEY", crate::KEY);
+        let output = cmd.output().unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&output.stdout).unwrap()
+    };
+    let base = server.base_url();
+    let (o, u, b) = (out.clone(), users.clone(), base.clone());
+    let first = tokio::task::spawn_blocking(move || sync(o, u, b))
+        .await
+        .unwrap();
+    assert_eq!(first["new_messages"], 60);
+    assert_eq!(first["compaction"]["files_removed"], 16, "{first}");
+    assert_eq!(first["compaction"]["files_added"], 4);
+    let counts = files_per_partition(&out);
+    assert!(
+        counts
+            .iter()
+            .all(|(dir, &n)| n == 1 || !dir.contains("date=2026-11-0")),
+        "{counts:?}"
+    );
+    // The same day again: nothing has closed since.
+    let second = tokio::task::spawn_blocking(move || sync(out.clone(), users, base))
+        .await
+        .unwrap();
+    assert!(second.get("compaction").is_none(), "{second}");
+    verify_ok(dir.path());
+}

@@ -1,0 +1,275 @@
+//! `xquik-dm bench --longevity N`: a job that runs `sync` every five minutes,
+//! N times in a row, against the embedded mock in this process (20
+//! conversations; before each run a few new messages arrive in one of
+//! them). The runs are stamped five minutes apart, starting days ago, so
+//! that they fill date partitions as a real job would; each writes to a
+//! real folder with every fsync.
+//!
+//! It prints what a job operator would watch over years: the median wall
+//! time of the first and the last 10% of the runs (a run must not get
+//! slower as history grows), the checkpoint's size at both ends, the files
+//! in the folder, `verify` and `verify --since` (one run) times, and the
+//! files before and after `compact`.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::api::client::{ApiKey, ClientConfig};
+use crate::api::{Account, UserRef};
+use crate::commands::compact;
+use crate::commands::mock::{SYNTHETIC_ACCOUNT, synthetic_user, synthetic_world};
+use crate::commands::sync::{self, SyncOptions, Target};
+use crate::commands::verify;
+use crate::error::{Error, Result};
+use crate::mock::MockServer;
+use crate::storage::{Location, Storage};
+use crate::store::RunStamp;
+
+const KEY: &str = "bench-key-not-a-secret";
+/// Conversations of the job.
+const CONVERSATIONS: u64 = 20;
+/// New messages before each run.
+const NEW_PER_RUN: u64 = 3;
+/// Runs per simulated day (every five minutes).
+const RUNS_PER_DAY: u64 = 288;
+
+/// The longevity figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct LongevityReport {
+    /// Runs made.
+    pub runs: u64,
+    /// Conversations of the job.
+    pub conversations: u64,
+    /// Simulated days the runs span.
+    pub days: u64,
+    /// Median wall time of the first 10% of the runs, ms.
+    pub first_10pct_median_ms: f64,
+    /// Median wall time of the last 10%, ms.
+    pub last_10pct_median_ms: f64,
+    /// Their ratio (last / first).
+    pub growth: f64,
+    /// The checkpoint's size after the first run, bytes.
+    pub checkpoint_bytes_first: u64,
+    /// After the last run.
+    pub checkpoint_bytes_last: u64,
+    /// Files in the folder before `compact`.
+    pub files_before: u64,
+    /// Of which Parquet files.
+    pub parquet_files_before: u64,
+    /// Files after `compact`.
+    pub files_after: u64,
+    /// Of which Parquet files.
+    pub parquet_files_after: u64,
+    /// Date partitions (per table) holding Parquet files.
+    pub partitions: u64,
+    /// `compact` wall time, s.
+    pub compact_s: f64,
+    /// Full `verify` before compaction, s.
+    pub verify_s: f64,
+    /// `verify --since` the head before the last run, ms.
+    pub verify_since_ms: f64,
+    /// Full `verify` after compaction, s.
+    pub verify_after_compact_s: f64,
+}
+
+/// Runs the scenario.
+pub async fn run(runs: u64, work_dir: Option<PathBuf>) -> Result<LongevityReport> {
+    if runs < 10 {
+        return Err(Error::invalid("--longevity", "needs at least 10 runs"));
+    }
+    let temp;
+    let dir = match work_dir {
+        Some(dir) => dir.join(format!("longevity-{}", RunStamp::now().run_id)),
+        None => {
+            temp = tempfile::tempdir().map_err(|e| Error::io("<temp dir>", e))?;
+            temp.path().join("out")
+        }
+    };
+    let mut world = synthetic_world(CONVERSATIONS, 50);
+    world.api_key = Some(KEY.to_owned());
+    world.get_limit_per_sec = 0;
+    world.post_limit_per_min = 0;
+    let server = MockServer::start(world)
+        .await
+        .map_err(|e| Error::io("<mock>", e))?;
+    let api = ClientConfig::new(server.base_url(), ApiKey::new(KEY)?);
+    let account = Account::parse(SYNTHETIC_ACCOUNT)?;
+    let targets: Vec<Target> = (0..CONVERSATIONS)
+        .map(|i| {
+            Ok(Target {
+                account: account.clone(),
+                user: UserRef::parse(&synthetic_user(i), "user")?,
+            })
+        })
+        .collect::<Result<_>>()?;
+    let days = runs.div_ceil(RUNS_PER_DAY);
+    let start = chrono::Utc::now() - chrono::Duration::days(days as i64 + 1);
+    let checkpoint = dir.join(crate::checkpoint::KEY);
+    let mut times = Vec::with_capacity(runs as usize);
+    let mut checkpoint_bytes_first = 0;
+    let mut head_before_last = None;
+    for i in 0..runs {
+        server.append_messages(
+            SYNTHETIC_ACCOUNT,
+            &synthetic_user(i % CONVERSATIONS),
+            NEW_PER_RUN,
+        );
+        if i + 1 == runs {
+            head_before_last = chain_head(&dir)?;
+        }
+        let mut options = SyncOptions::new(api.clone(), dir.clone(), targets.clone());
+        options.stamp = Some(RunStamp::at(
+            start + chrono::Duration::minutes(5 * i as i64),
+        ));
+        let began = Instant::now();
+        let report = sync::run(options).await?;
+        times.push(began.elapsed());
+        if report.exit_code() != 0 {
+            return Err(Error::io(
+                "<longevity>",
+                std::io::Error::other(format!("run {i} ended with exit {}", report.exit_code())),
+            ));
+        }
+        if i == 0 {
+            checkpoint_bytes_first = file_size(&checkpoint);
+        }
+    }
+    let checkpoint_bytes_last = file_size(&checkpoint);
+    let tenth = (runs / 10) as usize;
+    let first = median(times.get(..tenth).unwrap_or_default());
+    let last = median(times.get(times.len() - tenth..).unwrap_or_default());
+    let (files_before, parquet_files_before, partitions) = count_files(&dir);
+
+    let location = Location::Dir(dir.clone());
+    let (verify_s, verified) = timed(|| verify::run(location.clone(), None, None))?;
+    let since = head_before_last.unwrap_or_default();
+    let (since_s, verified_since) =
+        timed(|| verify::run_since(location.clone(), None, None, Some(&since)))?;
+    let storage: Storage = location.open()?;
+    let (compact_s, _) = timed(|| {
+        compact::compact(
+            &storage,
+            &RunStamp::now(),
+            &compact::Scope::All,
+            compact::MIN_FILES,
+        )
+    })?;
+    let (files_after, parquet_files_after, _) = count_files(&dir);
+    let (verify_after_compact_s, verified_after) =
+        timed(|| verify::run(location.clone(), None, None))?;
+    for report in [&verified, &verified_since, &verified_after] {
+        if !report.ok() {
+            return Err(Error::io(
+                "<longevity>",
+                std::io::Error::other(format!("verify failed: {report}")),
+            ));
+        }
+    }
+    server.shutdown().await;
+    Ok(LongevityReport {
+        runs,
+        conversations: CONVERSATIONS,
+        days,
+        first_10pct_median_ms: first.as_secs_f64() * 1e3,
+        last_10pct_median_ms: last.as_secs_f64() * 1e3,
+        growth: last.as_secs_f64() / first.as_secs_f64().max(1e-9),
+        checkpoint_bytes_first,
+        checkpoint_bytes_last,
+        files_before,
+        parquet_files_before,
+        files_after,
+        parquet_files_after,
+        partitions,
+        compact_s,
+        verify_s,
+        verify_since_ms: since_s * 1e3,
+        verify_after_compact_s,
+    })
+}
+
+/// The chain's head (SHA-256 of the last manifest), if any run sealed.
+fn chain_head(dir: &Path) -> Result<Option<String>> {
+    let storage = crate::storage::local::LocalDir::new(dir);
+    let (tail, _) = crate::audit::read_chain_tail(&storage, 0)?;
+    Ok(tail.last().map(|e| e.sha256.clone()))
+}
+
+fn timed<T>(f: impl FnOnce() -> Result<T>) -> Result<(f64, T)> {
+    let began = Instant::now();
+    let value = f()?;
+    Ok((began.elapsed().as_secs_f64(), value))
+}
+
+fn median(times: &[Duration]) -> Duration {
+    let mut sorted = times.to_vec();
+    sorted.sort();
+    sorted.get(sorted.len() / 2).copied().unwrap_or_default()
+}
+
+fn file_size(path: &Path) -> u64 {
+    std::fs::metadata(path).map_or(0, |m| m.len())
+}
+
+/// Files in the folder, Parquet files among them, and folders holding
+/// Parquet files.
+fn count_files(dir: &Path) -> (u64, u64, u64) {
+    let (mut files, mut parquet) = (0, 0);
+    let mut partitions = std::collections::BTreeSet::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                files += 1;
+                if path.extension().is_some_and(|e| e == "parquet") {
+                    parquet += 1;
+                    partitions.insert(d.clone());
+                }
+            }
+        }
+    }
+    (files, parquet, partitions.len() as u64)
+}
+
+impl std::fmt::Display for LongevityReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "longevity: {} sync runs, every 5 minutes over {} days, {} conversations, {} new messages before each",
+            self.runs, self.days, self.conversations, NEW_PER_RUN
+        )?;
+        writeln!(
+            f,
+            "  run wall time (median)  first 10%: {:.1} ms   last 10%: {:.1} ms   growth: {:.2}x",
+            self.first_10pct_median_ms, self.last_10pct_median_ms, self.growth
+        )?;
+        writeln!(
+            f,
+            "  checkpoint              {} bytes after the first run, {} after the last",
+            self.checkpoint_bytes_first, self.checkpoint_bytes_last
+        )?;
+        writeln!(
+            f,
+            "  verify                  full: {:.2} s   --since (one run): {:.1} ms",
+            self.verify_s, self.verify_since_ms
+        )?;
+        writeln!(
+            f,
+            "  files                   before compact: {} ({} Parquet in {} partitions)   after: {} ({} Parquet)",
+            self.files_before,
+            self.parquet_files_before,
+            self.partitions,
+            self.files_after,
+            self.parquet_files_after
+        )?;
+        writeln!(
+            f,
+            "  compact                 {:.2} s; full verify after it: {:.2} s",
+            self.compact_s, self.verify_after_compact_s
+        )
+    }
+}
