@@ -1127,6 +1127,47 @@ mod tests {
         assert!(report.ok(), "{report}");
     }
 
+    /// A folder written by the version whose checkpoint listed every
+    /// Parquet file and named no runs (format 1) is upgraded by one listing
+    /// repair: listed files stay, a killed run's unlisted file goes, and
+    /// from then on the checkpoint holds only what is not sealed.
+    #[test]
+    fn a_format_1_checkpoint_is_upgraded_by_one_listing_repair() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path();
+        let mut store = Store::open(&local(out), &stamp("a")).unwrap();
+        let rows: Vec<_> = (0..3).map(row).collect();
+        store.append_history(&lines(&rows), &rows).unwrap();
+        let sealed = store.seal(body()).unwrap();
+        let listed = sealed.files[1].clone();
+        // What format 1 looked like, and a file a killed run left.
+        let mut v1: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join(checkpoint::KEY)).unwrap()).unwrap();
+        v1["version"] = 1.into();
+        v1.as_object_mut().unwrap().remove("unsealed");
+        v1["parquet"]["files"] = serde_json::json!([listed]);
+        v1["parquet"]
+            .as_object_mut()
+            .unwrap()
+            .remove("listed_before");
+        std::fs::write(out.join(checkpoint::KEY), v1.to_string()).unwrap();
+        let folder = crate::sinks::parquet::partition::<MessageColumns>("2026-11-26");
+        let orphan = crate::sinks::parquet::file_key(&folder, "killed", 1);
+        std::fs::write(out.join(&orphan), b"PAR1").unwrap();
+
+        let store = Store::open(&local(out), &stamp("b")).unwrap();
+        assert_eq!(store.repair().parquet_removed, vec![orphan.clone()]);
+        assert!(store.checkpoint().parquet.files.is_empty());
+        assert_eq!(store.checkpoint().parquet.listed_before, 1);
+        store.seal(body()).unwrap();
+        assert!(out.join(&listed.path).exists() && !out.join(&orphan).exists());
+        let upgraded = Checkpoint::load(&*local(out)).unwrap();
+        assert_eq!(upgraded.version, 2);
+        assert_eq!(upgraded.unsealed, Some(Vec::new()));
+        let report = crate::commands::verify::check(&*local(out), None, None);
+        assert!(report.ok(), "{report}");
+    }
+
     /// A scratch folder in memory where there is one (`/dev/shm`), so that
     /// thousands of runs do not wait for a disk.
     fn scratch() -> tempfile::TempDir {

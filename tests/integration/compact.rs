@@ -20,7 +20,11 @@ use crate::{python_with, run_python};
 /// records (Unicode and null fields among them) and one send: files small
 /// enough to want merging.
 pub fn past_runs(out: &Path, days: u32, runs: u32, rows: u64) {
-    let storage: Storage = Arc::new(LocalDir::new(out));
+    past_runs_into(&(Arc::new(LocalDir::new(out)) as Storage), days, runs, rows);
+}
+
+/// [`past_runs`] into any output root (a bucket too).
+pub fn past_runs_into(storage: &Storage, days: u32, runs: u32, rows: u64) {
     let mut n = 0u64;
     for day in 1..=days {
         let date = format!("2026-11-{day:02}");
@@ -30,7 +34,7 @@ pub fn past_runs(out: &Path, days: u32, runs: u32, rows: u64) {
                 date: date.clone(),
                 started_at: format!("{date}T{run:02}:00:00.000Z"),
             };
-            let mut store = Store::open(&storage, &stamp).unwrap();
+            let mut store = Store::open(storage, &stamp).unwrap();
             let batch: Vec<HistoryRow> = (0..rows)
                 .map(|i| {
                     n += 1;
@@ -75,7 +79,7 @@ pub fn past_runs(out: &Path, days: u32, runs: u32, rows: u64) {
 
 /// Every row of both tables as DuckDB reads `parquet/**`, sorted: counts,
 /// distinct IDs and a digest of all columns.
-fn duckdb_rows(out: &Path) -> String {
+pub fn duckdb_rows(out: &Path) -> String {
     let script = r#"
 import duckdb, hashlib, sys
 con = duckdb.connect()
@@ -92,7 +96,7 @@ print("\n".join(out))
 }
 
 /// Parquet files per partition folder.
-fn files_per_partition(out: &Path) -> std::collections::BTreeMap<String, usize> {
+pub fn files_per_partition(out: &Path) -> std::collections::BTreeMap<String, usize> {
     let mut counts = std::collections::BTreeMap::new();
     for table in ["messages", "sends"] {
         let Ok(dirs) = std::fs::read_dir(out.join("parquet").join(table)) else {
