@@ -10,11 +10,16 @@
 //!   `message_id`), with a Merkle root over them in the manifest, so a single
 //!   message can be proven written without revealing the others;
 //! - `audit/runs/<run>.pages.jsonl`: one line per history page fetched;
+//! - `audit/runs/<run>.sha256`: the files the run added (its manifest and
+//!   everything the manifest lists but the handoff segments), in the format
+//!   `sha256sum -c` reads;
 //! - `audit/chain.jsonl`: one line per run: its manifest's path and SHA-256
 //!   and the previous one's. Removing, editing, inserting or reordering a
-//!   run breaks a link;
-//! - `SHA256SUMS`: the current digest of every output file, for
-//!   `sha256sum -c SHA256SUMS` run from the output folder.
+//!   run breaks a link (a bucket keeps one object per line);
+//! - `SHA256SUMS`: the digests of the files that change (the handoff file
+//!   and the checkpoint). With the runs' checksum files, every output file
+//!   is checkable with coreutils from the output folder, and no run
+//!   rewrites a file that grows with the history.
 //!
 //! Nothing here ever holds a message body: manifests carry IDs, cursors,
 //! statuses, endpoints, media references, counts, credits and digests.

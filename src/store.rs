@@ -8,18 +8,23 @@
 //! 2. `commit` fsyncs the JSONL, then atomically replaces the checkpoint with
 //!    the new committed length and the conversation states those records
 //!    advance — so the checkpoint never points past durable data;
-//! 3. a Parquet file is closed (fsync, rename into place) and only then
+//! 3. a Parquet file is closed (fsync, published into place) and only then
 //!    listed in the checkpoint, with the JSONL offset it covers;
-//! 4. `seal` ends the run: last commit, audit rows file, manifest, chain
-//!    entry, checkpoint audit pointer, `SHA256SUMS` — each durable before
-//!    the next refers to it.
+//! 4. `seal` ends the run: last commit, audit rows file, the run's checksum
+//!    file, manifest, chain entry (the commit point of the run), checkpoint
+//!    audit pointer, `SHA256SUMS` — each durable before the next refers to
+//!    it.
 //!
 //! Opening the store repairs whatever a killed run left: the JSONL is cut
-//! back to its committed length, unlisted Parquet files and unchained
-//! manifests are removed, and committed records that no listed Parquet file
-//! or no manifest covers yet are taken into this run's Parquet file and
-//! manifest. The outputs thus converge to what an uninterrupted run would
-//! have written, and every committed byte ends up in exactly one manifest.
+//! back to its committed length, the killed run's uncommitted Parquet files
+//! and unchained audit files are removed — found by the names it gives them,
+//! in the folders the checkpoint says it claimed, so that no folder growing
+//! with the history is listed — and committed records that no listed
+//! Parquet file or no manifest covers yet are taken into this run's Parquet
+//! file and manifest. The outputs thus converge to what an uninterrupted run
+//! would have written, and every committed byte ends up in exactly one
+//! manifest. What a run reads and writes here depends on what it does and on
+//! the number of conversations, not on how many runs came before.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};

@@ -9,7 +9,10 @@
 //! - completeness: the JSONL segments tile the handoff file from its first
 //!   to its last byte, and the Parquet and audit files on disk are exactly
 //!   the ones the manifests list — nothing missing, nothing extra;
-//! - `SHA256SUMS`, line by line, as `sha256sum -c` would.
+//! - compactions: the files a compaction removed are those earlier runs
+//!   listed, digest for digest, and it added as many rows per partition;
+//! - `SHA256SUMS`, line by line, as `sha256sum -c` would, and each run's
+//!   checksum file against its manifest.
 
 // Reads bytes the API or a file supplies: no panic may be reachable from them.
 #![cfg_attr(

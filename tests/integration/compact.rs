@@ -180,6 +180,20 @@ fn compaction_keeps_every_row_merges_closed_partitions_and_verifies() {
     );
     assert_eq!(manifest["compaction"]["added"].as_array().unwrap().len(), 6);
     assert!(manifest["compaction"]["removed"][0]["sha256"].is_string());
+    // Every manifest, the compaction's among them, matches its schema.
+    let script = r#"
+import json, sys, glob, os, jsonschema
+schema = json.load(open(sys.argv[1]))
+validator = jsonschema.Draft202012Validator(schema)
+for path in glob.glob(os.path.join(sys.argv[2], "audit/runs/*.manifest.json")):
+    errors = list(validator.iter_errors(json.load(open(path))))
+    if errors:
+        sys.exit(f"{path}: {errors[0].json_path}: {errors[0].message}")
+print("ok")
+"#;
+    let schema = Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/manifest.schema.json");
+    let checked = run_python(python_with(&["jsonschema"]), script, &[&schema, out]);
+    assert_eq!(checked.trim(), "ok");
 
     // Nothing left to merge: a second compaction changes no file.
     let again = compact(out);
