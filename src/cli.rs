@@ -15,6 +15,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::api::client::{ApiKey, ClientConfig, DEFAULT_BASE_URL, check_base_url};
+use crate::api::pace::Limits;
 use crate::api::retry::RetryPolicy;
 use crate::api::{Account, UserRef};
 use crate::audit::AuditKey;
@@ -62,6 +63,16 @@ pub struct Args {
     #[arg(long, global = true, default_value_t = 32, value_name = "MIB")]
     pub max_response_mb: u64,
 
+    /// Reads per second per connected account (the API's limit: 300); requests
+    /// are paced just under it. 0: no pacing.
+    #[arg(long, global = true, value_name = "PER_SEC")]
+    pub rate_get: Option<f64>,
+
+    /// Writes (DMs, uploads) per minute per connected account (the API's limit:
+    /// 120); paced just under it. 0: no pacing.
+    #[arg(long, global = true, value_name = "PER_MIN")]
+    pub rate_post: Option<f64>,
+
     /// What to do.
     #[command(subcommand)]
     pub command: CommandArgs,
@@ -89,7 +100,9 @@ pub enum CommandArgs {
         /// Job file (TOML) listing accounts and conversations for scheduled runs.
         #[arg(long, value_name = "FILE")]
         job: Option<PathBuf>,
-        /// Conversations paged at the same time.
+        /// Most conversations paged at the same time per account (default 64). How
+        /// many run is set by the pace: enough to keep each account at its rate
+        /// limit at the latency its answers come back with.
         #[arg(long, value_name = "N")]
         concurrency: Option<usize>,
         /// Stop before this run spends more credits (exit 4; rerun to continue).
@@ -252,6 +265,16 @@ pub enum CommandArgs {
         /// Messages per conversation of the synthetic world.
         #[arg(long, default_value_t = 1000, value_name = "M")]
         messages: u64,
+        /// Connected accounts of the synthetic world (`bench`, `bench1`, ...), each
+        /// with the N conversations.
+        #[arg(long, default_value_t = 1, value_name = "A")]
+        accounts: u64,
+        /// Delay every answer by this many milliseconds.
+        #[arg(long, default_value_t = 0, value_name = "MS")]
+        latency_ms: u64,
+        /// And by up to this many more, uniformly at random.
+        #[arg(long, default_value_t = 0, value_name = "MS")]
+        latency_jitter_ms: u64,
         /// Switch the per-account rate limits off.
         #[arg(long)]
         no_rate_limit: bool,
@@ -450,7 +473,29 @@ impl Args {
         let timeout = Duration::from_secs(self.timeout.max(1));
         let base_url = self.base_url;
         let max_response_mb = self.max_response_mb;
-        let api = |key: Option<String>| -> Result<ClientConfig> {
+        let (rate_get, rate_post) = (self.rate_get, self.rate_post);
+        for (flag, rate) in [("--rate-get", rate_get), ("--rate-post", rate_post)] {
+            if rate.is_some_and(|r| !r.is_finite() || r < 0.0) {
+                return Err(Error::invalid(
+                    flag,
+                    "must be a number of requests, 0 or more",
+                ));
+            }
+        }
+        // The command line wins over a job file, which wins over the API's
+        // documented limits.
+        let pace = |job: Option<&JobFile>| {
+            let defaults = Limits::default();
+            Limits {
+                get_per_sec: rate_get
+                    .or(job.and_then(|j| j.rate_get))
+                    .unwrap_or(defaults.get_per_sec),
+                post_per_min: rate_post
+                    .or(job.and_then(|j| j.rate_post))
+                    .unwrap_or(defaults.post_per_min),
+            }
+        };
+        let api = |key: Option<String>, job: Option<&JobFile>| -> Result<ClientConfig> {
             check_base_url(&base_url)?;
             let key = ApiKey::new(key.ok_or(Error::MissingApiKey)?)?;
             Ok(ClientConfig {
@@ -459,6 +504,7 @@ impl Args {
                 timeout,
                 retry: retry.clone(),
                 max_response_bytes: max_response_mb.max(1) << 20,
+                pace: pace(job),
             })
         };
         let command = match self.command {
@@ -520,11 +566,12 @@ impl Args {
                     .ok_or_else(|| Error::invalid("--out", "name the output folder"))?;
                 let concurrency = concurrency
                     .or(job.as_ref().and_then(|j| j.concurrency))
-                    .unwrap_or(8);
+                    .unwrap_or(crate::commands::sync::DEFAULT_CONCURRENCY);
                 if !(1..=256).contains(&concurrency) {
                     return Err(Error::invalid("--concurrency", "must be between 1 and 256"));
                 }
-                let mut options = SyncOptions::new(api(api_key)?, Location::from(out), targets);
+                let mut options =
+                    SyncOptions::new(api(api_key, job.as_ref())?, Location::from(out), targets);
                 options.concurrency = concurrency;
                 options.max_credits = max_credits.or(job.as_ref().and_then(|j| j.max_credits));
                 options.max_empty_pages = max_empty_pages.max(1);
@@ -540,7 +587,7 @@ impl Args {
                 // Input first, then the key: both are checked before any request.
                 let user = UserRef::parse(&user, "<ID or @username>")?;
                 Command::Lookup {
-                    api: api(api_key)?,
+                    api: api(api_key, None)?,
                     user,
                 }
             }
@@ -552,6 +599,9 @@ impl Args {
                 api_key,
                 conversations,
                 messages,
+                accounts,
+                latency_ms,
+                latency_jitter_ms,
                 no_rate_limit,
             } => {
                 if !(0.0..=1.0).contains(&transient_rate) {
@@ -571,6 +621,9 @@ impl Args {
                     api_key,
                     conversations,
                     messages,
+                    accounts: accounts.max(1),
+                    latency: Duration::from_millis(latency_ms),
+                    latency_jitter: Duration::from_millis(latency_jitter_ms),
                     no_rate_limit,
                 })
             }
@@ -610,7 +663,7 @@ impl Args {
                 };
                 Command::Send {
                     options: SendOptions {
-                        api: api(api_key)?,
+                        api: api(api_key, None)?,
                         out: Location::from(out),
                         lines,
                         batch: is_batch,
@@ -679,7 +732,7 @@ impl Args {
                 conversations,
                 concurrency,
             } => Command::BenchFetch {
-                api: api(api_key)?,
+                api: api(api_key, None)?,
                 conversations,
                 concurrency,
             },
@@ -854,6 +907,10 @@ pub struct JobFile {
     /// Compact closed date partitions after each run (`--compact`).
     #[serde(default)]
     pub compact: bool,
+    /// Reads per second per account (`--rate-get`).
+    pub rate_get: Option<f64>,
+    /// Writes per minute per account (`--rate-post`).
+    pub rate_post: Option<f64>,
     /// Accounts and their conversations.
     #[serde(default)]
     pub conversations: Vec<JobConversations>,

@@ -11,13 +11,13 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
 )]
 
-use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
 use reqwest::header::{HeaderMap, HeaderValue};
 use serde::de::DeserializeOwned;
 
+use super::pace::{Limits, Pacer};
 use super::retry::{self, Decision, RetryPolicy};
 use super::types::{ErrorBody, HistoryPage, SendDmRequest, UserProfile, WriteResponse};
 use super::{Account, Endpoint, IdempotencyKey, UserRef};
@@ -63,6 +63,8 @@ pub struct ClientConfig {
     /// streams in, never held whole (an honest history page is at most a
     /// few MiB).
     pub max_response_bytes: u64,
+    /// The per-account pace (the API's limits by default).
+    pub pace: Limits,
 }
 
 /// The default cap on one answer: 32 MiB.
@@ -77,6 +79,7 @@ impl ClientConfig {
             timeout: Duration::from_secs(30),
             retry: RetryPolicy::default(),
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+            pace: Limits::default(),
         }
     }
 }
@@ -118,10 +121,10 @@ pub struct Client {
     retry: RetryPolicy,
     max_response_bytes: u64,
     rng: Mutex<fastrand::Rng>,
-    /// Per-account "not before" instants. The API's rate limit is per
-    /// account, so a 429 seen by one conversation holds back every request
-    /// of that account, not only the one that was refused.
-    gates: Mutex<HashMap<String, Instant>>,
+    /// Every request of an account goes through its lane: the API's rate
+    /// limit is per account, so a 429 seen by one conversation holds back
+    /// every request of that account, and no other account's.
+    pacer: Pacer,
 }
 
 impl Client {
@@ -140,7 +143,7 @@ impl Client {
             .user_agent(concat!("xquik-dm/", env!("CARGO_PKG_VERSION")))
             .timeout(config.timeout)
             .connect_timeout(config.timeout.min(Duration::from_secs(10)))
-            .pool_max_idle_per_host(64)
+            .pool_max_idle_per_host(256)
             .tcp_nodelay(true)
             // A redirect could carry the key header to another host.
             .redirect(reqwest::redirect::Policy::none())
@@ -158,7 +161,7 @@ impl Client {
             retry: config.retry,
             max_response_bytes: config.max_response_bytes,
             rng: Mutex::new(fastrand::Rng::new()),
-            gates: Mutex::new(HashMap::new()),
+            pacer: Pacer::new(config.pace),
         })
     }
 
@@ -167,10 +170,20 @@ impl Client {
         &self.base_str
     }
 
+    /// The per-account pacer (for how many requests to keep in flight).
+    pub fn pacer(&self) -> &Pacer {
+        &self.pacer
+    }
+
     /// `GET /x/users/{id}`: a profile by numeric ID or username. 1 credit.
-    pub async fn user(&self, user: &UserRef) -> Result<Reply<UserProfile>> {
+    /// Paced with the reads of `account`, the one it is looked up for.
+    pub async fn user(
+        &self,
+        user: &UserRef,
+        account: Option<&Account>,
+    ) -> Result<Reply<UserProfile>> {
         let url = format!("{}/x/users/{}", self.base_str, user.as_path());
-        self.call(Endpoint::User, None, None, || self.http.get(&url))
+        self.call(Endpoint::User, account, None, || self.http.get(&url))
             .await
     }
 
@@ -221,7 +234,7 @@ impl Client {
                 self.http.post(&url).multipart(form)
             })
             .await?;
-        self.finish_write(Endpoint::Media, reply).await
+        self.finish_write(Endpoint::Media, account, reply).await
     }
 
     /// `POST /x/media` with a public https URL the API downloads. 10 credits.
@@ -238,7 +251,7 @@ impl Client {
                 self.http.post(&url).json(&body)
             })
             .await?;
-        self.finish_write(Endpoint::Media, reply).await
+        self.finish_write(Endpoint::Media, account, reply).await
     }
 
     /// `POST /x/dm/{userId}`: one DM, polled to its terminal state. 10 credits.
@@ -255,13 +268,18 @@ impl Client {
                 self.http.post(&url).json(request)
             })
             .await?;
-        self.finish_write(Endpoint::SendDm, reply).await
+        self.finish_write(Endpoint::SendDm, &account, reply).await
     }
 
     /// `GET /x/write-actions/{id}` by the `statusUrl` or `Location` the API
     /// gave. Only URLs on the API's own origin are followed, since the key
-    /// goes with the request.
-    pub async fn write_action(&self, status_url: &str) -> Result<Reply<WriteResponse>> {
+    /// goes with the request. Paced with the reads of `account`, whose
+    /// write it polls.
+    pub async fn write_action(
+        &self,
+        status_url: &str,
+        account: &Account,
+    ) -> Result<Reply<WriteResponse>> {
         let url = self.base.join(status_url).map_err(|_| Error::Decode {
             endpoint: Endpoint::WriteAction,
             reason: "statusUrl is not a URL".into(),
@@ -275,7 +293,7 @@ impl Client {
                 ),
             });
         }
-        self.call(Endpoint::WriteAction, None, None, || {
+        self.call(Endpoint::WriteAction, Some(account), None, || {
             self.http.get(url.clone())
         })
         .await
@@ -286,10 +304,11 @@ impl Client {
     pub async fn resume_write(
         &self,
         endpoint: Endpoint,
+        account: &Account,
         status_url: &str,
     ) -> Result<Reply<WriteResponse>> {
-        let reply = self.write_action(status_url).await?;
-        self.finish_write(endpoint, reply).await
+        let reply = self.write_action(status_url, account).await?;
+        self.finish_write(endpoint, account, reply).await
     }
 
     /// Polls a non-terminal write until it is terminal, honouring
@@ -298,6 +317,7 @@ impl Client {
     async fn finish_write(
         &self,
         endpoint: Endpoint,
+        account: &Account,
         mut reply: Reply<WriteResponse>,
     ) -> Result<Reply<WriteResponse>> {
         let started = Instant::now();
@@ -336,7 +356,7 @@ impl Client {
             }
             tokio::time::sleep(wait).await;
             let attempts = reply.meta.attempts;
-            reply = self.write_action(&url).await?;
+            reply = self.write_action(&url, account).await?;
             reply.meta.attempts += attempts;
         }
         if !reply.value.succeeded() {
@@ -373,16 +393,23 @@ impl Client {
         let started = Instant::now();
         let mut waited = Duration::ZERO;
         let mut attempts = 0u32;
+        let kind = endpoint.pace_kind();
         loop {
             attempts += 1;
             if let Some(account) = account {
-                waited += self.wait_for_gate(account).await;
+                waited += self.pacer.acquire(account.as_str(), kind).await;
             }
             let mut req = make().header("x-api-key", self.key.clone());
             if let Some(key) = key {
                 req = req.header("Idempotency-Key", key.as_str());
             }
-            let (err, hint) = match self.attempt::<T>(endpoint, req).await {
+            let sent = Instant::now();
+            let outcome = self.attempt::<T>(endpoint, req).await;
+            let throttled = matches!(&outcome, Err((Error::Api(api), _)) if api.status == 429);
+            if let (Some(account), false) = (account, throttled) {
+                self.pacer.answered(account.as_str(), kind, sent.elapsed());
+            }
+            let (err, hint) = match outcome {
                 Ok((value, mut meta)) => {
                     meta.attempts = attempts;
                     meta.waited = waited;
@@ -405,7 +432,8 @@ impl Client {
             };
             // The account's other requests wait too, even if this one gives up.
             if let (Some(account), 429) = (account, status) {
-                self.close_gate(account, wait);
+                let jitter = self.with_rng(|rng| wait.mul_f64(rng.f64() * 0.2));
+                self.pacer.throttled(account.as_str(), kind, wait, jitter);
             }
             if attempts >= self.retry.max_attempts
                 || started.elapsed() + wait > self.retry.max_elapsed
@@ -496,32 +524,6 @@ impl Client {
             retry_after: wait,
         };
         Err((Error::Api(err), wait))
-    }
-
-    /// Sleeps until the account's gate is open; returns the time slept.
-    async fn wait_for_gate(&self, account: &Account) -> Duration {
-        let until = {
-            let gates = self.gates.lock().unwrap_or_else(|p| p.into_inner());
-            gates.get(account.as_str()).copied()
-        };
-        let now = Instant::now();
-        match until {
-            Some(until) if until > now => {
-                tokio::time::sleep(until - now).await;
-                until - now
-            }
-            _ => Duration::ZERO,
-        }
-    }
-
-    /// Holds every request of `account` back for `wait`.
-    fn close_gate(&self, account: &Account, wait: Duration) {
-        let until = Instant::now() + wait;
-        let mut gates = self.gates.lock().unwrap_or_else(|p| p.into_inner());
-        let gate = gates.entry(account.as_str().to_owned()).or_insert(until);
-        if *gate < until {
-            *gate = until;
-        }
     }
 
     fn with_rng<R>(&self, f: impl FnOnce(&mut fastrand::Rng) -> R) -> R {

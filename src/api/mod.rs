@@ -4,6 +4,7 @@
 //! checked here so that bad input is refused before any request is made.
 
 pub mod client;
+pub mod pace;
 pub mod pagination;
 pub mod retry;
 pub mod types;
@@ -62,6 +63,14 @@ impl Endpoint {
     /// Whether the call is a write, which must carry an `Idempotency-Key`.
     pub fn is_write(self) -> bool {
         matches!(self, Endpoint::Media | Endpoint::SendDm)
+    }
+
+    /// Which of an account's limits the call counts against.
+    pub fn pace_kind(self) -> pace::Kind {
+        match self {
+            Endpoint::Media | Endpoint::SendDm => pace::Kind::Post,
+            Endpoint::User | Endpoint::History | Endpoint::WriteAction => pace::Kind::Get,
+        }
     }
 }
 

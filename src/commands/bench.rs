@@ -139,6 +139,9 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport> {
                     &mock.base_url,
                     "--log-format",
                     "json",
+                    // The synthetic world has no rate limit: nothing to pace.
+                    "--rate-get",
+                    "0",
                     "bench-fetch",
                 ])
                 .arg("--conversations")
@@ -211,6 +214,8 @@ fn sync_command(exe: &Path, base_url: &str, job: &Path, out: &Path) -> Command {
         base_url,
         "--log-format",
         "json",
+        "--rate-get",
+        "0",
         "sync",
         "--json",
         "--job",

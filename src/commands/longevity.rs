@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::api::client::{ApiKey, ClientConfig};
+use crate::api::pace::Limits;
 use crate::api::{Account, UserRef};
 use crate::commands::compact;
 use crate::commands::mock::{SYNTHETIC_ACCOUNT, synthetic_user, synthetic_world};
@@ -94,7 +95,9 @@ pub async fn run(runs: u64, work_dir: Option<PathBuf>) -> Result<LongevityReport
     let server = MockServer::start(world)
         .await
         .map_err(|e| Error::io("<mock>", e))?;
-    let api = ClientConfig::new(server.base_url(), ApiKey::new(KEY)?);
+    let mut api = ClientConfig::new(server.base_url(), ApiKey::new(KEY)?);
+    // The mock has no rate limit here: the runs' own cost is measured.
+    api.pace = Limits::unlimited();
     let account = Account::parse(SYNTHETIC_ACCOUNT)?;
     let targets: Vec<Target> = (0..CONVERSATIONS)
         .map(|i| {

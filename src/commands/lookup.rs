@@ -8,7 +8,7 @@ use crate::error::Result;
 
 /// Looks a user up by numeric ID or username. 1 credit.
 pub async fn run(client: &Client, user: &UserRef) -> Result<UserProfile> {
-    let reply = client.user(user).await?;
+    let reply = client.user(user, None).await?;
     tracing::info!(
         endpoint = "GET /x/users/{id}",
         user_id = %reply.value.id,

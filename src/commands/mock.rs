@@ -26,12 +26,26 @@ pub struct MockOptions {
     pub conversations: Option<u64>,
     /// Messages per conversation of the synthetic world.
     pub messages: u64,
+    /// Connected accounts of the synthetic world.
+    pub accounts: u64,
+    /// Added to every answer.
+    pub latency: std::time::Duration,
+    /// Up to this much more, at random.
+    pub latency_jitter: std::time::Duration,
     /// Switch the per-account rate limits off (benchmarks).
     pub no_rate_limit: bool,
 }
 
 /// The account of the synthetic world.
 pub const SYNTHETIC_ACCOUNT: &str = "bench";
+
+/// The handle of account `i` (0-based) of the synthetic world.
+pub fn synthetic_account(i: u64) -> String {
+    match i {
+        0 => SYNTHETIC_ACCOUNT.to_owned(),
+        i => format!("{SYNTHETIC_ACCOUNT}{i}"),
+    }
+}
 
 /// The user ID of conversation `i` (0-based) of the synthetic world.
 pub fn synthetic_user(i: u64) -> String {
@@ -42,6 +56,12 @@ pub fn synthetic_user(i: u64) -> String {
 /// messages each. Messages depend only on their position, so the same
 /// world started with more messages is the old one plus newer messages.
 pub fn synthetic_world(conversations: u64, messages: u64) -> MockConfig {
+    synthetic_world_of(1, conversations, messages)
+}
+
+/// [`synthetic_world`] with `accounts` accounts, each reading the same
+/// `conversations` users.
+pub fn synthetic_world_of(accounts: u64, conversations: u64, messages: u64) -> MockConfig {
     let users: Vec<MockUser> = (0..conversations)
         .map(|i| MockUser {
             id: synthetic_user(i),
@@ -51,16 +71,19 @@ pub fn synthetic_world(conversations: u64, messages: u64) -> MockConfig {
         })
         .collect();
     MockConfig {
-        accounts: vec![MockAccount {
-            handle: SYNTHETIC_ACCOUNT.to_owned(),
-            user_id: "1700000000000000001".to_owned(),
-        }],
-        conversations: users
-            .iter()
-            .map(|u| MockConversation {
-                account: SYNTHETIC_ACCOUNT.to_owned(),
-                user_id: u.id.clone(),
-                messages,
+        accounts: (0..accounts)
+            .map(|a| MockAccount {
+                handle: synthetic_account(a),
+                user_id: (1_700_000_000_000_000_001 + a).to_string(),
+            })
+            .collect(),
+        conversations: (0..accounts)
+            .flat_map(|a| {
+                users.iter().map(move |u| MockConversation {
+                    account: synthetic_account(a),
+                    user_id: u.id.clone(),
+                    messages,
+                })
             })
             .collect(),
         users,
@@ -71,7 +94,7 @@ pub fn synthetic_world(conversations: u64, messages: u64) -> MockConfig {
 /// Serves until Ctrl-C.
 pub async fn run(options: MockOptions) -> Result<()> {
     let world = match options.conversations {
-        Some(n) => synthetic_world(n, options.messages),
+        Some(n) => synthetic_world_of(options.accounts, n, options.messages),
         None => MockConfig::demo(),
     };
     let mut config = MockConfig {
@@ -81,6 +104,8 @@ pub async fn run(options: MockOptions) -> Result<()> {
         faults: Faults {
             transient_rate: options.transient_rate,
             retry_after_ms: 200,
+            latency: options.latency,
+            latency_jitter: options.latency_jitter,
             ..Faults::default()
         },
         ..world

@@ -606,7 +606,7 @@ async fn send_one(
         (Some(r), _) if r.can_dm != Some(false) => (r.id, r.can_dm),
         (None, UserRef::Id(id)) => (id.clone(), None),
         _ => {
-            let result = client.user(&request.to).await;
+            let result = client.user(&request.to, Some(&request.account)).await;
             store
                 .log_request(Endpoint::User, &request.to.to_string(), &result)
                 .map_err(|e| (outcome.clone().fail(SendStatus::Failed, &e), e))?;
@@ -762,7 +762,11 @@ async fn send_one(
         .clone()
         .filter(|_| state.status == "pending")
     {
-        Some(url) => client.resume_write(Endpoint::SendDm, &url).await,
+        Some(url) => {
+            client
+                .resume_write(Endpoint::SendDm, &request.account, &url)
+                .await
+        }
         None => client.send_dm(&recipient_id, &dm, &key).await,
     };
     store

@@ -3,9 +3,11 @@
 //!
 //! Shape of a run: validate and lock the output folder (before any request),
 //! resolve usernames once (remembered in the checkpoint), then one task per
-//! conversation (bounded by `--concurrency`) pages the history and sends
-//! each page's new rows to a single writer thread, which owns the store and
-//! commits every second or so. A conversation's state in the checkpoint
+//! conversation pages the history and sends each page's new rows to a
+//! single writer thread, which owns the store and commits every second or
+//! so. Each account runs as many conversations at a time as it takes to
+//! keep its requests at the account's pace (the rate limit) at the latency
+//! its answers come back with, up to `--concurrency`. A conversation's state in the checkpoint
 //! always travels with the rows it covers, so a crash at any instant resumes
 //! exactly where the committed data ends.
 //!
@@ -35,6 +37,13 @@ use crate::sinks::WrittenFile;
 use crate::storage::Location;
 use crate::store::{ManifestBody, PageLog, Repair, RunStamp, Store};
 
+/// Most conversations of one account paged at the same time, unless
+/// `--concurrency` says otherwise: at 300 reads/s and 200 ms per answer, 60
+/// are needed to keep the pace.
+pub const DEFAULT_CONCURRENCY: usize = 64;
+/// Most conversations paged at the same time in all.
+const MAX_TASKS: usize = 1024;
+
 /// One conversation to sync.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
@@ -59,7 +68,7 @@ pub struct SyncOptions {
     pub max_pages: Option<u64>,
     /// Conversations.
     pub targets: Vec<Target>,
-    /// Conversations paged at the same time.
+    /// Most conversations paged at the same time per account.
     pub concurrency: usize,
     /// Stop before the run spends more credits than this.
     pub max_credits: Option<u64>,
@@ -88,7 +97,7 @@ impl SyncOptions {
             shard: None,
             max_pages: None,
             targets,
-            concurrency: 8,
+            concurrency: DEFAULT_CONCURRENCY,
             max_credits: None,
             max_empty_pages: 5,
             commit_interval: Duration::from_secs(1),
@@ -451,25 +460,56 @@ pub async fn run(options: SyncOptions) -> Result<SyncReport> {
     let progress = options
         .progress
         .then(|| spawn_progress(run.clone(), started));
-    // At most `concurrency` conversations are in flight, and a task exists
-    // only while its conversation runs: memory does not grow with the
-    // number of conversations waiting.
-    let concurrency = options.concurrency.max(1);
-    let mut waiting = resolved.into_iter();
+    // Each account runs as many conversations as its pace needs at the
+    // latency seen so far (re-read as answers come in), up to the cap; a
+    // task exists only while its conversation runs, so memory does not grow
+    // with the number of conversations waiting.
+    let cap = options.concurrency.max(1);
+    let mut waiting: BTreeMap<String, std::collections::VecDeque<(Account, String, Conversation)>> =
+        BTreeMap::new();
+    for item in resolved {
+        waiting
+            .entry(item.0.as_str().to_owned())
+            .or_default()
+            .push_back(item);
+    }
+    let mut running: HashMap<String, usize> = HashMap::new();
     let mut tasks = tokio::task::JoinSet::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
     loop {
-        while tasks.len() < concurrency {
-            let Some((account, user_id, state)) = waiting.next() else {
-                break;
-            };
-            let (run, tx) = (run.clone(), tx.clone());
-            tasks.spawn(async move { sync_conversation(&run, account, user_id, state, tx).await });
+        for (account, queue) in waiting.iter_mut() {
+            let target = run.client.pacer().in_flight(account, cap);
+            let busy = running.entry(account.clone()).or_default();
+            while *busy < target && tasks.len() < MAX_TASKS {
+                let Some((account, user_id, state)) = queue.pop_front() else {
+                    break;
+                };
+                *busy += 1;
+                let (run, tx) = (run.clone(), tx.clone());
+                tasks.spawn(
+                    async move { sync_conversation(&run, account, user_id, state, tx).await },
+                );
+            }
         }
-        let Some(joined) = tasks.join_next().await else {
+        waiting.retain(|_, queue| !queue.is_empty());
+        if tasks.is_empty() && waiting.is_empty() {
             break;
+        }
+        let joined = tokio::select! {
+            joined = tasks.join_next() => joined,
+            // The pace may allow more now (latency learned, a 429 past).
+            _ = tick.tick(), if !waiting.is_empty() => continue,
+        };
+        let Some(joined) = joined else {
+            continue;
         };
         match joined {
-            Ok(report) => reports.push(report),
+            Ok(report) => {
+                if let Some(busy) = running.get_mut(report.account.as_str()) {
+                    *busy = busy.saturating_sub(1);
+                }
+                reports.push(report);
+            }
             Err(e) => run.stop_job(&Error::io("<conversation task>", std::io::Error::other(e))),
         }
         run.done.fetch_add(1, Ordering::Relaxed);
@@ -617,7 +657,7 @@ async fn resolve_targets(
                     failed.push(unresolved(target, "not_started", None));
                     continue;
                 } else {
-                    let result = run.client.user(&target.user).await;
+                    let result = run.client.user(&target.user, Some(&target.account)).await;
                     run.settle(Endpoint::User, 1, u64::from(result.is_ok()));
                     let logged =
                         store.log_request(Endpoint::User, &target.user.to_string(), &result);

@@ -55,6 +55,9 @@ pub struct MockConfig {
     pub get_limit_per_sec: u32,
     /// POST requests per minute per account (`0` disables the limit).
     pub post_limit_per_min: u32,
+    /// The window the POST limit counts in: a minute, as the API does
+    /// (tests shorten it to keep "120 per minute" within seconds).
+    pub post_window: Duration,
     /// Which response shape writes get.
     pub write_mode: WriteMode,
     /// Faults injected into responses; changeable at run time.
@@ -141,9 +144,28 @@ pub struct Faults {
     pub dangling_cursor_after: Option<u32>,
     /// Added to every response.
     pub latency: Duration,
+    /// A uniform random extra of up to this much, per response.
+    pub latency_jitter: Duration,
+    /// GET limits per second for these account handles instead of
+    /// [`MockConfig::get_limit_per_sec`] (one account throttled hard).
+    pub get_limits: Vec<(String, u32)>,
     /// `(account handle, user id)` pairs whose history answers 403
     /// `dm_not_permitted` even though the conversation exists.
     pub forbidden: Vec<(String, String)>,
+}
+
+/// One request as the rate limiter saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoggedRequest {
+    /// When it arrived, since the mock started.
+    pub at: Duration,
+    /// What it counted against: an account handle, or `key:<api key>` for
+    /// lookups and polls.
+    pub bucket: String,
+    /// A write (POST) rather than a read.
+    pub post: bool,
+    /// Whether it was refused with 429 `rate_limit_exceeded`.
+    pub limited: bool,
 }
 
 /// The response shape of writes (`POST /x/dm/{userId}`, `POST /x/media`).
@@ -204,6 +226,9 @@ pub struct SentDm {
 /// `"GET /x/dm/{userId}/history"`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Ledger {
+    /// Every request counted against a rate limit, in arrival order.
+    #[serde(skip)]
+    pub requests: Vec<LoggedRequest>,
     /// All credits charged.
     pub credits_total: u64,
     /// Credits charged per endpoint.
@@ -226,6 +251,7 @@ impl Default for MockConfig {
             credit_limit: None,
             get_limit_per_sec: 300,
             post_limit_per_min: 120,
+            post_window: Duration::from_secs(60),
             write_mode: WriteMode::Completed,
             faults: Faults::default(),
             structured_errors: false,
@@ -247,6 +273,8 @@ impl Default for Faults {
             repeated_cursor_after: None,
             dangling_cursor_after: None,
             latency: Duration::ZERO,
+            latency_jitter: Duration::ZERO,
+            get_limits: Vec::new(),
             forbidden: Vec::new(),
         }
     }
@@ -381,6 +409,12 @@ impl MockServer {
     /// A snapshot of what was called and charged so far.
     pub fn ledger(&self) -> Ledger {
         self.shared.world().ledger.clone()
+    }
+
+    /// Every request counted against a rate limit so far, in arrival
+    /// order: what a test of pacing reads.
+    pub fn request_log(&self) -> Vec<LoggedRequest> {
+        self.shared.world().ledger.requests.clone()
     }
 
     /// The full history of a conversation, newest first: exactly the

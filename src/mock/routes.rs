@@ -101,7 +101,8 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
 async fn envelope(State(shared): State<Arc<Shared>>, mut request: Request, next: Next) -> Response {
     let (number, latency) = {
         let mut world = shared.world();
-        (world.next_request(), world.faults.latency)
+        let number = world.next_request();
+        (number, world.latency())
     };
     let request_id = format!("req_{number:016x}");
     let headers = request.headers();
@@ -752,13 +753,19 @@ fn admit(
         }
         after_effect = Some(transient);
     }
-    let limit = if post {
-        settings.post_limit_per_min
+    let (limit, span) = if post {
+        (settings.post_limit_per_min, settings.post_window)
     } else {
-        settings.get_limit_per_sec
+        let limit = world
+            .faults
+            .get_limits
+            .iter()
+            .find(|(handle, _)| handle == bucket)
+            .map_or(settings.get_limit_per_sec, |(_, limit)| *limit);
+        (limit, Duration::from_secs(1))
     };
     world
-        .rate_limit(bucket, post, limit)
+        .rate_limit(bucket, post, limit, span)
         .map_err(ApiError::rate_limited)?;
     Ok(after_effect)
 }

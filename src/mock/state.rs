@@ -19,7 +19,10 @@ use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
 use super::data::{self, Thread, mix};
-use super::{Faults, Ledger, MockAccount, MockConfig, MockMessage, MockUser, SentDm, WriteMode};
+use super::{
+    Faults, Ledger, LoggedRequest, MockAccount, MockConfig, MockMessage, MockUser, SentDm,
+    WriteMode,
+};
 
 /// What a write costs, in credits.
 pub(crate) const WRITE_COST: u64 = 10;
@@ -41,6 +44,7 @@ pub(crate) struct Settings {
     pub(crate) seed: u64,
     pub(crate) get_limit_per_sec: u32,
     pub(crate) post_limit_per_min: u32,
+    pub(crate) post_window: Duration,
     pub(crate) write_mode: WriteMode,
     pub(crate) structured_errors: bool,
 }
@@ -161,6 +165,7 @@ pub(crate) struct World {
     media: HashMap<String, Media>,
     uploads: u64,
     requests: u64,
+    started: Instant,
 }
 
 impl Shared {
@@ -174,6 +179,7 @@ impl Shared {
             seed: config.seed,
             get_limit_per_sec: config.get_limit_per_sec,
             post_limit_per_min: config.post_limit_per_min,
+            post_window: config.post_window,
             write_mode: config.write_mode,
             structured_errors: config.structured_errors,
         };
@@ -194,6 +200,7 @@ impl Shared {
             media: HashMap::new(),
             uploads: 0,
             requests: 0,
+            started: Instant::now(),
         };
         for conversation in &config.conversations {
             let account = settings.account(&conversation.account).ok_or_else(|| {
@@ -321,6 +328,16 @@ impl World {
         mix(self.seed, self.requests)
     }
 
+    /// This response's latency: the fixed part and a uniform random extra.
+    pub(crate) fn latency(&mut self) -> Duration {
+        let jitter = self.faults.latency_jitter;
+        let extra = match jitter.is_zero() {
+            true => Duration::ZERO,
+            false => jitter.mul_f64(self.rng.f64()),
+        };
+        self.faults.latency + extra
+    }
+
     pub(crate) fn count_call(&mut self, endpoint: &str) {
         bump(&mut self.ledger.calls_by_endpoint, endpoint, 1);
     }
@@ -366,22 +383,40 @@ impl World {
         })
     }
 
-    /// Counts a request against its fixed window; `Err` holds the wait until
-    /// the window ends. A `limit` of 0 never limits.
+    /// Counts a request against its fixed window of `span`, and logs it;
+    /// `Err` holds the wait until the window ends. A `limit` of 0 never
+    /// limits.
     pub(crate) fn rate_limit(
         &mut self,
         bucket: &str,
         post: bool,
         limit: u32,
+        span: Duration,
+    ) -> Result<(), Duration> {
+        let counted = self.count_window(bucket, post, limit, span);
+        // The log is for tests and benchmarks; a mock serving for days
+        // stops adding to it at a million requests.
+        if self.ledger.requests.len() < 1_000_000 {
+            self.ledger.requests.push(LoggedRequest {
+                at: self.started.elapsed(),
+                bucket: bucket.to_owned(),
+                post,
+                limited: counted.is_err(),
+            });
+        }
+        counted
+    }
+
+    fn count_window(
+        &mut self,
+        bucket: &str,
+        post: bool,
+        limit: u32,
+        span: Duration,
     ) -> Result<(), Duration> {
         if limit == 0 {
             return Ok(());
         }
-        let span = if post {
-            Duration::from_secs(60)
-        } else {
-            Duration::from_secs(1)
-        };
         let now = Instant::now();
         let window = self
             .windows

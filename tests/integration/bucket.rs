@@ -650,9 +650,8 @@ fn large_objects_are_multipart_and_invisible_until_complete() {
 /// file one segment per commit, found from the checkpoint).
 #[test]
 fn a_bucket_run_lists_nothing_and_costs_the_same_at_the_fortieth_run() {
-    use xquik_dm::records::{HistoryRow, RecordType};
     use xquik_dm::storage::counting::Counting;
-    use xquik_dm::store::{ManifestBody, RunStamp, Store};
+    use xquik_dm::store::{RunStamp, Store};
     let moto = Moto::start();
     let bucket = moto.bucket("dm-longevity");
     let url = format!("s3://{bucket}/dm");
@@ -665,28 +664,7 @@ fn a_bucket_run_lists_nothing_and_costs_the_same_at_the_fortieth_run() {
             date: "2026-11-30".into(),
             started_at: "2026-11-30T00:00:00Z".into(),
         };
-        let mut store = Store::open(&storage, &stamp).unwrap();
-        let rows: Vec<HistoryRow> = (0..2)
-            .map(|i| HistoryRow {
-                record_type: RecordType::History,
-                message_id: (1_900_000_000_000_000_000u64 + n * 2 + i).to_string(),
-                conversation_user_id: "42".into(),
-                account: "acme".into(),
-                sender_id: "42".into(),
-                receiver_id: "7".into(),
-                created_at: None,
-                message_text: Some(format!("text {n}")),
-                media_url: None,
-            })
-            .collect();
-        let mut lines = Vec::new();
-        for row in &rows {
-            serde_json::to_writer(&mut lines, row).unwrap();
-            lines.push(b'\n');
-        }
-        store.append_history(&lines, &rows).unwrap();
-        store.commit().unwrap();
-        store.seal(ManifestBody::empty("sync")).unwrap();
+        crate::compact::one_run(Store::open(&storage, &stamp).unwrap(), n * 2, 2, false);
         counting.take()
     };
     for n in 0..10 {

@@ -50,7 +50,7 @@ async fn retried_failures_are_retried_until_success() {
         ])
         .await;
         let c = client(&server.base_url(), RetryPolicy::fast());
-        let reply = c.user(&UserRef::Id("42".into())).await.unwrap();
+        let reply = c.user(&UserRef::Id("42".into()), None).await.unwrap();
         assert_eq!(server.calls(), 3, "{status} {code}");
         assert_eq!(reply.meta.attempts, 3);
         assert_eq!(reply.meta.status, 200);
@@ -83,7 +83,7 @@ async fn other_client_errors_are_never_retried() {
     ] {
         let server = Scripted::start(vec![Answer::error(status, code), profile()]).await;
         let c = client(&server.base_url(), RetryPolicy::fast());
-        let err = c.user(&UserRef::Id("42".into())).await.unwrap_err();
+        let err = c.user(&UserRef::Id("42".into()), None).await.unwrap_err();
         assert_eq!(server.calls(), 1, "{status} {code} was retried");
         let Error::Api(api) = &err else {
             panic!("{status} {code}: {err}")
@@ -101,7 +101,7 @@ async fn structured_error_objects_are_read() {
     )])
     .await;
     let c = client(&server.base_url(), RetryPolicy::fast());
-    let err = c.user(&UserRef::Id("42".into())).await.unwrap_err();
+    let err = c.user(&UserRef::Id("42".into()), None).await.unwrap_err();
     assert!(
         err.to_string()
             .contains("403 account_needs_reauth: reconnect the sender account"),
@@ -118,7 +118,7 @@ async fn attempts_are_bounded() {
         ..RetryPolicy::fast()
     };
     let c = client(&server.base_url(), policy);
-    let err = c.user(&UserRef::Id("42".into())).await.unwrap_err();
+    let err = c.user(&UserRef::Id("42".into()), None).await.unwrap_err();
     assert_eq!(server.calls(), 4);
     let Error::RetriesExhausted { attempts, .. } = err else {
         panic!("{err}")
@@ -140,7 +140,7 @@ async fn a_wait_beyond_the_time_budget_gives_up_at_once() {
     };
     let c = client(&server.base_url(), policy);
     let started = std::time::Instant::now();
-    let err = c.user(&UserRef::Id("42".into())).await.unwrap_err();
+    let err = c.user(&UserRef::Id("42".into()), None).await.unwrap_err();
     assert!(
         matches!(err, Error::RetriesExhausted { attempts: 1, .. }),
         "{err}"
@@ -183,7 +183,7 @@ async fn server_requested_waits_are_honoured_and_capped() {
     for (answer, expected_ms) in cases {
         let server = Scripted::start(vec![answer, profile()]).await;
         let c = client(&server.base_url(), RetryPolicy::fast());
-        let reply = c.user(&UserRef::Id("42".into())).await.unwrap();
+        let reply = c.user(&UserRef::Id("42".into()), None).await.unwrap();
         assert_eq!(reply.meta.waited, Duration::from_millis(expected_ms));
         assert_eq!(server.calls(), 2);
     }
@@ -203,7 +203,7 @@ async fn retry_after_zero_still_backs_off() {
         ..RetryPolicy::fast()
     };
     let c = client(&server.base_url(), policy);
-    let reply = c.user(&UserRef::Id("42".into())).await.unwrap();
+    let reply = c.user(&UserRef::Id("42".into()), None).await.unwrap();
     // Retry 1 waits in [2, 4] ms, retry 2 in [4, 8] ms.
     assert!(
         reply.meta.waited >= Duration::from_millis(6),
@@ -225,7 +225,10 @@ async fn connection_resets_are_retried() {
     )
     .await;
     let c = client(&base_url, RetryPolicy::fast());
-    let reply = c.user(&UserRef::Username("jack".into())).await.unwrap();
+    let reply = c
+        .user(&UserRef::Username("jack".into()), None)
+        .await
+        .unwrap();
     assert_eq!(reply.value.can_dm, None);
     assert_eq!(reply.meta.attempts, 3);
     assert_eq!(*accepted.lock().unwrap(), 3);
@@ -244,7 +247,7 @@ async fn a_refused_connection_ends_as_retries_exhausted() {
         ..RetryPolicy::fast()
     };
     let c = client(&format!("http://127.0.0.1:{port}/api/v1"), policy);
-    let err = c.user(&UserRef::Id("42".into())).await.unwrap_err();
+    let err = c.user(&UserRef::Id("42".into()), None).await.unwrap_err();
     let Error::RetriesExhausted { attempts, last, .. } = &err else {
         panic!("{err}")
     };

@@ -34,47 +34,57 @@ pub fn past_runs_into(storage: &Storage, days: u32, runs: u32, rows: u64) {
                 date: date.clone(),
                 started_at: format!("{date}T{run:02}:00:00.000Z"),
             };
-            let mut store = Store::open(storage, &stamp).unwrap();
-            let batch: Vec<HistoryRow> = (0..rows)
-                .map(|i| {
-                    n += 1;
-                    HistoryRow {
-                        record_type: RecordType::History,
-                        message_id: (1_900_000_000_000_000_000 + n).to_string(),
-                        conversation_user_id: format!("{}", 1_000_000 + i % 7),
-                        account: "acme".into(),
-                        sender_id: format!("{}", 1_000_000 + i % 7),
-                        receiver_id: "1612345678901234567".into(),
-                        created_at: (i % 5 != 0).then_some(1_764_000_000_000_000 + n as i64),
-                        message_text: (i % 11 != 0).then(|| format!("héllo ✓ {n} \"quoted\"")),
-                        media_url: (i % 13 == 0).then(|| format!("https://media.example/{n}.jpg")),
-                    }
-                })
-                .collect();
-            let mut lines = Vec::new();
-            for row in &batch {
-                serde_json::to_writer(&mut lines, row).unwrap();
-                lines.push(b'\n');
-            }
-            store.append_history(&lines, &batch).unwrap();
-            n += 1;
-            store
-                .append_send(&SendRow {
-                    record_type: RecordType::Send,
-                    message_id: (1_900_000_000_000_000_000 + n).to_string(),
-                    success: true,
-                    send_status: "success".into(),
-                    sender_account: "acme".into(),
-                    recipient_user_id: "1000001".into(),
-                    message_text: format!("sent ✓ {n}"),
-                    sent_at: 1_764_000_000_000_000 + n as i64,
-                    media_id: None,
-                    media_ids: None,
-                })
-                .unwrap();
-            store.seal(ManifestBody::empty("sync")).unwrap();
+            let store = Store::open(storage, &stamp).unwrap();
+            n = one_run(store, n, rows, true);
         }
     }
+}
+
+/// Writes `rows` history records numbered after `n` (and a send, if
+/// `send`) in `store`, and seals it. Returns the last number used.
+pub fn one_run(mut store: Store, mut n: u64, rows: u64, send: bool) -> u64 {
+    let batch: Vec<HistoryRow> = (0..rows)
+        .map(|i| {
+            n += 1;
+            HistoryRow {
+                record_type: RecordType::History,
+                message_id: (1_900_000_000_000_000_000 + n).to_string(),
+                conversation_user_id: format!("{}", 1_000_000 + i % 7),
+                account: "acme".into(),
+                sender_id: format!("{}", 1_000_000 + i % 7),
+                receiver_id: "1612345678901234567".into(),
+                created_at: (i % 5 != 0).then_some(1_764_000_000_000_000 + n as i64),
+                message_text: (i % 11 != 0).then(|| format!("héllo ✓ {n} \"quoted\"")),
+                media_url: (i % 13 == 0).then(|| format!("https://media.example/{n}.jpg")),
+            }
+        })
+        .collect();
+    let mut lines = Vec::new();
+    for row in &batch {
+        serde_json::to_writer(&mut lines, row).unwrap();
+        lines.push(b'\n');
+    }
+    store.append_history(&lines, &batch).unwrap();
+    if send {
+        n += 1;
+        store
+            .append_send(&SendRow {
+                record_type: RecordType::Send,
+                message_id: (1_900_000_000_000_000_000 + n).to_string(),
+                success: true,
+                send_status: "success".into(),
+                sender_account: "acme".into(),
+                recipient_user_id: "1000001".into(),
+                message_text: format!("sent ✓ {n}"),
+                sent_at: 1_764_000_000_000_000 + n as i64,
+                media_id: None,
+                media_ids: None,
+            })
+            .unwrap();
+    }
+    store.commit().unwrap();
+    store.seal(ManifestBody::empty("sync")).unwrap();
+    n
 }
 
 /// Every row of both tables as DuckDB reads `parquet/**`, sorted: counts,

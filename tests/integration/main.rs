@@ -8,6 +8,7 @@ mod client;
 mod compact;
 mod fuzz;
 mod hostile;
+mod pacing;
 mod protocol;
 mod scripted;
 mod send;
@@ -113,7 +114,9 @@ pub fn files_under(dir: &Path, sub: &str) -> Vec<String> {
     found
 }
 
-/// A client configuration for `server` with millisecond retries.
+/// A client configuration for `server` with millisecond retries, unpaced
+/// (the test worlds have no rate limit unless a test sets one, and then it
+/// sets the pace too).
 pub fn api(server: &MockServer) -> ClientConfig {
     init();
     let mut config = ClientConfig::new(server.base_url(), ApiKey::new(KEY).unwrap());
@@ -122,6 +125,7 @@ pub fn api(server: &MockServer) -> ClientConfig {
         ..RetryPolicy::fast()
     };
     config.timeout = Duration::from_secs(10);
+    config.pace = xquik_dm::api::pace::Limits::unlimited();
     config
 }
 

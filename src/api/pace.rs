@@ -1,0 +1,279 @@
+//! Per-account pacing at the API's documented limits (300 GET/s and 120
+//! POST/min per connected account): every request of an account takes the
+//! next free slot of its account's lane, so that the pace — not a fixed
+//! number of workers, and not a storm of 429s — is what bounds a large sync.
+//!
+//! - Each lane hands out slots one interval apart (no bursts), at
+//!   [`HEADROOM`] of the limit: jitter between this clock and the server's
+//!   can then never put one request too many into one of its windows.
+//! - Each request reserves its own slot, so waiting requests leave in order,
+//!   one interval apart, instead of all waking at the same instant.
+//! - A 429 closes its account's lane for the wait the server asked for (plus
+//!   jitter) and slows that lane down; a request that reserved a slot before
+//!   the 429 checks again after its wait. Other accounts are not touched.
+//!   The lane speeds up again with each answer, up to the limit.
+//! - The lane also keeps the latency of its answers, from which the sync
+//!   derives how many requests to keep in flight (Little's law).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// The share of a limit the pacer uses.
+pub const HEADROOM: f64 = 0.95;
+/// A 429 slows its lane by this factor...
+const SLOW_DOWN: f64 = 1.5;
+/// ...up to this much...
+const SLOWEST: f64 = 8.0;
+/// ...and each answer takes this share of the slowdown back.
+const RECOVER: f64 = 0.02;
+
+/// The per-account limits to pace at; 0 switches pacing off for a kind.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    /// GET requests per second per account.
+    pub get_per_sec: f64,
+    /// POST requests per minute per account.
+    pub post_per_min: f64,
+}
+
+impl Default for Limits {
+    /// The API's documented limits.
+    fn default() -> Self {
+        Limits {
+            get_per_sec: 300.0,
+            post_per_min: 120.0,
+        }
+    }
+}
+
+impl Limits {
+    /// No pacing at all (a server without limits: the benchmark's mock).
+    pub fn unlimited() -> Limits {
+        Limits {
+            get_per_sec: 0.0,
+            post_per_min: 0.0,
+        }
+    }
+
+    /// The time between two slots of `kind`, or `None` when unpaced.
+    fn interval(&self, kind: Kind) -> Option<Duration> {
+        let per_sec = match kind {
+            Kind::Get => self.get_per_sec,
+            Kind::Post => self.post_per_min / 60.0,
+        };
+        (per_sec > 0.0).then(|| Duration::from_secs_f64(1.0 / (per_sec * HEADROOM)))
+    }
+}
+
+/// Which of an account's limits a request counts against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// Reads (history pages, lookups, write-action polls).
+    Get,
+    /// Writes (DMs, media uploads).
+    Post,
+}
+
+/// One account's lane of one kind.
+#[derive(Debug, Clone, Copy)]
+struct Lane {
+    /// The next free slot.
+    next: Instant,
+    /// No request before this (a 429's wait).
+    closed_until: Instant,
+    /// Interval multiplier: 1 at the limit's pace, more after 429s.
+    slow: f64,
+    /// Smoothed latency of the answers, seconds.
+    latency: Option<f64>,
+}
+
+impl Lane {
+    fn new(now: Instant) -> Lane {
+        Lane {
+            next: now,
+            closed_until: now,
+            slow: 1.0,
+            latency: None,
+        }
+    }
+}
+
+/// The pacer of every account a client talks for.
+#[derive(Debug)]
+pub struct Pacer {
+    limits: Limits,
+    lanes: Mutex<HashMap<(String, Kind), Lane>>,
+}
+
+impl Pacer {
+    /// A pacer at `limits`.
+    pub fn new(limits: Limits) -> Pacer {
+        Pacer {
+            limits,
+            lanes: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The limits it paces at.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    fn with_lane<R>(&self, account: &str, kind: Kind, f: impl FnOnce(&mut Lane) -> R) -> R {
+        let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
+        let lane = lanes
+            .entry((account.to_owned(), kind))
+            .or_insert_with(|| Lane::new(Instant::now()));
+        f(lane)
+    }
+
+    /// Waits for the next slot of `account`'s `kind` lane; returns the time
+    /// waited.
+    pub async fn acquire(&self, account: &str, kind: Kind) -> Duration {
+        let started = Instant::now();
+        let interval = self.limits.interval(kind);
+        let mut waited = false;
+        loop {
+            let (slot, now) = self.with_lane(account, kind, |lane| {
+                let now = Instant::now();
+                let slot = now.max(lane.next).max(lane.closed_until);
+                if let Some(interval) = interval {
+                    lane.next = slot + interval.mul_f64(lane.slow);
+                }
+                (slot, now)
+            });
+            if slot <= now {
+                // A free slot: no wait at all.
+                return if waited {
+                    started.elapsed()
+                } else {
+                    Duration::ZERO
+                };
+            }
+            tokio::time::sleep_until(slot).await;
+            waited = true;
+            // A 429 may have closed the lane while this request waited.
+            let closed_until = self.with_lane(account, kind, |lane| lane.closed_until);
+            if closed_until <= Instant::now() {
+                return started.elapsed();
+            }
+        }
+    }
+
+    /// The server refused a request of `account` with 429 and asked for
+    /// `wait`: the lane closes until then (`jitter` more, so that accounts
+    /// and runs refused together do not return together) and slows down.
+    pub fn throttled(&self, account: &str, kind: Kind, wait: Duration, jitter: Duration) {
+        self.with_lane(account, kind, |lane| {
+            let until = Instant::now() + wait + jitter;
+            lane.closed_until = lane.closed_until.max(until);
+            lane.next = lane.next.max(lane.closed_until);
+            lane.slow = (lane.slow * SLOW_DOWN).min(SLOWEST);
+        });
+    }
+
+    /// An answer came back (any but a 429) after `latency`.
+    pub fn answered(&self, account: &str, kind: Kind, latency: Duration) {
+        self.with_lane(account, kind, |lane| {
+            lane.slow = 1.0 + (lane.slow - 1.0) * (1.0 - RECOVER);
+            let seconds = latency.as_secs_f64();
+            lane.latency = Some(match lane.latency {
+                Some(ewma) => ewma + 0.2 * (seconds - ewma),
+                None => seconds,
+            });
+        });
+    }
+
+    /// How many reads of `account` to keep in flight so that its lane is
+    /// never idle: its pace times the latency of its answers (Little's
+    /// law), with room for the time a task spends between two requests;
+    /// `cap` when the lane is unpaced, a few while no latency is known.
+    pub fn in_flight(&self, account: &str, cap: usize) -> usize {
+        let cap = cap.max(1);
+        let Some(interval) = self.limits.interval(Kind::Get) else {
+            return cap;
+        };
+        let (latency, slow) = self.with_lane(account, Kind::Get, |lane| (lane.latency, lane.slow));
+        let Some(latency) = latency else {
+            return cap.min(4);
+        };
+        let rate = 1.0 / (interval.as_secs_f64() * slow);
+        let wanted = (rate * latency * 1.5).ceil() as usize + 2;
+        wanted.clamp(1, cap)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slots_are_one_interval_apart_at_the_headroom() {
+        let pacer = Pacer::new(Limits {
+            get_per_sec: 100.0,
+            post_per_min: 60.0,
+        });
+        let start = tokio::time::Instant::now();
+        for _ in 0..96 {
+            pacer.acquire("a", Kind::Get).await;
+        }
+        // 95 intervals of 1 / 95 s.
+        let elapsed = start.elapsed();
+        assert!(elapsed >= ms(999) && elapsed <= ms(1_001), "{elapsed:?}");
+        // Posts: 60/min at 95% is one every 1.05 s.
+        let start = tokio::time::Instant::now();
+        pacer.acquire("a", Kind::Post).await;
+        pacer.acquire("a", Kind::Post).await;
+        let elapsed = start.elapsed();
+        assert!(elapsed >= ms(1_050) && elapsed <= ms(1_054), "{elapsed:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_429_holds_back_its_account_only_and_waiters_check_again() {
+        let pacer = std::sync::Arc::new(Pacer::new(Limits {
+            get_per_sec: 10.0,
+            post_per_min: 0.0,
+        }));
+        let start = tokio::time::Instant::now();
+        pacer.acquire("a", Kind::Get).await;
+        // A request reserves the next slot (~105 ms), then a 429 closes the
+        // lane for 2 s: it waits the 2 s, not just its slot.
+        let waiter = {
+            let pacer = pacer.clone();
+            tokio::spawn(async move { pacer.acquire("a", Kind::Get).await })
+        };
+        tokio::time::sleep(ms(10)).await;
+        pacer.throttled("a", Kind::Get, Duration::from_secs(2), ms(100));
+        waiter.await.unwrap();
+        assert!(start.elapsed() >= ms(2_100), "{:?}", start.elapsed());
+        // Another account was never held back.
+        let other = tokio::time::Instant::now();
+        pacer.acquire("b", Kind::Get).await;
+        assert_eq!(other.elapsed(), Duration::ZERO);
+        // The refused account is slower now, and recovers with answers.
+        let slowed = pacer.in_flight("a", 64);
+        for _ in 0..200 {
+            pacer.answered("a", Kind::Get, ms(100));
+        }
+        assert!(pacer.in_flight("a", 64) >= slowed);
+    }
+
+    #[test]
+    fn in_flight_follows_latency() {
+        let pacer = Pacer::new(Limits::default());
+        assert_eq!(pacer.in_flight("a", 64), 4);
+        pacer.answered("a", Kind::Get, ms(100));
+        // 285/s x 0.1 s x 1.5 + 2 = 45.
+        assert_eq!(pacer.in_flight("a", 64), 45);
+        assert_eq!(pacer.in_flight("a", 16), 16);
+        let unpaced = Pacer::new(Limits::unlimited());
+        assert_eq!(unpaced.in_flight("a", 64), 64);
+    }
+}
