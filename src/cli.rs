@@ -100,7 +100,7 @@ pub enum CommandArgs {
         /// Job file (TOML) listing accounts and conversations for scheduled runs.
         #[arg(long, value_name = "FILE")]
         job: Option<PathBuf>,
-        /// Most conversations paged at the same time per account (default 64). How
+        /// Most conversations paged at the same time per account (default 256). How
         /// many run is set by the pace: enough to keep each account at its rate
         /// limit at the latency its answers come back with.
         #[arg(long, value_name = "N")]
@@ -316,6 +316,11 @@ pub enum CommandArgs {
         /// files before and after compact.
         #[arg(long, value_name = "RUNS", conflicts_with = "bucket")]
         longevity: Option<u64>,
+        /// Instead, the latency scenario: a sync of --conversations x --messages
+        /// against a mock that answers after 30, 100 and 250 ms with its rate limit
+        /// on, then with 4 accounts; prints pages/s as a share of the limit and 429s.
+        #[arg(long, conflicts_with_all = ["bucket", "longevity"])]
+        latency: bool,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -419,6 +424,19 @@ pub enum Command {
     Bench {
         /// Options.
         options: BenchOptions,
+        /// Report as JSON.
+        json: bool,
+    },
+    /// `bench --latency`.
+    Latency {
+        /// Conversations per account.
+        conversations: u64,
+        /// Messages per conversation.
+        messages: u64,
+        /// Page size.
+        page_size: usize,
+        /// Where the folders go.
+        work_dir: Option<PathBuf>,
         /// Report as JSON.
         json: bool,
     },
@@ -567,8 +585,11 @@ impl Args {
                 let concurrency = concurrency
                     .or(job.as_ref().and_then(|j| j.concurrency))
                     .unwrap_or(crate::commands::sync::DEFAULT_CONCURRENCY);
-                if !(1..=256).contains(&concurrency) {
-                    return Err(Error::invalid("--concurrency", "must be between 1 and 256"));
+                if !(1..=1024).contains(&concurrency) {
+                    return Err(Error::invalid(
+                        "--concurrency",
+                        "must be between 1 and 1024",
+                    ));
                 }
                 let mut options =
                     SyncOptions::new(api(api_key, job.as_ref())?, Location::from(out), targets);
@@ -685,9 +706,18 @@ impl Args {
                 work_dir,
                 bucket,
                 longevity,
+                latency,
                 json,
             } => {
-                if let Some(runs) = longevity {
+                if latency {
+                    Command::Latency {
+                        conversations,
+                        messages,
+                        page_size: page_size.max(1),
+                        work_dir,
+                        json,
+                    }
+                } else if let Some(runs) = longevity {
                     Command::Longevity {
                         runs,
                         work_dir,

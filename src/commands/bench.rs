@@ -31,7 +31,7 @@ use crate::api::{Account, Endpoint};
 use crate::commands::mock::{SYNTHETIC_ACCOUNT, synthetic_user};
 use crate::error::{Error, Result};
 
-const BENCH_KEY: &str = "bench-key-not-a-secret";
+pub(crate) const BENCH_KEY: &str = "bench-key-not-a-secret";
 
 /// Options of the benchmark.
 #[derive(Debug, Clone)]
@@ -207,15 +207,13 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport> {
     })
 }
 
-fn sync_command(exe: &Path, base_url: &str, job: &Path, out: &Path) -> Command {
+pub(crate) fn sync_command(exe: &Path, base_url: &str, job: &Path, out: &Path) -> Command {
     let mut cmd = Command::new(exe);
     cmd.args([
         "--base-url",
         base_url,
         "--log-format",
         "json",
-        "--rate-get",
-        "0",
         "sync",
         "--json",
         "--job",
@@ -230,7 +228,8 @@ fn sync_command(exe: &Path, base_url: &str, job: &Path, out: &Path) -> Command {
 fn write_job(path: &Path, options: &BenchOptions) -> Result<()> {
     let users: Vec<String> = (0..options.conversations).map(synthetic_user).collect();
     let text = format!(
-        "concurrency = {}\n\n[[conversations]]\naccount = \"{SYNTHETIC_ACCOUNT}\"\nusers = {}\n",
+        // The synthetic world has no rate limit: nothing to pace.
+        "concurrency = {}\nrate_get = 0\n\n[[conversations]]\naccount = \"{SYNTHETIC_ACCOUNT}\"\nusers = {}\n",
         options.concurrency,
         serde_json::to_string(&users).unwrap_or_default()
     );
@@ -252,28 +251,32 @@ impl Scratch {
 }
 
 /// `xquik-dm mock` with the synthetic world, as a child process.
-struct MockChild {
+pub(crate) struct MockChild {
     child: Child,
-    base_url: String,
+    pub(crate) base_url: String,
 }
 
 impl MockChild {
     fn start(exe: &Path, options: &BenchOptions, messages: u64) -> Result<MockChild> {
+        MockChild::start_with(
+            exe,
+            &[
+                "--no-rate-limit".to_owned(),
+                "--conversations".to_owned(),
+                options.conversations.to_string(),
+                "--messages".to_owned(),
+                messages.to_string(),
+                "--page-size".to_owned(),
+                options.page_size.to_string(),
+            ],
+        )
+    }
+
+    /// The mock with these arguments after `mock --port 0`.
+    pub(crate) fn start_with(exe: &Path, args: &[String]) -> Result<MockChild> {
         let mut child = Command::new(exe)
-            .args([
-                "--log-format",
-                "json",
-                "mock",
-                "--port",
-                "0",
-                "--no-rate-limit",
-            ])
-            .arg("--conversations")
-            .arg(options.conversations.to_string())
-            .arg("--messages")
-            .arg(messages.to_string())
-            .arg("--page-size")
-            .arg(options.page_size.to_string())
+            .args(["--log-format", "json", "mock", "--port", "0"])
+            .args(args)
             .env("XQUIK_MOCK_API_KEY", BENCH_KEY)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -299,6 +302,15 @@ impl MockChild {
 
     /// Credits the mock charged for history pages so far.
     fn ledger_history_credits(&self) -> Result<u64> {
+        Ok(
+            self.ledger()?["credits_by_endpoint"][Endpoint::History.as_str()]
+                .as_u64()
+                .unwrap_or(0),
+        )
+    }
+
+    /// The mock's ledger (`GET /__mock/ledger`).
+    pub(crate) fn ledger(&self) -> Result<serde_json::Value> {
         let host = self
             .base_url
             .trim_start_matches("http://")
@@ -317,13 +329,10 @@ impl MockChild {
             .read_to_string(&mut response)
             .map_err(|e| Error::io(&host, e))?;
         let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
-        let ledger: serde_json::Value = serde_json::from_str(body).map_err(|_| Error::Decode {
+        serde_json::from_str(body).map_err(|_| Error::Decode {
             endpoint: Endpoint::History,
             reason: "the mock's ledger is not JSON".into(),
-        })?;
-        Ok(ledger["credits_by_endpoint"][Endpoint::History.as_str()]
-            .as_u64()
-            .unwrap_or(0))
+        })
     }
 }
 
@@ -336,7 +345,7 @@ impl Drop for MockChild {
 
 /// Runs a command to its end and measures it with `wait4`, which reports
 /// the child's own CPU time and peak RSS.
-fn measure(cmd: &mut Command) -> Result<(Usage, String)> {
+pub(crate) fn measure(cmd: &mut Command) -> Result<(Usage, String)> {
     let started = Instant::now();
     let mut child = cmd
         .stdin(Stdio::null())
@@ -388,7 +397,7 @@ fn parse_fetch(stdout: &str) -> Result<(u64, u64)> {
     ))
 }
 
-fn parse_sync(stdout: &str) -> Result<(u64, u64)> {
+pub(crate) fn parse_sync(stdout: &str) -> Result<(u64, u64)> {
     let v: serde_json::Value =
         serde_json::from_str(stdout.trim()).map_err(|_| decode("sync report"))?;
     Ok((

@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod compact;
 pub mod demo;
+pub mod latency;
 pub mod longevity;
 pub mod lookup;
 pub mod mock;
@@ -58,6 +59,13 @@ pub enum Report {
         /// Print as JSON.
         json: bool,
     },
+    /// `bench --latency`: the figures.
+    Latency {
+        /// The report.
+        report: latency::LatencyReport,
+        /// Print as JSON.
+        json: bool,
+    },
     /// `bench --longevity`: the figures.
     Longevity {
         /// The report.
@@ -99,6 +107,7 @@ impl Report {
             Report::Verify { report, json } => write_report(out, report, *json),
             Report::Compact { report, json } => write_report(out, report, *json),
             Report::Longevity { report, json } => write_report(out, report, *json),
+            Report::Latency { report, json } => write_report(out, report, *json),
             Report::Rebuild { report, json } => write_report(out, report, *json),
             Report::Send { report, json } => write_report(out, report.as_ref(), *json),
             Report::Bench { report, json } => write_report(out, report, *json),
@@ -125,6 +134,7 @@ impl Report {
             Report::Lookup(_)
             | Report::Compact { .. }
             | Report::Longevity { .. }
+            | Report::Latency { .. }
             | Report::MockStopped
             | Report::Bench { .. }
             | Report::BenchFetch { .. } => 0,
@@ -185,6 +195,20 @@ pub async fn execute(command: Command) -> Result<Report> {
             .await
             .map_err(|e| Error::io("<verify>", std::io::Error::other(e)))??;
             Ok(Report::Verify { report, json })
+        }
+        Command::Latency {
+            conversations,
+            messages,
+            page_size,
+            work_dir,
+            json,
+        } => {
+            let report = tokio::task::spawn_blocking(move || {
+                latency::run(conversations, messages, page_size, work_dir.as_deref())
+            })
+            .await
+            .map_err(|e| Error::io("<bench>", std::io::Error::other(e)))??;
+            Ok(Report::Latency { report, json })
         }
         Command::Longevity {
             runs,

@@ -38,9 +38,9 @@ use crate::storage::Location;
 use crate::store::{ManifestBody, PageLog, Repair, RunStamp, Store};
 
 /// Most conversations of one account paged at the same time, unless
-/// `--concurrency` says otherwise: at 300 reads/s and 200 ms per answer, 60
-/// are needed to keep the pace.
-pub const DEFAULT_CONCURRENCY: usize = 64;
+/// `--concurrency` says otherwise: at 300 reads/s and 300 ms per answer,
+/// about 90 are needed to keep the pace, twice that to keep it steady.
+pub const DEFAULT_CONCURRENCY: usize = 256;
 /// Most conversations paged at the same time in all.
 const MAX_TASKS: usize = 1024;
 
@@ -478,8 +478,14 @@ pub async fn run(options: SyncOptions) -> Result<SyncReport> {
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     loop {
         for (account, queue) in waiting.iter_mut() {
-            let target = run.client.pacer().in_flight(account, cap);
             let busy = running.entry(account.clone()).or_default();
+            let mut target = run.client.pacer().in_flight(account, cap);
+            // The last conversations start together: a history is paged one
+            // page after another, so ones started late would finish late,
+            // with the lane idle meanwhile.
+            if queue.len() + *busy <= 2 * target {
+                target = cap;
+            }
             while *busy < target && tasks.len() < MAX_TASKS {
                 let Some((account, user_id, state)) = queue.pop_front() else {
                     break;
