@@ -125,6 +125,10 @@ pub enum CommandArgs {
         /// compaction (at most once a day; see `xquik-dm compact`).
         #[arg(long)]
         compact: bool,
+        /// Write the run's outcome to this file in Prometheus text format (replaced
+        /// atomically), for the node_exporter textfile collector.
+        #[arg(long, value_name = "PATH")]
+        metrics_file: Option<PathBuf>,
         /// Print the run report as JSON on stdout instead of a summary.
         #[arg(long)]
         json: bool,
@@ -173,6 +177,10 @@ pub enum CommandArgs {
         /// Stop before this run spends more credits (exit 4; rerun to continue).
         #[arg(long, value_name = "CREDITS")]
         max_credits: Option<u64>,
+        /// Write the run's outcome to this file in Prometheus text format (replaced
+        /// atomically), for the node_exporter textfile collector.
+        #[arg(long, value_name = "PATH")]
+        metrics_file: Option<PathBuf>,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -374,6 +382,8 @@ pub enum Command {
         options: SyncOptions,
         /// Report as JSON.
         json: bool,
+        /// Where to write the run's metrics.
+        metrics_file: Option<PathBuf>,
     },
     /// `send`.
     Send {
@@ -381,6 +391,8 @@ pub enum Command {
         options: SendOptions,
         /// Report as JSON.
         json: bool,
+        /// Where to write the run's metrics.
+        metrics_file: Option<PathBuf>,
     },
     /// `verify`.
     Verify {
@@ -537,6 +549,7 @@ impl Args {
                 max_pages,
                 shard,
                 compact,
+                metrics_file,
                 json,
                 commit_interval_ms,
             } => {
@@ -602,7 +615,11 @@ impl Args {
                 options.shard = shard;
                 options.max_pages = max_pages.map(|n| n.max(1));
                 options.compact = compact || job.as_ref().is_some_and(|j| j.compact);
-                Command::Sync { options, json }
+                Command::Sync {
+                    options,
+                    json,
+                    metrics_file,
+                }
             }
             CommandArgs::Lookup { user } => {
                 // Input first, then the key: both are checked before any request.
@@ -660,6 +677,7 @@ impl Args {
                 ignore_can_dm,
                 skip_invalid,
                 max_credits,
+                metrics_file,
                 json,
             } => {
                 let (lines, is_batch) = match batch {
@@ -694,6 +712,7 @@ impl Args {
                         audit_key: audit_key.clone(),
                     },
                     json,
+                    metrics_file,
                 }
             }
             CommandArgs::Bench {

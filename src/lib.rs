@@ -20,6 +20,7 @@ pub mod commands;
 pub mod dedupe;
 pub mod error;
 pub mod logging;
+pub mod metrics;
 pub mod mock;
 pub mod normalize;
 pub mod records;

@@ -88,6 +88,8 @@ struct Lane {
     slow: f64,
     /// Smoothed latency of the answers, seconds.
     latency: Option<f64>,
+    /// Answers of 429 so far.
+    refused: u64,
 }
 
 impl Lane {
@@ -97,6 +99,7 @@ impl Lane {
             closed_until: now,
             slow: 1.0,
             latency: None,
+            refused: 0,
         }
     }
 }
@@ -172,7 +175,18 @@ impl Pacer {
             lane.closed_until = lane.closed_until.max(until);
             lane.next = lane.next.max(lane.closed_until);
             lane.slow = (lane.slow * SLOW_DOWN).min(SLOWEST);
+            lane.refused += 1;
         });
+    }
+
+    /// Answers of 429 so far, by account.
+    pub fn refusals(&self) -> std::collections::BTreeMap<String, u64> {
+        let lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
+        let mut by_account = std::collections::BTreeMap::new();
+        for ((account, _), lane) in lanes.iter() {
+            *by_account.entry(account.clone()).or_default() += lane.refused;
+        }
+        by_account
     }
 
     /// An answer came back (any but a 429) after `latency`.

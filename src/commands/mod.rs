@@ -13,12 +13,14 @@ pub mod send;
 pub mod sync;
 pub mod verify;
 
+use std::collections::BTreeMap;
 use std::io::Write;
 
 use crate::api::client::Client;
 use crate::api::types::UserProfile;
 use crate::cli::Command;
 use crate::error::{Error, Result};
+use crate::metrics::{AccountFigures, RunMetrics};
 
 /// What a command produced, for `main` to print.
 #[derive(Debug)]
@@ -159,10 +161,25 @@ fn write_report<T: serde::Serialize + std::fmt::Display>(
 /// Runs a validated command.
 pub async fn execute(command: Command) -> Result<Report> {
     match command {
-        Command::Sync { options, json } => Ok(Report::Sync {
-            report: Box::new(sync::run(options).await?),
+        Command::Sync {
+            options,
             json,
-        }),
+            metrics_file,
+        } => {
+            let started = std::time::SystemTime::now();
+            let result = sync::run(options).await;
+            if let Some(path) = metrics_file {
+                let metrics = match &result {
+                    Ok(report) => sync_metrics(report, started),
+                    Err(e) => failed_metrics("sync", e, started),
+                };
+                write_metrics(&path, &metrics, &result)?;
+            }
+            Ok(Report::Sync {
+                report: Box::new(result?),
+                json,
+            })
+        }
         Command::Bench { options, json } => {
             let report = tokio::task::spawn_blocking(move || bench::run(&options))
                 .await
@@ -178,10 +195,25 @@ pub async fn execute(command: Command) -> Result<Report> {
                 bench::fetch_only(Client::new(api)?, conversations, concurrency).await?;
             Ok(Report::BenchFetch { messages, pages })
         }
-        Command::Send { options, json } => Ok(Report::Send {
-            report: Box::new(send::run(options).await?),
+        Command::Send {
+            options,
             json,
-        }),
+            metrics_file,
+        } => {
+            let started = std::time::SystemTime::now();
+            let result = send::run(options).await;
+            if let Some(path) = metrics_file {
+                let metrics = match &result {
+                    Ok(report) => send_metrics(report, started),
+                    Err(e) => failed_metrics("send", e, started),
+                };
+                write_metrics(&path, &metrics, &result)?;
+            }
+            Ok(Report::Send {
+                report: Box::new(result?),
+                json,
+            })
+        }
         Command::Verify {
             dir,
             key,
@@ -245,6 +277,96 @@ pub async fn execute(command: Command) -> Result<Report> {
         Command::Demo { out } => Ok(Report::Demo(Box::new(
             demo::run(out.map(crate::storage::Location::from)).await?,
         ))),
+    }
+}
+
+/// The metrics of a sync run.
+fn sync_metrics(report: &sync::SyncReport, started: std::time::SystemTime) -> RunMetrics {
+    let mut accounts: BTreeMap<String, AccountFigures> = BTreeMap::new();
+    for c in &report.conversations {
+        let f = accounts.entry(c.account.clone()).or_default();
+        f.rows += c.new_messages;
+        f.pages += c.pages;
+    }
+    for (account, refused) in &report.rate_limited {
+        accounts.entry(account.clone()).or_default().rate_limited += refused;
+    }
+    RunMetrics {
+        command: "sync",
+        started,
+        ended: std::time::SystemTime::now(),
+        exit_code: report.exit_code(),
+        accounts,
+        credits: credits_by_route(&report.credits),
+        retries: report.retries,
+    }
+}
+
+/// The metrics of a send run.
+fn send_metrics(report: &send::SendReport, started: std::time::SystemTime) -> RunMetrics {
+    let mut accounts: BTreeMap<String, AccountFigures> = BTreeMap::new();
+    for s in &report.sends {
+        if let Some(account) = &s.account {
+            let f = accounts.entry(account.clone()).or_default();
+            if s.status == send::SendStatus::Sent {
+                f.sends += 1;
+            }
+        }
+    }
+    for (account, refused) in &report.rate_limited {
+        accounts.entry(account.clone()).or_default().rate_limited += refused;
+    }
+    RunMetrics {
+        command: "send",
+        started,
+        ended: std::time::SystemTime::now(),
+        exit_code: report.exit_code(),
+        accounts,
+        credits: credits_by_route(&report.credits),
+        retries: report
+            .sends
+            .iter()
+            .map(|s| u64::from(s.attempts.unwrap_or(1).saturating_sub(1)))
+            .sum(),
+    }
+}
+
+/// The metrics of a run that ended in an error (nothing it did is known
+/// here but its exit status).
+fn failed_metrics(command: &'static str, e: &Error, started: std::time::SystemTime) -> RunMetrics {
+    RunMetrics {
+        command,
+        started,
+        ended: std::time::SystemTime::now(),
+        exit_code: e.exit_code(),
+        accounts: BTreeMap::new(),
+        credits: BTreeMap::new(),
+        retries: 0,
+    }
+}
+
+fn credits_by_route(credits: &BTreeMap<crate::api::Endpoint, u64>) -> BTreeMap<String, u64> {
+    credits
+        .iter()
+        .map(|(e, c)| (e.as_str().to_owned(), *c))
+        .collect()
+}
+
+/// Writes the metrics file; a failure to write it fails a run that
+/// otherwise succeeded (a scheduler would be blind), and is logged for one
+/// that failed anyway.
+fn write_metrics<T>(
+    path: &std::path::Path,
+    metrics: &RunMetrics,
+    result: &Result<T>,
+) -> Result<()> {
+    match (crate::metrics::write(path, metrics), result) {
+        (Err(e), Ok(_)) => Err(e),
+        (Err(e), Err(_)) => {
+            tracing::error!(error = %e, "could not write the metrics file");
+            Ok(())
+        }
+        (Ok(()), _) => Ok(()),
     }
 }
 

@@ -384,6 +384,9 @@ pub struct SendReport {
     /// Whether the batch was refused whole for invalid lines.
     #[serde(skip)]
     refused: bool,
+    /// Requests answered 429, by account.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub rate_limited: BTreeMap<String, u64>,
 }
 
 impl SendReport {
@@ -507,6 +510,7 @@ pub async fn run(options: SendOptions) -> Result<SendReport> {
         stop_needs_person: stop.as_ref().is_some_and(|e| e.exit_code() == 3),
         stopped_by: stop.map(|e| e.to_string()),
         refused: false,
+        rate_limited: client.pacer().refusals(),
     };
     let body = ManifestBody {
         command: "send",
@@ -566,6 +570,7 @@ fn refuse_batch(options: &SendOptions, invalid: usize) -> SendReport {
         stopped_by: None,
         stop_needs_person: false,
         refused: true,
+        rate_limited: BTreeMap::new(),
     }
 }
 

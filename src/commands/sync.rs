@@ -241,6 +241,9 @@ pub struct SyncReport {
     pub compaction_error: Option<String>,
     #[serde(skip)]
     compaction_exit: u8,
+    /// Requests answered 429, by account.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub rate_limited: BTreeMap<String, u64>,
     /// Whether the job stop was an error a person must fix.
     #[serde(skip)]
     stop_needs_person: bool,
@@ -565,6 +568,7 @@ pub async fn run(options: SyncOptions) -> Result<SyncReport> {
         compaction: None,
         compaction_error: None,
         compaction_exit: 0,
+        rate_limited: run.client.pacer().refusals(),
     };
     let body = manifest_body(&report, &options);
     let sealed = store.seal_async(body).await?;
