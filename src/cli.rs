@@ -349,6 +349,25 @@ pub enum CommandArgs {
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
     },
+    /// Print the shell completion script for bash, zsh or fish.
+    ///
+    /// bash: xquik-dm completions bash > /etc/bash_completion.d/xquik-dm;
+    /// zsh: xquik-dm completions zsh > "${fpath[1]}/_xquik-dm";
+    /// fish: xquik-dm completions fish > ~/.config/fish/completions/xquik-dm.fish.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), or write one page per command into a folder.
+    ///
+    /// xquik-dm man > /usr/local/share/man/man1/xquik-dm.1; or
+    /// xquik-dm man --dir /usr/local/share/man/man1 for xquik-dm-sync.1 and the others too.
+    Man {
+        /// Write xquik-dm.1 and xquik-dm-<command>.1 into this folder.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 /// Log format as given on the command line.
@@ -475,9 +494,70 @@ pub enum Command {
         /// Output folder.
         out: Option<PathBuf>,
     },
+    /// `completions`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// `man`.
+    Man {
+        /// Where the pages go; stdout when `None`.
+        dir: Option<PathBuf>,
+    },
 }
 
+/// The options of requests to the API, global so that they may stand before
+/// or after the command name, but listed in the help of only the commands
+/// that call the API.
+const API_OPTIONS: [&str; 7] = [
+    "base_url",
+    "timeout",
+    "max_attempts",
+    "max_retry_time",
+    "max_response_mb",
+    "rate_get",
+    "rate_post",
+];
+/// The commands that make no request of their own to the API.
+const NO_API_COMMANDS: [&str; 8] = [
+    "verify",
+    "compact",
+    "rebuild",
+    "mock",
+    "demo",
+    "bench",
+    "completions",
+    "man",
+];
+
 impl Args {
+    /// The command line as the parser, the completions and the man page see
+    /// it: the API options hidden from the commands they do not apply to.
+    pub fn clap_command() -> clap::Command {
+        let mut cmd = <Args as clap::CommandFactory>::command();
+        // A command that has an argument of its own by a global one's name
+        // is not given the global one: these hidden copies keep the
+        // options accepted there (a job's wrapper may pass them to every
+        // command) but out of that command's help.
+        let hidden: Vec<clap::Arg> = cmd
+            .get_arguments()
+            .filter(|a| API_OPTIONS.contains(&a.get_id().as_str()))
+            .map(|a| a.clone().global(false).hide(true))
+            .collect();
+        for name in NO_API_COMMANDS {
+            cmd = cmd.mut_subcommand(name, |sub| {
+                hidden.iter().fold(sub, |sub, arg| sub.arg(arg.clone()))
+            });
+        }
+        cmd
+    }
+
+    /// Parses the process's arguments.
+    pub fn parse_args() -> std::result::Result<Args, clap::Error> {
+        let matches = Self::clap_command().try_get_matches()?;
+        <Args as clap::FromArgMatches>::from_arg_matches(&matches)
+    }
+
     /// Validates the arguments. `api_key` is the value of `XQUIK_API_KEY`;
     /// it is required only by commands that call the API.
     pub fn into_config(self, api_key: Option<String>) -> Result<Config> {
@@ -786,6 +866,8 @@ impl Args {
                 concurrency,
             },
             CommandArgs::Demo { out } => Command::Demo { out },
+            CommandArgs::Completions { shell } => Command::Completions { shell },
+            CommandArgs::Man { dir } => Command::Man { dir },
             CommandArgs::Compact {
                 out,
                 min_files,

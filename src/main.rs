@@ -4,7 +4,6 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use xquik_dm::cli::{self, Args};
 use xquik_dm::{commands, logging};
 
@@ -13,7 +12,7 @@ fn main() -> ExitCode {
     // lean); it must be installed before the first client is built.
     let _ = rustls::crypto::ring::default_provider().install_default();
 
-    let args = match Args::try_parse() {
+    let args = match Args::parse_args() {
         Ok(args) => args,
         // --help and --version are successes, printed as clap renders them.
         Err(e) if !e.use_stderr() => {

@@ -95,6 +95,8 @@ pub enum Report {
     Demo(Box<demo::DemoReport>),
     /// `mock`: served until stopped.
     MockStopped,
+    /// Text printed as it is (completions, a man page).
+    Text(Vec<u8>),
 }
 
 impl Report {
@@ -121,6 +123,7 @@ impl Report {
                 )
             }
             Report::Demo(report) => write!(out, "{report}"),
+            Report::Text(text) => out.write_all(text),
             Report::MockStopped => Ok(()),
         }
     }
@@ -135,6 +138,7 @@ impl Report {
             Report::Demo(report) => report.exit_code(),
             Report::Lookup(_)
             | Report::Compact { .. }
+            | Report::Text(_)
             | Report::Longevity { .. }
             | Report::Latency { .. }
             | Report::MockStopped
@@ -273,6 +277,35 @@ pub async fn execute(command: Command) -> Result<Report> {
         Command::Mock(options) => {
             mock::run(options).await?;
             Ok(Report::MockStopped)
+        }
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(
+                shell,
+                &mut crate::cli::Args::clap_command(),
+                "xquik-dm",
+                &mut script,
+            );
+            Ok(Report::Text(script))
+        }
+        Command::Man { dir } => {
+            let cmd = crate::cli::Args::clap_command();
+            match dir {
+                Some(dir) => {
+                    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+                    clap_mangen::generate_to(cmd, &dir).map_err(|e| Error::io(&dir, e))?;
+                    Ok(Report::Text(
+                        format!("man pages written to {}\n", dir.display()).into_bytes(),
+                    ))
+                }
+                None => {
+                    let mut page = Vec::new();
+                    clap_mangen::Man::new(cmd)
+                        .render(&mut page)
+                        .map_err(|e| Error::io("<man page>", e))?;
+                    Ok(Report::Text(page))
+                }
+            }
         }
         Command::Demo { out } => Ok(Report::Demo(Box::new(
             demo::run(out.map(crate::storage::Location::from)).await?,

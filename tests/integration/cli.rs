@@ -499,7 +499,18 @@ fn bench_runs_small_and_reports_consistent_figures() {
 fn help_matches_the_golden_files() {
     let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
     for command in [
-        "main", "sync", "send", "verify", "compact", "rebuild", "lookup", "mock", "demo", "bench",
+        "main",
+        "sync",
+        "send",
+        "verify",
+        "compact",
+        "rebuild",
+        "completions",
+        "man",
+        "lookup",
+        "mock",
+        "demo",
+        "bench",
     ] {
         let mut cmd = bin();
         if command != "main" {
@@ -519,4 +530,65 @@ fn help_matches_the_golden_files() {
             path.display()
         );
     }
+}
+
+/// Shell completions and man pages come from the same definition as the
+/// parser: every command is in them, bash accepts the script, groff
+/// renders the page, and the API options are listed only where they apply.
+#[test]
+fn completions_and_man_pages_are_generated() {
+    let commands = [
+        "sync", "send", "verify", "compact", "rebuild", "lookup", "demo",
+    ];
+    for shell in ["bash", "zsh", "fish"] {
+        let (code, script, stderr) = run(bin().args(["completions", shell]));
+        assert_eq!(code, 0, "{stderr}");
+        for command in commands {
+            assert!(script.contains(command), "{shell}: {command} missing");
+        }
+        assert!(script.contains("metrics-file"), "{shell}");
+    }
+    let (_, bash, _) = run(bin().args(["completions", "bash"]));
+    let checked = Command::new("bash")
+        .arg("-n")
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(bash.as_bytes())?;
+            child.wait()
+        })
+        .unwrap();
+    assert!(checked.success(), "bash rejects the completion script");
+
+    let dir = tempfile::tempdir().unwrap();
+    let (code, _, stderr) = run(bin().args(["man", "--dir"]).arg(dir.path()));
+    assert_eq!(code, 0, "{stderr}");
+    for command in commands {
+        assert!(dir.path().join(format!("xquik-dm-{command}.1")).exists());
+    }
+    let rendered = Command::new("groff")
+        .args(["-man", "-Tutf8"])
+        .arg(dir.path().join("xquik-dm-sync.1"))
+        .output()
+        .unwrap();
+    // Bold and underline come as overstrikes (a character, a backspace).
+    let raw = String::from_utf8_lossy(&rendered.stdout);
+    let mut text = String::new();
+    for c in raw.chars() {
+        if c == '\u{8}' {
+            text.pop();
+        } else {
+            text.push(c);
+        }
+    }
+    assert!(
+        text.contains("SYNOPSIS") && text.contains("--metrics-file"),
+        "{text}"
+    );
+    // The API's options are where requests are made, not elsewhere.
+    let (_, verify_help, _) = run(bin().args(["verify", "--help"]));
+    assert!(!verify_help.contains("--rate-get") && !verify_help.contains("--base-url"));
+    let (_, sync_help, _) = run(bin().args(["sync", "--help"]));
+    assert!(sync_help.contains("--rate-get") && sync_help.contains("--base-url"));
 }
