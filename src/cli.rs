@@ -207,6 +207,23 @@ pub enum CommandArgs {
         #[arg(long, value_name = "SHA256")]
         since: Option<String>,
     },
+    /// Show what the audit trail says: an HTML page to look at, or JSON.
+    ///
+    /// Built from the manifests, the chain and the checkpoint only (no message
+    /// text): the chain head and verify's result, a timeline of runs, every
+    /// conversation's state and every send. Exit status: 0 verified, 5 the trail
+    /// failed verification (the report names the files), 2 bad input.
+    Report {
+        /// The output folder (or bucket URL) of sync/send.
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+        /// Write the self-contained HTML page here.
+        #[arg(long, value_name = "FILE")]
+        html: Option<PathBuf>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Merge the small Parquet files of closed date partitions into large ones.
     ///
     /// A job that runs every few minutes writes a file or two per run; compaction
@@ -426,6 +443,15 @@ pub enum Command {
         /// Report as JSON.
         json: bool,
     },
+    /// `report`.
+    Report {
+        /// The folder or bucket.
+        dir: Location,
+        /// Where the HTML page goes.
+        html: Option<PathBuf>,
+        /// Report as JSON.
+        json: bool,
+    },
     /// `compact`.
     Compact {
         /// The folder.
@@ -519,8 +545,9 @@ const API_OPTIONS: [&str; 7] = [
     "rate_post",
 ];
 /// The commands that make no request of their own to the API.
-const NO_API_COMMANDS: [&str; 8] = [
+const NO_API_COMMANDS: [&str; 9] = [
     "verify",
+    "report",
     "compact",
     "rebuild",
     "mock",
@@ -868,6 +895,11 @@ impl Args {
             CommandArgs::Demo { out } => Command::Demo { out },
             CommandArgs::Completions { shell } => Command::Completions { shell },
             CommandArgs::Man { dir } => Command::Man { dir },
+            CommandArgs::Report { dir, html, json } => Command::Report {
+                dir: Location::from(dir),
+                html,
+                json,
+            },
             CommandArgs::Compact {
                 out,
                 min_files,

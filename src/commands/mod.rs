@@ -9,6 +9,7 @@ pub mod longevity;
 pub mod lookup;
 pub mod mock;
 pub mod rebuild;
+pub mod report;
 pub mod send;
 pub mod sync;
 pub mod verify;
@@ -75,6 +76,13 @@ pub enum Report {
         /// Print as JSON.
         json: bool,
     },
+    /// `report`: the audit trail at a glance.
+    Report {
+        /// What was built and written.
+        written: report::Written,
+        /// Print the report as JSON.
+        json: bool,
+    },
     /// `compact`: what was merged.
     Compact {
         /// The report.
@@ -110,6 +118,14 @@ impl Report {
             Report::Sync { report, json } => write_report(out, report.as_ref(), *json),
             Report::Verify { report, json } => write_report(out, report, *json),
             Report::Compact { report, json } => write_report(out, report, *json),
+            Report::Report { written, json } => match json {
+                true => {
+                    let text = serde_json::to_string_pretty(&written.report)
+                        .map_err(std::io::Error::other)?;
+                    writeln!(out, "{text}")
+                }
+                false => write!(out, "{written}"),
+            },
             Report::Longevity { report, json } => write_report(out, report, *json),
             Report::Latency { report, json } => write_report(out, report, *json),
             Report::Rebuild { report, json } => write_report(out, report, *json),
@@ -134,6 +150,7 @@ impl Report {
             Report::Sync { report, .. } => report.exit_code(),
             Report::Verify { report, .. } => report.exit_code(),
             Report::Rebuild { report, .. } => report.exit_code(),
+            Report::Report { written, .. } => written.report.exit_code(),
             Report::Send { report, .. } => report.exit_code(),
             Report::Demo(report) => report.exit_code(),
             Report::Lookup(_)
@@ -254,6 +271,12 @@ pub async fn execute(command: Command) -> Result<Report> {
             report: longevity::run(runs, work_dir).await?,
             json,
         }),
+        Command::Report { dir, html, json } => {
+            let written = tokio::task::spawn_blocking(move || report::run(&dir, html.as_deref()))
+                .await
+                .map_err(|e| Error::io("<report>", std::io::Error::other(e)))??;
+            Ok(Report::Report { written, json })
+        }
         Command::Compact {
             out,
             min_files,

@@ -118,13 +118,25 @@ impl Backend for LocalDir {
                 .create(true)
                 .truncate(false),
         )?;
-        // Released by the kernel when the process ends, however it ends.
-        match file.try_lock() {
-            Ok(()) => Ok(Box::new(file)),
-            Err(TryLockError::WouldBlock) => Err(Error::Locked {
-                path: self.root.clone(),
-            }),
-            Err(TryLockError::Error(e)) => Err(Error::io(&path, e)),
+        // Released by the kernel when the process ends, however it ends. A
+        // lock just released can still be held for an instant by a process
+        // forked before its holder let go (the descriptor is shared until
+        // that process execs): asked again for a moment before refusing.
+        let mut attempts = 0;
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(Box::new(file)),
+                Err(TryLockError::WouldBlock) if attempts < 20 => {
+                    attempts += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(TryLockError::WouldBlock) => {
+                    return Err(Error::Locked {
+                        path: self.root.clone(),
+                    });
+                }
+                Err(TryLockError::Error(e)) => return Err(Error::io(&path, e)),
+            }
         }
     }
 

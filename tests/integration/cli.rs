@@ -503,6 +503,7 @@ fn help_matches_the_golden_files() {
         "sync",
         "send",
         "verify",
+        "report",
         "compact",
         "rebuild",
         "completions",

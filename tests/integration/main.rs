@@ -11,6 +11,7 @@ mod hostile;
 mod metrics;
 mod pacing;
 mod protocol;
+mod report;
 mod scripted;
 mod send;
 mod sync;
@@ -249,4 +250,34 @@ pub fn run_python(mut cmd: std::process::Command, script: &str, args: &[&Path]) 
         String::from_utf8_lossy(&output.stderr)
     );
     stdout
+}
+
+/// The program `program` of Debian's package `package`, installed with
+/// apt-get when the machine lacks it (`probe` is an argument it answers
+/// with success, such as `--version`).
+pub fn debian_tool(program: &str, package: &str, probe: &str) -> std::path::PathBuf {
+    use std::process::{Command, Stdio};
+    let found = || {
+        Command::new(program)
+            .arg(probe)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let _guard = PYDEPS.lock().unwrap_or_else(|p| p.into_inner());
+    if !found() {
+        let _ = Command::new("apt-get")
+            .arg("update")
+            .stdout(Stdio::null())
+            .status();
+        let status = Command::new("apt-get")
+            .args(["install", "-y", package])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success() && found(), "cannot install {package}");
+    }
+    std::path::PathBuf::from(program)
 }

@@ -192,27 +192,9 @@ async fn runs_in_the_same_second_never_share_an_id() {
     assert_eq!(code, 0, "{report}");
 }
 
-/// Installs strace (Debian's package) when the machine lacks it.
+/// strace, installed when the machine lacks it.
 fn strace() -> PathBuf {
-    let found = |p: &str| {
-        Command::new(p)
-            .arg("-V")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    if !found("strace") {
-        let _ = Command::new("apt-get")
-            .arg("update")
-            .stdout(Stdio::null())
-            .status();
-        let status = Command::new("apt-get")
-            .args(["install", "-y", "strace"])
-            .stdout(Stdio::null())
-            .status()
-            .unwrap();
-        assert!(status.success() && found("strace"), "cannot install strace");
-    }
-    PathBuf::from("strace")
+    crate::debian_tool("strace", "strace", "-V")
 }
 
 /// Gap 3: the folder entry of a newly created JSONL file is fsynced before
