@@ -308,3 +308,36 @@ fn a_report_of_ten_thousand_runs_stays_small() {
     );
     assert!(page.len() < 1 << 20, "{} bytes", page.len());
 }
+
+/// The demo's folder: three runs (two syncs and a send), verified, every
+/// conversation and both DMs shown.
+#[test]
+fn the_report_of_the_demo_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("demo");
+    let (code, _, stderr) = run(bin().arg("demo").arg("--out").arg(&out));
+    assert_eq!(code, 0, "{stderr}");
+    let html = dir.path().join("report.html");
+    let (code, stdout, stderr) = run(bin()
+        .arg("report")
+        .arg(&out)
+        .arg("--json")
+        .arg("--html")
+        .arg(&html));
+    assert_eq!(code, 0, "{stderr}");
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    let manifests = manifests(&out);
+    assert_eq!(report["verify"]["ok"], true);
+    assert_eq!(report["totals"]["runs"], manifests.len() as u64);
+    assert_eq!(
+        report["totals"]["rows"],
+        manifests
+            .iter()
+            .map(|m| m["audit_rows"]["rows"].as_u64().unwrap())
+            .sum::<u64>()
+    );
+    assert_eq!(report["sends"].as_array().unwrap().len(), 2);
+    assert!(!report["conversations"].as_array().unwrap().is_empty());
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(page.contains("this page contains no message text"));
+}
