@@ -189,13 +189,13 @@ pub async fn execute(command: Command) -> Result<Report> {
         } => {
             let started = std::time::SystemTime::now();
             let result = sync::run(options).await;
-            if let Some(path) = metrics_file {
-                let metrics = match &result {
-                    Ok(report) => sync_metrics(report, started),
-                    Err(e) => failed_metrics("sync", e, started),
-                };
-                write_metrics(&path, &metrics, &result)?;
-            }
+            record_metrics(
+                metrics_file.as_deref(),
+                "sync",
+                started,
+                &result,
+                sync_metrics,
+            )?;
             Ok(Report::Sync {
                 report: Box::new(result?),
                 json,
@@ -223,13 +223,13 @@ pub async fn execute(command: Command) -> Result<Report> {
         } => {
             let started = std::time::SystemTime::now();
             let result = send::run(options).await;
-            if let Some(path) = metrics_file {
-                let metrics = match &result {
-                    Ok(report) => send_metrics(report, started),
-                    Err(e) => failed_metrics("send", e, started),
-                };
-                write_metrics(&path, &metrics, &result)?;
-            }
+            record_metrics(
+                metrics_file.as_deref(),
+                "send",
+                started,
+                &result,
+                send_metrics,
+            )?;
             Ok(Report::Send {
                 report: Box::new(result?),
                 json,
@@ -408,15 +408,25 @@ fn credits_by_route(credits: &BTreeMap<crate::api::Endpoint, u64>) -> BTreeMap<S
         .collect()
 }
 
-/// Writes the metrics file; a failure to write it fails a run that
-/// otherwise succeeded (a scheduler would be blind), and is logged for one
-/// that failed anyway.
-fn write_metrics<T>(
-    path: &std::path::Path,
-    metrics: &RunMetrics,
+/// Writes the metrics file, when one was asked for, from the run's report
+/// or its error. A failure to write it fails a run that otherwise
+/// succeeded (a scheduler would be blind), and is logged for one that
+/// failed anyway.
+fn record_metrics<T>(
+    path: Option<&std::path::Path>,
+    command: &'static str,
+    started: std::time::SystemTime,
     result: &Result<T>,
+    of: impl FnOnce(&T, std::time::SystemTime) -> RunMetrics,
 ) -> Result<()> {
-    match (crate::metrics::write(path, metrics), result) {
+    let Some(path) = path else {
+        return Ok(());
+    };
+    let metrics = match result {
+        Ok(report) => of(report, started),
+        Err(e) => failed_metrics(command, e, started),
+    };
+    match (crate::metrics::write(path, &metrics), result) {
         (Err(e), Ok(_)) => Err(e),
         (Err(e), Err(_)) => {
             tracing::error!(error = %e, "could not write the metrics file");

@@ -98,6 +98,24 @@ pub fn sync_options(server: &MockServer, out: &Path, users: &[String]) -> SyncOp
     options
 }
 
+/// Options of a send run of `lines` into `out` against `server`.
+pub fn send_options(
+    server: &MockServer,
+    out: &Path,
+    lines: Vec<xquik_dm::commands::send::BatchLine>,
+) -> xquik_dm::commands::send::SendOptions {
+    xquik_dm::commands::send::SendOptions {
+        api: api(server),
+        out: out.to_owned().into(),
+        batch: lines.len() > 1,
+        lines,
+        ignore_can_dm: false,
+        skip_invalid: false,
+        max_credits: None,
+        audit_key: None,
+    }
+}
+
 /// Every regular file below `dir/sub`, relative to `dir`, sorted.
 pub fn files_under(dir: &Path, sub: &str) -> Vec<String> {
     let mut found = Vec::new();

@@ -5,12 +5,12 @@
 use std::time::Duration;
 
 use xquik_dm::api::pace::Limits;
-use xquik_dm::commands::send::{self, BatchLine, SendOptions, SendRequest};
+use xquik_dm::commands::send::{self, BatchLine, SendRequest};
 use xquik_dm::commands::sync::{self, Target};
 use xquik_dm::mock::{Faults, LoggedRequest, MockAccount, MockConversation, MockServer};
 use xquik_dm::{Account, UserRef};
 
-use crate::{ACCOUNT, api, sync_options, user_id, users, world};
+use crate::{ACCOUNT, sync_options, user_id, users, world};
 
 /// The most requests of `bucket` that arrived within any one window of
 /// `span` (a sliding window: every request starts one).
@@ -175,16 +175,7 @@ async fn sends_are_paced_at_the_write_limit_without_a_429() {
             )
         })
         .collect();
-    let mut options = SendOptions {
-        api: api(&server),
-        out: dir.path().to_owned().into(),
-        lines,
-        batch: true,
-        ignore_can_dm: false,
-        skip_invalid: false,
-        max_credits: None,
-        audit_key: None,
-    };
+    let mut options = crate::send_options(&server, dir.path(), lines);
     options.api.pace = Limits {
         get_per_sec: 0.0,
         post_per_min: 600.0,

@@ -9,13 +9,13 @@ use std::process::Command;
 use std::sync::Arc;
 
 use serde_json::Value;
-use xquik_dm::commands::send::{self, BatchLine, SendOptions, SendRequest};
+use xquik_dm::commands::send::{self, BatchLine, SendRequest};
 use xquik_dm::commands::sync;
 use xquik_dm::mock::{MockServer, WriteMode};
 
 use crate::cli::{bin, run};
 use crate::{
-    ACCOUNT, KEY, api, debian_tool, python_with, run_python, sync_options, user_id, users, world,
+    ACCOUNT, KEY, debian_tool, python_with, run_python, sync_options, user_id, users, world,
 };
 
 /// Every manifest of `out`, parsed here, in chain order.
@@ -46,6 +46,16 @@ fn credits_of(m: &Value) -> u64 {
         .map(|v| v.as_u64().unwrap())
         .sum();
     own + recovered
+}
+
+/// `xquik-dm report OUT --json --html HTML`.
+fn report_of(out: &Path, html: &Path) -> (i32, String, String) {
+    run(bin()
+        .arg("report")
+        .arg(out)
+        .arg("--json")
+        .arg("--html")
+        .arg(html))
 }
 
 fn chromium() -> PathBuf {
@@ -135,18 +145,9 @@ async fn the_report_shows_the_manifests_names_a_tampered_file_and_holds_no_body(
                 .unwrap(),
         ),
     ];
-    let sent = send::run(SendOptions {
-        api: api(&server),
-        out: out.clone().into(),
-        lines,
-        batch: true,
-        ignore_can_dm: false,
-        skip_invalid: false,
-        max_credits: None,
-        audit_key: None,
-    })
-    .await
-    .unwrap();
+    let sent = send::run(crate::send_options(&server, &out, lines))
+        .await
+        .unwrap();
     assert_eq!(sent.exit_code(), 0);
     // Tamper with one Parquet file.
     let parquet = crate::files_under(&out, "parquet")
@@ -159,12 +160,7 @@ async fn the_report_shows_the_manifests_names_a_tampered_file_and_holds_no_body(
     std::fs::write(out.join(&parquet), bytes).unwrap();
 
     let html = dir.path().join("report.html");
-    let (code, stdout, stderr) = run(bin()
-        .arg("report")
-        .arg(&out)
-        .arg("--json")
-        .arg("--html")
-        .arg(&html));
+    let (code, stdout, stderr) = report_of(&out, &html);
     assert_eq!(code, 5, "{stderr}");
     let report: Value = serde_json::from_str(&stdout).unwrap();
     let page = std::fs::read_to_string(&html).unwrap();
@@ -285,12 +281,7 @@ fn a_report_of_ten_thousand_runs_stays_small() {
     }
     let html = dir.path().join("report.html");
     let started = std::time::Instant::now();
-    let (code, stdout, stderr) = run(bin()
-        .arg("report")
-        .arg(dir.path())
-        .arg("--json")
-        .arg("--html")
-        .arg(&html));
+    let (code, stdout, stderr) = report_of(dir.path(), &html);
     let took = started.elapsed();
     assert_eq!(code, 0, "{stderr}");
     let report: Value = serde_json::from_str(&stdout).unwrap();
@@ -318,12 +309,7 @@ fn the_report_of_the_demo_folder() {
     let (code, _, stderr) = run(bin().arg("demo").arg("--out").arg(&out));
     assert_eq!(code, 0, "{stderr}");
     let html = dir.path().join("report.html");
-    let (code, stdout, stderr) = run(bin()
-        .arg("report")
-        .arg(&out)
-        .arg("--json")
-        .arg("--html")
-        .arg(&html));
+    let (code, stdout, stderr) = report_of(&out, &html);
     assert_eq!(code, 0, "{stderr}");
     let report: Value = serde_json::from_str(&stdout).unwrap();
     let manifests = manifests(&out);

@@ -11,7 +11,7 @@ use xquik_dm::commands::send::{self, BatchLine, SendOptions, SendRequest, SendSt
 use xquik_dm::commands::verify;
 use xquik_dm::mock::{Faults, MockConfig, MockServer, WriteMode};
 
-use crate::{ACCOUNT, KEY, api, jsonl_records, user_id, world};
+use crate::{ACCOUNT, KEY, jsonl_records, user_id, world};
 
 /// A world with two users: user1 accepts DMs, user2 does not (canDm false).
 fn dm_world() -> MockConfig {
@@ -27,16 +27,13 @@ fn png(dir: &Path) -> PathBuf {
 }
 
 fn options(server: &MockServer, out: &Path, requests: Vec<SendRequest>) -> SendOptions {
-    SendOptions {
-        api: api(server),
-        out: out.to_owned().into(),
-        lines: requests.into_iter().map(BatchLine::Valid).collect(),
-        batch: false,
-        ignore_can_dm: false,
-        skip_invalid: false,
-        max_credits: None,
-        audit_key: None,
-    }
+    let mut options = crate::send_options(
+        server,
+        out,
+        requests.into_iter().map(BatchLine::Valid).collect(),
+    );
+    options.batch = false;
+    options
 }
 
 fn request(to: &str, text: &str, media: Option<&Path>) -> SendRequest {
