@@ -476,6 +476,42 @@ pub fn read_chain_tail(storage: &dyn Backend, from: u64) -> Result<(Vec<ChainEnt
     Ok((entries, torn))
 }
 
+/// The chain from the entry whose manifest digest is `head` on (that entry
+/// first), read back from the end only as far as it lies: what checking
+/// the runs after a verified head needs, in time proportional to them.
+/// `None` when the chain does not hold `head`.
+pub fn read_chain_from(
+    storage: &dyn Backend,
+    head: &str,
+) -> Result<(Option<Vec<ChainEntry>>, Option<u64>)> {
+    let (last, torn) = read_chain_tail(storage, 0)?;
+    let Some(last_seq) = last.last().map(|e| e.seq) else {
+        return Ok((None, torn));
+    };
+    let mut back = 16u64;
+    loop {
+        let from = last_seq.saturating_sub(back).max(1);
+        let (mut entries, torn) = read_chain_tail(storage, from)?;
+        if let Some(at) = entries.iter().position(|e| e.sha256 == head) {
+            entries.drain(..at);
+            return Ok((Some(entries), torn));
+        }
+        if from == 1 {
+            // Read whole, in case sequence numbers were changed.
+            let (mut entries, torn) = read_chain(storage)?;
+            let at = entries.iter().position(|e| e.sha256 == head);
+            return Ok((
+                at.map(|at| {
+                    entries.drain(..at);
+                    entries
+                }),
+                torn,
+            ));
+        }
+        back = back.saturating_mul(4);
+    }
+}
+
 /// The entries of chain lines; a last line without its newline (a torn
 /// append) is reported by where it starts, for the caller to cut.
 fn parse_chain(
@@ -1050,6 +1086,36 @@ mod tests {
             compaction: None,
             signature: None,
         }
+    }
+
+    /// From a verified head, only the chain's end is read: entries from
+    /// the head on, however long the chain before it.
+    #[test]
+    fn the_chain_is_read_from_a_head_without_its_beginning() {
+        let dir = tempfile::tempdir().unwrap();
+        let counting = crate::storage::counting::Counting::new(std::sync::Arc::new(
+            crate::storage::local::LocalDir::new(dir.path()),
+        ));
+        let mut previous: Option<ChainEntry> = None;
+        let mut entries = Vec::new();
+        for i in 0..300 {
+            let mut m = manifest();
+            m.run_id = format!("r{i}");
+            m.audit_rows.path = format!("audit/runs/r{i}.rows.jsonl");
+            m.page_log.path = format!("audit/runs/r{i}.pages.jsonl");
+            let entry = append_run(&counting, &m, previous.as_ref()).unwrap();
+            entries.push(entry.clone());
+            previous = Some(entry);
+        }
+        counting.take();
+        let (from, torn) = read_chain_from(&counting, &entries[290].sha256).unwrap();
+        assert_eq!(torn, None);
+        assert_eq!(from.unwrap(), entries[290..].to_vec());
+        let read = counting.take().read;
+        let whole = std::fs::metadata(dir.path().join(CHAIN)).unwrap().len();
+        assert!(read * 4 < whole, "read {read} of {whole} bytes");
+        let (missing, _) = read_chain_from(&counting, "00").unwrap();
+        assert_eq!(missing, None);
     }
 
     #[test]

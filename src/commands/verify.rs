@@ -266,32 +266,37 @@ fn check_chain(
     since: Option<&str>,
     report: &mut VerifyReport,
 ) -> (Vec<Manifest>, Option<Coverage>, BTreeSet<String>, bool) {
-    let (chain, torn) = match audit::read_chain(dir) {
-        Ok(c) => c,
+    // The run a reviewer verified before: the chain is read back only as
+    // far as it lies, manifests up to it are not read again, its own only
+    // for where its coverage ended.
+    let read = match since {
+        Some(head) => audit::read_chain_from(dir, head),
+        None => audit::read_chain(dir).map(|(chain, torn)| (Some(chain), torn)),
+    };
+    let (chain, torn) = match read {
+        Ok((Some(chain), torn)) => (chain, torn),
+        Ok((None, _)) => {
+            report.fail(
+                audit::CHAIN,
+                format!(
+                    "the verified head {} is not in the chain: runs were removed or replaced",
+                    since.unwrap_or_default()
+                ),
+            );
+            return (Vec::new(), None, BTreeSet::new(), false);
+        }
         Err(e) => {
             report.fail(audit::CHAIN, e.to_string());
             return (Vec::new(), None, BTreeSet::new(), false);
         }
     };
     let chained: BTreeSet<String> = chain.iter().map(|e| e.run_id.clone()).collect();
-    // The run a reviewer verified before: manifests up to it are not read
-    // again, its own only for where its coverage ended and whether it was
-    // signed.
     let mut start = None;
     let mut skip = 0;
     if let Some(head) = since {
-        let Some(at) = chain.iter().position(|e| e.sha256 == head) else {
-            report.fail(
-                audit::CHAIN,
-                format!(
-                    "the verified head {head} is not in the chain: runs were removed or replaced"
-                ),
-            );
-            return (Vec::new(), None, chained, false);
-        };
-        skip = at + 1;
+        skip = chain.first().map_or(0, |e| e.seq);
         match chain
-            .get(at)
+            .first()
             .map(|e| audit::read_manifest(dir, &e.manifest))
         {
             Some(Ok((manifest, bytes))) if crate::sinks::sha256_hex(&bytes) == head => {
@@ -316,11 +321,16 @@ fn check_chain(
         );
         return (Vec::new(), None, chained, false);
     }
-    report.runs = chain.len() as u64;
+    report.runs = chain.last().map_or(0, |e| e.seq);
     let mut manifests = Vec::new();
     let mut previous: Option<&ChainEntry> = None;
     let (mut signed_unchecked, mut unsigned_before_signing, mut seen_signed) = (0, 0, false);
     for entry in &chain {
+        // Since a verified head, the chain starts there, linked before.
+        if since.is_some() && previous.is_none() {
+            previous = Some(entry);
+            continue;
+        }
         let expected_seq = previous.map_or(1, |p| p.seq.saturating_add(1));
         if entry.seq != expected_seq {
             report.fail(
@@ -338,7 +348,7 @@ fn check_chain(
             );
         }
         previous = Some(entry);
-        if entry.seq <= skip as u64 {
+        if entry.seq <= skip {
             continue;
         }
         let (manifest, bytes) = match audit::read_manifest(dir, &entry.manifest) {
