@@ -237,6 +237,8 @@ pub struct Store {
     failed: Option<Failed>,
     /// The files a `compact` run swapped, sealed into its manifest.
     compaction: Option<audit::Compaction>,
+    /// When the store was opened, on the monotonic clock.
+    opened: std::time::Instant,
     /// History and send rows appended since the last commit.
     uncommitted_history: u64,
     uncommitted_sends: u64,
@@ -408,6 +410,7 @@ impl Store {
             recovered,
             failed: None,
             compaction: None,
+            opened: std::time::Instant::now(),
             uncommitted_history: 0,
             uncommitted_sends: 0,
             uncommitted_bytes: 0,
@@ -704,7 +707,7 @@ impl Store {
             command: body.command.to_owned(),
             tool_version: env!("CARGO_PKG_VERSION").to_owned(),
             started_at: self.stamp.started_at.clone(),
-            finished_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            finished_at: finished_at(&self.stamp, self.opened),
             previous_manifest_sha256: previous.as_ref().map(|p| p.sha256.clone()),
             exit_code: body.exit_code,
             options: body.options,
@@ -819,6 +822,19 @@ fn refuse_data_without_checkpoint(storage: &dyn Backend, sealed: usize) -> Resul
             storage.location()
         ),
     })
+}
+
+/// When the run `stamp` ends: its start plus the time it took on the
+/// monotonic clock since `opened`, so that a wall clock set back or forward
+/// during the run cannot give it a negative or absurd duration.
+fn finished_at(stamp: &RunStamp, opened: std::time::Instant) -> String {
+    let started = chrono::DateTime::parse_from_rfc3339(&stamp.started_at)
+        .map(|t| t.with_timezone(&chrono::Utc));
+    let finished = match (started, chrono::Duration::from_std(opened.elapsed())) {
+        (Ok(started), Ok(elapsed)) => started + elapsed,
+        _ => chrono::Utc::now(),
+    };
+    finished.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 /// `stamp`, or a copy with a new random part if its run ID is taken in

@@ -266,13 +266,32 @@ async fn a_killed_runs_requests_and_credits_are_sealed_by_the_next_run() {
     let (s, o, u) = (server.clone(), out.clone(), users.clone());
     let killed = tokio::task::spawn_blocking(move || {
         let mut killed = 0;
-        for wait in [150, 150] {
+        for wait in [60, 60] {
+            // Killed once it has been answered (a new page log holds a
+            // line), then `wait` more: on a busy machine a fixed delay alone
+            // could kill it before it asked anything.
+            let logs = || -> Vec<String> {
+                std::fs::read_dir(o.join("audit/runs"))
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .filter(|e| e.metadata().is_ok_and(|m| m.len() > 0))
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|name| name.ends_with(".pages.jsonl.tmp"))
+                    .collect()
+            };
+            let before = logs();
+            let logged = || logs().iter().any(|name| !before.contains(name));
             let mut child = sync(&s, &o, &u)
                 .args(["--concurrency", "2"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
                 .unwrap();
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while !logged() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
             std::thread::sleep(Duration::from_millis(wait));
             if child.try_wait().unwrap().is_none() {
                 child.kill().unwrap();
