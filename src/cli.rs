@@ -224,6 +224,25 @@ pub enum CommandArgs {
         #[arg(long)]
         json: bool,
     },
+    /// Load every sealed run not loaded yet into PostgreSQL, exactly once.
+    ///
+    /// In chain order, each run in one transaction with its ledger row in
+    /// xquik_dm.loaded_runs, after its handoff segment and manifest pass their
+    /// digests. Tables xquik_dm.messages and xquik_dm.sends are created when
+    /// missing. Exit status: 0 loaded, 2 bad input or an unreachable database,
+    /// 3 the database refused, 5 a run failed its check (earlier runs stay loaded).
+    Load {
+        /// The output folder (or bucket URL) of sync/send.
+        #[arg(long, value_name = "DIR")]
+        from: PathBuf,
+        /// postgresql://USER@HOST:PORT/DB (the PG* variables fill in the rest; a
+        /// password is better in PGPASSWORD than on a command line).
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
+        to: String,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Merge the small Parquet files of closed date partitions into large ones.
     ///
     /// A job that runs every few minutes writes a file or two per run; compaction
@@ -443,6 +462,15 @@ pub enum Command {
         /// Report as JSON.
         json: bool,
     },
+    /// `load`.
+    Load {
+        /// The folder or bucket.
+        from: Location,
+        /// The database.
+        to: String,
+        /// Report as JSON.
+        json: bool,
+    },
     /// `report`.
     Report {
         /// The folder or bucket.
@@ -545,8 +573,9 @@ const API_OPTIONS: [&str; 7] = [
     "rate_post",
 ];
 /// The commands that make no request of their own to the API.
-const NO_API_COMMANDS: [&str; 9] = [
+const NO_API_COMMANDS: [&str; 10] = [
     "verify",
+    "load",
     "report",
     "compact",
     "rebuild",
@@ -895,6 +924,11 @@ impl Args {
             CommandArgs::Demo { out } => Command::Demo { out },
             CommandArgs::Completions { shell } => Command::Completions { shell },
             CommandArgs::Man { dir } => Command::Man { dir },
+            CommandArgs::Load { from, to, json } => Command::Load {
+                from: Location::from(from),
+                to,
+                json,
+            },
             CommandArgs::Report { dir, html, json } => Command::Report {
                 dir: Location::from(dir),
                 html,

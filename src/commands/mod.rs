@@ -5,6 +5,7 @@ pub mod bench;
 pub mod compact;
 pub mod demo;
 pub mod latency;
+pub mod load;
 pub mod longevity;
 pub mod lookup;
 pub mod mock;
@@ -76,6 +77,13 @@ pub enum Report {
         /// Print as JSON.
         json: bool,
     },
+    /// `load`: what was loaded.
+    Load {
+        /// The report.
+        report: load::LoadReport,
+        /// Print as JSON.
+        json: bool,
+    },
     /// `report`: the audit trail at a glance.
     Report {
         /// What was built and written.
@@ -118,6 +126,7 @@ impl Report {
             Report::Sync { report, json } => write_report(out, report.as_ref(), *json),
             Report::Verify { report, json } => write_report(out, report, *json),
             Report::Compact { report, json } => write_report(out, report, *json),
+            Report::Load { report, json } => write_report(out, report, *json),
             Report::Report { written, json } => match json {
                 true => {
                     let text = serde_json::to_string_pretty(&written.report)
@@ -151,6 +160,7 @@ impl Report {
             Report::Verify { report, .. } => report.exit_code(),
             Report::Rebuild { report, .. } => report.exit_code(),
             Report::Report { written, .. } => written.report.exit_code(),
+            Report::Load { report, .. } => report.exit_code(),
             Report::Send { report, .. } => report.exit_code(),
             Report::Demo(report) => report.exit_code(),
             Report::Lookup(_)
@@ -269,6 +279,10 @@ pub async fn execute(command: Command) -> Result<Report> {
             json,
         } => Ok(Report::Longevity {
             report: longevity::run(runs, work_dir).await?,
+            json,
+        }),
+        Command::Load { from, to, json } => Ok(Report::Load {
+            report: load::run(&from, &to).await?,
             json,
         }),
         Command::Report { dir, html, json } => {

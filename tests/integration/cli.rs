@@ -504,6 +504,7 @@ fn help_matches_the_golden_files() {
         "send",
         "verify",
         "report",
+        "load",
         "compact",
         "rebuild",
         "completions",

@@ -8,6 +8,7 @@ mod client;
 mod compact;
 mod fuzz;
 mod hostile;
+mod load;
 mod metrics;
 mod pacing;
 mod protocol;

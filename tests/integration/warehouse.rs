@@ -181,14 +181,20 @@ for table in ("dm_messages", "dm_handoff_history"):
 }
 
 /// A private PostgreSQL server on a Unix socket, stopped on drop.
-struct Postgres {
+pub struct Postgres {
     data: PathBuf,
-    socket: PathBuf,
+    pub socket: PathBuf,
+    password: Option<String>,
     _dir: tempfile::TempDir,
 }
 
 impl Postgres {
-    fn start() -> Postgres {
+    pub fn start() -> Postgres {
+        Postgres::start_with(None)
+    }
+
+    /// A server whose `postgres` user needs `password` (scram-sha-256).
+    pub fn start_with(password: Option<&str>) -> Postgres {
         let bin = Path::new("/usr/lib/postgresql/15/bin");
         assert!(
             bin.join("initdb").exists(),
@@ -212,10 +218,25 @@ impl Postgres {
             cmd.args(["-u", "postgres", "--"]).arg(bin.join(program));
             cmd
         };
-        let status = as_postgres("initdb")
-            .args([
-                "-A", "trust", "-U", "postgres", "-E", "UTF8", "--locale", "C", "-D",
-            ])
+        let mut initdb = as_postgres("initdb");
+        match password {
+            Some(password) => {
+                let file = dir.path().join("pw");
+                std::fs::write(&file, password).unwrap();
+                let _ = Command::new("chown")
+                    .arg("postgres:postgres")
+                    .arg(&file)
+                    .status();
+                initdb
+                    .args(["-A", "scram-sha-256"])
+                    .arg(format!("--pwfile={}", file.display()));
+            }
+            None => {
+                initdb.args(["-A", "trust"]);
+            }
+        }
+        let status = initdb
+            .args(["-U", "postgres", "-E", "UTF8", "--locale", "C", "-D"])
             .arg(&data)
             .stdout(Stdio::null())
             .status()
@@ -236,12 +257,24 @@ impl Postgres {
         Postgres {
             data,
             socket,
+            password: password.map(str::to_owned),
             _dir: dir,
         }
     }
 
-    fn psql(&self, cwd: &Path) -> Command {
+    /// A connection string for `xquik-dm load --to`.
+    pub fn url(&self) -> String {
+        format!(
+            "host={} user=postgres dbname=postgres",
+            self.socket.display()
+        )
+    }
+
+    pub fn psql(&self, cwd: &Path) -> Command {
         let mut cmd = Command::new("psql");
+        if let Some(password) = &self.password {
+            cmd.env("PGPASSWORD", password);
+        }
         cmd.current_dir(cwd).arg("-h").arg(&self.socket).args([
             "-U",
             "postgres",
@@ -254,7 +287,7 @@ impl Postgres {
         cmd
     }
 
-    fn query(&self, cwd: &Path, sql: &str) -> String {
+    pub fn query(&self, cwd: &Path, sql: &str) -> String {
         let out = self.psql(cwd).args(["-c", sql]).output().unwrap();
         assert!(
             out.status.success(),

@@ -1,0 +1,479 @@
+//! `xquik-dm load --from <DIR or URL> --to postgresql://…`: loads every
+//! sealed run that is not loaded yet into PostgreSQL, in chain order, each
+//! in one transaction with its row in the ledger `xquik_dm.loaded_runs`.
+//!
+//! - The rows come from the run's own segment of the handoff file (the
+//!   manifest names its offset, length and SHA-256): the JSONL holds every
+//!   committed record, also after `compact` merged the Parquet files, and
+//!   in a bucket too. The segment is checked against the manifest, and the
+//!   manifest against the chain, before anything of the run is loaded.
+//! - Each run: binary `COPY` into temporary tables, then `INSERT … ON
+//!   CONFLICT DO NOTHING` into `xquik_dm.messages` and `xquik_dm.sends`
+//!   (primary keys make a duplicate impossible), then the ledger row
+//!   (run ID, manifest SHA-256, rows inserted, rows already there), then
+//!   `COMMIT`. A killed load leaves whole runs loaded or not; a rerun loads
+//!   what is missing.
+//! - The ledger must agree with the folder: a recorded run whose manifest
+//!   digest the chain no longer holds means the folder was replaced or
+//!   rolled back — exit 5, nothing loaded.
+//! - A run whose segment or manifest fails its check stops the load there
+//!   (exit 5, the file named); the runs before it stay loaded.
+//!
+//! Connection: the URL (or `DATABASE_URL`), completed by the usual `PG*`
+//! variables (`PGHOST`, `PGPORT`, `PGUSER`, `PGPASSWORD`, `PGDATABASE`,
+//! `PGSSLMODE`). This build speaks to PostgreSQL without TLS: a local
+//! socket, a private network or a TLS-terminating proxy; `sslmode=require`
+//! is refused rather than silently downgraded. The password is never
+//! printed.
+
+use std::io::Read;
+use std::str::FromStr;
+use std::time::Instant;
+
+use serde::Serialize;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::config::SslMode;
+use tokio_postgres::types::{ToSql, Type};
+
+use crate::audit::{self, ChainEntry};
+use crate::error::{Error, Result};
+use crate::records::{HistoryRow, RecordType, SendRow};
+use crate::sinks::{WrittenFile, sha256_hex};
+use crate::storage::{Backend, Location};
+
+/// The tables, created when missing.
+const SCHEMA: &str = "
+CREATE SCHEMA IF NOT EXISTS xquik_dm;
+CREATE TABLE IF NOT EXISTS xquik_dm.messages (
+    message_id text NOT NULL,
+    conversation_user_id text NOT NULL,
+    account text NOT NULL,
+    sender_id text NOT NULL,
+    receiver_id text NOT NULL,
+    created_at timestamptz,
+    message_text text,
+    media_url text,
+    PRIMARY KEY (conversation_user_id, message_id)
+);
+CREATE TABLE IF NOT EXISTS xquik_dm.sends (
+    message_id text PRIMARY KEY,
+    success boolean NOT NULL,
+    send_status text NOT NULL,
+    sender_account text NOT NULL,
+    recipient_user_id text NOT NULL,
+    message_text text NOT NULL,
+    sent_at timestamptz NOT NULL,
+    media_id text,
+    media_ids text[]
+);
+CREATE TABLE IF NOT EXISTS xquik_dm.loaded_runs (
+    seq bigint PRIMARY KEY,
+    run_id text NOT NULL UNIQUE,
+    manifest_sha256 text NOT NULL,
+    rows_inserted bigint NOT NULL,
+    rows_present bigint NOT NULL,
+    loaded_at timestamptz NOT NULL DEFAULT now()
+);
+";
+
+/// What a load did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LoadReport {
+    /// Runs loaded now.
+    pub runs_loaded: u64,
+    /// Runs the ledger already held.
+    pub runs_already_loaded: u64,
+    /// Rows inserted.
+    pub rows_inserted: u64,
+    /// Rows skipped because they were there already.
+    pub rows_skipped: u64,
+    /// Wall seconds.
+    pub seconds: f64,
+    /// The file that failed its check, when one stopped the load.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure: Option<crate::commands::verify::Failure>,
+}
+
+impl LoadReport {
+    /// 0 loaded (or nothing to load), 5 a check failed.
+    pub fn exit_code(&self) -> u8 {
+        if self.failure.is_some() { 5 } else { 0 }
+    }
+}
+
+impl std::fmt::Display for LoadReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "loaded {} runs ({} loaded before): {} rows inserted, {} already there, in {:.2} s",
+            self.runs_loaded,
+            self.runs_already_loaded,
+            self.rows_inserted,
+            self.rows_skipped,
+            self.seconds
+        )?;
+        if let Some(failure) = &self.failure {
+            writeln!(
+                f,
+                "  STOPPED: {}: {} (this run and later ones are not loaded)",
+                failure.path, failure.reason
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// The connection settings of `url` completed by the `PG*` variables, and
+/// a description of the target without its password.
+pub fn connect_config(url: &str) -> Result<(tokio_postgres::Config, String)> {
+    let mut config = tokio_postgres::Config::from_str(url).map_err(|e| {
+        Error::invalid(
+            "--to",
+            format!("not a PostgreSQL connection string ({e}): postgresql://USER@HOST:PORT/DB"),
+        )
+    })?;
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    if config.get_hosts().is_empty() {
+        let host = var("PGHOST").unwrap_or_else(|| "/var/run/postgresql".to_owned());
+        config.host(&host);
+    }
+    if config.get_ports().is_empty()
+        && let Some(port) = var("PGPORT").and_then(|p| p.parse().ok())
+    {
+        config.port(port);
+    }
+    if config.get_user().is_none() {
+        config.user(var("PGUSER").unwrap_or_else(|| "postgres".to_owned()));
+    }
+    if config.get_password().is_none()
+        && let Some(password) = var("PGPASSWORD")
+    {
+        config.password(password);
+    }
+    if config.get_dbname().is_none()
+        && let Some(db) = var("PGDATABASE")
+    {
+        config.dbname(db);
+    }
+    if !url.contains("sslmode")
+        && let Some(mode) = var("PGSSLMODE")
+    {
+        config.ssl_mode(match mode.as_str() {
+            "disable" => SslMode::Disable,
+            "require" | "verify-ca" | "verify-full" => SslMode::Require,
+            _ => SslMode::Prefer,
+        });
+    }
+    if config.get_ssl_mode() == SslMode::Require {
+        return Err(Error::invalid(
+            "--to",
+            "sslmode=require: this build connects without TLS (a local socket, a private network or a TLS-terminating proxy); use sslmode=disable or prefer",
+        ));
+    }
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+        None => String::new(),
+    };
+    let described = format!(
+        "postgresql://{}@{host}/{}",
+        config.get_user().unwrap_or_default(),
+        config
+            .get_dbname()
+            .unwrap_or(config.get_user().unwrap_or_default())
+    );
+    Ok((config, described))
+}
+
+/// A database error, worded for the person who must act: refused
+/// (authentication, permissions) is exit 3; unreachable is bad input
+/// (exit 2). Never the password.
+fn db_error(target: &str, e: &tokio_postgres::Error) -> Error {
+    let detail = match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => e.to_string(),
+    };
+    let refused = e.as_db_error().is_some();
+    match refused {
+        true => Error::Storage {
+            path: target.into(),
+            reason: format!("the database refused: {detail}"),
+        },
+        false => Error::invalid(
+            "--to",
+            format!("{target}: cannot reach the database: {detail}"),
+        ),
+    }
+}
+
+/// Loads every sealed run of `from` not loaded yet into `to`.
+pub async fn run(from: &Location, to: &str) -> Result<LoadReport> {
+    let started = Instant::now();
+    from.require_existing("--from")?;
+    let storage = from.open()?;
+    if from.as_dir().is_none() {
+        storage.prepare()?;
+    }
+    let (chain, _) = audit::read_chain(storage.as_ref())?;
+    if chain.is_empty() {
+        return Err(Error::invalid(
+            "--from",
+            format!("{from} holds no sealed run of xquik-dm: nothing to load"),
+        ));
+    }
+    let (config, target) = connect_config(to)?;
+    let (mut client, connection) = config
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(|e| db_error(&target, &e))?;
+    let driver = tokio::spawn(connection);
+    let db = |e: tokio_postgres::Error| db_error(&target, &e);
+    client.batch_execute(SCHEMA).await.map_err(db)?;
+    // One load at a time per database: a second one waits here.
+    client
+        .execute("SELECT pg_advisory_lock(7813021906)", &[])
+        .await
+        .map_err(db)?;
+    let ledger = client
+        .query(
+            "SELECT seq, run_id, manifest_sha256 FROM xquik_dm.loaded_runs ORDER BY seq",
+            &[],
+        )
+        .await
+        .map_err(db)?;
+    let mut report = LoadReport::default();
+    for row in &ledger {
+        let (seq, run_id, sha): (i64, String, String) = (row.get(0), row.get(1), row.get(2));
+        let matches = usize::try_from(seq - 1)
+            .ok()
+            .and_then(|i| chain.get(i))
+            .is_some_and(|e| e.run_id == run_id && e.sha256 == sha);
+        if !matches {
+            report.failure = Some(crate::commands::verify::Failure {
+                path: audit::CHAIN.to_owned(),
+                reason: format!(
+                    "the database holds run {run_id} (manifest {sha}) as loaded, but the folder's chain does not: the folder was replaced or rolled back; nothing was loaded"
+                ),
+            });
+            report.seconds = started.elapsed().as_secs_f64();
+            return Ok(report);
+        }
+    }
+    report.runs_already_loaded = ledger.len() as u64;
+    for entry in chain.iter().skip(ledger.len()) {
+        let rows = match checked_rows(storage.as_ref(), entry) {
+            Ok(rows) => rows,
+            Err(failure) => {
+                report.failure = Some(failure);
+                break;
+            }
+        };
+        let (inserted, present) = load_run(&mut client, entry, rows).await.map_err(db)?;
+        report.runs_loaded += 1;
+        report.rows_inserted += inserted;
+        report.rows_skipped += present;
+        tracing::info!(run = entry.run_id.as_str(), inserted, present, "run loaded");
+    }
+    drop(client);
+    let _ = driver.await;
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// The records of one run.
+#[derive(Debug, Default)]
+struct RunRows {
+    history: Vec<HistoryRow>,
+    sends: Vec<SendRow>,
+}
+
+/// The run's records, from its handoff segments, once its manifest matches
+/// its chain entry and each segment its manifest; otherwise the failure.
+fn checked_rows(
+    storage: &dyn Backend,
+    entry: &ChainEntry,
+) -> std::result::Result<RunRows, crate::commands::verify::Failure> {
+    let fail = |path: &str, reason: String| crate::commands::verify::Failure {
+        path: path.to_owned(),
+        reason,
+    };
+    let (manifest, bytes) = audit::read_manifest(storage, &entry.manifest)
+        .map_err(|e| fail(&entry.manifest, e.to_string()))?;
+    if sha256_hex(&bytes) != entry.sha256 {
+        return Err(fail(
+            &entry.manifest,
+            "SHA-256 differs from its chain entry".into(),
+        ));
+    }
+    let mut rows = RunRows::default();
+    for f in manifest.files.iter().filter(|f| f.offset.is_some()) {
+        let segment = read_segment(storage, f).map_err(|e| fail(&f.path, e))?;
+        for (i, line) in segment
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .enumerate()
+        {
+            let bad = |what: &str| {
+                fail(
+                    &f.path,
+                    format!(
+                        "record {} of run {}'s segment is {what}",
+                        i + 1,
+                        entry.run_id
+                    ),
+                )
+            };
+            #[derive(serde::Deserialize)]
+            struct Tag {
+                record_type: RecordType,
+            }
+            let tag: Tag = serde_json::from_slice(line).map_err(|_| bad("not a record"))?;
+            match tag.record_type {
+                RecordType::History => rows
+                    .history
+                    .push(serde_json::from_slice(line).map_err(|_| bad("not a history record"))?),
+                RecordType::Send => rows
+                    .sends
+                    .push(serde_json::from_slice(line).map_err(|_| bad("not a send record"))?),
+            }
+        }
+    }
+    Ok(rows)
+}
+
+/// A segment's bytes, checked against the manifest's digest and size.
+fn read_segment(storage: &dyn Backend, f: &WrittenFile) -> std::result::Result<Vec<u8>, String> {
+    let (offset, length) = (f.offset.unwrap_or(0), f.length.unwrap_or(f.bytes));
+    let mut bytes = Vec::new();
+    storage
+        .handoff_reader(offset..offset.saturating_add(length))
+        .map_err(|e| e.to_string())?
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())?;
+    if bytes.len() as u64 != length {
+        return Err(format!(
+            "holds {} of the segment's {length} bytes",
+            bytes.len()
+        ));
+    }
+    if sha256_hex(&bytes) != f.sha256 {
+        return Err(format!(
+            "bytes {offset}..{} differ from the manifest's SHA-256",
+            offset + length
+        ));
+    }
+    Ok(bytes)
+}
+
+fn timestamp(micros: i64) -> Option<chrono::DateTime<chrono::Utc>> {
+    chrono::DateTime::from_timestamp_micros(micros)
+}
+
+/// Loads one run's rows and its ledger row in one transaction. Returns
+/// (rows inserted, rows already there).
+async fn load_run(
+    client: &mut tokio_postgres::Client,
+    entry: &ChainEntry,
+    rows: RunRows,
+) -> std::result::Result<(u64, u64), tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    tx.batch_execute(
+        "CREATE TEMP TABLE load_messages (LIKE xquik_dm.messages) ON COMMIT DROP;
+         CREATE TEMP TABLE load_sends (LIKE xquik_dm.sends) ON COMMIT DROP;",
+    )
+    .await?;
+    let sink = tx
+        .copy_in("COPY load_messages FROM STDIN (FORMAT binary)")
+        .await?;
+    let writer = BinaryCopyInWriter::new(
+        sink,
+        &[
+            Type::TEXT,
+            Type::TEXT,
+            Type::TEXT,
+            Type::TEXT,
+            Type::TEXT,
+            Type::TIMESTAMPTZ,
+            Type::TEXT,
+            Type::TEXT,
+        ],
+    );
+    futures_util::pin_mut!(writer);
+    for r in &rows.history {
+        let created = r.created_at.and_then(timestamp);
+        let values: [&(dyn ToSql + Sync); 8] = [
+            &r.message_id,
+            &r.conversation_user_id,
+            &r.account,
+            &r.sender_id,
+            &r.receiver_id,
+            &created,
+            &r.message_text,
+            &r.media_url,
+        ];
+        writer.as_mut().write(&values).await?;
+    }
+    writer.finish().await?;
+    let sink = tx
+        .copy_in("COPY load_sends FROM STDIN (FORMAT binary)")
+        .await?;
+    let writer = BinaryCopyInWriter::new(
+        sink,
+        &[
+            Type::TEXT,
+            Type::BOOL,
+            Type::TEXT,
+            Type::TEXT,
+            Type::TEXT,
+            Type::TEXT,
+            Type::TIMESTAMPTZ,
+            Type::TEXT,
+            Type::TEXT_ARRAY,
+        ],
+    );
+    futures_util::pin_mut!(writer);
+    for s in &rows.sends {
+        let sent = timestamp(s.sent_at);
+        let values: [&(dyn ToSql + Sync); 9] = [
+            &s.message_id,
+            &s.success,
+            &s.send_status,
+            &s.sender_account,
+            &s.recipient_user_id,
+            &s.message_text,
+            &sent,
+            &s.media_id,
+            &s.media_ids,
+        ];
+        writer.as_mut().write(&values).await?;
+    }
+    writer.finish().await?;
+    let inserted_messages = tx
+        .execute(
+            "INSERT INTO xquik_dm.messages SELECT * FROM load_messages ON CONFLICT DO NOTHING",
+            &[],
+        )
+        .await?;
+    let inserted_sends = tx
+        .execute(
+            "INSERT INTO xquik_dm.sends SELECT * FROM load_sends ON CONFLICT DO NOTHING",
+            &[],
+        )
+        .await?;
+    let total = (rows.history.len() + rows.sends.len()) as u64;
+    let inserted = inserted_messages + inserted_sends;
+    let present = total.saturating_sub(inserted);
+    tx.execute(
+        "INSERT INTO xquik_dm.loaded_runs (seq, run_id, manifest_sha256, rows_inserted, rows_present) VALUES ($1, $2, $3, $4, $5)",
+        &[
+            &i64::try_from(entry.seq).unwrap_or(i64::MAX),
+            &entry.run_id,
+            &entry.sha256,
+            &i64::try_from(inserted).unwrap_or(i64::MAX),
+            &i64::try_from(present).unwrap_or(i64::MAX),
+        ],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok((inserted, present))
+}

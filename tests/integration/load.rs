@@ -1,0 +1,336 @@
+//! `xquik-dm load` into the machine's PostgreSQL 15, started by the test on
+//! a private socket: the tables equal the JSONL exactly, each run is loaded
+//! once, a killed load resumes exactly, a tampered segment stops the load
+//! there, and bad input is refused.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::Value;
+use xquik_dm::commands::send::{self, BatchLine, SendRequest};
+use xquik_dm::commands::sync;
+use xquik_dm::mock::MockServer;
+
+use crate::cli::{bin, run};
+use crate::warehouse::Postgres;
+use crate::{ACCOUNT, jsonl_records, sync_options, user_id, users, world};
+
+/// `xquik-dm load --from OUT --to URL --json`.
+fn load(out: &Path, url: &str) -> (i32, Value, String) {
+    let (code, stdout, stderr) = run(bin()
+        .args(["load", "--json", "--from"])
+        .arg(out)
+        .arg("--to")
+        .arg(url));
+    (
+        code,
+        serde_json::from_str(&stdout).unwrap_or(Value::Null),
+        stderr,
+    )
+}
+
+/// The tables as JSON, keyed like the JSONL records: every column, times
+/// as microseconds since the epoch.
+fn tables(pg: &Postgres, cwd: &Path) -> (Vec<Value>, Vec<Value>) {
+    let messages = pg.query(
+        cwd,
+        "SELECT coalesce(json_agg(json_build_object(
+            'message_id', message_id, 'conversation_user_id', conversation_user_id,
+            'account', account, 'sender_id', sender_id, 'receiver_id', receiver_id,
+            'created_at', (extract(epoch FROM created_at) * 1000000)::bigint,
+            'message_text', message_text, 'media_url', media_url)
+            ORDER BY conversation_user_id, message_id), '[]') FROM xquik_dm.messages",
+    );
+    let sends = pg.query(
+        cwd,
+        "SELECT coalesce(json_agg(json_build_object(
+            'message_id', message_id, 'success', success, 'send_status', send_status,
+            'sender_account', sender_account, 'recipient_user_id', recipient_user_id,
+            'message_text', message_text,
+            'sent_at', (extract(epoch FROM sent_at) * 1000000)::bigint,
+            'media_id', media_id, 'media_ids', media_ids) ORDER BY message_id), '[]')
+            FROM xquik_dm.sends",
+    );
+    (
+        serde_json::from_str::<Vec<Value>>(&messages).unwrap(),
+        serde_json::from_str::<Vec<Value>>(&sends).unwrap(),
+    )
+}
+
+fn micros(text: &Value) -> Value {
+    match text.as_str() {
+        Some(t) => chrono::DateTime::parse_from_rfc3339(t)
+            .unwrap()
+            .timestamp_micros()
+            .into(),
+        None => Value::Null,
+    }
+}
+
+/// What the tables must hold: the JSONL records of `out`, in the tables'
+/// shape and order.
+fn expected(out: &Path) -> (Vec<Value>, Vec<Value>) {
+    let mut messages: BTreeMap<(String, String), Value> = BTreeMap::new();
+    let mut sends: BTreeMap<String, Value> = BTreeMap::new();
+    for r in jsonl_records(out) {
+        let field = |k: &str| r.get(k).cloned().unwrap_or(Value::Null);
+        if r["record_type"] == "history" {
+            let key = (
+                r["conversation_user_id"].as_str().unwrap().to_owned(),
+                r["message_id"].as_str().unwrap().to_owned(),
+            );
+            messages.insert(
+                key,
+                serde_json::json!({
+                    "message_id": field("message_id"),
+                    "conversation_user_id": field("conversation_user_id"),
+                    "account": field("account"),
+                    "sender_id": field("sender_id"),
+                    "receiver_id": field("receiver_id"),
+                    "created_at": micros(&field("created_at")),
+                    "message_text": field("message_text"),
+                    "media_url": field("media_url"),
+                }),
+            );
+        } else {
+            sends.insert(
+                r["message_id"].as_str().unwrap().to_owned(),
+                serde_json::json!({
+                    "message_id": field("message_id"),
+                    "success": field("success"),
+                    "send_status": field("send_status"),
+                    "sender_account": field("sender_account"),
+                    "recipient_user_id": field("recipient_user_id"),
+                    "message_text": field("message_text"),
+                    "sent_at": micros(&field("sent_at")),
+                    "media_id": field("media_id"),
+                    "media_ids": field("media_ids"),
+                }),
+            );
+        }
+    }
+    (
+        messages.into_values().collect(),
+        sends.into_values().collect(),
+    )
+}
+
+async fn send_two(server: &MockServer, out: &Path) {
+    let picture = out.with_extension("png");
+    std::fs::write(&picture, b"\x89PNG\r\n\x1a\n-not-really-an-image-").unwrap();
+    let lines = vec![
+        BatchLine::Valid(
+            SendRequest::validate(
+                ACCOUNT,
+                &user_id(1),
+                "thanks — ✓ \"quoted\"",
+                None,
+                None,
+                None,
+            )
+            .unwrap(),
+        ),
+        BatchLine::Valid(
+            SendRequest::validate(
+                ACCOUNT,
+                &user_id(2),
+                "a picture",
+                Some(&picture),
+                None,
+                None,
+            )
+            .unwrap(),
+        ),
+    ];
+    let report = send::run(crate::send_options(server, out, lines))
+        .await
+        .unwrap();
+    assert_eq!(report.exit_code(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_tables_equal_the_jsonl_and_each_run_is_loaded_once() {
+    let server = MockServer::start(world(&[230, 40], 50)).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let users = users(2);
+    assert_eq!(
+        sync::run(sync_options(&server, &out, &users))
+            .await
+            .unwrap()
+            .exit_code(),
+        0
+    );
+    send_two(&server, &out).await;
+    let pg = Postgres::start();
+    let (code, first, stderr) = load(&out, &pg.url());
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(first["runs_loaded"], 2);
+    assert_eq!(first["rows_inserted"], 272);
+    assert_eq!(tables(&pg, dir.path()), expected(&out));
+
+    // Again: nothing to do.
+    let (code, again, _) = load(&out, &pg.url());
+    assert_eq!(code, 0);
+    assert_eq!(again["runs_loaded"], 0);
+    assert_eq!(again["runs_already_loaded"], 2);
+
+    // New messages (25, and the two DMs sent, which history now shows
+    // too): only they are inserted.
+    server.append_messages(ACCOUNT, &users[0], 25);
+    assert_eq!(
+        sync::run(sync_options(&server, &out, &users))
+            .await
+            .unwrap()
+            .exit_code(),
+        0
+    );
+    let (code, more, _) = load(&out, &pg.url());
+    assert_eq!(code, 0);
+    assert_eq!(more["runs_loaded"], 1);
+    assert_eq!(more["rows_inserted"], 27);
+    assert_eq!(tables(&pg, dir.path()), expected(&out));
+    let ledger = pg.query(
+        dir.path(),
+        "SELECT count(*), sum(rows_inserted) FROM xquik_dm.loaded_runs",
+    );
+    assert_eq!(ledger, "3|299");
+}
+
+/// A segment changed after its run sealed: the load stops at that run
+/// (exit 5, the file named); the runs before it stay loaded, it and later
+/// ones are not.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tampered_segment_stops_the_load_at_its_run() {
+    let server = MockServer::start(world(&[100], 50)).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let users = users(1);
+    sync::run(sync_options(&server, &out, &users))
+        .await
+        .unwrap();
+    let first_len = std::fs::metadata(out.join("xquik-dm-handoff.jsonl"))
+        .unwrap()
+        .len();
+    for _ in 0..2 {
+        server.append_messages(ACCOUNT, &users[0], 10);
+        sync::run(sync_options(&server, &out, &users))
+            .await
+            .unwrap();
+    }
+    // A byte of the second run's segment.
+    let path = out.join("xquik-dm-handoff.jsonl");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = first_len as usize + 20;
+    bytes[at] = if bytes[at] == b'1' { b'2' } else { b'1' };
+    std::fs::write(&path, bytes).unwrap();
+    let pg = Postgres::start();
+    let (code, report, stderr) = load(&out, &pg.url());
+    assert_eq!(code, 5, "{stderr}");
+    assert_eq!(report["runs_loaded"], 1);
+    assert_eq!(report["failure"]["path"], "xquik-dm-handoff.jsonl");
+    assert_eq!(
+        pg.query(dir.path(), "SELECT count(*) FROM xquik_dm.loaded_runs"),
+        "1"
+    );
+    assert_eq!(
+        pg.query(dir.path(), "SELECT count(*) FROM xquik_dm.messages"),
+        "100"
+    );
+}
+
+/// SIGKILL of `load` at random moments: each rerun leaves whole runs loaded
+/// and the ledger consistent; the last one leaves the exact tables.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_load_resumes_exactly() {
+    let server = MockServer::start(world(&[400, 300], 10)).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let users = users(2);
+    let mut options = sync_options(&server, &out, &users);
+    options.max_pages = Some(1);
+    // 35 runs of one page per conversation.
+    loop {
+        let report = sync::run(options.clone()).await.unwrap();
+        if report.exit_code() == 0 {
+            break;
+        }
+    }
+    let pg = Postgres::start();
+    let mut rng = fastrand::Rng::with_seed(5);
+    let url = pg.url();
+    let mut killed = 0;
+    for _ in 0..6 {
+        let mut child = bin()
+            .args(["load", "--from"])
+            .arg(&out)
+            .arg("--to")
+            .arg(&url)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(rng.u64(5..120)));
+        if child.try_wait().unwrap().is_none() {
+            killed += 1;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        // Whole runs only: the ledger's rows are exactly what the tables
+        // hold (once a load got as far as creating them).
+        let created = pg.query(
+            dir.path(),
+            "SELECT to_regclass('xquik_dm.loaded_runs') IS NOT NULL
+                AND to_regclass('xquik_dm.sends') IS NOT NULL",
+        );
+        if created == "t" {
+            let consistent = pg.query(
+                dir.path(),
+                "SELECT (SELECT coalesce(sum(rows_inserted), 0) FROM xquik_dm.loaded_runs)
+                      = (SELECT count(*) FROM xquik_dm.messages) + (SELECT count(*) FROM xquik_dm.sends)",
+            );
+            assert_eq!(consistent, "t");
+        }
+    }
+    assert!(killed >= 1, "no load was interrupted");
+    let (code, report, stderr) = load(&out, &url);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(tables(&pg, dir.path()), expected(&out));
+    let chain = std::fs::read_to_string(out.join("audit/chain.jsonl")).unwrap();
+    assert_eq!(
+        pg.query(dir.path(), "SELECT count(*) FROM xquik_dm.loaded_runs"),
+        chain.lines().count().to_string()
+    );
+    assert_eq!(report["rows_skipped"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_is_refused_and_nothing_is_loaded() {
+    let server = MockServer::start(world(&[20], 50)).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    sync::run(sync_options(&server, &out, &users(1)))
+        .await
+        .unwrap();
+    // Nothing listening there.
+    let (code, _, stderr) = load(
+        &out,
+        "host=/nonexistent/socket user=postgres dbname=postgres",
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("cannot reach the database"), "{stderr}");
+    // A folder that is not an output.
+    let pg = Postgres::start_with(Some("right-password"));
+    let (code, _, stderr) = load(dir.path(), &format!("{} password=right-password", pg.url()));
+    assert_eq!(code, 2, "{stderr}");
+    // The wrong password: refused (exit 3), and never printed.
+    let (code, _, stderr) = load(&out, &format!("{} password=wrong-password", pg.url()));
+    assert_eq!(code, 3, "{stderr}");
+    assert!(!stderr.contains("wrong-password"), "{stderr}");
+    // Nothing was loaded by any of them.
+    let (code, report, stderr) = load(&out, &format!("{} password=right-password", pg.url()));
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(report["runs_already_loaded"], 0);
+}
