@@ -26,20 +26,22 @@
 //! is refused rather than silently downgraded. The password is never
 //! printed.
 
-use std::io::Read;
+use std::io::BufRead;
 use std::str::FromStr;
 use std::time::Instant;
 
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::config::SslMode;
 use tokio_postgres::types::{ToSql, Type};
 
 use crate::audit::{self, ChainEntry};
+use crate::commands::verify::Failure;
 use crate::error::{Error, Result};
 use crate::records::{HistoryRow, RecordType, SendRow};
-use crate::sinks::{WrittenFile, sha256_hex};
-use crate::storage::{Backend, Location};
+use crate::sinks::sha256_hex;
+use crate::storage::{Location, Storage};
 
 /// The tables, created when missing.
 const SCHEMA: &str = "
@@ -91,7 +93,7 @@ pub struct LoadReport {
     pub seconds: f64,
     /// The file that failed its check, when one stopped the load.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub failure: Option<crate::commands::verify::Failure>,
+    pub failure: Option<Failure>,
 }
 
 impl LoadReport {
@@ -249,7 +251,7 @@ pub async fn run(from: &Location, to: &str) -> Result<LoadReport> {
             .and_then(|i| chain.get(i))
             .is_some_and(|e| e.run_id == run_id && e.sha256 == sha);
         if !matches {
-            report.failure = Some(crate::commands::verify::Failure {
+            report.failure = Some(Failure {
                 path: audit::CHAIN.to_owned(),
                 reason: format!(
                     "the database holds run {run_id} (manifest {sha}) as loaded, but the folder's chain does not: the folder was replaced or rolled back; nothing was loaded"
@@ -261,18 +263,19 @@ pub async fn run(from: &Location, to: &str) -> Result<LoadReport> {
     }
     report.runs_already_loaded = ledger.len() as u64;
     for entry in chain.iter().skip(ledger.len()) {
-        let rows = match checked_rows(storage.as_ref(), entry) {
-            Ok(rows) => rows,
-            Err(failure) => {
+        match load_run(&mut client, &storage, entry).await {
+            Ok((inserted, present)) => {
+                report.runs_loaded += 1;
+                report.rows_inserted += inserted;
+                report.rows_skipped += present;
+                tracing::info!(run = entry.run_id.as_str(), inserted, present, "run loaded");
+            }
+            Err(RunFailure::Check(failure)) => {
                 report.failure = Some(failure);
                 break;
             }
-        };
-        let (inserted, present) = load_run(&mut client, entry, rows).await.map_err(db)?;
-        report.runs_loaded += 1;
-        report.rows_inserted += inserted;
-        report.rows_skipped += present;
-        tracing::info!(run = entry.run_id.as_str(), inserted, present, "run loaded");
+            Err(RunFailure::Db(e)) => return Err(db(e)),
+        }
     }
     drop(client);
     let _ = driver.await;
@@ -280,89 +283,123 @@ pub async fn run(from: &Location, to: &str) -> Result<LoadReport> {
     Ok(report)
 }
 
-/// The records of one run.
-#[derive(Debug, Default)]
-struct RunRows {
-    history: Vec<HistoryRow>,
-    sends: Vec<SendRow>,
+/// Why a run was not loaded.
+enum RunFailure {
+    /// A file failed its check: the load stops here, exit 5.
+    Check(Failure),
+    /// The database failed.
+    Db(tokio_postgres::Error),
 }
 
-/// The run's records, from its handoff segments, once its manifest matches
-/// its chain entry and each segment its manifest; otherwise the failure.
-fn checked_rows(
-    storage: &dyn Backend,
-    entry: &ChainEntry,
-) -> std::result::Result<RunRows, crate::commands::verify::Failure> {
-    let fail = |path: &str, reason: String| crate::commands::verify::Failure {
+impl From<tokio_postgres::Error> for RunFailure {
+    fn from(e: tokio_postgres::Error) -> Self {
+        RunFailure::Db(e)
+    }
+}
+
+/// One record of a run on its way to the database, or the check that
+/// failed.
+enum Item {
+    History(HistoryRow),
+    Send(SendRow),
+    Failed(Failure),
+}
+
+fn failure(path: &str, reason: String) -> Failure {
+    Failure {
         path: path.to_owned(),
         reason,
-    };
-    let (manifest, bytes) = audit::read_manifest(storage, &entry.manifest)
-        .map_err(|e| fail(&entry.manifest, e.to_string()))?;
-    if sha256_hex(&bytes) != entry.sha256 {
-        return Err(fail(
-            &entry.manifest,
-            "SHA-256 differs from its chain entry".into(),
-        ));
     }
-    let mut rows = RunRows::default();
-    for f in manifest.files.iter().filter(|f| f.offset.is_some()) {
-        let segment = read_segment(storage, f).map_err(|e| fail(&f.path, e))?;
-        for (i, line) in segment
-            .split(|b| *b == b'\n')
-            .filter(|l| !l.is_empty())
-            .enumerate()
-        {
-            let bad = |what: &str| {
-                fail(
-                    &f.path,
-                    format!(
-                        "record {} of run {}'s segment is {what}",
-                        i + 1,
-                        entry.run_id
-                    ),
-                )
-            };
-            #[derive(serde::Deserialize)]
-            struct Tag {
-                record_type: RecordType,
-            }
-            let tag: Tag = serde_json::from_slice(line).map_err(|_| bad("not a record"))?;
-            match tag.record_type {
-                RecordType::History => rows
-                    .history
-                    .push(serde_json::from_slice(line).map_err(|_| bad("not a history record"))?),
-                RecordType::Send => rows
-                    .sends
-                    .push(serde_json::from_slice(line).map_err(|_| bad("not a send record"))?),
-            }
-        }
-    }
-    Ok(rows)
 }
 
-/// A segment's bytes, checked against the manifest's digest and size.
-fn read_segment(storage: &dyn Backend, f: &WrittenFile) -> std::result::Result<Vec<u8>, String> {
-    let (offset, length) = (f.offset.unwrap_or(0), f.length.unwrap_or(f.bytes));
-    let mut bytes = Vec::new();
-    storage
-        .handoff_reader(offset..offset.saturating_add(length))
-        .map_err(|e| e.to_string())?
-        .read_to_end(&mut bytes)
-        .map_err(|e| e.to_string())?;
-    if bytes.len() as u64 != length {
-        return Err(format!(
-            "holds {} of the segment's {length} bytes",
-            bytes.len()
-        ));
+/// Reads the run's manifest (checked against its chain entry) and its
+/// handoff segments line by line into `items`, hashing as it goes; a
+/// segment that does not match the manifest's size and SHA-256 ends with
+/// [`Item::Failed`], and the run is rolled back. Runs on a thread of its
+/// own (the storage reads block); memory holds a few thousand records,
+/// however large the run.
+fn stream_segments(storage: &Storage, entry: &ChainEntry, items: &tokio::sync::mpsc::Sender<Item>) {
+    let send = |item: Item| items.blocking_send(item).is_ok();
+    let (manifest, bytes) = match audit::read_manifest(storage.as_ref(), &entry.manifest) {
+        Ok(m) => m,
+        Err(e) => {
+            send(Item::Failed(failure(&entry.manifest, e.to_string())));
+            return;
+        }
+    };
+    if sha256_hex(&bytes) != entry.sha256 {
+        send(Item::Failed(failure(
+            &entry.manifest,
+            "SHA-256 differs from its chain entry".into(),
+        )));
+        return;
     }
-    if sha256_hex(&bytes) != f.sha256 {
-        return Err(format!(
-            "bytes {offset}..{} differ from the manifest's SHA-256",
-            offset + length
-        ));
+    for f in manifest.files.iter().filter(|f| f.offset.is_some()) {
+        let (offset, length) = (f.offset.unwrap_or(0), f.length.unwrap_or(f.bytes));
+        let reader = match storage.handoff_reader(offset..offset.saturating_add(length)) {
+            Ok(r) => r,
+            Err(e) => {
+                send(Item::Failed(failure(&f.path, e.to_string())));
+                return;
+            }
+        };
+        let mut reader = std::io::BufReader::with_capacity(1 << 20, reader);
+        let mut hasher = Sha256::new();
+        let (mut read, mut line, mut n) = (0u64, Vec::new(), 0u64);
+        loop {
+            line.clear();
+            match reader.read_until(b'\n', &mut line) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => {
+                    send(Item::Failed(failure(&f.path, e.to_string())));
+                    return;
+                }
+            }
+            hasher.update(&line);
+            read += line.len() as u64;
+            n += 1;
+            let record = line.strip_suffix(b"\n").unwrap_or(&line);
+            let item = parse_record(record).unwrap_or_else(|what| {
+                Item::Failed(failure(
+                    &f.path,
+                    format!("record {n} of run {}'s segment is {what}", entry.run_id),
+                ))
+            });
+            let failed = matches!(item, Item::Failed(_));
+            if !send(item) || failed {
+                return;
+            }
+        }
+        if read != length || hex::encode(hasher.finalize()) != f.sha256 {
+            send(Item::Failed(failure(
+                &f.path,
+                format!(
+                    "bytes {offset}..{} differ from run {}'s manifest",
+                    offset + length,
+                    entry.run_id
+                ),
+            )));
+            return;
+        }
     }
-    Ok(bytes)
+}
+
+/// One JSONL record as the row it is.
+fn parse_record(line: &[u8]) -> std::result::Result<Item, &'static str> {
+    #[derive(serde::Deserialize)]
+    struct Tag {
+        record_type: RecordType,
+    }
+    let tag: Tag = serde_json::from_slice(line).map_err(|_| "not a record")?;
+    match tag.record_type {
+        RecordType::History => serde_json::from_slice(line)
+            .map(Item::History)
+            .map_err(|_| "not a history record"),
+        RecordType::Send => serde_json::from_slice(line)
+            .map(Item::Send)
+            .map_err(|_| "not a send record"),
+    }
 }
 
 fn timestamp(micros: i64) -> Option<chrono::DateTime<chrono::Utc>> {
@@ -373,9 +410,14 @@ fn timestamp(micros: i64) -> Option<chrono::DateTime<chrono::Utc>> {
 /// (rows inserted, rows already there).
 async fn load_run(
     client: &mut tokio_postgres::Client,
+    storage: &Storage,
     entry: &ChainEntry,
-    rows: RunRows,
-) -> std::result::Result<(u64, u64), tokio_postgres::Error> {
+) -> std::result::Result<(u64, u64), RunFailure> {
+    let (items, mut incoming) = tokio::sync::mpsc::channel(4096);
+    let reader = {
+        let (storage, entry) = (storage.clone(), entry.clone());
+        std::thread::spawn(move || stream_segments(&storage, &entry, &items))
+    };
     let tx = client.transaction().await?;
     tx.batch_execute(
         "CREATE TEMP TABLE load_messages (LIKE xquik_dm.messages) ON COMMIT DROP;
@@ -399,7 +441,18 @@ async fn load_run(
         ],
     );
     futures_util::pin_mut!(writer);
-    for r in &rows.history {
+    let (mut history, mut sends) = (0u64, Vec::new());
+    while let Some(item) = incoming.recv().await {
+        let r = match item {
+            Item::History(r) => r,
+            Item::Send(s) => {
+                sends.push(s);
+                continue;
+            }
+            // Dropping the transaction rolls back what this run copied.
+            Item::Failed(f) => return Err(RunFailure::Check(f)),
+        };
+        history += 1;
         let created = r.created_at.and_then(timestamp);
         let values: [&(dyn ToSql + Sync); 8] = [
             &r.message_id,
@@ -414,6 +467,7 @@ async fn load_run(
         writer.as_mut().write(&values).await?;
     }
     writer.finish().await?;
+    let _ = reader.join();
     let sink = tx
         .copy_in("COPY load_sends FROM STDIN (FORMAT binary)")
         .await?;
@@ -432,7 +486,7 @@ async fn load_run(
         ],
     );
     futures_util::pin_mut!(writer);
-    for s in &rows.sends {
+    for s in &sends {
         let sent = timestamp(s.sent_at);
         let values: [&(dyn ToSql + Sync); 9] = [
             &s.message_id,
@@ -460,7 +514,7 @@ async fn load_run(
             &[],
         )
         .await?;
-    let total = (rows.history.len() + rows.sends.len()) as u64;
+    let total = history + sends.len() as u64;
     let inserted = inserted_messages + inserted_sends;
     let present = total.saturating_sub(inserted);
     tx.execute(
