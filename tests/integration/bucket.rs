@@ -719,3 +719,36 @@ fn compaction_in_a_bucket_keeps_every_row_and_verifies() {
             .all(|&n| n == 1)
     );
 }
+
+/// `load --from s3://…`: the runs in a bucket load exactly as from a
+/// folder (the tables equal the JSONL the bucket's segments join into).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bucket_loads_into_postgresql() {
+    let moto = Arc::new(tokio::task::spawn_blocking(Moto::start).await.unwrap());
+    let bucket = moto.bucket("dm-load");
+    let url = format!("s3://{bucket}/dm");
+    let server = Arc::new(MockServer::start(world(&[150, 40], 50)).await.unwrap());
+    let users = users(2);
+    let (m, s, u, out) = (moto.clone(), server.clone(), users.clone(), url.clone());
+    let pg = tokio::task::spawn_blocking(move || {
+        let cwd = tempfile::tempdir().unwrap();
+        let (code, _, stderr) = run(&mut sync(&m, &s, &out, &u, cwd.path()));
+        assert_eq!(code, 0, "{stderr}");
+        let pg = crate::warehouse::Postgres::start();
+        let mut load = bin();
+        load.args(["load", "--from", &out, "--to", &pg.url()]);
+        m.env(&mut load);
+        let (code, stdout, stderr) = run(&mut load);
+        assert_eq!(code, 0, "{stderr}");
+        assert!(stdout.contains("190 rows inserted"), "{stdout}");
+        pg
+    })
+    .await
+    .unwrap();
+    let local = tempfile::tempdir().unwrap();
+    moto.mirror(&bucket, "dm", local.path());
+    assert_eq!(
+        crate::load::tables(&pg, local.path()),
+        crate::load::expected(local.path())
+    );
+}

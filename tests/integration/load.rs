@@ -33,7 +33,7 @@ fn load(out: &Path, url: &str) -> (i32, Value, String) {
 
 /// The tables as JSON, keyed like the JSONL records: every column, times
 /// as microseconds since the epoch.
-fn tables(pg: &Postgres, cwd: &Path) -> (Vec<Value>, Vec<Value>) {
+pub fn tables(pg: &Postgres, cwd: &Path) -> (Vec<Value>, Vec<Value>) {
     let messages = pg.query(
         cwd,
         "SELECT coalesce(json_agg(json_build_object(
@@ -71,7 +71,7 @@ fn micros(text: &Value) -> Value {
 
 /// What the tables must hold: the JSONL records of `out`, in the tables'
 /// shape and order.
-fn expected(out: &Path) -> (Vec<Value>, Vec<Value>) {
+pub fn expected(out: &Path) -> (Vec<Value>, Vec<Value>) {
     let mut messages: BTreeMap<(String, String), Value> = BTreeMap::new();
     let mut sends: BTreeMap<String, Value> = BTreeMap::new();
     for r in jsonl_records(out) {
@@ -164,10 +164,13 @@ async fn the_tables_equal_the_jsonl_and_each_run_is_loaded_once() {
         0
     );
     send_two(&server, &out).await;
+    // A compaction is a run of its own in the chain, with no records.
+    let (code, _, stderr) = run(bin().args(["compact", "--out"]).arg(&out));
+    assert_eq!(code, 0, "{stderr}");
     let pg = Postgres::start();
     let (code, first, stderr) = load(&out, &pg.url());
     assert_eq!(code, 0, "{stderr}");
-    assert_eq!(first["runs_loaded"], 2);
+    assert_eq!(first["runs_loaded"], 3);
     assert_eq!(first["rows_inserted"], 272);
     assert_eq!(tables(&pg, dir.path()), expected(&out));
 
@@ -175,7 +178,7 @@ async fn the_tables_equal_the_jsonl_and_each_run_is_loaded_once() {
     let (code, again, _) = load(&out, &pg.url());
     assert_eq!(code, 0);
     assert_eq!(again["runs_loaded"], 0);
-    assert_eq!(again["runs_already_loaded"], 2);
+    assert_eq!(again["runs_already_loaded"], 3);
 
     // New messages (25, and the two DMs sent, which history now shows
     // too): only they are inserted.
@@ -196,7 +199,7 @@ async fn the_tables_equal_the_jsonl_and_each_run_is_loaded_once() {
         dir.path(),
         "SELECT count(*), sum(rows_inserted) FROM xquik_dm.loaded_runs",
     );
-    assert_eq!(ledger, "3|299");
+    assert_eq!(ledger, "4|299");
 }
 
 /// A segment changed after its run sealed: the load stops at that run
@@ -245,13 +248,13 @@ async fn a_tampered_segment_stops_the_load_at_its_run() {
 /// and the ledger consistent; the last one leaves the exact tables.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_load_resumes_exactly() {
-    let server = MockServer::start(world(&[400, 300], 10)).await.unwrap();
+    let server = MockServer::start(world(&[800, 600], 10)).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     let users = users(2);
     let mut options = sync_options(&server, &out, &users);
     options.max_pages = Some(1);
-    // 35 runs of one page per conversation.
+    // 80 runs of one page per conversation.
     loop {
         let report = sync::run(options.clone()).await.unwrap();
         if report.exit_code() == 0 {
@@ -294,7 +297,8 @@ async fn a_killed_load_resumes_exactly() {
             assert_eq!(consistent, "t");
         }
     }
-    assert!(killed >= 1, "no load was interrupted");
+    eprintln!("{killed} loads killed before they finished");
+    assert!(killed >= 5, "only {killed} loads were interrupted");
     let (code, report, stderr) = load(&out, &url);
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(tables(&pg, dir.path()), expected(&out));
