@@ -5,8 +5,10 @@
 //! - The rows come from the run's own segment of the handoff file (the
 //!   manifest names its offset, length and SHA-256): the JSONL holds every
 //!   committed record, also after `compact` merged the Parquet files, and
-//!   in a bucket too. The segment is checked against the manifest, and the
-//!   manifest against the chain, before anything of the run is loaded.
+//!   in a bucket too. The manifest is checked against the chain, the run's
+//!   Parquet files (where a compaction has not merged them) and its
+//!   segment against the manifest; the segment is hashed as it streams in
+//!   and a mismatch rolls the run back.
 //! - Each run: binary `COPY` into temporary tables, then `INSERT … ON
 //!   CONFLICT DO NOTHING` into `xquik_dm.messages` and `xquik_dm.sends`
 //!   (primary keys make a duplicate impossible), then the ledger row
@@ -332,6 +334,22 @@ fn stream_segments(storage: &Storage, entry: &ChainEntry, items: &tokio::sync::m
             &entry.manifest,
             "SHA-256 differs from its chain entry".into(),
         )));
+        return;
+    }
+    // The run's Parquet files too, where they still are (a later
+    // compaction may have merged them; the rows come from the JSONL).
+    for f in manifest.files.iter().filter(|f| f.offset.is_none()) {
+        let checked = match storage.size(&f.path) {
+            Ok(None) => continue,
+            Ok(Some(_)) => audit::digest(storage.as_ref(), &f.path),
+            Err(e) => Err(e),
+        };
+        let reason = match checked {
+            Ok((sha, bytes)) if sha == f.sha256 && bytes == f.bytes => continue,
+            Ok(_) => format!("SHA-256 differs from run {}'s manifest", entry.run_id),
+            Err(e) => e.to_string(),
+        };
+        send(Item::Failed(failure(&f.path, reason)));
         return;
     }
     for f in manifest.files.iter().filter(|f| f.offset.is_some()) {

@@ -338,3 +338,28 @@ async fn bad_input_is_refused_and_nothing_is_loaded() {
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(report["runs_already_loaded"], 0);
 }
+
+/// A Parquet file of a run changed after it sealed: the load stops at that
+/// run, naming the file, though the rows come from the JSONL.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tampered_parquet_file_stops_the_load_too() {
+    let server = MockServer::start(world(&[60], 50)).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    sync::run(sync_options(&server, &out, &users(1)))
+        .await
+        .unwrap();
+    let parquet = crate::files_under(&out, "parquet")
+        .into_iter()
+        .find(|p| p.ends_with(".parquet"))
+        .unwrap();
+    let mut bytes = std::fs::read(out.join(&parquet)).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(out.join(&parquet), bytes).unwrap();
+    let pg = Postgres::start();
+    let (code, report, stderr) = load(&out, &pg.url());
+    assert_eq!(code, 5, "{stderr}");
+    assert_eq!(report["failure"]["path"], parquet.as_str());
+    assert_eq!(report["runs_loaded"], 0);
+}
