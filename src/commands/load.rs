@@ -420,6 +420,43 @@ fn parse_record(line: &[u8]) -> std::result::Result<Item, &'static str> {
     }
 }
 
+/// The columns of `xquik_dm.messages`, in order, as `COPY` sends them.
+const MESSAGE_COLUMNS: [Type; 8] = [
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TIMESTAMPTZ,
+    Type::TEXT,
+    Type::TEXT,
+];
+
+/// The columns of `xquik_dm.sends`.
+const SEND_COLUMNS: [Type; 9] = [
+    Type::TEXT,
+    Type::BOOL,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TIMESTAMPTZ,
+    Type::TEXT,
+    Type::TEXT_ARRAY,
+];
+
+/// A binary `COPY` into the temporary table `table`.
+async fn copy_into(
+    tx: &tokio_postgres::Transaction<'_>,
+    table: &str,
+    columns: &[Type],
+) -> std::result::Result<BinaryCopyInWriter, tokio_postgres::Error> {
+    let sink = tx
+        .copy_in(&format!("COPY {table} FROM STDIN (FORMAT binary)"))
+        .await?;
+    Ok(BinaryCopyInWriter::new(sink, columns))
+}
+
 fn timestamp(micros: i64) -> Option<chrono::DateTime<chrono::Utc>> {
     chrono::DateTime::from_timestamp_micros(micros)
 }
@@ -442,22 +479,7 @@ async fn load_run(
          CREATE TEMP TABLE load_sends (LIKE xquik_dm.sends) ON COMMIT DROP;",
     )
     .await?;
-    let sink = tx
-        .copy_in("COPY load_messages FROM STDIN (FORMAT binary)")
-        .await?;
-    let writer = BinaryCopyInWriter::new(
-        sink,
-        &[
-            Type::TEXT,
-            Type::TEXT,
-            Type::TEXT,
-            Type::TEXT,
-            Type::TEXT,
-            Type::TIMESTAMPTZ,
-            Type::TEXT,
-            Type::TEXT,
-        ],
-    );
+    let writer = copy_into(&tx, "load_messages", &MESSAGE_COLUMNS).await?;
     futures_util::pin_mut!(writer);
     let (mut history, mut sends) = (0u64, Vec::new());
     while let Some(item) = incoming.recv().await {
@@ -486,23 +508,7 @@ async fn load_run(
     }
     writer.finish().await?;
     let _ = reader.join();
-    let sink = tx
-        .copy_in("COPY load_sends FROM STDIN (FORMAT binary)")
-        .await?;
-    let writer = BinaryCopyInWriter::new(
-        sink,
-        &[
-            Type::TEXT,
-            Type::BOOL,
-            Type::TEXT,
-            Type::TEXT,
-            Type::TEXT,
-            Type::TEXT,
-            Type::TIMESTAMPTZ,
-            Type::TEXT,
-            Type::TEXT_ARRAY,
-        ],
-    );
+    let writer = copy_into(&tx, "load_sends", &SEND_COLUMNS).await?;
     futures_util::pin_mut!(writer);
     for s in &sends {
         let sent = timestamp(s.sent_at);

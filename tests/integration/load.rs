@@ -349,14 +349,7 @@ async fn a_tampered_parquet_file_stops_the_load_too() {
     sync::run(sync_options(&server, &out, &users(1)))
         .await
         .unwrap();
-    let parquet = crate::files_under(&out, "parquet")
-        .into_iter()
-        .find(|p| p.ends_with(".parquet"))
-        .unwrap();
-    let mut bytes = std::fs::read(out.join(&parquet)).unwrap();
-    let middle = bytes.len() / 2;
-    bytes[middle] ^= 0xff;
-    std::fs::write(out.join(&parquet), bytes).unwrap();
+    let parquet = crate::tamper_with_a_parquet_file(&out);
     let pg = Postgres::start();
     let (code, report, stderr) = load(&out, &pg.url());
     assert_eq!(code, 5, "{stderr}");

@@ -117,6 +117,20 @@ pub fn send_options(
     }
 }
 
+/// Flips a byte in the middle of the first Parquet file of `out`; returns
+/// its path relative to `out`.
+pub fn tamper_with_a_parquet_file(out: &Path) -> String {
+    let parquet = files_under(out, "parquet")
+        .into_iter()
+        .find(|p| p.ends_with(".parquet"))
+        .unwrap();
+    let mut bytes = std::fs::read(out.join(&parquet)).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(out.join(&parquet), bytes).unwrap();
+    parquet
+}
+
 /// Every regular file below `dir/sub`, relative to `dir`, sorted.
 pub fn files_under(dir: &Path, sub: &str) -> Vec<String> {
     let mut found = Vec::new();

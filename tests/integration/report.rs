@@ -150,14 +150,7 @@ async fn the_report_shows_the_manifests_names_a_tampered_file_and_holds_no_body(
         .unwrap();
     assert_eq!(sent.exit_code(), 0);
     // Tamper with one Parquet file.
-    let parquet = crate::files_under(&out, "parquet")
-        .into_iter()
-        .find(|p| p.ends_with(".parquet"))
-        .unwrap();
-    let mut bytes = std::fs::read(out.join(&parquet)).unwrap();
-    let middle = bytes.len() / 2;
-    bytes[middle] ^= 0xff;
-    std::fs::write(out.join(&parquet), bytes).unwrap();
+    let parquet = crate::tamper_with_a_parquet_file(&out);
 
     let html = dir.path().join("report.html");
     let (code, stdout, stderr) = report_of(&out, &html);
