@@ -20,6 +20,7 @@
 //!   rolled back — exit 5, nothing loaded.
 //! - A run whose segment or manifest fails its check stops the load there
 //!   (exit 5, the file named); the runs before it stay loaded.
+//! - Progress: a bar on a terminal, a log line per run otherwise.
 //!
 //! Connection: the URL (or `DATABASE_URL`), completed by the usual `PG*`
 //! variables (`PGHOST`, `PGPORT`, `PGUSER`, `PGPASSWORD`, `PGDATABASE`,
@@ -264,13 +265,34 @@ pub async fn run(from: &Location, to: &str) -> Result<LoadReport> {
         }
     }
     report.runs_already_loaded = ledger.len() as u64;
+    // On a terminal, a bar of the runs to load; otherwise a log line each.
+    let bar = {
+        use std::io::IsTerminal;
+        std::io::stderr().is_terminal().then(|| {
+            let bar = indicatif::ProgressBar::new(chain.len().saturating_sub(ledger.len()) as u64);
+            if let Ok(style) =
+                indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} runs {msg}")
+            {
+                bar.set_style(style);
+            }
+            bar
+        })
+    };
     for entry in chain.iter().skip(ledger.len()) {
         match load_run(&mut client, &storage, entry).await {
             Ok((inserted, present)) => {
                 report.runs_loaded += 1;
                 report.rows_inserted += inserted;
                 report.rows_skipped += present;
-                tracing::info!(run = entry.run_id.as_str(), inserted, present, "run loaded");
+                match &bar {
+                    Some(bar) => {
+                        bar.inc(1);
+                        bar.set_message(format!("· {} rows inserted", report.rows_inserted));
+                    }
+                    None => {
+                        tracing::info!(run = entry.run_id.as_str(), inserted, present, "run loaded")
+                    }
+                }
             }
             Err(RunFailure::Check(failure)) => {
                 report.failure = Some(failure);
@@ -278,6 +300,9 @@ pub async fn run(from: &Location, to: &str) -> Result<LoadReport> {
             }
             Err(RunFailure::Db(e)) => return Err(db(e)),
         }
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
     }
     drop(client);
     let _ = driver.await;
