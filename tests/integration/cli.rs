@@ -569,7 +569,7 @@ fn completions_and_man_pages_are_generated() {
     for command in commands {
         assert!(dir.path().join(format!("xquik-dm-{command}.1")).exists());
     }
-    let rendered = Command::new("groff")
+    let rendered = Command::new(crate::debian_tool("groff", "groff", "--version"))
         .args(["-man", "-Tutf8"])
         .arg(dir.path().join("xquik-dm-sync.1"))
         .output()
