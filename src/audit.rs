@@ -43,6 +43,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
+use crate::records::json_str;
 use crate::sinks::{WrittenFile, sha256_hex};
 use crate::storage::{Backend, Expect, Journal, NewObject, file_name};
 
@@ -229,6 +230,26 @@ impl AuditLog {
         self.line.clear();
         serde_json::to_writer(&mut self.line, record)
             .map_err(|e| Error::io(&self.key, e.into()))?;
+        self.push_line()
+    }
+
+    /// Adds one record's IDs to a rows file: the line [`AuditRow`]
+    /// serializes as, written without serde since a sync writes one per
+    /// message (a test holds the two equal).
+    pub fn push_row(&mut self, record_type: &str, user_id: &str, message_id: &str) -> Result<()> {
+        self.line.clear();
+        self.line.extend_from_slice(br#"{"record_type":"#);
+        json_str(&mut self.line, record_type);
+        self.line.extend_from_slice(br#","user_id":"#);
+        json_str(&mut self.line, user_id);
+        self.line.extend_from_slice(br#","message_id":"#);
+        json_str(&mut self.line, message_id);
+        self.line.push(b'}');
+        self.push_line()
+    }
+
+    /// Appends `self.line` (without its newline yet) to the log.
+    fn push_line(&mut self) -> Result<()> {
         if let Some(merkle) = &mut self.merkle {
             merkle.push(&self.line);
         }
@@ -245,23 +266,6 @@ impl AuditLog {
         self.bytes += self.line.len() as u64;
         self.lines += 1;
         Ok(())
-    }
-
-    /// Adds one record's IDs to a rows file.
-    pub fn push_row(&mut self, record_type: &str, user_id: &str, message_id: &str) -> Result<()> {
-        /// [`AuditRow`] by reference: one line without allocating per row
-        /// (this runs once for every message a sync writes).
-        #[derive(Serialize)]
-        struct RowRef<'a> {
-            record_type: &'a str,
-            user_id: &'a str,
-            message_id: &'a str,
-        }
-        self.push(&RowRef {
-            record_type,
-            user_id,
-            message_id,
-        })
     }
 
     /// Makes a journal's lines so far durable (at each commit).
@@ -1048,6 +1052,35 @@ mod tests {
             );
         }
         assert_eq!(Merkle::default().root(), None);
+    }
+
+    #[test]
+    fn rows_file_lines_are_audit_rows_as_serde_writes_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = crate::storage::local::LocalDir::new(dir.path());
+        let mut log = AuditLog::create(&storage, "r1", LogKind::Rows).unwrap();
+        let rows = [
+            ("history", "42", "1900000000000000001"),
+            ("send", "7", "odd \"id\" \\ \u{1}"),
+        ];
+        for (record_type, user_id, message_id) in rows {
+            log.push_row(record_type, user_id, message_id).unwrap();
+        }
+        let info = log.finish().unwrap();
+        let mut expected = Vec::new();
+        for (record_type, user_id, message_id) in rows {
+            let row = AuditRow {
+                record_type: record_type.into(),
+                user_id: user_id.into(),
+                message_id: message_id.into(),
+            };
+            serde_json::to_writer(&mut expected, &row).unwrap();
+            expected.push(b'\n');
+        }
+        assert_eq!(
+            std::fs::read(dir.path().join(&info.path)).unwrap(),
+            expected
+        );
     }
 
     fn manifest() -> Manifest {

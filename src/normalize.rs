@@ -14,19 +14,23 @@
 use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
 
 use crate::api::types::WireMessage;
-use crate::records::{HistoryRow, RecordType};
+use crate::records::{HistoryRowRef, RecordType};
 
 /// The outcome of normalizing one message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Normalized {
-    /// The row.
-    pub row: HistoryRow,
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Normalized<'a> {
+    /// The row, borrowing the message's strings.
+    pub row: HistoryRowRef<'a>,
     /// Whether a `createdAt` was present but could not be parsed.
     pub bad_created_at: bool,
 }
 
 /// Normalizes one API message of the conversation `(account, user_id)`.
-pub fn normalize(msg: WireMessage, account: &str, conversation_user_id: &str) -> Normalized {
+pub fn normalize<'a>(
+    msg: &'a WireMessage<'_>,
+    account: &'a str,
+    conversation_user_id: &'a str,
+) -> Normalized<'a> {
     // A blank value is as good as none: it is missing, not malformed.
     let raw = msg
         .created_at
@@ -41,16 +45,16 @@ pub fn normalize(msg: WireMessage, account: &str, conversation_user_id: &str) ->
         },
     };
     Normalized {
-        row: HistoryRow {
+        row: HistoryRowRef {
             record_type: RecordType::History,
-            message_id: msg.id,
-            conversation_user_id: conversation_user_id.to_owned(),
-            account: account.to_owned(),
-            sender_id: msg.sender_id,
-            receiver_id: msg.receiver_id,
+            message_id: &msg.id,
+            conversation_user_id,
+            account,
+            sender_id: &msg.sender_id,
+            receiver_id: &msg.receiver_id,
             created_at,
-            message_text: msg.text,
-            media_url: msg.media_url.filter(|u| !u.is_empty()),
+            message_text: msg.text.as_deref(),
+            media_url: msg.media_url.as_deref().filter(|u| !u.is_empty()),
         },
         bad_created_at,
     }
@@ -102,6 +106,67 @@ pub fn parse_timestamp(raw: &str) -> Option<i64> {
     Some(parsed.timestamp_micros())
 }
 
+/// Appends `micros` as [`format_micros`] does, in quotes, without an
+/// allocation for the common years 0000-9999 (a sync formats one per
+/// message). Returns `false`, appending nothing, when it has no RFC 3339
+/// form.
+pub fn write_rfc3339(out: &mut Vec<u8>, micros: i64) -> bool {
+    use chrono::{Datelike, Timelike};
+    let Some(dt) = DateTime::<Utc>::from_timestamp_micros(micros) else {
+        return false;
+    };
+    let year = dt.year();
+    if !(0..=9999).contains(&year) {
+        return match format_micros(micros) {
+            Some(text) => {
+                out.push(b'"');
+                out.extend_from_slice(text.as_bytes());
+                out.push(b'"');
+                true
+            }
+            None => false,
+        };
+    }
+    /// `value`'s last `width` (at most 9) decimal digits.
+    fn digits(out: &mut Vec<u8>, mut value: u32, width: usize) {
+        let mut buf = [b'0'; 9];
+        if let Some(slots) = buf.get_mut(..width) {
+            for slot in slots.iter_mut().rev() {
+                *slot = b'0' + (value % 10) as u8;
+                value /= 10;
+            }
+            out.extend_from_slice(slots);
+        }
+    }
+    out.push(b'"');
+    digits(out, year as u32, 4);
+    out.push(b'-');
+    digits(out, dt.month(), 2);
+    out.push(b'-');
+    digits(out, dt.day(), 2);
+    out.push(b'T');
+    digits(out, dt.hour(), 2);
+    out.push(b':');
+    digits(out, dt.minute(), 2);
+    out.push(b':');
+    digits(out, dt.second(), 2);
+    // chrono's `SecondsFormat::AutoSi`: as many digits as the value needs,
+    // in steps of three.
+    let nanos = dt.nanosecond();
+    if nanos != 0 {
+        out.push(b'.');
+        if nanos % 1_000_000 == 0 {
+            digits(out, nanos / 1_000_000, 3);
+        } else if nanos % 1_000 == 0 {
+            digits(out, nanos / 1_000, 6);
+        } else {
+            digits(out, nanos, 9);
+        }
+    }
+    out.extend_from_slice(b"Z\"");
+    true
+}
+
 /// Formats UTC microseconds as RFC 3339 (`2025-01-15T12:00:00Z`, with a
 /// fraction only when there is one).
 pub fn format_micros(micros: i64) -> Option<String> {
@@ -112,8 +177,13 @@ pub fn format_micros(micros: i64) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::records::HistoryRow;
 
-    fn wire(created_at: Option<&str>, text: Option<&str>, media: Option<&str>) -> WireMessage {
+    fn wire<'a>(
+        created_at: Option<&'a str>,
+        text: Option<&'a str>,
+        media: Option<&'a str>,
+    ) -> WireMessage<'a> {
         WireMessage {
             id: "1900000000000000001".into(),
             sender_id: "9876543210".into(),
@@ -139,45 +209,128 @@ mod tests {
     #[test]
     fn unparseable_timestamps_are_null_and_counted() {
         for bad in ["yesterday", "2025-13-45T00:00:00Z", "", "  ", "1736942400"] {
-            let n = normalize(wire(Some(bad), Some("x"), None), "acme", "42");
+            let w = wire(Some(bad), Some("x"), None);
+            let n = normalize(&w, "acme", "42");
             assert_eq!(n.row.created_at, None, "{bad:?}");
             assert_eq!(n.bad_created_at, !bad.trim().is_empty(), "{bad:?}");
         }
-        let n = normalize(wire(None, Some("x"), None), "acme", "42");
+        let w = wire(None, Some("x"), None);
+        let n = normalize(&w, "acme", "42");
         assert_eq!((n.row.created_at, n.bad_created_at), (None, false));
+    }
+
+    /// The line a row is written as, both ways: by hand and by serde.
+    fn line(row: &HistoryRowRef<'_>) -> String {
+        let mut by_hand = Vec::new();
+        row.write_line(&mut by_hand);
+        let mut by_serde = serde_json::to_vec(row).unwrap();
+        by_serde.push(b'\n');
+        assert_eq!(
+            String::from_utf8_lossy(&by_hand),
+            String::from_utf8_lossy(&by_serde)
+        );
+        String::from_utf8(by_hand).unwrap()
     }
 
     #[test]
     fn jsonl_record_shape() {
-        let n = normalize(
-            wire(Some("2025-01-15T12:00:00Z"), Some("hi \"you\"\n👋"), None),
-            "acme",
-            "42",
-        );
+        let w = wire(Some("2025-01-15T12:00:00Z"), Some("hi \"you\"\n👋"), None);
         assert_eq!(
-            serde_json::to_string(&n.row).unwrap(),
-            r#"{"record_type":"history","message_id":"1900000000000000001","conversation_user_id":"42","account":"acme","sender_id":"9876543210","receiver_id":"1234567890","created_at":"2025-01-15T12:00:00Z","message_text":"hi \"you\"\n👋"}"#
+            line(&normalize(&w, "acme", "42").row),
+            "{\"record_type\":\"history\",\"message_id\":\"1900000000000000001\",\"conversation_user_id\":\"42\",\"account\":\"acme\",\"sender_id\":\"9876543210\",\"receiver_id\":\"1234567890\",\"created_at\":\"2025-01-15T12:00:00Z\",\"message_text\":\"hi \\\"you\\\"\\n👋\"}\n"
         );
-        let media_only = normalize(wire(None, None, Some("https://m/x.jpg")), "acme", "42");
+        let w = wire(None, None, Some("https://m/x.jpg"));
         assert_eq!(
-            serde_json::to_string(&media_only.row).unwrap(),
-            r#"{"record_type":"history","message_id":"1900000000000000001","conversation_user_id":"42","account":"acme","sender_id":"9876543210","receiver_id":"1234567890","created_at":null,"message_text":null,"media_url":"https://m/x.jpg"}"#
+            line(&normalize(&w, "acme", "42").row),
+            "{\"record_type\":\"history\",\"message_id\":\"1900000000000000001\",\"conversation_user_id\":\"42\",\"account\":\"acme\",\"sender_id\":\"9876543210\",\"receiver_id\":\"1234567890\",\"created_at\":null,\"message_text\":null,\"media_url\":\"https://m/x.jpg\"}\n"
         );
     }
 
     #[test]
     fn rows_round_trip_through_json() {
-        let n = normalize(
-            wire(
-                Some("2025-01-15T12:00:00.5+01:00"),
-                Some("\u{202e}שלום 漢字 \\ \t"),
-                Some("https://m"),
-            ),
-            "acme",
-            "42",
+        let w = wire(
+            Some("2025-01-15T12:00:00.5+01:00"),
+            Some("\u{202e}שלום 漢字 \\ \t"),
+            Some("https://m"),
         );
-        let text = serde_json::to_string(&n.row).unwrap();
-        let back: HistoryRow = serde_json::from_str(&text).unwrap();
-        assert_eq!(back, n.row);
+        let n = normalize(&w, "acme", "42");
+        let back: HistoryRow = serde_json::from_str(&line(&n.row)).unwrap();
+        assert_eq!(back, n.row.to_row());
+        assert_eq!(back.as_ref(), n.row);
+    }
+
+    #[test]
+    fn timestamps_are_written_as_chrono_formats_them() {
+        let edges = [
+            0,
+            1,
+            999,
+            1_000,
+            1_000_000,
+            -1,
+            -1_000_001,
+            253_402_300_799_999_999, // 9999-12-31T23:59:59.999999
+            253_402_300_800_000_000, // 10000-01-01: chrono's own form
+            -62_167_219_200_000_000, // 0000-01-01
+            -62_167_219_200_000_001, // before year 0
+            i64::MIN,
+            i64::MAX,
+        ];
+        for micros in edges {
+            let mut out = Vec::new();
+            let written = write_rfc3339(&mut out, micros);
+            let expected = format_micros(micros).map(|t| format!("\"{t}\""));
+            assert_eq!(
+                written.then(|| String::from_utf8(out).unwrap()),
+                expected,
+                "{micros}"
+            );
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_timestamp_is_written_as_chrono_formats_it(micros in proptest::prelude::any::<i64>()) {
+            let mut out = Vec::new();
+            let written = write_rfc3339(&mut out, micros);
+            let expected = format_micros(micros).map(|t| format!("\"{t}\""));
+            proptest::prop_assert_eq!(written.then(|| String::from_utf8(out).unwrap()), expected);
+        }
+
+        #[test]
+        fn common_timestamps_are_written_as_chrono_formats_them(
+            micros in -62_167_219_200_000_000i64..253_402_300_800_000_000,
+            unit in proptest::sample::select(vec![1i64, 1_000, 1_000_000]),
+        ) {
+            let micros = micros / unit * unit;
+            let mut out = Vec::new();
+            proptest::prop_assert!(write_rfc3339(&mut out, micros));
+            proptest::prop_assert_eq!(
+                String::from_utf8(out).unwrap(),
+                format!("\"{}\"", format_micros(micros).unwrap())
+            );
+        }
+
+        #[test]
+        fn any_row_is_written_as_serde_writes_it(
+            id in "[0-9]{1,20}",
+            text in proptest::option::of(proptest::prelude::any::<String>()),
+            media in proptest::option::of("[ -~\u{80}-\u{10ffff}]{0,40}"),
+            account in "[a-zA-Z0-9_\"\\\\]{1,15}",
+            micros in proptest::option::of(proptest::prelude::any::<i64>()),
+        ) {
+            let row = HistoryRowRef {
+                record_type: RecordType::History,
+                message_id: &id,
+                conversation_user_id: "42",
+                account: &account,
+                sender_id: &id,
+                receiver_id: "7",
+                created_at: micros,
+                message_text: text.as_deref(),
+                media_url: media.as_deref(),
+            };
+            line(&row);
+        }
     }
 }

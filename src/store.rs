@@ -36,7 +36,7 @@ use crate::api::client::Reply;
 use crate::audit::{self, AuditLog, ChainEntry, Coverage, LogInfo, LogKind, Manifest};
 use crate::checkpoint::{self, AuditPointer, Checkpoint, Conversation};
 use crate::error::{Error, Result};
-use crate::records::{HistoryRow, RecordType, SendRow};
+use crate::records::{HistoryBatch, HistoryRow, RecordType, SendRow};
 use crate::sinks::WrittenFile;
 use crate::sinks::jsonl::{self, JsonlSink};
 use crate::sinks::parquet::{
@@ -541,19 +541,20 @@ impl Store {
         &mut self.checkpoint
     }
 
-    /// Appends history records: `lines` is their JSONL text (one line per
-    /// row, in the same order), `rows` the same records for Parquet.
-    pub fn append_history(&mut self, lines: &[u8], rows: &[HistoryRow]) -> Result<()> {
-        if rows.is_empty() {
+    /// Appends history records: their JSONL lines to the handoff file, the
+    /// rows to Parquet and their IDs to the rows file.
+    pub fn append_history(&mut self, batch: &HistoryBatch) -> Result<()> {
+        if batch.is_empty() {
             return Ok(());
         }
-        self.jsonl.append(lines, rows.len() as u64)?;
-        for row in rows {
-            self.messages.push(row)?;
+        let lines = batch.lines();
+        self.jsonl.append(lines, batch.len() as u64)?;
+        self.messages.push_history(batch)?;
+        for row in batch.rows() {
             self.rows
-                .push_row("history", &row.conversation_user_id, &row.message_id)?;
+                .push_row("history", row.conversation_user_id, row.message_id)?;
         }
-        self.uncommitted_history += rows.len() as u64;
+        self.uncommitted_history += batch.len() as u64;
         self.uncommitted_bytes += lines.len() as u64;
         if self.messages.is_full()
             && let Some(file) = self.messages.close()?
@@ -923,15 +924,6 @@ mod tests {
         }
     }
 
-    fn lines(rows: &[HistoryRow]) -> Vec<u8> {
-        let mut out = Vec::new();
-        for r in rows {
-            serde_json::to_writer(&mut out, r).unwrap();
-            out.push(b'\n');
-        }
-        out
-    }
-
     fn stamp(run_id: &str) -> RunStamp {
         RunStamp {
             run_id: run_id.into(),
@@ -952,16 +944,19 @@ mod tests {
         // closing its Parquet file or sealing.
         let mut store = Store::open(&local(out), &stamp("run1")).unwrap();
         let first: Vec<_> = (0..3).map(row).collect();
-        store.append_history(&lines(&first), &first).unwrap();
+        store.append_history(&HistoryBatch::of(&first)).unwrap();
         store.commit().unwrap();
         let lost: Vec<_> = (3..5).map(row).collect();
-        store.append_history(&lines(&lost), &lost).unwrap();
+        store.append_history(&HistoryBatch::of(&lost)).unwrap();
         drop(store);
 
         // Run 2 repairs and takes run 1's committed rows over.
         let store = Store::open(&local(out), &stamp("run2")).unwrap();
         let repair = store.repair().clone();
-        assert_eq!(repair.jsonl_bytes_cut, lines(&lost).len() as u64);
+        assert_eq!(
+            repair.jsonl_bytes_cut,
+            HistoryBatch::of(&lost).lines().len() as u64
+        );
         assert_eq!(repair.parquet_rebuilt_rows, 3);
         let mut removed = repair.audit_removed.clone();
         removed.sort();
@@ -977,7 +972,7 @@ mod tests {
         assert_eq!(sealed.audit_rows.rows, 3);
         assert_eq!(
             std::fs::read(out.join(jsonl::FILE_NAME)).unwrap(),
-            lines(&first)
+            HistoryBatch::of(&first).lines()
         );
         let checkpoint = Checkpoint::load(&*local(out)).unwrap();
         assert_eq!(
@@ -998,13 +993,13 @@ mod tests {
         let out = dir.path();
         let mut store = Store::open(&local(out), &stamp("a")).unwrap();
         let first: Vec<_> = (0..3).map(row).collect();
-        store.append_history(&lines(&first), &first).unwrap();
+        store.append_history(&HistoryBatch::of(&first)).unwrap();
         let a = store.seal(body()).unwrap();
         let mut store = Store::open(&local(out), &stamp("b")).unwrap();
         let second: Vec<_> = (3..4).map(row).collect();
-        store.append_history(&lines(&second), &second).unwrap();
+        store.append_history(&HistoryBatch::of(&second)).unwrap();
         let b = store.seal(body()).unwrap();
-        let len_a = lines(&first).len() as u64;
+        let len_a = HistoryBatch::of(&first).lines().len() as u64;
         assert_eq!(b.files[0].offset, Some(len_a));
         assert_eq!(b.files[0].rows, 1);
         assert_eq!(b.chain.previous_sha256, Some(a.chain.sha256));
@@ -1059,7 +1054,7 @@ mod tests {
         let mut store = Store::open(&local(out), &stamp("b")).unwrap();
         store.set_file_rows(2);
         let rows: Vec<_> = (0..3).map(row).collect();
-        store.append_history(&lines(&rows), &rows).unwrap();
+        store.append_history(&HistoryBatch::of(&rows)).unwrap();
         store.commit().unwrap();
         drop(store);
         let store = Store::open(&local(out), &stamp("c")).unwrap();
@@ -1095,7 +1090,7 @@ mod tests {
         let out = dir.path();
         let mut store = Store::open(&local(out), &stamp("a")).unwrap();
         let rows: Vec<_> = (0..3).map(row).collect();
-        store.append_history(&lines(&rows), &rows).unwrap();
+        store.append_history(&HistoryBatch::of(&rows)).unwrap();
         store.seal(body()).unwrap();
         let jsonl = std::fs::read(out.join(jsonl::FILE_NAME)).unwrap();
         std::fs::remove_file(out.join(checkpoint::KEY)).unwrap();
@@ -1118,10 +1113,10 @@ mod tests {
         let mut store = Store::open(&local(out), &stamp("b")).unwrap();
         store.set_file_rows(2);
         let rows: Vec<_> = (0..2).map(row).collect();
-        store.append_history(&lines(&rows), &rows).unwrap();
+        store.append_history(&HistoryBatch::of(&rows)).unwrap();
         store.commit().unwrap();
         let more: Vec<_> = (2..4).map(row).collect();
-        store.append_history(&lines(&more), &more).unwrap();
+        store.append_history(&HistoryBatch::of(&more)).unwrap();
         store
             .page_log()
             .push(
@@ -1158,7 +1153,7 @@ mod tests {
         let out = dir.path();
         let mut store = Store::open(&local(out), &stamp("a")).unwrap();
         let rows: Vec<_> = (0..3).map(row).collect();
-        store.append_history(&lines(&rows), &rows).unwrap();
+        store.append_history(&HistoryBatch::of(&rows)).unwrap();
         let sealed = store.seal(body()).unwrap();
         let listed = sealed.files[1].clone();
         // What format 1 looked like, and a file a killed run left.
@@ -1212,7 +1207,7 @@ mod tests {
             let mut store =
                 Store::open(&storage, &stamp(&format!("20261126T000000Z-{run:016x}"))).unwrap();
             let rows: Vec<_> = (run * 2..run * 2 + 2).map(row).collect();
-            store.append_history(&lines(&rows), &rows).unwrap();
+            store.append_history(&HistoryBatch::of(&rows)).unwrap();
             store.commit().unwrap();
             store.seal(body()).unwrap();
             let counts = counting.take();

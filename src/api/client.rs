@@ -19,7 +19,7 @@ use serde::de::DeserializeOwned;
 
 use super::pace::{Limits, Pacer};
 use super::retry::{self, Decision, RetryPolicy};
-use super::types::{ErrorBody, HistoryPage, SendDmRequest, UserProfile, WriteResponse};
+use super::types::{ErrorBody, HistoryPage, PageError, SendDmRequest, UserProfile, WriteResponse};
 use super::{Account, Endpoint, IdempotencyKey, UserRef};
 use crate::error::{ApiError, Error, Result};
 
@@ -110,6 +110,30 @@ pub struct Reply<T> {
     pub meta: CallMeta,
 }
 
+/// A history page's answer as received. Read it with [`PageBody::page`]:
+/// the page borrows its strings from these bytes.
+#[derive(Debug, Clone)]
+pub struct PageBody(Vec<u8>);
+
+impl PageBody {
+    /// The page the body holds.
+    pub fn page(&self) -> Result<HistoryPage<'_>> {
+        HistoryPage::from_body(&self.0).map_err(|e| Error::Decode {
+            endpoint: Endpoint::History,
+            reason: match e {
+                PageError::NotUtf8 => "the answer is not UTF-8".to_owned(),
+                PageError::Json(e) => describe_json_error(&e),
+            },
+        })
+    }
+}
+
+impl From<Vec<u8>> for PageBody {
+    fn from(body: Vec<u8>) -> PageBody {
+        PageBody(body)
+    }
+}
+
 /// The Xquik API client. Cheap to share behind an `Arc`; the connection pool
 /// is reused across calls.
 #[derive(Debug)]
@@ -194,9 +218,9 @@ impl Client {
         account: &Account,
         user_id: &str,
         cursor: Option<&str>,
-    ) -> Result<Reply<HistoryPage>> {
+    ) -> Result<Reply<PageBody>> {
         let url = format!("{}/x/dm/{}/history", self.base_str, path_id(user_id)?);
-        self.call(Endpoint::History, Some(account), None, || {
+        self.call_raw(Endpoint::History, Some(account), None, || {
             let mut req = self.http.get(&url).query(&[("account", account.as_str())]);
             if let Some(c) = cursor.filter(|c| !c.is_empty()) {
                 req = req.query(&[("cursor", c)]);
@@ -204,6 +228,10 @@ impl Client {
             req
         })
         .await
+        .map(|reply| Reply {
+            value: PageBody(reply.value),
+            meta: reply.meta,
+        })
     }
 
     /// `POST /x/media` with a file (multipart). 10 credits. Polls a 202
@@ -390,6 +418,30 @@ impl Client {
         T: DeserializeOwned,
         F: Fn() -> reqwest::RequestBuilder,
     {
+        // A body that does not decode is not retried: the same request
+        // would get the same answer.
+        let reply = self.call_raw(endpoint, account, key, make).await?;
+        let value = serde_json::from_slice(&reply.value).map_err(|e| Error::Decode {
+            endpoint,
+            reason: describe_json_error(&e),
+        })?;
+        Ok(Reply {
+            value,
+            meta: reply.meta,
+        })
+    }
+
+    /// [`Client::call`] up to the successful answer's body, undecoded.
+    async fn call_raw<F>(
+        &self,
+        endpoint: Endpoint,
+        account: Option<&Account>,
+        key: Option<&IdempotencyKey>,
+        make: F,
+    ) -> Result<Reply<Vec<u8>>>
+    where
+        F: Fn() -> reqwest::RequestBuilder,
+    {
         let started = Instant::now();
         let mut waited = Duration::ZERO;
         let mut attempts = 0u32;
@@ -404,7 +456,7 @@ impl Client {
                 req = req.header("Idempotency-Key", key.as_str());
             }
             let sent = Instant::now();
-            let outcome = self.attempt::<T>(endpoint, req).await;
+            let outcome = self.attempt(endpoint, req).await;
             let throttled = matches!(&outcome, Err((Error::Api(api), _)) if api.status == 429);
             if let (Some(account), false) = (account, throttled) {
                 self.pacer.answered(account.as_str(), kind, sent.elapsed());
@@ -459,11 +511,11 @@ impl Client {
 
     /// One HTTP exchange. On failure, also returns the wait the server asked
     /// for, if any.
-    async fn attempt<T: DeserializeOwned>(
+    async fn attempt(
         &self,
         endpoint: Endpoint,
         req: reqwest::RequestBuilder,
-    ) -> std::result::Result<(T, CallMeta), (Error, Option<Duration>)> {
+    ) -> std::result::Result<(Vec<u8>, CallMeta), (Error, Option<Duration>)> {
         let resp = req
             .send()
             .await
@@ -484,15 +536,6 @@ impl Client {
                 .unwrap_or_default()
         };
         if (200..300).contains(&status) {
-            let value = serde_json::from_slice::<T>(&body).map_err(|e| {
-                (
-                    Error::Decode {
-                        endpoint,
-                        reason: describe_json_error(&e),
-                    },
-                    None,
-                )
-            })?;
             let meta = CallMeta {
                 status,
                 request_id,
@@ -500,7 +543,7 @@ impl Client {
                 retry_after: header_wait,
                 ..CallMeta::default()
             };
-            return Ok((value, meta));
+            return Ok((body, meta));
         }
         let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
         let code = ErrorBody::from_json(&json).code;

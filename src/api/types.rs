@@ -11,6 +11,9 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
 )]
 
+use std::borrow::Cow;
+
+use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
 /// `GET /x/users/{id}`: the fields this tool uses; the rest is ignored.
@@ -32,45 +35,68 @@ pub struct UserProfile {
 }
 
 /// `GET /x/dm/{userId}/history`: one page, newest to oldest.
+///
+/// It borrows from the answer's bytes: every string without a JSON escape
+/// (IDs always, most texts) is a slice of the body, so reading a page
+/// allocates per message only for escaped texts. A sync reads millions.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct HistoryPage {
+pub struct HistoryPage<'a> {
     /// The page's messages; order inside a page is not promised.
-    #[serde(default)]
-    pub messages: Vec<WireMessage>,
+    #[serde(default, borrow)]
+    pub messages: Vec<WireMessage<'a>>,
     /// Whether an older page exists.
     #[serde(default)]
     pub has_next_page: bool,
     /// Opaque cursor of the next (older) page; `""` on the last page. A
     /// missing or null value reads as `""`.
-    #[serde(default, deserialize_with = "string_or_null")]
-    pub next_cursor: String,
+    #[serde(default, borrow, deserialize_with = "string_or_null")]
+    pub next_cursor: Cow<'a, str>,
 }
 
-/// One history message as the API sends it.
+impl<'a> HistoryPage<'a> {
+    /// Reads a page from an answer's body. The body is checked as UTF-8 in
+    /// one pass first, so the parser need not check each string again.
+    pub fn from_body(body: &'a [u8]) -> std::result::Result<HistoryPage<'a>, PageError> {
+        let text = simdutf8::basic::from_utf8(body).map_err(|_| PageError::NotUtf8)?;
+        serde_json::from_str(text).map_err(PageError::Json)
+    }
+}
+
+/// Why an answer's body is not a history page.
+#[derive(Debug)]
+pub enum PageError {
+    /// The body is not UTF-8 (JSON must be).
+    NotUtf8,
+    /// The body is not a page's JSON.
+    Json(serde_json::Error),
+}
+
+/// One history message as the API sends it, borrowed from the page's body
+/// where no escape had to be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct WireMessage {
+pub struct WireMessage<'a> {
     /// Message ID (snowflake), kept as the exact string the API sent. A
     /// value that is no ID at all (missing, null, negative, an object)
     /// reads as `""`, which the sync refuses record by record instead of
     /// failing the whole page.
-    #[serde(default, deserialize_with = "lenient_id")]
-    pub id: String,
+    #[serde(default, borrow, deserialize_with = "lenient_id")]
+    pub id: Cow<'a, str>,
     /// Sender user ID (read as leniently as `id`).
-    #[serde(default, deserialize_with = "lenient_id")]
-    pub sender_id: String,
+    #[serde(default, borrow, deserialize_with = "lenient_id")]
+    pub sender_id: Cow<'a, str>,
     /// Receiver user ID (read as leniently as `id`).
-    #[serde(default, deserialize_with = "lenient_id")]
-    pub receiver_id: String,
+    #[serde(default, borrow, deserialize_with = "lenient_id")]
+    pub receiver_id: Cow<'a, str>,
     /// Message body: private data.
-    #[serde(default)]
-    pub text: Option<String>,
+    #[serde(default, borrow, deserialize_with = "opt_str")]
+    pub text: Option<Cow<'a, str>>,
     /// ISO-8601 timestamp, as sent.
-    #[serde(default)]
-    pub created_at: Option<String>,
+    #[serde(default, borrow, deserialize_with = "opt_str")]
+    pub created_at: Option<Cow<'a, str>>,
     /// Attached media URL, when the message has media.
-    #[serde(default)]
-    pub media_url: Option<String>,
+    #[serde(default, borrow, deserialize_with = "opt_str")]
+    pub media_url: Option<Cow<'a, str>>,
 }
 
 /// `POST /x/dm/{userId}` request body. `reply_to_message_id` does not exist
@@ -231,20 +257,98 @@ fn id_string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
 }
 
 /// An ID of a history message: a string or an unsigned integer as
-/// [`id_string`]; anything else `""` (never a valid ID).
-fn lenient_id<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Id {
-        S(String),
-        U(u64),
-        Other(serde::de::IgnoredAny),
+/// [`id_string`]; anything else `""` (never a valid ID). A visitor, not an
+/// untagged enum: that would buffer every value before trying its shapes,
+/// and this runs three times per message.
+fn lenient_id<'de, D: Deserializer<'de>>(d: D) -> Result<Cow<'de, str>, D::Error> {
+    struct LenientId;
+    impl<'de> Visitor<'de> for LenientId {
+        type Value = Cow<'de, str>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an ID")
+        }
+        fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+            Ok(Cow::Borrowed(v))
+        }
+        fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(Cow::Owned(v.to_owned()))
+        }
+        fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+            Ok(Cow::Owned(v))
+        }
+        fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+            Ok(Cow::Owned(v.to_string()))
+        }
+        fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+            // Only a negative number arrives here: no ID.
+            Ok(u64::try_from(v).map_or(Cow::Borrowed(""), |v| Cow::Owned(v.to_string())))
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+            Ok(Cow::Borrowed(""))
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+            Ok(Cow::Borrowed(""))
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(Cow::Borrowed(""))
+        }
+        fn visit_none<E>(self) -> Result<Self::Value, E> {
+            Ok(Cow::Borrowed(""))
+        }
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_any(self)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(Cow::Borrowed(""))
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+            Ok(Cow::Borrowed(""))
+        }
     }
-    Ok(match Id::deserialize(d)? {
-        Id::S(s) => s,
-        Id::U(n) => n.to_string(),
-        Id::Other(_) => String::new(),
-    })
+    d.deserialize_any(LenientId)
+}
+
+/// A string, borrowed when it had no escape.
+struct Text;
+
+impl<'de> Visitor<'de> for Text {
+    type Value = Cow<'de, str>;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a string")
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Cow::Borrowed(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v))
+    }
+}
+
+/// An optional string, borrowed when it had no escape. (serde's own
+/// `Option<Cow<str>>` always copies.)
+fn opt_str<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Cow<'de, str>>, D::Error> {
+    struct OptText;
+    impl<'de> Visitor<'de> for OptText {
+        type Value = Option<Cow<'de, str>>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a string or null")
+        }
+        fn visit_none<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_str(Text).map(Some)
+        }
+    }
+    d.deserialize_option(OptText)
 }
 
 fn opt_id_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
@@ -261,8 +365,8 @@ fn opt_id_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::E
     })
 }
 
-fn string_or_null<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    Ok(Option::<String>::deserialize(d)?.unwrap_or_default())
+fn string_or_null<'de, D: Deserializer<'de>>(d: D) -> Result<Cow<'de, str>, D::Error> {
+    Ok(opt_str(d)?.unwrap_or_default())
 }
 
 #[cfg(test)]
@@ -297,7 +401,8 @@ mod tests {
 
     #[test]
     fn history_page_from_openapi_example() {
-        let page: HistoryPage = serde_json::from_str(&fixture("history_page.json")).unwrap();
+        let body = fixture("history_page.json");
+        let page = HistoryPage::from_body(body.as_bytes()).unwrap();
         assert!(page.has_next_page);
         assert_eq!(page.next_cursor, "DAACCgACGRElMJcAAA");
         assert_eq!(page.messages.len(), 1);
@@ -312,8 +417,8 @@ mod tests {
 
     #[test]
     fn history_page_lenient_fields() {
-        let page: HistoryPage =
-            serde_json::from_str(&fixture("history_page_lenient.json")).unwrap();
+        let body = fixture("history_page_lenient.json");
+        let page = HistoryPage::from_body(body.as_bytes()).unwrap();
         assert!(!page.has_next_page);
         assert_eq!(page.next_cursor, "");
         let [a, b] = &page.messages[..] else {
@@ -331,6 +436,30 @@ mod tests {
         // An integer ID is accepted and kept as its decimal string.
         assert_eq!(b.id, "1234567890123456789");
         assert_eq!(b.text, None);
+    }
+
+    #[test]
+    fn strings_without_escapes_are_borrowed_and_ids_are_lenient() {
+        let body = br#"{"messages":[{"id":"1","senderId":12,"receiverId":-3,"text":"plain","createdAt":null,"mediaUrl":"a\/b"},{"id":{"x":[1]},"senderId":1.5,"receiverId":[2],"text":null}],"next_cursor":"c"}"#;
+        let page = HistoryPage::from_body(body).unwrap();
+        let [a, b] = &page.messages[..] else {
+            panic!("two messages expected")
+        };
+        assert!(matches!(a.id, Cow::Borrowed("1")));
+        assert!(matches!(a.text, Some(Cow::Borrowed("plain"))));
+        assert_eq!(a.media_url.as_deref(), Some("a/b"));
+        assert!(matches!(page.next_cursor, Cow::Borrowed("c")));
+        assert_eq!((&*a.sender_id, &*a.receiver_id), ("12", ""));
+        assert_eq!((&*b.id, &*b.sender_id, &*b.receiver_id), ("", "", ""));
+        assert_eq!((a.created_at.as_ref(), b.text.as_ref()), (None, None));
+        assert!(matches!(
+            HistoryPage::from_body(b"{\"messages\":[],\"next_cursor\":\"\xff\"}"),
+            Err(PageError::NotUtf8)
+        ));
+        assert!(matches!(
+            HistoryPage::from_body(br#"{"messages":[{"text":7}]}"#),
+            Err(PageError::Json(_))
+        ));
     }
 
     #[test]

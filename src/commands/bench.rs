@@ -494,14 +494,15 @@ pub async fn fetch_only(
             let mut cursor: Option<String> = None;
             let mut guard = PageGuard::new(None, 5);
             loop {
-                let page = client
+                let body = client
                     .history_page(&account, &user, cursor.as_deref())
                     .await?
                     .value;
+                let page = body.page()?;
                 messages += page.messages.len() as u64;
                 pages += 1;
                 match guard.next(
-                    page.messages.iter().map(|m| m.id.as_str()),
+                    page.messages.iter().map(|m| &*m.id),
                     page.has_next_page,
                     &page.next_cursor,
                 ) {

@@ -31,7 +31,7 @@ use crate::checkpoint::{Conversation, PageState, Recipient, TopScan, conversatio
 use crate::dedupe::admit;
 use crate::error::{Error, ErrorClass, Result};
 use crate::normalize::normalize;
-use crate::records::HistoryRow;
+use crate::records::HistoryBatch;
 use crate::shard::Shard;
 use crate::sinks::WrittenFile;
 use crate::storage::Location;
@@ -294,8 +294,7 @@ enum Event {
     /// A page's new rows and the conversation state after it.
     Page {
         key: String,
-        lines: Vec<u8>,
-        rows: Vec<HistoryRow>,
+        batch: HistoryBatch,
         state: Box<Conversation>,
     },
     /// The final state of a conversation (status and reason).
@@ -902,6 +901,22 @@ fn serde_plain<T: Serialize>(value: T) -> String {
     }
 }
 
+/// Accounts for a page that could not be fetched or read, stopping the job
+/// or the account when the error says so.
+fn failed_page(run: &Run, account: &Account, reserved: u64, e: Error) -> Halt {
+    run.settle(Endpoint::History, reserved, 0);
+    if let Error::RetriesExhausted { attempts, .. } = &e {
+        run.retries
+            .fetch_add(u64::from(attempts.saturating_sub(1)), Ordering::Relaxed);
+    }
+    if e.stops_job() {
+        run.stop_job(&e);
+    } else if e.stops_account() {
+        run.stop_account(account, &e);
+    }
+    Halt::Failed(e)
+}
+
 /// Runs one scan to its end. Returns why it stopped.
 #[expect(
     clippy::too_many_arguments,
@@ -950,21 +965,12 @@ async fn page_scan(
             .await
         {
             Ok(reply) => reply,
-            Err(e) => {
-                run.settle(Endpoint::History, reserve, 0);
-                if let Error::RetriesExhausted { attempts, .. } = &e {
-                    run.retries
-                        .fetch_add(u64::from(attempts.saturating_sub(1)), Ordering::Relaxed);
-                }
-                if e.stops_job() {
-                    run.stop_job(&e);
-                } else if e.stops_account() {
-                    run.stop_account(account, &e);
-                }
-                return Err(Halt::Failed(e));
-            }
+            Err(e) => return Err(failed_page(run, account, reserve, e)),
         };
-        let mut page = reply.value;
+        let mut page = match reply.value.page() {
+            Ok(page) => page,
+            Err(e) => return Err(failed_page(run, account, reserve, e)),
+        };
         let count = page.messages.len() as u64;
         // Messages with an ID that is not an X ID are never written (an
         // empty ID cannot dedupe; a path or 400 digits fail far away, in a
@@ -993,7 +999,7 @@ async fn page_scan(
         run.retries
             .fetch_add(u64::from(reply.meta.attempts - 1), Ordering::Relaxed);
 
-        let ids: Vec<&str> = page.messages.iter().map(|m| m.id.as_str()).collect();
+        let ids: Vec<&str> = page.messages.iter().map(|m| &*m.id).collect();
         let admission = match scan {
             Scan::Backfill => admit(ids, None, &mut state.written),
             Scan::Top => {
@@ -1003,7 +1009,7 @@ async fn page_scan(
             }
         };
         let next = guard.next(
-            page.messages.iter().map(|m| m.id.as_str()),
+            page.messages.iter().map(|m| &*m.id),
             page.has_next_page,
             &page.next_cursor,
         );
@@ -1019,7 +1025,7 @@ async fn page_scan(
             conversation: key.to_owned(),
             endpoint: Endpoint::History,
             cursor_in: cursor.clone(),
-            next_cursor: page.next_cursor.clone(),
+            next_cursor: page.next_cursor.to_string(),
             has_next_page: page.has_next_page,
             messages_count: count,
             new_count: admission.keep.iter().filter(|k| **k).count() as u64,
@@ -1034,18 +1040,17 @@ async fn page_scan(
             return Err(Halt::JobStopped);
         }
 
-        // Sized once: the fixed fields take about 250 bytes a row.
-        let capacity: usize = page
+        // Sized once: a row's strings are its text and about 64 bytes more.
+        let bytes: usize = page
             .messages
             .iter()
             .map(|m| {
-                250 + m.text.as_ref().map_or(0, |t| t.len() + t.len() / 8)
-                    + m.media_url.as_ref().map_or(0, String::len)
+                64 + m.text.as_ref().map_or(0, |t| t.len())
+                    + m.media_url.as_ref().map_or(0, |u| u.len())
             })
             .sum();
-        let mut lines = Vec::with_capacity(capacity);
-        let mut rows = Vec::with_capacity(page.messages.len());
-        for (msg, keep) in page.messages.into_iter().zip(&admission.keep) {
+        let mut batch = HistoryBatch::with_capacity(page.messages.len(), bytes);
+        for (msg, keep) in page.messages.iter().zip(&admission.keep) {
             if !keep {
                 continue;
             }
@@ -1053,13 +1058,9 @@ async fn page_scan(
             if n.bad_created_at {
                 run.bad_timestamps.fetch_add(1, Ordering::Relaxed);
             }
-            // A row always serializes: every field is a string, number or null.
-            if serde_json::to_writer(&mut lines, &n.row).is_ok() {
-                lines.push(b'\n');
-                rows.push(n.row);
-            }
+            batch.push(&n.row);
         }
-        let new_count = rows.len() as u64;
+        let new_count = batch.len() as u64;
 
         // Advance the state this page's rows commit together with. Every
         // stop ends its scan, anomalies included: their reason is reported
@@ -1091,7 +1092,7 @@ async fn page_scan(
         state.messages_written += new_count;
         state.last_page = Some(PageState {
             messages_count: count,
-            next_cursor: page.next_cursor.clone(),
+            next_cursor: page.next_cursor.to_string(),
             has_next_page: page.has_next_page,
             stop,
         });
@@ -1108,8 +1109,7 @@ async fn page_scan(
 
         let event = Event::Page {
             key: key.to_owned(),
-            lines,
-            rows,
+            batch,
             state: Box::new(state.clone()),
         };
         if tx.send(event).await.is_err() {
@@ -1136,13 +1136,8 @@ fn writer_loop(mut store: Store, mut rx: mpsc::Receiver<Event>, run: &Run) -> Re
     let result = (|| {
         while let Some(event) = rx.blocking_recv() {
             match event {
-                Event::Page {
-                    key,
-                    lines,
-                    rows,
-                    state,
-                } => {
-                    store.append_history(&lines, &rows)?;
+                Event::Page { key, batch, state } => {
+                    store.append_history(&batch)?;
                     store.set_conversation(key, *state);
                 }
                 Event::Done { key, state } => store.set_conversation(key, *state),

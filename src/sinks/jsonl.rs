@@ -34,7 +34,9 @@ pub struct JsonlSink {
     segment_rows: u64,
     /// SHA-256 of the whole file so far, for `SHA256SUMS`: carried from
     /// run to run as a saved midstate, so a run hashes only what it adds.
-    file_hasher: Sha256,
+    /// `None` while the segment starts at the file's first byte: then the
+    /// two digests are one, and a first backfill hashes its bytes once.
+    file_hasher: Option<Sha256>,
 }
 
 /// A saved SHA-256 midstate of the file's first `bytes` bytes.
@@ -86,9 +88,12 @@ impl JsonlSink {
         // still describes a prefix of the committed bytes.
         let (mut file_hasher, file_from) =
             match saved.filter(|d| d.bytes <= committed).and_then(restore) {
-                Some((hasher, bytes)) => (hasher, bytes),
-                None => (Sha256::new(), 0),
+                Some((hasher, bytes)) => (Some(hasher), bytes),
+                None => (Some(Sha256::new()), 0),
             };
+        if file_from == 0 && segment_from == 0 {
+            file_hasher = None;
+        }
         let mut segment_hasher = Sha256::new();
         let mut segment_rows = 0;
         let start = segment_from.min(file_from);
@@ -110,7 +115,9 @@ impl JsonlSink {
                 let seg = tail(segment_from);
                 segment_hasher.update(seg);
                 segment_rows += seg.iter().filter(|b| **b == b'\n').count() as u64;
-                file_hasher.update(tail(file_from));
+                if let Some(file_hasher) = &mut file_hasher {
+                    file_hasher.update(tail(file_from));
+                }
                 at += n as u64;
             }
         }
@@ -130,7 +137,9 @@ impl JsonlSink {
     pub fn append(&mut self, lines: &[u8], rows: u64) -> Result<()> {
         self.log.append(lines)?;
         self.segment_hasher.update(lines);
-        self.file_hasher.update(lines);
+        if let Some(file_hasher) = &mut self.file_hasher {
+            file_hasher.update(lines);
+        }
         self.segment_rows += rows;
         Ok(())
     }
@@ -143,7 +152,11 @@ impl JsonlSink {
 
     /// SHA-256 of the whole file as appended so far.
     pub fn file_digest(&self) -> String {
-        hex::encode(self.file_hasher.clone().finalize())
+        hex::encode(self.file_hasher().clone().finalize())
+    }
+
+    fn file_hasher(&self) -> &Sha256 {
+        self.file_hasher.as_ref().unwrap_or(&self.segment_hasher)
     }
 
     /// The whole-file hasher's midstate, to be saved with the committed
@@ -151,7 +164,7 @@ impl JsonlSink {
     pub fn digest_state(&self) -> DigestState {
         DigestState {
             bytes: self.log.len(),
-            state: hex::encode(self.file_hasher.serialize().as_slice()),
+            state: hex::encode(self.file_hasher().serialize().as_slice()),
         }
     }
 

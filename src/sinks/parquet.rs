@@ -24,12 +24,12 @@ use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::WriterProperties;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 
 use super::{HashingWriter, WrittenFile};
 use crate::error::{Error, Result};
-use crate::records::{HistoryRow, SendRow};
+use crate::records::{HistoryBatch, HistoryRow, HistoryRowRef, SendRow};
 use crate::storage::{Backend, NewObject, Storage, file_name, is_temporary};
 
 /// Rows per row group: large enough for warehouse scans, small enough that
@@ -63,6 +63,9 @@ pub trait Columns: Send {
     /// Columns whose values are all distinct (IDs, texts): dictionary
     /// encoding would only cost time there.
     fn high_cardinality() -> &'static [&'static str];
+    /// Columns no reader prunes by value (message bodies): their minimum
+    /// and maximum would cost a comparison per row and say nothing.
+    fn without_statistics() -> &'static [&'static str];
 }
 
 fn utf8(name: &str, nullable: bool) -> Field {
@@ -124,16 +127,7 @@ impl Columns for MessageColumns {
     }
 
     fn push(&mut self, row: &HistoryRow) {
-        self.record_type.append_value("history");
-        self.message_id.append_value(&row.message_id);
-        self.conversation_user_id
-            .append_value(&row.conversation_user_id);
-        self.account.append_value(&row.account);
-        self.sender_id.append_value(&row.sender_id);
-        self.receiver_id.append_value(&row.receiver_id);
-        self.created_at.append_option(row.created_at);
-        self.message_text.append_option(row.message_text.as_deref());
-        self.media_url.append_option(row.media_url.as_deref());
+        self.push_ref(&row.as_ref());
     }
 
     fn len(&self) -> usize {
@@ -156,6 +150,25 @@ impl Columns for MessageColumns {
 
     fn high_cardinality() -> &'static [&'static str] {
         &["message_id", "message_text", "created_at"]
+    }
+
+    fn without_statistics() -> &'static [&'static str] {
+        &["message_text"]
+    }
+}
+
+impl MessageColumns {
+    fn push_ref(&mut self, row: &HistoryRowRef<'_>) {
+        self.record_type.append_value("history");
+        self.message_id.append_value(row.message_id);
+        self.conversation_user_id
+            .append_value(row.conversation_user_id);
+        self.account.append_value(row.account);
+        self.sender_id.append_value(row.sender_id);
+        self.receiver_id.append_value(row.receiver_id);
+        self.created_at.append_option(row.created_at);
+        self.message_text.append_option(row.message_text);
+        self.media_url.append_option(row.media_url);
     }
 }
 
@@ -255,6 +268,23 @@ impl Columns for SendColumns {
     fn high_cardinality() -> &'static [&'static str] {
         &["message_id", "message_text", "sent_at"]
     }
+
+    fn without_statistics() -> &'static [&'static str] {
+        &["message_text"]
+    }
+}
+
+impl ParquetSink<MessageColumns> {
+    /// Adds a batch's rows.
+    pub fn push_history(&mut self, batch: &HistoryBatch) -> Result<()> {
+        for row in batch.rows() {
+            self.columns.push_ref(&row);
+        }
+        if self.columns.len() >= BATCH_ROWS {
+            self.write_pending()?;
+        }
+        Ok(())
+    }
 }
 
 /// The writer settings, built in this one place.
@@ -265,6 +295,10 @@ fn writer_properties<C: Columns>() -> WriterProperties {
         .set_created_by(concat!("xquik-dm ", env!("CARGO_PKG_VERSION")).to_owned());
     for column in C::high_cardinality() {
         builder = builder.set_column_dictionary_enabled(ColumnPath::from(*column), false);
+    }
+    for column in C::without_statistics() {
+        builder = builder
+            .set_column_statistics_enabled(ColumnPath::from(*column), EnabledStatistics::None);
     }
     builder.build()
 }

@@ -59,12 +59,9 @@ pub fn one_run(mut store: Store, mut n: u64, rows: u64, send: bool) -> u64 {
             }
         })
         .collect();
-    let mut lines = Vec::new();
-    for row in &batch {
-        serde_json::to_writer(&mut lines, row).unwrap();
-        lines.push(b'\n');
-    }
-    store.append_history(&lines, &batch).unwrap();
+    store
+        .append_history(&xquik_dm::records::HistoryBatch::of(&batch))
+        .unwrap();
     if send {
         n += 1;
         store

@@ -120,20 +120,29 @@ fn bytes_or_json() -> impl Strategy<Value = Vec<u8>> {
 
 /// What the sync does with a page's bytes, up to the rows it would write.
 fn consume_page(bytes: &[u8]) {
-    let Ok(page) = serde_json::from_slice::<HistoryPage>(bytes) else {
+    let Ok(page) = HistoryPage::from_body(bytes) else {
         return;
     };
     let mut guard = xquik_dm::api::pagination::PageGuard::new(None, 5);
     let _ = guard.next(
-        page.messages.iter().map(|m| m.id.as_str()),
+        page.messages.iter().map(|m| &*m.id),
         page.has_next_page,
         &page.next_cursor,
     );
-    for message in page.messages {
-        if xquik_dm::normalize::invalid_id_field(&message).is_none() {
+    let mut batch = xquik_dm::records::HistoryBatch::default();
+    for message in &page.messages {
+        if xquik_dm::normalize::invalid_id_field(message).is_none() {
             let row = xquik_dm::normalize::normalize(message, "acme", "42").row;
-            assert!(xquik_dm::normalize::is_valid_id(&row.message_id));
+            assert!(xquik_dm::normalize::is_valid_id(row.message_id));
+            batch.push(&row);
         }
+    }
+    // Every line written reads back as the row it was written from.
+    let lines: Vec<&[u8]> = batch.lines().split_inclusive(|b| *b == b'\n').collect();
+    assert_eq!(lines.len(), batch.len());
+    for (line, row) in lines.into_iter().zip(batch.rows()) {
+        let back: xquik_dm::records::HistoryRow = serde_json::from_slice(line).unwrap();
+        assert_eq!(back.as_ref(), row);
     }
 }
 

@@ -367,12 +367,9 @@ fn an_interrupted_run_is_told_from_tampering() {
     };
     let append = |store: &mut Store, range: std::ops::Range<u64>| {
         let rows: Vec<HistoryRow> = range.map(row).collect();
-        let mut lines = Vec::new();
-        for r in &rows {
-            serde_json::to_writer(&mut lines, r).unwrap();
-            lines.push(b'\n');
-        }
-        store.append_history(&lines, &rows).unwrap();
+        store
+            .append_history(&xquik_dm::records::HistoryBatch::of(&rows))
+            .unwrap();
     };
     let sealed_folder = || {
         let dir = tempfile::tempdir().unwrap();
