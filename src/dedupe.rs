@@ -25,15 +25,43 @@ use serde::{Deserialize, Serialize};
 /// Orders message IDs: numeric IDs by value, and (leniently) anything
 /// non-numeric after them, lexicographically.
 pub fn cmp_ids(a: &str, b: &str) -> Ordering {
-    let numeric = |s: &str| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit());
-    match (numeric(a), numeric(b)) {
-        (true, true) => {
-            let (a, b) = (a.trim_start_matches('0'), b.trim_start_matches('0'));
-            a.len().cmp(&b.len()).then_with(|| a.cmp(b))
+    IdKey::of(a).cmp(&IdKey::of(b))
+}
+
+/// An ID read once for ordering as [`cmp_ids`] does: admitting a message
+/// compares its ID up to four times, and a sync admits millions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum IdKey<'a> {
+    /// The digits without leading zeros: longer is larger, then bytewise.
+    Numeric(&'a [u8]),
+    /// Anything else, after every numeric ID.
+    Other(&'a str),
+}
+
+impl<'a> IdKey<'a> {
+    fn of(id: &'a str) -> IdKey<'a> {
+        if !id.is_empty() && id.bytes().all(|c| c.is_ascii_digit()) {
+            IdKey::Numeric(id.trim_start_matches('0').as_bytes())
+        } else {
+            IdKey::Other(id)
         }
-        (true, false) => Ordering::Less,
-        (false, true) => Ordering::Greater,
-        (false, false) => a.cmp(b),
+    }
+}
+
+impl Ord for IdKey<'_> {
+    fn cmp(&self, other: &Self) -> Ordering {
+        match (self, other) {
+            (IdKey::Numeric(a), IdKey::Numeric(b)) => a.len().cmp(&b.len()).then_with(|| a.cmp(b)),
+            (IdKey::Numeric(_), IdKey::Other(_)) => Ordering::Less,
+            (IdKey::Other(_), IdKey::Numeric(_)) => Ordering::Greater,
+            (IdKey::Other(a), IdKey::Other(b)) => a.cmp(b),
+        }
+    }
+}
+
+impl PartialOrd for IdKey<'_> {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
     }
 }
 
@@ -49,6 +77,10 @@ pub struct Block {
 impl Block {
     /// Widens `block` (or starts it) to hold `id`.
     pub fn widen(block: &mut Option<Block>, id: &str) {
+        Block::widen_by(block, id, IdKey::of(id));
+    }
+
+    fn widen_by(block: &mut Option<Block>, id: &str, key: IdKey<'_>) {
         match block {
             None => {
                 *block = Some(Block {
@@ -59,11 +91,11 @@ impl Block {
             // Reuse the strings' buffers: in a backfill every message is a
             // new oldest, so this runs once per message.
             Some(b) => {
-                if cmp_ids(id, &b.newest) == Ordering::Greater {
+                if key > IdKey::of(&b.newest) {
                     b.newest.clear();
                     b.newest.push_str(id);
                 }
-                if cmp_ids(id, &b.oldest) == Ordering::Less {
+                if key < IdKey::of(&b.oldest) {
                     b.oldest.clear();
                     b.oldest.push_str(id);
                 }
@@ -93,22 +125,24 @@ pub fn admit<'a>(
     floor: Option<&str>,
     block: &mut Option<Block>,
 ) -> Admission {
+    let ids = ids.into_iter();
+    let floor = floor.map(IdKey::of);
     let ceiling = block.as_ref().map(|b| b.oldest.clone());
-    let mut in_page = HashSet::new();
-    let mut keep = Vec::new();
+    let ceiling = ceiling.as_deref().map(IdKey::of);
+    let mut in_page = HashSet::with_capacity(ids.size_hint().0);
+    let mut keep = Vec::with_capacity(ids.size_hint().0);
     let mut dropped = 0;
     let mut boundary = false;
     for id in ids {
-        let above_floor = floor.is_none_or(|f| cmp_ids(id, f) == Ordering::Greater);
-        let below_ceiling = ceiling
-            .as_deref()
-            .is_none_or(|c| cmp_ids(id, c) == Ordering::Less);
+        let key = IdKey::of(id);
+        let above_floor = floor.is_none_or(|f| key > f);
+        let below_ceiling = ceiling.is_none_or(|c| key < c);
         if !above_floor {
             boundary = true;
         }
         let new = above_floor && below_ceiling && in_page.insert(id);
         if new {
-            Block::widen(block, id);
+            Block::widen_by(block, id, key);
         } else {
             dropped += 1;
         }

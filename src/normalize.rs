@@ -111,12 +111,10 @@ pub fn parse_timestamp(raw: &str) -> Option<i64> {
 /// message). Returns `false`, appending nothing, when it has no RFC 3339
 /// form.
 pub fn write_rfc3339(out: &mut Vec<u8>, micros: i64) -> bool {
-    use chrono::{Datelike, Timelike};
-    let Some(dt) = DateTime::<Utc>::from_timestamp_micros(micros) else {
-        return false;
-    };
-    let year = dt.year();
-    if !(0..=9999).contains(&year) {
+    // Years 0000-9999, the only ones RFC 3339 can write with four digits.
+    const FIRST: i64 = -62_167_219_200_000_000;
+    const END: i64 = 253_402_300_800_000_000;
+    if !(FIRST..END).contains(&micros) {
         return match format_micros(micros) {
             Some(text) => {
                 out.push(b'"');
@@ -127,44 +125,64 @@ pub fn write_rfc3339(out: &mut Vec<u8>, micros: i64) -> bool {
             None => false,
         };
     }
-    /// `value`'s last `width` (at most 9) decimal digits.
-    fn digits(out: &mut Vec<u8>, mut value: u32, width: usize) {
-        let mut buf = [b'0'; 9];
-        if let Some(slots) = buf.get_mut(..width) {
-            for slot in slots.iter_mut().rev() {
-                *slot = b'0' + (value % 10) as u8;
-                value /= 10;
-            }
-            out.extend_from_slice(slots);
-        }
-    }
+    let (days, micros_of_day) = (
+        micros.div_euclid(86_400_000_000),
+        micros.rem_euclid(86_400_000_000),
+    );
+    let (year, month, day) = civil_from_days(days);
+    let seconds = micros_of_day / 1_000_000;
+    let fraction = (micros_of_day % 1_000_000) as u32;
     out.push(b'"');
     digits(out, year as u32, 4);
     out.push(b'-');
-    digits(out, dt.month(), 2);
+    digits(out, month, 2);
     out.push(b'-');
-    digits(out, dt.day(), 2);
+    digits(out, day, 2);
     out.push(b'T');
-    digits(out, dt.hour(), 2);
+    digits(out, (seconds / 3600) as u32, 2);
     out.push(b':');
-    digits(out, dt.minute(), 2);
+    digits(out, (seconds / 60 % 60) as u32, 2);
     out.push(b':');
-    digits(out, dt.second(), 2);
+    digits(out, (seconds % 60) as u32, 2);
     // chrono's `SecondsFormat::AutoSi`: as many digits as the value needs,
     // in steps of three.
-    let nanos = dt.nanosecond();
-    if nanos != 0 {
+    if fraction != 0 {
         out.push(b'.');
-        if nanos % 1_000_000 == 0 {
-            digits(out, nanos / 1_000_000, 3);
-        } else if nanos % 1_000 == 0 {
-            digits(out, nanos / 1_000, 6);
+        if fraction.is_multiple_of(1_000) {
+            digits(out, fraction / 1_000, 3);
         } else {
-            digits(out, nanos, 9);
+            digits(out, fraction, 6);
         }
     }
     out.extend_from_slice(b"Z\"");
     true
+}
+
+/// `value`'s last `width` (at most 9) decimal digits.
+fn digits(out: &mut Vec<u8>, mut value: u32, width: usize) {
+    let mut buf = [b'0'; 9];
+    if let Some(slots) = buf.get_mut(..width) {
+        for slot in slots.iter_mut().rev() {
+            *slot = b'0' + (value % 10) as u8;
+            value /= 10;
+        }
+        out.extend_from_slice(slots);
+    }
+}
+
+/// The proleptic Gregorian (year, month, day) of a day count from
+/// 1970-01-01 (H. Hinnant's `civil_from_days`): integer arithmetic only.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
 }
 
 /// Formats UTC microseconds as RFC 3339 (`2025-01-15T12:00:00Z`, with a

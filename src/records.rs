@@ -192,8 +192,22 @@ impl HistoryBatch {
         HistoryBatch {
             strings: String::with_capacity(bytes),
             rows: Vec::with_capacity(rows),
-            lines: Vec::with_capacity(bytes + rows * 250),
+            lines: Vec::with_capacity(bytes + bytes / 8 + rows * 250),
         }
+    }
+
+    /// Empties the batch, keeping its buffers.
+    pub fn clear(&mut self) {
+        self.strings.clear();
+        self.rows.clear();
+        self.lines.clear();
+    }
+
+    /// Makes room for `rows` more rows of about `bytes` bytes of text.
+    pub fn reserve(&mut self, rows: usize, bytes: usize) {
+        self.strings.reserve(bytes);
+        self.rows.reserve(rows);
+        self.lines.reserve(bytes + bytes / 8 + rows * 250);
     }
 
     /// A batch of these rows.

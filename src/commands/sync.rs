@@ -319,6 +319,10 @@ struct Run {
     /// Largest page seen (0 before the first): the reservation for the next
     /// page request, since a page's cost is only known once it is served.
     page_estimate: AtomicU64,
+    /// Batches the writer is done with, for the tasks to fill again: a page
+    /// buffer is then allocated once per run rather than once per page
+    /// (and never freed on another thread than the one that allocated it).
+    spare_batches: Mutex<Vec<HistoryBatch>>,
     credits: Mutex<BTreeMap<Endpoint, u64>>,
     retries: AtomicU64,
     pages: AtomicU64,
@@ -336,6 +340,33 @@ struct Run {
 }
 
 impl Run {
+    /// An empty batch with room for `rows` rows of `bytes` bytes of text.
+    fn batch(&self, rows: usize, bytes: usize) -> HistoryBatch {
+        let spare = self
+            .spare_batches
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop();
+        match spare {
+            Some(mut batch) => {
+                batch.reserve(rows, bytes);
+                batch
+            }
+            None => HistoryBatch::with_capacity(rows, bytes),
+        }
+    }
+
+    /// Takes back a batch the writer is done with.
+    fn spare_batch(&self, mut batch: HistoryBatch) {
+        // As many as can be in flight at once; more would only hold memory.
+        const SPARE: usize = 128;
+        let mut spare = self.spare_batches.lock().unwrap_or_else(|p| p.into_inner());
+        if spare.len() < SPARE {
+            batch.clear();
+            spare.push(batch);
+        }
+    }
+
     fn stop_job(&self, error: &Error) {
         let mut slot = self.stop_error.lock().unwrap_or_else(|p| p.into_inner());
         if slot.is_none() {
@@ -434,6 +465,7 @@ pub async fn run(options: SyncOptions) -> Result<SyncReport> {
         stop_error: Mutex::new(None),
         credits_committed: AtomicU64::new(0),
         page_estimate: AtomicU64::new(0),
+        spare_batches: Mutex::new(Vec::new()),
         credits: Mutex::new(BTreeMap::new()),
         retries: AtomicU64::new(0),
         pages: AtomicU64::new(0),
@@ -1049,7 +1081,7 @@ async fn page_scan(
                     + m.media_url.as_ref().map_or(0, |u| u.len())
             })
             .sum();
-        let mut batch = HistoryBatch::with_capacity(page.messages.len(), bytes);
+        let mut batch = run.batch(page.messages.len(), bytes);
         for (msg, keep) in page.messages.iter().zip(&admission.keep) {
             if !keep {
                 continue;
@@ -1138,6 +1170,7 @@ fn writer_loop(mut store: Store, mut rx: mpsc::Receiver<Event>, run: &Run) -> Re
             match event {
                 Event::Page { key, batch, state } => {
                     store.append_history(&batch)?;
+                    run.spare_batch(batch);
                     store.set_conversation(key, *state);
                 }
                 Event::Done { key, state } => store.set_conversation(key, *state),

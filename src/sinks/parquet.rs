@@ -15,7 +15,10 @@
 //! rebuilt from the committed JSONL.
 
 use std::collections::HashSet;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::mpsc::{SyncSender, sync_channel};
+use std::thread::JoinHandle;
 
 use arrow_array::builder::{
     ArrayBuilder, BooleanBuilder, ListBuilder, StringBuilder, TimestampMicrosecondBuilder,
@@ -136,15 +139,15 @@ impl Columns for MessageColumns {
 
     fn take(&mut self) -> Vec<ArrayRef> {
         vec![
-            Arc::new(self.record_type.finish()),
-            Arc::new(self.message_id.finish()),
-            Arc::new(self.conversation_user_id.finish()),
-            Arc::new(self.account.finish()),
-            Arc::new(self.sender_id.finish()),
-            Arc::new(self.receiver_id.finish()),
+            finish_sized(&mut self.record_type),
+            finish_sized(&mut self.message_id),
+            finish_sized(&mut self.conversation_user_id),
+            finish_sized(&mut self.account),
+            finish_sized(&mut self.sender_id),
+            finish_sized(&mut self.receiver_id),
             Arc::new(self.created_at.finish()),
-            Arc::new(self.message_text.finish()),
-            Arc::new(self.media_url.finish()),
+            finish_sized(&mut self.message_text),
+            finish_sized(&mut self.media_url),
         ]
     }
 
@@ -170,6 +173,16 @@ impl MessageColumns {
         self.message_text.append_option(row.message_text);
         self.media_url.append_option(row.media_url);
     }
+}
+
+/// Finishes a string column and starts the next batch's at the same size:
+/// grown by doubling instead, a text column's buffer would be copied a
+/// dozen times over for every batch.
+fn finish_sized(builder: &mut StringBuilder) -> ArrayRef {
+    let (items, bytes) = (builder.len(), builder.values_slice().len());
+    let array = builder.finish();
+    *builder = StringBuilder::with_capacity(items, bytes);
+    Arc::new(array)
 }
 
 /// Columns of `parquet/sends/`: the send record of SPEC §3.
@@ -303,10 +316,97 @@ fn writer_properties<C: Columns>() -> WriterProperties {
     builder.build()
 }
 
+/// A file the encoder is done with: the object (not yet published), its
+/// SHA-256 and its size.
+type Encoded = (Box<dyn NewObject>, String, u64);
+
+/// A file being written. Its rows are encoded on a thread of its own:
+/// encoding and compressing them costs about as much as the rest of what a
+/// sync's writer does per message, and this way the two overlap. Batches
+/// reach the encoder in order; closing the file waits for it.
 struct OpenFile {
-    writer: ArrowWriter<HashingWriter<Box<dyn NewObject>>>,
+    batches: SyncSender<RecordBatch>,
+    encoder: JoinHandle<Result<Encoded>>,
     rel: String,
+    path: PathBuf,
     rows: u64,
+}
+
+impl OpenFile {
+    fn start(
+        writer: ArrowWriter<HashingWriter<Box<dyn NewObject>>>,
+        rel: String,
+        path: PathBuf,
+    ) -> Result<OpenFile> {
+        // Two batches in flight at most: memory stays bounded when the
+        // encoder falls behind.
+        let (batches, pending) = sync_channel::<RecordBatch>(2);
+        let encoder_path = path.clone();
+        let encoder = std::thread::Builder::new()
+            .name("xquik-dm-parquet".into())
+            .spawn(move || {
+                let mut writer = writer;
+                for batch in pending {
+                    writer
+                        .write(&batch)
+                        .map_err(|e| parquet_error(&encoder_path, e))?;
+                }
+                let hashing = writer
+                    .into_inner()
+                    .map_err(|e| parquet_error(&encoder_path, e))?;
+                Ok(hashing.finish())
+            })
+            .map_err(|e| Error::io(&path, e))?;
+        Ok(OpenFile {
+            batches,
+            encoder,
+            rel,
+            path,
+            rows: 0,
+        })
+    }
+
+    /// Hands a batch to the encoder. An encoder that stopped on an error
+    /// returns that error here, and the file is gone.
+    fn write(open: &mut Option<OpenFile>, batch: RecordBatch) -> Result<()> {
+        let Some(file) = open.as_mut() else {
+            return Ok(());
+        };
+        let rows = batch.num_rows() as u64;
+        if file.batches.send(batch).is_ok() {
+            file.rows += rows;
+            return Ok(());
+        }
+        let Some(file) = open.take() else {
+            return Ok(());
+        };
+        let path = file.path.clone();
+        match file.finish() {
+            Err(e) => Err(e),
+            Ok(_) => Err(Error::io(
+                &path,
+                std::io::Error::other("the Parquet encoder stopped"),
+            )),
+        }
+    }
+
+    /// Waits for the encoder to write the footer: the object (not yet
+    /// published), its SHA-256 and its size.
+    fn finish(self) -> Result<Encoded> {
+        let OpenFile {
+            batches,
+            encoder,
+            path,
+            ..
+        } = self;
+        drop(batches);
+        encoder.join().unwrap_or_else(|_| {
+            Err(Error::io(
+                &path,
+                std::io::Error::other("the Parquet encoder panicked"),
+            ))
+        })
+    }
 }
 
 /// Writes one table's rows of one run into immutable Parquet files.
@@ -371,21 +471,16 @@ impl<C: Columns> ParquetSink<C> {
         if self.open.is_none() {
             self.open = Some(self.start_file()?);
         }
-        let Some(open) = self.open.as_mut() else {
+        let Some(open) = self.open.as_ref() else {
             return Ok(());
         };
-        let path = self.storage.describe(&open.rel);
         let batch = RecordBatch::try_new(C::schema(), batch.columns().to_vec()).map_err(|e| {
             Error::Corrupt {
-                path: path.clone(),
+                path: open.path.clone(),
                 reason: format!("rows of another schema than the {} table's ({e})", C::TABLE),
             }
         })?;
-        open.writer
-            .write(&batch)
-            .map_err(|e| parquet_error(&path, e))?;
-        open.rows += batch.num_rows() as u64;
-        Ok(())
+        OpenFile::write(&mut self.open, batch)
     }
 
     /// Whether the current file is full and should be closed (the caller
@@ -402,10 +497,8 @@ impl<C: Columns> ParquetSink<C> {
         let Some(open) = self.open.take() else {
             return Ok(None);
         };
-        let OpenFile { writer, rel, rows } = open;
-        let path = self.storage.describe(&rel);
-        let hashing = writer.into_inner().map_err(|e| parquet_error(&path, e))?;
-        let (object, sha256, bytes) = hashing.finish();
+        let (rel, rows) = (open.rel.clone(), open.rows);
+        let (object, sha256, bytes) = open.finish()?;
         object.finish()?;
         Ok(Some(WrittenFile {
             path: rel,
@@ -424,35 +517,26 @@ impl<C: Columns> ParquetSink<C> {
         if self.open.is_none() {
             self.open = Some(self.start_file()?);
         }
-        let Some(open) = self.open.as_mut() else {
+        let Some(open) = self.open.as_ref() else {
             return Ok(());
         };
-        let rows = self.columns.len() as u64;
-        let path = self.storage.describe(&open.rel);
         let batch = RecordBatch::try_new(C::schema(), self.columns.take())
-            .map_err(|e| Error::io(&path, std::io::Error::other(e)))?;
-        open.writer
-            .write(&batch)
-            .map_err(|e| parquet_error(&path, e))?;
-        open.rows += rows;
-        Ok(())
+            .map_err(|e| Error::io(&open.path, std::io::Error::other(e)))?;
+        OpenFile::write(&mut self.open, batch)
     }
 
     fn start_file(&mut self) -> Result<OpenFile> {
         self.seq += 1;
         let rel = file_key(&self.rel_dir, &self.run_id, u64::from(self.seq));
         let object = self.storage.create(&rel)?;
+        let path = self.storage.describe(&rel);
         let writer = ArrowWriter::try_new(
             HashingWriter::new(object),
             C::schema(),
             Some(writer_properties::<C>()),
         )
-        .map_err(|e| parquet_error(&self.storage.describe(&rel), e))?;
-        Ok(OpenFile {
-            writer,
-            rel,
-            rows: 0,
-        })
+        .map_err(|e| parquet_error(&path, e))?;
+        OpenFile::start(writer, rel, path)
     }
 }
 
