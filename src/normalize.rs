@@ -91,6 +91,11 @@ pub fn parse_timestamp(raw: &str) -> Option<i64> {
     if raw.is_empty() {
         return None;
     }
+    parse_strict_rfc3339(raw).or_else(|| parse_with_chrono(raw))
+}
+
+/// Every form [`parse_timestamp`] accepts, read by chrono.
+fn parse_with_chrono(raw: &str) -> Option<i64> {
     let parsed = DateTime::parse_from_rfc3339(raw)
         .map(|dt| dt.with_timezone(&Utc))
         .or_else(|_| {
@@ -104,6 +109,81 @@ pub fn parse_timestamp(raw: &str) -> Option<i64> {
         })
         .ok()?;
     Some(parsed.timestamp_micros())
+}
+
+/// The shape almost every API timestamp has, `YYYY-MM-DDTHH:MM:SS`, an
+/// optional fraction of 1-9 digits, then `Z` or `±HH:MM`, read with integer
+/// arithmetic (a sync reads one per message). `None` for anything else,
+/// valid or not: chrono decides those (a property test holds the two
+/// equal wherever this one answers).
+fn parse_strict_rfc3339(raw: &str) -> Option<i64> {
+    let b = raw.as_bytes();
+    let num = |from: usize, to: usize| -> Option<i64> {
+        b.get(from..to)?.iter().try_fold(0i64, |n, &c| {
+            c.is_ascii_digit().then(|| n * 10 + i64::from(c - b'0'))
+        })
+    };
+    let at = |i: usize, c: u8| b.get(i) == Some(&c);
+    if !(at(4, b'-') && at(7, b'-') && at(10, b'T') && at(13, b':') && at(16, b':')) {
+        return None;
+    }
+    let (year, month, day) = (num(0, 4)?, num(5, 7)?, num(8, 10)?);
+    let (hour, minute, second) = (num(11, 13)?, num(14, 16)?, num(17, 19)?);
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    let month_days = match month {
+        2 if leap => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        1..=12 => 31,
+        _ => return None,
+    };
+    if !(1..=month_days).contains(&day) || hour > 23 || minute > 59 || second > 59 {
+        return None;
+    }
+    let mut end = 19;
+    let mut micros = 0;
+    if at(19, b'.') {
+        let digits = b
+            .get(20..)?
+            .iter()
+            .take_while(|c| c.is_ascii_digit())
+            .count();
+        if !(1..=9).contains(&digits) {
+            return None;
+        }
+        end = 20 + digits;
+        let nanos = num(20, end)? * 10i64.pow(9 - digits as u32);
+        micros = nanos / 1_000;
+    }
+    let offset = match b.get(end..)? {
+        b"Z" => 0,
+        [sign @ (b'+' | b'-'), _, _, b':', _, _] => {
+            let (h, m) = (num(end + 1, end + 3)?, num(end + 4, end + 6)?);
+            if h > 23 || m > 59 {
+                return None;
+            }
+            if *sign == b'-' {
+                -(h * 3600 + m * 60)
+            } else {
+                h * 3600 + m * 60
+            }
+        }
+        _ => return None,
+    };
+    let seconds =
+        days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second - offset;
+    Some(seconds * 1_000_000 + micros)
+}
+
+/// Days from 1970-01-01 to a proleptic Gregorian date (H. Hinnant's
+/// `days_from_civil`), the inverse of [`civil_from_days`].
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let yoe = year.rem_euclid(400);
+    let doy = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
 }
 
 /// Appends `micros` as [`format_micros`] does, in quotes, without an
@@ -327,6 +407,25 @@ mod tests {
                 String::from_utf8(out).unwrap(),
                 format!("\"{}\"", format_micros(micros).unwrap())
             );
+        }
+
+        #[test]
+        fn strict_timestamps_are_read_as_chrono_reads_them(
+            raw in "[0-9]{4}-[01][0-9]-[0-3][0-9]T[0-2][0-9]:[0-6][0-9]:[0-6][0-9](\\.[0-9]{1,11})?(Z|z|[+-][0-2][0-9]:[0-6][0-9])",
+        ) {
+            if let Some(micros) = parse_strict_rfc3339(&raw) {
+                proptest::prop_assert_eq!(Some(micros), parse_with_chrono(&raw), "{}", raw);
+            }
+            proptest::prop_assert_eq!(parse_timestamp(&raw), parse_with_chrono(&raw));
+        }
+
+        #[test]
+        fn written_timestamps_read_back(micros in -62_167_219_200_000_000i64..253_402_300_800_000_000) {
+            let mut out = Vec::new();
+            proptest::prop_assert!(write_rfc3339(&mut out, micros));
+            let text = String::from_utf8(out).unwrap();
+            let inner = text.trim_matches('"');
+            proptest::prop_assert_eq!(parse_strict_rfc3339(inner), Some(micros));
         }
 
         #[test]

@@ -133,8 +133,10 @@ impl HistoryRowRef<'_> {
     }
 }
 
-/// Appends `s` as a JSON string, escaped exactly as `serde_json` does. The
-/// common case (nothing to escape) is found a chunk at a time and copied.
+/// Appends `s` as a JSON string, escaped exactly as `serde_json` does (a
+/// property test holds the two equal). Clean runs are found 16 bytes at a
+/// time and copied whole; only a chunk holding an escape is read byte by
+/// byte.
 pub fn json_str(out: &mut Vec<u8>, s: &str) {
     /// Whether a byte must be escaped in a JSON string (serde_json escapes
     /// exactly these).
@@ -142,18 +144,42 @@ pub fn json_str(out: &mut Vec<u8>, s: &str) {
         b < 0x20 || b == b'"' || b == b'\\'
     }
     let bytes = s.as_bytes();
-    let mut chunks = bytes.chunks_exact(16);
-    // No early exit inside a chunk, so the compiler can check it at once.
-    let clean = chunks.all(|c| !c.iter().fold(false, |a, &b| a | escaped(b)))
-        && !chunks.remainder().iter().any(|&b| escaped(b));
-    if clean {
-        out.reserve(bytes.len() + 2);
-        out.push(b'"');
-        out.extend_from_slice(bytes);
-        out.push(b'"');
-    } else {
-        // Writing a `str` into a `Vec` cannot fail.
-        let _ = serde_json::to_writer(&mut *out, s);
+    out.reserve(bytes.len() + 2);
+    out.push(b'"');
+    let mut copied = 0;
+    let mut at = 0;
+    for chunk in bytes.chunks(16) {
+        // No early exit inside a chunk, so the compiler checks it at once.
+        if chunk.iter().fold(false, |a, &b| a | escaped(b)) {
+            for (i, &b) in chunk.iter().enumerate() {
+                if escaped(b) {
+                    out.extend_from_slice(bytes.get(copied..at + i).unwrap_or_default());
+                    escape(out, b);
+                    copied = at + i + 1;
+                }
+            }
+        }
+        at += chunk.len();
+    }
+    out.extend_from_slice(bytes.get(copied..).unwrap_or_default());
+    out.push(b'"');
+}
+
+/// The escape `serde_json` writes for a byte that needs one.
+fn escape(out: &mut Vec<u8>, b: u8) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    match b {
+        b'"' => out.extend_from_slice(b"\\\""),
+        b'\\' => out.extend_from_slice(b"\\\\"),
+        b'\n' => out.extend_from_slice(b"\\n"),
+        b'\r' => out.extend_from_slice(b"\\r"),
+        b'\t' => out.extend_from_slice(b"\\t"),
+        0x08 => out.extend_from_slice(b"\\b"),
+        0x0c => out.extend_from_slice(b"\\f"),
+        _ => {
+            let hex = |n: u8| HEX.get(usize::from(n & 0xf)).copied().unwrap_or(b'0');
+            out.extend_from_slice(&[b'\\', b'u', b'0', b'0', hex(b >> 4), hex(b)]);
+        }
     }
 }
 

@@ -42,7 +42,7 @@ pub struct UserProfile {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct HistoryPage<'a> {
     /// The page's messages; order inside a page is not promised.
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "messages")]
     pub messages: Vec<WireMessage<'a>>,
     /// Whether an older page exists.
     #[serde(default)]
@@ -308,6 +308,28 @@ fn lenient_id<'de, D: Deserializer<'de>>(d: D) -> Result<Cow<'de, str>, D::Error
         }
     }
     d.deserialize_any(LenientId)
+}
+
+/// A page's messages, with room for a full page from the start (a
+/// message is about 150 bytes: growing the list by doubling would move
+/// every page's messages a few times over).
+fn messages<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<WireMessage<'de>>, D::Error> {
+    struct Messages;
+    impl<'de> Visitor<'de> for Messages {
+        type Value = Vec<WireMessage<'de>>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a list of messages")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            const PAGE: usize = 100;
+            let mut messages = Vec::with_capacity(seq.size_hint().unwrap_or(PAGE).min(PAGE));
+            while let Some(message) = seq.next_element()? {
+                messages.push(message);
+            }
+            Ok(messages)
+        }
+    }
+    d.deserialize_seq(Messages)
 }
 
 /// A string, borrowed when it had no escape.
