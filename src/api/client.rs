@@ -19,6 +19,8 @@ use serde::de::DeserializeOwned;
 
 use super::pace::{Limits, Pacer};
 use super::retry::{self, Decision, RetryPolicy};
+use bytes::Bytes;
+
 use super::types::{ErrorBody, HistoryPage, PageError, SendDmRequest, UserProfile, WriteResponse};
 use super::{Account, Endpoint, IdempotencyKey, UserRef};
 use crate::error::{ApiError, Error, Result};
@@ -113,7 +115,7 @@ pub struct Reply<T> {
 /// A history page's answer as received. Read it with [`PageBody::page`]:
 /// the page borrows its strings from these bytes.
 #[derive(Debug, Clone)]
-pub struct PageBody(Vec<u8>);
+pub struct PageBody(Bytes);
 
 impl PageBody {
     /// The page the body holds.
@@ -130,7 +132,7 @@ impl PageBody {
 
 impl From<Vec<u8>> for PageBody {
     fn from(body: Vec<u8>) -> PageBody {
-        PageBody(body)
+        PageBody(body.into())
     }
 }
 
@@ -438,7 +440,7 @@ impl Client {
         account: Option<&Account>,
         key: Option<&IdempotencyKey>,
         make: F,
-    ) -> Result<Reply<Vec<u8>>>
+    ) -> Result<Reply<Bytes>>
     where
         F: Fn() -> reqwest::RequestBuilder,
     {
@@ -515,7 +517,7 @@ impl Client {
         &self,
         endpoint: Endpoint,
         req: reqwest::RequestBuilder,
-    ) -> std::result::Result<(Vec<u8>, CallMeta), (Error, Option<Duration>)> {
+    ) -> std::result::Result<(Bytes, CallMeta), (Error, Option<Duration>)> {
         let resp = req
             .send()
             .await
@@ -617,7 +619,7 @@ async fn read_capped(
     mut resp: reqwest::Response,
     endpoint: Endpoint,
     cap: u64,
-) -> std::result::Result<Vec<u8>, (Error, Option<Duration>)> {
+) -> std::result::Result<Bytes, (Error, Option<Duration>)> {
     let too_large = || {
         (
             Error::Decode {
@@ -633,19 +635,27 @@ async fn read_capped(
     if resp.content_length().is_some_and(|n| n > cap) {
         return Err(too_large());
     }
-    // Sized from the header, but never more than a page is worth up front.
-    let mut body = Vec::with_capacity(resp.content_length().unwrap_or(0).min(4 << 20) as usize);
+    // Chunks are kept as they arrive and joined once: an answer that comes
+    // in one chunk (most, once the connection's read buffer has grown) is
+    // never copied.
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut len = 0u64;
     while let Some(chunk) = resp
         .chunk()
         .await
         .map_err(|e| (transport(endpoint, &e), None))?
     {
-        if body.len() as u64 + chunk.len() as u64 > cap {
+        len += chunk.len() as u64;
+        if len > cap {
             return Err(too_large());
         }
-        body.extend_from_slice(&chunk);
+        chunks.push(chunk);
     }
-    Ok(body)
+    Ok(match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.pop().unwrap_or_default(),
+        _ => chunks.concat().into(),
+    })
 }
 
 fn header_str<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
