@@ -576,7 +576,20 @@ impl std::fmt::Display for BenchReport {
         let page_bound = self.new_messages + self.conversations * self.page_size as u64;
         let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
         writeln!(f)?;
-        writeln!(f, "full sync / fetch-only: {:.0}%", ratio * 100.0)?;
+        writeln!(
+            f,
+            "full sync / fetch-only: {:.0}% (target >= 60%: {}; the first target, >= 80%: {})",
+            ratio * 100.0,
+            verdict(ratio >= 0.6),
+            verdict(ratio >= 0.8)
+        )?;
+        let per_million = |x: &Figures| x.cpu_s / (x.messages.max(1) as f64) * 1e6;
+        writeln!(
+            f,
+            "CPU per million messages: fetch-only {:.2} s, full sync {:.2} s (scripts/bench-ab.sh compares with an earlier commit)",
+            per_million(&self.fetch_only),
+            per_million(&self.full_sync)
+        )?;
         if let Some(x) = &self.bucket_sync {
             let share = x.messages_per_s / self.full_sync.messages_per_s.max(1e-9);
             writeln!(
@@ -589,9 +602,8 @@ impl std::fmt::Display for BenchReport {
         }
         writeln!(
             f,
-            "targets: sync >= 250,000 msg/s: {}; >= 80% of fetch-only: {}; peak RSS <= 150 MB: {}; incremental <= 2 s: {}; incremental credits {} <= new {} + one page per conversation ({}): {}",
+            "targets: sync >= 250,000 msg/s: {}; peak RSS <= 150 MB: {}; incremental <= 2 s: {}; incremental credits {} <= new {} + one page per conversation ({}): {}",
             verdict(self.full_sync.messages_per_s >= 250_000.0),
-            verdict(ratio >= 0.8),
             verdict(self.full_sync.peak_rss_mb <= 150.0),
             verdict(self.incremental.wall_s <= 2.0),
             self.incremental.credits,
