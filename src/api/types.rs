@@ -267,14 +267,15 @@ fn lenient_id<'de, D: Deserializer<'de>>(d: D) -> Result<Cow<'de, str>, D::Error
         fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
             f.write_str("an ID")
         }
-        fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
-            Ok(Cow::Borrowed(v))
+        // A string is kept as it is, as any text is.
+        fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+            Text.visit_borrowed_str(v)
         }
-        fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
-            Ok(Cow::Owned(v.to_owned()))
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Text.visit_str(v)
         }
-        fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
-            Ok(Cow::Owned(v))
+        fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Self::Value, E> {
+            Text.visit_string(v)
         }
         fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
             Ok(Cow::Owned(v.to_string()))
