@@ -549,8 +549,8 @@ impl Store {
         }
         let lines = batch.lines();
         self.jsonl.append(lines, batch.len() as u64)?;
-        self.messages.push_history(batch)?;
         for row in batch.rows() {
+            self.messages.push_ref(&row)?;
             self.rows
                 .push_row("history", row.conversation_user_id, row.message_id)?;
         }

@@ -32,7 +32,7 @@ use parquet::schema::types::ColumnPath;
 
 use super::{HashingWriter, WrittenFile};
 use crate::error::{Error, Result};
-use crate::records::{HistoryBatch, HistoryRow, HistoryRowRef, SendRow};
+use crate::records::{HistoryRow, HistoryRowRef, SendRow};
 use crate::storage::{Backend, NewObject, Storage, file_name, is_temporary};
 
 /// Rows per row group: large enough for warehouse scans, small enough that
@@ -288,11 +288,9 @@ impl Columns for SendColumns {
 }
 
 impl ParquetSink<MessageColumns> {
-    /// Adds a batch's rows.
-    pub fn push_history(&mut self, batch: &HistoryBatch) -> Result<()> {
-        for row in batch.rows() {
-            self.columns.push_ref(&row);
-        }
+    /// Adds a history row whose strings live elsewhere (a page's batch).
+    pub fn push_ref(&mut self, row: &HistoryRowRef<'_>) -> Result<()> {
+        self.columns.push_ref(row);
         if self.columns.len() >= BATCH_ROWS {
             self.write_pending()?;
         }
