@@ -28,6 +28,15 @@ pub fn cmp_ids(a: &str, b: &str) -> Ordering {
     IdKey::of(a).cmp(&IdKey::of(b))
 }
 
+/// The oldest (smallest) of some IDs by [`cmp_ids`], the first one among
+/// equals; each ID is read once.
+pub fn oldest_id<'a>(ids: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    ids.into_iter()
+        .map(|id| (IdKey::of(id), id))
+        .min_by(|a, b| a.0.cmp(&b.0))
+        .map(|(_, id)| id)
+}
+
 /// An ID read once for ordering as [`cmp_ids`] does: admitting a message
 /// compares its ID up to four times, and a sync admits millions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -210,44 +210,41 @@ pub fn write_rfc3339(out: &mut Vec<u8>, micros: i64) -> bool {
         micros.rem_euclid(86_400_000_000),
     );
     let (year, month, day) = civil_from_days(days);
-    let seconds = micros_of_day / 1_000_000;
+    let seconds = (micros_of_day / 1_000_000) as u32;
     let fraction = (micros_of_day % 1_000_000) as u32;
-    out.push(b'"');
-    digits(out, year as u32, 4);
-    out.push(b'-');
-    digits(out, month, 2);
-    out.push(b'-');
-    digits(out, day, 2);
-    out.push(b'T');
-    digits(out, (seconds / 3600) as u32, 2);
-    out.push(b':');
-    digits(out, (seconds / 60 % 60) as u32, 2);
-    out.push(b':');
-    digits(out, (seconds % 60) as u32, 2);
+    let year = year as u32;
+    let [y0, y1] = two_digits(year / 100);
+    let [y2, y3] = two_digits(year % 100);
+    let [mo0, mo1] = two_digits(month);
+    let [d0, d1] = two_digits(day);
+    let [h0, h1] = two_digits(seconds / 3600);
+    let [mi0, mi1] = two_digits(seconds / 60 % 60);
+    let [s0, s1] = two_digits(seconds % 60);
+    // One append for the fixed part, not one per field.
+    out.extend_from_slice(&[
+        b'"', y0, y1, y2, y3, b'-', mo0, mo1, b'-', d0, d1, b'T', h0, h1, b':', mi0, mi1, b':', s0,
+        s1,
+    ]);
     // chrono's `SecondsFormat::AutoSi`: as many digits as the value needs,
     // in steps of three.
-    if fraction != 0 {
-        out.push(b'.');
-        if fraction.is_multiple_of(1_000) {
-            digits(out, fraction / 1_000, 3);
-        } else {
-            digits(out, fraction, 6);
-        }
+    if fraction == 0 {
+        out.extend_from_slice(b"Z\"");
+    } else if fraction.is_multiple_of(1_000) {
+        let millis = fraction / 1_000;
+        let [a, b] = two_digits(millis / 10);
+        out.extend_from_slice(&[b'.', a, b, b'0' + (millis % 10) as u8, b'Z', b'"']);
+    } else {
+        let [a, b] = two_digits(fraction / 10_000);
+        let [c, d] = two_digits(fraction / 100 % 100);
+        let [e, f] = two_digits(fraction % 100);
+        out.extend_from_slice(&[b'.', a, b, c, d, e, f, b'Z', b'"']);
     }
-    out.extend_from_slice(b"Z\"");
     true
 }
 
-/// `value`'s last `width` (at most 9) decimal digits.
-fn digits(out: &mut Vec<u8>, mut value: u32, width: usize) {
-    let mut buf = [b'0'; 9];
-    if let Some(slots) = buf.get_mut(..width) {
-        for slot in slots.iter_mut().rev() {
-            *slot = b'0' + (value % 10) as u8;
-            value /= 10;
-        }
-        out.extend_from_slice(slots);
-    }
+/// The two last decimal digits of `value`.
+fn two_digits(value: u32) -> [u8; 2] {
+    [b'0' + (value / 10 % 10) as u8, b'0' + (value % 10) as u8]
 }
 
 /// The proleptic Gregorian (year, month, day) of a day count from

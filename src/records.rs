@@ -143,23 +143,45 @@ pub fn json_str(out: &mut Vec<u8>, s: &str) {
     fn escaped(b: u8) -> bool {
         b < 0x20 || b == b'"' || b == b'\\'
     }
+    /// Copies what is clean before each escape in `part` (at `at` in
+    /// `bytes`), then the escape.
+    fn escape_part(out: &mut Vec<u8>, bytes: &[u8], copied: &mut usize, at: usize, part: &[u8]) {
+        for (i, &b) in part.iter().enumerate() {
+            if escaped(b) {
+                out.extend_from_slice(bytes.get(*copied..at + i).unwrap_or_default());
+                escape(out, b);
+                *copied = at + i + 1;
+            }
+        }
+    }
     let bytes = s.as_bytes();
     out.reserve(bytes.len() + 2);
     out.push(b'"');
     let mut copied = 0;
     let mut at = 0;
-    for chunk in bytes.chunks(16) {
-        // No early exit inside a chunk, so the compiler checks it at once.
-        if chunk.iter().fold(false, |a, &b| a | escaped(b)) {
-            for (i, &b) in chunk.iter().enumerate() {
-                if escaped(b) {
-                    out.extend_from_slice(bytes.get(copied..at + i).unwrap_or_default());
-                    escape(out, b);
-                    copied = at + i + 1;
-                }
-            }
+    let dirty = |chunk: &[u8; 16]| chunk.iter().fold(false, |a, &b| a | escaped(b));
+    let mut chunks = bytes.chunks_exact(16);
+    for chunk in &mut chunks {
+        // A whole chunk at once, without an early exit: vector compares.
+        if <&[u8; 16]>::try_from(chunk).is_ok_and(dirty) {
+            escape_part(out, bytes, &mut copied, at, chunk);
         }
         at += chunk.len();
+    }
+    // The tail within the string's last 16 bytes, checked the same way
+    // (its start was checked already); a short string byte by byte.
+    let tail = chunks.remainder();
+    let last = bytes
+        .len()
+        .checked_sub(16)
+        .and_then(|from| bytes.get(from..))
+        .and_then(|last| <&[u8; 16]>::try_from(last).ok());
+    let dirty_tail = match last {
+        Some(last) => !tail.is_empty() && dirty(last),
+        None => tail.iter().any(|&b| escaped(b)),
+    };
+    if dirty_tail {
+        escape_part(out, bytes, &mut copied, at, tail);
     }
     out.extend_from_slice(bytes.get(copied..).unwrap_or_default());
     out.push(b'"');

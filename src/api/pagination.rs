@@ -22,7 +22,7 @@ use std::collections::HashSet;
 
 use serde::{Deserialize, Serialize};
 
-use crate::dedupe::cmp_ids;
+use crate::dedupe::{cmp_ids, oldest_id};
 
 /// Why a scan of a conversation stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -104,7 +104,7 @@ impl PageGuard {
         has_next_page: bool,
         next_cursor: &str,
     ) -> Next {
-        let oldest_on_page = ids.into_iter().min_by(|a, b| cmp_ids(a, b));
+        let oldest_on_page = oldest_id(ids);
         let older = match (oldest_on_page, &self.oldest) {
             (None, _) => false,
             (Some(id), None) => {
