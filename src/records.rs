@@ -251,6 +251,13 @@ impl HistoryBatch {
         self.lines.clear();
     }
 
+    /// The bytes its buffers hold room for.
+    pub fn capacity(&self) -> usize {
+        self.strings.capacity()
+            + self.lines.capacity()
+            + self.rows.capacity() * std::mem::size_of::<BatchRow>()
+    }
+
     /// Makes room for `rows` more rows of about `bytes` bytes of text.
     pub fn reserve(&mut self, rows: usize, bytes: usize) {
         self.strings.reserve(bytes);

@@ -320,8 +320,7 @@ struct Run {
     /// page request, since a page's cost is only known once it is served.
     page_estimate: AtomicU64,
     /// Batches the writer is done with, for the tasks to fill again: a page
-    /// buffer is then allocated once per run rather than once per page
-    /// (and never freed on another thread than the one that allocated it).
+    /// buffer is then allocated once per run rather than once per page.
     spare_batches: Mutex<Vec<HistoryBatch>>,
     credits: Mutex<BTreeMap<Endpoint, u64>>,
     retries: AtomicU64,
@@ -358,8 +357,13 @@ impl Run {
 
     /// Takes back a batch the writer is done with.
     fn spare_batch(&self, mut batch: HistoryBatch) {
-        // As many as can be in flight at once; more would only hold memory.
+        // As many as can be in flight at once, and none grown by an
+        // unusually large page: more would only hold memory.
         const SPARE: usize = 128;
+        const SPARE_BYTES: usize = 1 << 20;
+        if batch.capacity() > SPARE_BYTES {
+            return;
+        }
         let mut spare = self.spare_batches.lock().unwrap_or_else(|p| p.into_inner());
         if spare.len() < SPARE {
             batch.clear();
