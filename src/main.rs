@@ -37,7 +37,7 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(&xquik_dm::Error::io("<tokio runtime>", e)),
     };
-    match runtime.block_on(commands::execute(config.command)) {
+    match runtime.block_on(config.invocation.run()) {
         Ok(report) => {
             let mut stdout = std::io::stdout().lock();
             if let Err(e) = report.write_to(&mut stdout) {

@@ -17,12 +17,156 @@ pub mod verify;
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::path::PathBuf;
+use std::time::SystemTime;
 
-use crate::api::client::Client;
+use crate::api::UserRef;
+use crate::api::client::{Client, ClientConfig};
 use crate::api::types::UserProfile;
-use crate::cli::Command;
+use crate::audit::AuditKey;
 use crate::error::{Error, Result};
 use crate::metrics::{AccountFigures, RunMetrics};
+use crate::storage::Location;
+
+/// A validated command: what `cli` builds from the command line, in
+/// library types only.
+#[derive(Debug)]
+pub enum Command {
+    /// `sync`.
+    Sync(Recorded<sync::SyncOptions>),
+    /// `send`.
+    Send(Recorded<send::SendOptions>),
+    /// `verify`.
+    Verify {
+        /// The folder or bucket.
+        dir: Location,
+        /// Signature key.
+        key: Option<AuditKey>,
+        /// Chain head that must still be in the chain.
+        expect_head: Option<String>,
+        /// Check only what came after this chain head.
+        since: Option<String>,
+        /// Report as JSON.
+        json: bool,
+    },
+    /// `load`.
+    Load {
+        /// The folder or bucket.
+        from: Location,
+        /// The database.
+        to: String,
+        /// Report as JSON.
+        json: bool,
+    },
+    /// `report`.
+    Report {
+        /// The folder or bucket.
+        dir: Location,
+        /// Where the HTML page goes.
+        html: Option<PathBuf>,
+        /// Report as JSON.
+        json: bool,
+    },
+    /// `compact`.
+    Compact {
+        /// The folder.
+        out: Location,
+        /// Files a partition needs to be merged.
+        min_files: usize,
+        /// Report as JSON.
+        json: bool,
+    },
+    /// `rebuild`.
+    Rebuild {
+        /// The folder.
+        out: Location,
+        /// Report as JSON.
+        json: bool,
+    },
+    /// `lookup`.
+    Lookup {
+        /// How to reach the API.
+        api: ClientConfig,
+        /// Who to look up.
+        user: UserRef,
+    },
+    /// `mock`.
+    Mock(mock::MockOptions),
+    /// `bench`.
+    Bench {
+        /// Options.
+        options: bench::BenchOptions,
+        /// Report as JSON.
+        json: bool,
+    },
+    /// `bench --latency`.
+    Latency {
+        /// Conversations per account.
+        conversations: u64,
+        /// Messages per conversation.
+        messages: u64,
+        /// Page size.
+        page_size: usize,
+        /// Where the folders go.
+        work_dir: Option<PathBuf>,
+        /// Report as JSON.
+        json: bool,
+    },
+    /// `bench --longevity`.
+    Longevity {
+        /// Runs.
+        runs: u64,
+        /// Where the folder goes.
+        work_dir: Option<PathBuf>,
+        /// Report as JSON.
+        json: bool,
+    },
+    /// `bench-fetch`.
+    BenchFetch {
+        /// How to reach the API.
+        api: ClientConfig,
+        /// Conversations.
+        conversations: u64,
+        /// Concurrency.
+        concurrency: usize,
+    },
+    /// `demo`.
+    Demo {
+        /// Output folder.
+        out: Option<PathBuf>,
+    },
+}
+
+/// A run whose outcome may go to a metrics file (`sync`, `send`).
+#[derive(Debug)]
+pub struct Recorded<O> {
+    /// Everything the run needs.
+    pub options: O,
+    /// Report as JSON.
+    pub json: bool,
+    /// Where to write the run's metrics.
+    pub metrics_file: Option<PathBuf>,
+}
+
+impl<O> Recorded<O> {
+    /// Runs `run` on the options, then writes the metrics file when one was
+    /// asked for, from the report (through `of`) or the error. Returns the
+    /// report and whether to print it as JSON.
+    async fn record<T, F>(
+        self,
+        command: &'static str,
+        run: impl FnOnce(O) -> F,
+        of: impl FnOnce(&T, SystemTime) -> RunMetrics,
+    ) -> Result<(T, bool)>
+    where
+        F: Future<Output = Result<T>>,
+    {
+        let started = SystemTime::now();
+        let result = run(self.options).await;
+        record_metrics(self.metrics_file.as_deref(), command, started, &result, of)?;
+        Ok((result?, self.json))
+    }
+}
 
 /// What a command produced, for `main` to print.
 #[derive(Debug)]
@@ -192,162 +336,137 @@ fn write_report<T: serde::Serialize + std::fmt::Display>(
 /// Runs a validated command.
 pub async fn execute(command: Command) -> Result<Report> {
     match command {
-        Command::Sync {
-            options,
-            json,
-            metrics_file,
-        } => {
-            let started = std::time::SystemTime::now();
-            let result = sync::run(options).await;
-            record_metrics(
-                metrics_file.as_deref(),
-                "sync",
-                started,
-                &result,
-                sync_metrics,
-            )?;
-            Ok(Report::Sync {
-                report: Box::new(result?),
-                json,
-            })
-        }
-        Command::Bench { options, json } => {
-            let report = tokio::task::spawn_blocking(move || bench::run(&options))
-                .await
-                .map_err(|e| Error::io("<bench>", std::io::Error::other(e)))??;
-            Ok(Report::Bench { report, json })
-        }
-        Command::BenchFetch {
-            api,
-            conversations,
-            concurrency,
-        } => {
-            let (messages, pages) =
-                bench::fetch_only(Client::new(api)?, conversations, concurrency).await?;
-            Ok(Report::BenchFetch { messages, pages })
-        }
-        Command::Send {
-            options,
-            json,
-            metrics_file,
-        } => {
-            let started = std::time::SystemTime::now();
-            let result = send::run(options).await;
-            record_metrics(
-                metrics_file.as_deref(),
-                "send",
-                started,
-                &result,
-                send_metrics,
-            )?;
-            Ok(Report::Send {
-                report: Box::new(result?),
-                json,
-            })
-        }
+        Command::Sync(run) => run_sync(run).await,
+        Command::Send(run) => run_send(run).await,
         Command::Verify {
             dir,
             key,
             expect_head,
             since,
             json,
-        } => {
-            let report = tokio::task::spawn_blocking(move || {
-                verify::run_since(dir, key.as_ref(), expect_head.as_deref(), since.as_deref())
-            })
-            .await
-            .map_err(|e| Error::io("<verify>", std::io::Error::other(e)))??;
-            Ok(Report::Verify { report, json })
+        } => run_verify(dir, key, expect_head, since, json).await,
+        Command::Report { dir, html, json } => {
+            blocking("<report>", move || report::run(&dir, html.as_deref()))
+                .await
+                .map(|written| Report::Report { written, json })
         }
+        Command::Load { from, to, json } => {
+            let report = load::run(&from, &to).await?;
+            Ok(Report::Load { report, json })
+        }
+        Command::Compact {
+            out,
+            min_files,
+            json,
+        } => blocking("<compact>", move || compact::run(&out, min_files))
+            .await
+            .map(|report| Report::Compact { report, json }),
+        Command::Lookup { api, user } => {
+            let client = Client::new(api)?;
+            Ok(Report::Lookup(lookup::run(&client, &user).await?))
+        }
+        Command::Rebuild { out, json } => blocking("<rebuild>", move || rebuild::run(&out))
+            .await
+            .map(|report| Report::Rebuild { report, json }),
+        Command::Mock(options) => mock::run(options).await.map(|()| Report::MockStopped),
+        Command::Bench { options, json } => blocking("<bench>", move || bench::run(&options))
+            .await
+            .map(|report| Report::Bench { report, json }),
+        Command::BenchFetch {
+            api,
+            conversations,
+            concurrency,
+        } => run_bench_fetch(api, conversations, concurrency).await,
         Command::Latency {
             conversations,
             messages,
             page_size,
             work_dir,
             json,
-        } => {
-            let report = tokio::task::spawn_blocking(move || {
-                latency::run(conversations, messages, page_size, work_dir.as_deref())
-            })
-            .await
-            .map_err(|e| Error::io("<bench>", std::io::Error::other(e)))??;
-            Ok(Report::Latency { report, json })
-        }
+        } => run_latency(conversations, messages, page_size, work_dir, json).await,
         Command::Longevity {
             runs,
             work_dir,
             json,
-        } => Ok(Report::Longevity {
-            report: longevity::run(runs, work_dir).await?,
-            json,
-        }),
-        Command::Load { from, to, json } => Ok(Report::Load {
-            report: load::run(&from, &to).await?,
-            json,
-        }),
-        Command::Report { dir, html, json } => {
-            let written = tokio::task::spawn_blocking(move || report::run(&dir, html.as_deref()))
-                .await
-                .map_err(|e| Error::io("<report>", std::io::Error::other(e)))??;
-            Ok(Report::Report { written, json })
+        } => longevity::run(runs, work_dir)
+            .await
+            .map(|report| Report::Longevity { report, json }),
+        Command::Demo { out } => {
+            let report = demo::run(out.map(crate::storage::Location::from)).await?;
+            Ok(Report::Demo(Box::new(report)))
         }
-        Command::Compact {
-            out,
-            min_files,
-            json,
-        } => {
-            let report = tokio::task::spawn_blocking(move || compact::run(&out, min_files))
-                .await
-                .map_err(|e| Error::io("<compact>", std::io::Error::other(e)))??;
-            Ok(Report::Compact { report, json })
-        }
-        Command::Rebuild { out, json } => {
-            let report = tokio::task::spawn_blocking(move || rebuild::run(&out))
-                .await
-                .map_err(|e| Error::io("<rebuild>", std::io::Error::other(e)))??;
-            Ok(Report::Rebuild { report, json })
-        }
-        Command::Lookup { api, user } => {
-            let client = Client::new(api)?;
-            Ok(Report::Lookup(lookup::run(&client, &user).await?))
-        }
-        Command::Mock(options) => {
-            mock::run(options).await?;
-            Ok(Report::MockStopped)
-        }
-        Command::Completions { shell } => {
-            let mut script = Vec::new();
-            clap_complete::generate(
-                shell,
-                &mut crate::cli::Args::clap_command(),
-                "xquik-dm",
-                &mut script,
-            );
-            Ok(Report::Text(script))
-        }
-        Command::Man { dir } => {
-            let cmd = crate::cli::Args::clap_command();
-            match dir {
-                Some(dir) => {
-                    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-                    clap_mangen::generate_to(cmd, &dir).map_err(|e| Error::io(&dir, e))?;
-                    Ok(Report::Text(
-                        format!("man pages written to {}\n", dir.display()).into_bytes(),
-                    ))
-                }
-                None => {
-                    let mut page = Vec::new();
-                    clap_mangen::Man::new(cmd)
-                        .render(&mut page)
-                        .map_err(|e| Error::io("<man page>", e))?;
-                    Ok(Report::Text(page))
-                }
-            }
-        }
-        Command::Demo { out } => Ok(Report::Demo(Box::new(
-            demo::run(out.map(crate::storage::Location::from)).await?,
-        ))),
     }
+}
+
+/// `sync`, its outcome written to the metrics file when one was asked for.
+async fn run_sync(run: Recorded<sync::SyncOptions>) -> Result<Report> {
+    let (report, json) = run.record("sync", sync::run, sync_metrics).await?;
+    Ok(Report::Sync {
+        report: Box::new(report),
+        json,
+    })
+}
+
+/// `send`, its outcome written to the metrics file when one was asked for.
+async fn run_send(run: Recorded<send::SendOptions>) -> Result<Report> {
+    let (report, json) = run.record("send", send::run, send_metrics).await?;
+    Ok(Report::Send {
+        report: Box::new(report),
+        json,
+    })
+}
+
+/// `verify`, on the blocking pool: it reads every file of the folder.
+async fn run_verify(
+    dir: Location,
+    key: Option<AuditKey>,
+    expect_head: Option<String>,
+    since: Option<String>,
+    json: bool,
+) -> Result<Report> {
+    let report = blocking("<verify>", move || {
+        verify::run_since(dir, key.as_ref(), expect_head.as_deref(), since.as_deref())
+    })
+    .await?;
+    Ok(Report::Verify { report, json })
+}
+
+/// `bench --latency`, on the blocking pool: it drives a mock process and
+/// syncs of its own.
+async fn run_latency(
+    conversations: u64,
+    messages: u64,
+    page_size: usize,
+    work_dir: Option<PathBuf>,
+    json: bool,
+) -> Result<Report> {
+    let report = blocking("<bench>", move || {
+        latency::run(conversations, messages, page_size, work_dir.as_deref())
+    })
+    .await?;
+    Ok(Report::Latency { report, json })
+}
+
+/// `bench-fetch`: the synthetic world paged through a client of its own.
+async fn run_bench_fetch(
+    api: ClientConfig,
+    conversations: u64,
+    concurrency: usize,
+) -> Result<Report> {
+    let (messages, pages) =
+        bench::fetch_only(Client::new(api)?, conversations, concurrency).await?;
+    Ok(Report::BenchFetch { messages, pages })
+}
+
+/// Runs `work` on tokio's blocking pool. A task that panicked or was
+/// cancelled is an I/O error on `what` (`<verify>`, `<bench>`, ...).
+async fn blocking<T: Send + 'static>(
+    what: &'static str,
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| Error::io(what, std::io::Error::other(e)))?
 }
 
 /// The metrics of a sync run.

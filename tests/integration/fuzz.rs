@@ -10,7 +10,8 @@ use proptest::prelude::*;
 use serde_json::Value;
 use xquik_dm::api::types::{ErrorBody, HistoryPage};
 use xquik_dm::checkpoint::Checkpoint;
-use xquik_dm::cli::{JobFile, parse_batch};
+use xquik_dm::cli::job::JobFile;
+use xquik_dm::cli::send::parse_batch;
 use xquik_dm::storage::Backend;
 use xquik_dm::storage::local::LocalDir;
 

@@ -1,0 +1,139 @@
+//! The options of `bench` (and its latency and longevity scenarios) and of
+//! its hidden helper `bench-fetch`.
+
+// Reads bytes the API or a file supplies: no panic may be reachable from them.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
+
+use std::path::PathBuf;
+
+use crate::cli::global::Settings;
+use crate::commands::Command;
+use crate::commands::bench::BenchOptions;
+use crate::error::{Error, Result};
+use crate::storage::Location;
+
+/// The options of `bench`, as typed.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Conversations in the synthetic world.
+    #[arg(long, default_value_t = 1000)]
+    pub conversations: u64,
+    /// Messages per conversation.
+    #[arg(long, default_value_t = 1000)]
+    pub messages: u64,
+    /// Messages per page.
+    #[arg(long, default_value_t = 100)]
+    pub page_size: usize,
+    /// Repetitions of each scenario.
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// New messages for the incremental rerun, in percent.
+    #[arg(long, default_value_t = 1.0)]
+    pub new_percent: f64,
+    /// Conversations paged at the same time.
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
+    /// Keep the output folders here instead of a temporary folder.
+    #[arg(long, value_name = "DIR")]
+    pub work_dir: Option<PathBuf>,
+    /// Also run the full sync into this bucket prefix (s3://, gs://, az://;
+    /// credentials and endpoint from the environment), beside the folder.
+    #[arg(long, value_name = "URL")]
+    pub bucket: Option<String>,
+    /// Instead, the longevity scenario: RUNS syncs of a 20-conversation job,
+    /// stamped 5 minutes apart, a few new messages before each; prints the run
+    /// time of the first and last 10%, checkpoint size, verify times and the
+    /// files before and after compact.
+    #[arg(long, value_name = "RUNS", conflicts_with = "bucket")]
+    pub longevity: Option<u64>,
+    /// Instead, the latency scenario: a sync of --conversations x --messages
+    /// against a mock that answers after 30, 100 and 250 ms with its rate limit
+    /// on, then with 4 accounts; prints pages/s as a share of the limit and 429s.
+    #[arg(long, conflicts_with_all = ["bucket", "longevity"])]
+    pub latency: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl BenchArgs {
+    /// The scenario asked for: latency, longevity, or the benchmark itself.
+    pub fn into_command(self) -> Result<Command> {
+        if self.latency {
+            Ok(Command::Latency {
+                conversations: self.conversations,
+                messages: self.messages,
+                page_size: self.page_size.max(1),
+                work_dir: self.work_dir,
+                json: self.json,
+            })
+        } else if let Some(runs) = self.longevity {
+            Ok(Command::Longevity {
+                runs,
+                work_dir: self.work_dir,
+                json: self.json,
+            })
+        } else {
+            let json = self.json;
+            Ok(Command::Bench {
+                options: self.into_options()?,
+                json,
+            })
+        }
+    }
+
+    /// Validates the benchmark's sizes and bucket.
+    fn into_options(self) -> Result<BenchOptions> {
+        let bucket = match self.bucket.map(|b| Location::parse(&b)) {
+            None => None,
+            Some(Location::Url(url)) => Some(url),
+            Some(Location::Dir(_)) => {
+                return Err(Error::invalid("--bucket", "expected s3://, gs:// or az://"));
+            }
+        };
+        if self.conversations == 0 || self.messages == 0 || self.page_size == 0 || self.runs == 0 {
+            return Err(Error::invalid(
+                "bench",
+                "sizes and --runs must be at least 1",
+            ));
+        }
+        if !(0.0..=100.0).contains(&self.new_percent) {
+            return Err(Error::invalid("--new-percent", "must be between 0 and 100"));
+        }
+        Ok(BenchOptions {
+            conversations: self.conversations,
+            messages: self.messages,
+            page_size: self.page_size,
+            runs: self.runs,
+            new_percent: self.new_percent,
+            concurrency: self.concurrency.max(1),
+            work_dir: self.work_dir,
+            bucket,
+        })
+    }
+}
+
+/// The options of `bench-fetch`, as typed.
+#[derive(Debug, clap::Args)]
+pub struct BenchFetchArgs {
+    /// Conversations to page.
+    #[arg(long)]
+    pub conversations: u64,
+    /// Conversations paged at the same time.
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
+}
+
+impl BenchFetchArgs {
+    /// The paging to run, through the API.
+    pub fn into_command(self, settings: &Settings) -> Result<Command> {
+        Ok(Command::BenchFetch {
+            api: settings.client_config(None)?,
+            conversations: self.conversations,
+            concurrency: self.concurrency,
+        })
+    }
+}

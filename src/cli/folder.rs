@@ -1,0 +1,145 @@
+//! The options of the commands that work on the output folder of
+//! sync/send, and call no API: `verify`, `report`, `load`, `compact` and
+//! `rebuild`.
+
+// Reads bytes the API or a file supplies: no panic may be reachable from them.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
+
+use std::path::PathBuf;
+
+use crate::audit::AuditKey;
+use crate::commands::Command;
+use crate::storage::Location;
+
+/// The options of `verify`, as typed.
+#[derive(Debug, clap::Args)]
+pub struct VerifyArgs {
+    /// The output folder of sync/send.
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// A chain head (SHA-256 printed by an earlier verify) that must still
+    /// be in the chain: detects runs removed from the end.
+    #[arg(long, value_name = "SHA256")]
+    pub expect_head: Option<String>,
+    /// Check only what came after this chain head (printed by an earlier verify):
+    /// in time proportional to the new runs. The full verify also checks the
+    /// earlier runs, SHA256SUMS and that nothing extra exists.
+    #[arg(long, value_name = "SHA256")]
+    pub since: Option<String>,
+}
+
+impl VerifyArgs {
+    /// The check to run; manifest signatures are checked with `key`.
+    pub fn into_command(self, key: Option<AuditKey>) -> Command {
+        Command::Verify {
+            dir: Location::from(self.dir),
+            key,
+            expect_head: self.expect_head,
+            since: self.since,
+            json: self.json,
+        }
+    }
+}
+
+/// The options of `report`, as typed.
+#[derive(Debug, clap::Args)]
+pub struct ReportArgs {
+    /// The output folder (or bucket URL) of sync/send.
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
+    /// Write the self-contained HTML page here.
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl ReportArgs {
+    /// The report to build.
+    pub fn into_command(self) -> Command {
+        Command::Report {
+            dir: Location::from(self.dir),
+            html: self.html,
+            json: self.json,
+        }
+    }
+}
+
+/// The options of `load`, as typed.
+#[derive(Debug, clap::Args)]
+pub struct LoadArgs {
+    /// The output folder (or bucket URL) of sync/send.
+    #[arg(long, value_name = "DIR")]
+    pub from: PathBuf,
+    /// postgresql://USER@HOST:PORT/DB (the PG* variables fill in the rest; a
+    /// password is better in PGPASSWORD than on a command line).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
+    pub to: String,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl LoadArgs {
+    /// The load to run.
+    pub fn into_command(self) -> Command {
+        Command::Load {
+            from: Location::from(self.from),
+            to: self.to,
+            json: self.json,
+        }
+    }
+}
+
+/// The options of `compact`, as typed.
+#[derive(Debug, clap::Args)]
+pub struct CompactArgs {
+    /// The output folder (or bucket URL) of sync/send.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Merge a partition only when it holds at least this many files.
+    #[arg(long, value_name = "N", default_value_t = crate::commands::compact::MIN_FILES)]
+    pub min_files: usize,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl CompactArgs {
+    /// The compaction to run.
+    pub fn into_command(self) -> Command {
+        Command::Compact {
+            out: Location::from(self.out),
+            min_files: self.min_files,
+            json: self.json,
+        }
+    }
+}
+
+/// The options of `rebuild`, as typed.
+#[derive(Debug, clap::Args)]
+pub struct RebuildArgs {
+    /// The output folder of sync/send.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl RebuildArgs {
+    /// The rebuild to run.
+    pub fn into_command(self) -> Command {
+        Command::Rebuild {
+            out: Location::from(self.out),
+            json: self.json,
+        }
+    }
+}

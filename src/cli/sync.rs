@@ -1,0 +1,153 @@
+//! The options of `sync`, and their validation into [`SyncOptions`]
+//! (completed by the job file, which the command line overrides).
+
+// Reads bytes the API or a file supplies: no panic may be reachable from them.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::api::{Account, UserRef};
+use crate::cli::global::Settings;
+use crate::cli::job::JobFile;
+use crate::commands::sync::{DEFAULT_CONCURRENCY, SyncOptions, Target};
+use crate::commands::{Command, Recorded};
+use crate::error::{Error, Result};
+use crate::shard::Shard;
+use crate::storage::Location;
+
+/// The options of `sync`, as typed.
+#[derive(Debug, clap::Args)]
+pub struct SyncArgs {
+    /// Connected account (X handle) that reads the conversations.
+    #[arg(long, value_name = "HANDLE")]
+    pub account: Option<String>,
+    /// Other participant of a conversation: numeric ID or @username (repeatable).
+    #[arg(long = "user", value_name = "ID or @username")]
+    pub users: Vec<String>,
+    /// Output folder (created private, mode 0700).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Job file (TOML) listing accounts and conversations for scheduled runs.
+    #[arg(long, value_name = "FILE")]
+    pub job: Option<PathBuf>,
+    /// Most conversations paged at the same time per account (default 256). How
+    /// many run is set by the pace: enough to keep each account at its rate
+    /// limit at the latency its answers come back with.
+    #[arg(long, value_name = "N")]
+    pub concurrency: Option<usize>,
+    /// Stop before this run spends more credits (exit 4; rerun to continue).
+    #[arg(long, value_name = "CREDITS")]
+    pub max_credits: Option<u64>,
+    /// Consecutive empty pages that end a conversation's paging.
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    pub max_empty_pages: u32,
+    /// Fetch at most N pages per scan of a conversation in this run (the scan for
+    /// new messages and the backfill each); the next run continues where it
+    /// stopped (exit 4 while pages remain).
+    #[arg(long, value_name = "N")]
+    pub max_pages: Option<u64>,
+    /// Run only shard K of N (0-based) of the job's conversations, chosen by a
+    /// stable hash of (account, user), in <out>/shard=K/ (Kubernetes:
+    /// --shard $JOB_COMPLETION_INDEX/N).
+    #[arg(long, value_name = "K/N")]
+    pub shard: Option<String>,
+    /// After the run, merge the Parquet files of dates that closed since the last
+    /// compaction (at most once a day; see `xquik-dm compact`).
+    #[arg(long)]
+    pub compact: bool,
+    /// Write the run's outcome to this file in Prometheus text format (replaced
+    /// atomically), for the node_exporter textfile collector.
+    #[arg(long, value_name = "PATH")]
+    pub metrics_file: Option<PathBuf>,
+    /// Print the run report as JSON on stdout instead of a summary.
+    #[arg(long)]
+    pub json: bool,
+    /// Longest time between commits, in milliseconds (tests shorten it).
+    #[arg(long, default_value_t = 1000, hide = true)]
+    pub commit_interval_ms: u64,
+}
+
+impl SyncArgs {
+    /// Validates the options, the job file's included, into the run's
+    /// options; the API key is asked for last.
+    pub fn into_command(self, settings: &Settings) -> Result<Command> {
+        let shard = self.shard.as_deref().map(Shard::parse).transpose()?;
+        let job = self.job.as_deref().map(JobFile::load).transpose()?;
+        let job = job.as_ref();
+        let targets = self.targets(job)?;
+        let out = self
+            .out
+            .or_else(|| job.and_then(|j| j.out.clone()))
+            .ok_or_else(|| Error::invalid("--out", "name the output folder"))?;
+        let concurrency = self
+            .concurrency
+            .or(job.and_then(|j| j.concurrency))
+            .unwrap_or(DEFAULT_CONCURRENCY);
+        if !(1..=1024).contains(&concurrency) {
+            return Err(Error::invalid(
+                "--concurrency",
+                "must be between 1 and 1024",
+            ));
+        }
+        let api = settings.client_config(job)?;
+        let mut options = SyncOptions::new(api, Location::from(out), targets);
+        options.concurrency = concurrency;
+        options.max_credits = self.max_credits.or(job.and_then(|j| j.max_credits));
+        options.max_empty_pages = self.max_empty_pages.max(1);
+        options.progress = !self.json;
+        options.audit_key = settings.audit_key.clone();
+        options.commit_interval = Duration::from_millis(self.commit_interval_ms.max(1));
+        options.shard = shard;
+        options.max_pages = self.max_pages.map(|n| n.max(1));
+        options.compact = self.compact || job.is_some_and(|j| j.compact);
+        Ok(Command::Sync(Recorded {
+            options,
+            json: self.json,
+            metrics_file: self.metrics_file,
+        }))
+    }
+
+    /// The conversations to page: those of --account and --user, then the
+    /// job file's; at least one.
+    fn targets(&self, job: Option<&JobFile>) -> Result<Vec<Target>> {
+        let mut targets = Vec::new();
+        match (&self.account, self.users.is_empty()) {
+            (Some(account), false) => {
+                let account = Account::parse(account)?;
+                for user in &self.users {
+                    targets.push(Target {
+                        account: account.clone(),
+                        user: UserRef::parse(user, "--user")?,
+                    });
+                }
+            }
+            (Some(_), true) => {
+                return Err(Error::invalid(
+                    "--user",
+                    "name at least one conversation with --user",
+                ));
+            }
+            (None, false) => {
+                return Err(Error::invalid(
+                    "--account",
+                    "--user needs the --account that reads it",
+                ));
+            }
+            (None, true) => {}
+        }
+        if let Some(job) = job {
+            targets.extend(job.targets()?);
+        }
+        if targets.is_empty() {
+            return Err(Error::invalid(
+                "--user",
+                "name conversations with --account and --user, or with --job",
+            ));
+        }
+        Ok(targets)
+    }
+}
