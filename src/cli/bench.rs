@@ -10,8 +10,8 @@
 use std::path::PathBuf;
 
 use crate::cli::global::Settings;
-use crate::commands::Command;
 use crate::commands::bench::BenchOptions;
+use crate::commands::{Benchmark, Command};
 use crate::error::{Error, Result};
 use crate::storage::Location;
 
@@ -20,68 +20,68 @@ use crate::storage::Location;
 pub struct BenchArgs {
     /// Conversations in the synthetic world.
     #[arg(long, default_value_t = 1000)]
-    pub conversations: u64,
+    conversations: u64,
     /// Messages per conversation.
     #[arg(long, default_value_t = 1000)]
-    pub messages: u64,
+    messages: u64,
     /// Messages per page.
     #[arg(long, default_value_t = 100)]
-    pub page_size: usize,
+    page_size: usize,
     /// Repetitions of each scenario.
     #[arg(long, default_value_t = 3)]
-    pub runs: usize,
+    runs: usize,
     /// New messages for the incremental rerun, in percent.
     #[arg(long, default_value_t = 1.0)]
-    pub new_percent: f64,
+    new_percent: f64,
     /// Conversations paged at the same time.
     #[arg(long, default_value_t = 8)]
-    pub concurrency: usize,
+    concurrency: usize,
     /// Keep the output folders here instead of a temporary folder.
     #[arg(long, value_name = "DIR")]
-    pub work_dir: Option<PathBuf>,
+    work_dir: Option<PathBuf>,
     /// Also run the full sync into this bucket prefix (s3://, gs://, az://;
     /// credentials and endpoint from the environment), beside the folder.
     #[arg(long, value_name = "URL")]
-    pub bucket: Option<String>,
+    bucket: Option<String>,
     /// Instead, the longevity scenario: RUNS syncs of a 20-conversation job,
     /// stamped 5 minutes apart, a few new messages before each; prints the run
     /// time of the first and last 10%, checkpoint size, verify times and the
     /// files before and after compact.
     #[arg(long, value_name = "RUNS", conflicts_with = "bucket")]
-    pub longevity: Option<u64>,
+    longevity: Option<u64>,
     /// Instead, the latency scenario: a sync of --conversations x --messages
     /// against a mock that answers after 30, 100 and 250 ms with its rate limit
     /// on, then with 4 accounts; prints pages/s as a share of the limit and 429s.
     #[arg(long, conflicts_with_all = ["bucket", "longevity"])]
-    pub latency: bool,
+    latency: bool,
     /// Print the report as JSON.
     #[arg(long)]
-    pub json: bool,
+    json: bool,
 }
 
 impl BenchArgs {
     /// The scenario asked for: latency, longevity, or the benchmark itself.
     pub fn into_command(self) -> Result<Command> {
         if self.latency {
-            Ok(Command::Latency {
+            Ok(Command::Bench(Benchmark::Latency {
                 conversations: self.conversations,
                 messages: self.messages,
                 page_size: self.page_size.max(1),
                 work_dir: self.work_dir,
                 json: self.json,
-            })
+            }))
         } else if let Some(runs) = self.longevity {
-            Ok(Command::Longevity {
+            Ok(Command::Bench(Benchmark::Longevity {
                 runs,
                 work_dir: self.work_dir,
                 json: self.json,
-            })
+            }))
         } else {
             let json = self.json;
-            Ok(Command::Bench {
+            Ok(Command::Bench(Benchmark::Full {
                 options: self.into_options()?,
                 json,
-            })
+            }))
         }
     }
 
@@ -121,19 +121,19 @@ impl BenchArgs {
 pub struct BenchFetchArgs {
     /// Conversations to page.
     #[arg(long)]
-    pub conversations: u64,
+    conversations: u64,
     /// Conversations paged at the same time.
     #[arg(long, default_value_t = 8)]
-    pub concurrency: usize,
+    concurrency: usize,
 }
 
 impl BenchFetchArgs {
     /// The paging to run, through the API.
     pub fn into_command(self, settings: &Settings) -> Result<Command> {
-        Ok(Command::BenchFetch {
+        Ok(Command::Bench(Benchmark::Fetch {
             api: settings.client_config(None)?,
             conversations: self.conversations,
             concurrency: self.concurrency,
-        })
+        }))
     }
 }

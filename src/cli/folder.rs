@@ -19,19 +19,19 @@ use crate::storage::Location;
 pub struct VerifyArgs {
     /// The output folder of sync/send.
     #[arg(value_name = "DIR")]
-    pub dir: PathBuf,
+    dir: PathBuf,
     /// Print the report as JSON.
     #[arg(long)]
-    pub json: bool,
+    json: bool,
     /// A chain head (SHA-256 printed by an earlier verify) that must still
     /// be in the chain: detects runs removed from the end.
     #[arg(long, value_name = "SHA256")]
-    pub expect_head: Option<String>,
+    expect_head: Option<String>,
     /// Check only what came after this chain head (printed by an earlier verify):
     /// in time proportional to the new runs. The full verify also checks the
     /// earlier runs, SHA256SUMS and that nothing extra exists.
     #[arg(long, value_name = "SHA256")]
-    pub since: Option<String>,
+    since: Option<String>,
 }
 
 impl VerifyArgs {
@@ -52,13 +52,13 @@ impl VerifyArgs {
 pub struct ReportArgs {
     /// The output folder (or bucket URL) of sync/send.
     #[arg(value_name = "DIR")]
-    pub dir: PathBuf,
+    dir: PathBuf,
     /// Write the self-contained HTML page here.
     #[arg(long, value_name = "FILE")]
-    pub html: Option<PathBuf>,
+    html: Option<PathBuf>,
     /// Print the report as JSON.
     #[arg(long)]
-    pub json: bool,
+    json: bool,
 }
 
 impl ReportArgs {
@@ -77,14 +77,14 @@ impl ReportArgs {
 pub struct LoadArgs {
     /// The output folder (or bucket URL) of sync/send.
     #[arg(long, value_name = "DIR")]
-    pub from: PathBuf,
+    from: PathBuf,
     /// postgresql://USER@HOST:PORT/DB (the PG* variables fill in the rest; a
     /// password is better in PGPASSWORD than on a command line).
     #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
-    pub to: String,
+    to: String,
     /// Print the report as JSON.
     #[arg(long)]
-    pub json: bool,
+    json: bool,
 }
 
 impl LoadArgs {
@@ -103,13 +103,13 @@ impl LoadArgs {
 pub struct CompactArgs {
     /// The output folder (or bucket URL) of sync/send.
     #[arg(long, value_name = "DIR")]
-    pub out: PathBuf,
+    out: PathBuf,
     /// Merge a partition only when it holds at least this many files.
     #[arg(long, value_name = "N", default_value_t = crate::commands::compact::MIN_FILES)]
-    pub min_files: usize,
+    min_files: usize,
     /// Print the report as JSON.
     #[arg(long)]
-    pub json: bool,
+    json: bool,
 }
 
 impl CompactArgs {
@@ -128,10 +128,10 @@ impl CompactArgs {
 pub struct RebuildArgs {
     /// The output folder of sync/send.
     #[arg(long, value_name = "DIR")]
-    pub out: PathBuf,
+    out: PathBuf,
     /// Print the report as JSON.
     #[arg(long)]
-    pub json: bool,
+    json: bool,
 }
 
 impl RebuildArgs {

@@ -25,41 +25,41 @@ use crate::logging::LogFormat;
 pub struct GlobalArgs {
     /// Base URL of the Xquik API (https, or http on loopback only).
     #[arg(long, global = true, env = "XQUIK_BASE_URL", default_value = DEFAULT_BASE_URL)]
-    pub base_url: String,
+    base_url: String,
 
     /// Log format on stderr: auto is human text on a terminal and JSON lines otherwise.
     #[arg(long, global = true, value_enum, default_value_t = LogFormatArg::Auto)]
-    pub log_format: LogFormatArg,
+    log_format: LogFormatArg,
 
     /// More log detail (-v debug, -vv trace).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
-    pub verbose: u8,
+    verbose: u8,
 
     /// Timeout of one HTTP request, in seconds.
     #[arg(long, global = true, default_value_t = 30, value_name = "SECS")]
-    pub timeout: u64,
+    timeout: u64,
 
     /// Attempts per request before giving up on transient errors (429, 503, 502).
     #[arg(long, global = true, default_value_t = 8, value_name = "N")]
-    pub max_attempts: u32,
+    max_attempts: u32,
 
     /// Total time one request may spend retrying, in seconds.
     #[arg(long, global = true, default_value_t = 600, value_name = "SECS")]
-    pub max_retry_time: u64,
+    max_retry_time: u64,
 
     /// Largest API answer read, in MiB; a larger one is refused as it streams in.
     #[arg(long, global = true, default_value_t = 32, value_name = "MIB")]
-    pub max_response_mb: u64,
+    max_response_mb: u64,
 
     /// Reads per second per connected account (the API's limit: 300); requests
     /// are paced just under it. 0: no pacing.
     #[arg(long, global = true, value_name = "PER_SEC")]
-    pub rate_get: Option<f64>,
+    rate_get: Option<f64>,
 
     /// Writes (DMs, uploads) per minute per connected account (the API's limit:
     /// 120); paced just under it. 0: no pacing.
     #[arg(long, global = true, value_name = "PER_MIN")]
-    pub rate_post: Option<f64>,
+    rate_post: Option<f64>,
 }
 
 /// Log format as given on the command line.
@@ -74,6 +74,11 @@ pub enum LogFormatArg {
 }
 
 impl GlobalArgs {
+    /// Verbosity (0 info, 1 debug, 2+ trace).
+    pub fn verbose(&self) -> u8 {
+        self.verbose
+    }
+
     /// The log format asked for.
     pub fn log(&self) -> LogFormat {
         match self.log_format {

@@ -16,7 +16,7 @@ use crate::error::Result;
 pub struct LookupArgs {
     /// Numeric user ID or @username.
     #[arg(value_name = "ID or @username")]
-    pub user: String,
+    user: String,
 }
 
 impl LookupArgs {

@@ -19,39 +19,39 @@ use crate::error::{Error, Result};
 pub struct MockArgs {
     /// Port on 127.0.0.1; 0 picks a free one. The URL is printed on stdout.
     #[arg(long, default_value_t = 8787)]
-    pub port: u16,
+    port: u16,
     /// Seed of the synthetic conversations and faults.
     #[arg(long, default_value_t = 1)]
-    pub seed: u64,
+    seed: u64,
     /// Messages per history page.
     #[arg(long, default_value_t = 100)]
-    pub page_size: usize,
+    page_size: usize,
     /// Probability that a request gets a transient 429/503/502.
     #[arg(long, default_value_t = 0.0)]
-    pub transient_rate: f64,
+    transient_rate: f64,
     /// The API key the mock accepts (default: any non-empty key).
     #[arg(long, env = "XQUIK_MOCK_API_KEY", hide_env_values = true)]
-    pub api_key: Option<String>,
+    api_key: Option<String>,
     /// Serve a synthetic world of N conversations with the account `bench`
     /// (users 2000000001, ...) instead of the demo world.
     #[arg(long, value_name = "N")]
-    pub conversations: Option<u64>,
+    conversations: Option<u64>,
     /// Messages per conversation of the synthetic world.
     #[arg(long, default_value_t = 1000, value_name = "M")]
-    pub messages: u64,
+    messages: u64,
     /// Connected accounts of the synthetic world (`bench`, `bench1`, ...), each
     /// with the N conversations.
     #[arg(long, default_value_t = 1, value_name = "A")]
-    pub accounts: u64,
+    accounts: u64,
     /// Delay every answer by this many milliseconds.
     #[arg(long, default_value_t = 0, value_name = "MS")]
-    pub latency_ms: u64,
+    latency_ms: u64,
     /// And by up to this many more, uniformly at random.
     #[arg(long, default_value_t = 0, value_name = "MS")]
-    pub latency_jitter_ms: u64,
+    latency_jitter_ms: u64,
     /// Switch the per-account rate limits off.
     #[arg(long)]
-    pub no_rate_limit: bool,
+    no_rate_limit: bool,
 }
 
 impl MockArgs {
@@ -87,7 +87,7 @@ impl MockArgs {
 pub struct DemoArgs {
     /// Output folder or bucket prefix (default: a new folder under the system temp dir).
     #[arg(long, value_name = "DIR")]
-    pub out: Option<PathBuf>,
+    out: Option<PathBuf>,
 }
 
 impl DemoArgs {

@@ -144,7 +144,7 @@ pub enum CommandArgs {
 pub struct CompletionsArgs {
     /// The shell.
     #[arg(value_enum)]
-    pub shell: clap_complete::Shell,
+    shell: clap_complete::Shell,
 }
 
 /// The options of `man`, as typed.
@@ -152,7 +152,7 @@ pub struct CompletionsArgs {
 pub struct ManArgs {
     /// Write xquik-dm.1 and xquik-dm-<command>.1 into this folder.
     #[arg(long, value_name = "DIR")]
-    pub dir: Option<PathBuf>,
+    dir: Option<PathBuf>,
 }
 
 /// A validated invocation.
@@ -169,6 +169,10 @@ pub struct Config {
 /// What the command line asks for: a command of the library, or a
 /// description of the command line itself.
 #[derive(Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one per process, moved once: a box would buy nothing"
+)]
 pub enum Invocation {
     /// A command.
     Run(Command),
@@ -246,7 +250,7 @@ impl Args {
         audit_key: Option<AuditKey>,
     ) -> Result<Config> {
         let log = self.global.log();
-        let verbose = self.global.verbose;
+        let verbose = self.global.verbose();
         let settings = self.global.into_settings(api_key, audit_key)?;
         Ok(Config {
             log,

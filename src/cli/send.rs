@@ -20,45 +20,45 @@ use crate::storage::Location;
 pub struct SendArgs {
     /// Connected account (X handle) that sends; the default for batch lines.
     #[arg(long, value_name = "HANDLE")]
-    pub account: Option<String>,
+    account: Option<String>,
     /// Recipient: numeric ID or @username.
     #[arg(long, value_name = "ID or @username", conflicts_with = "batch")]
-    pub to: Option<String>,
+    to: Option<String>,
     /// The message text (at most 10,000 characters); quote it.
     #[arg(long, conflicts_with = "batch", allow_hyphen_values = true)]
-    pub text: Option<String>,
+    text: Option<String>,
     /// One media file to attach (JPEG, PNG, GIF, WebP or MP4).
     #[arg(long, value_name = "FILE", conflicts_with_all = ["media_url", "batch"])]
-    pub media: Option<PathBuf>,
+    media: Option<PathBuf>,
     /// One public https media URL for the API to download and attach.
     #[arg(long, value_name = "URL", conflicts_with = "batch")]
-    pub media_url: Option<String>,
+    media_url: Option<String>,
     /// The job's key for this DM (part of the Idempotency-Key).
     #[arg(long, value_name = "KEY", conflicts_with = "batch")]
-    pub idempotency_key: Option<String>,
+    idempotency_key: Option<String>,
     /// JSON Lines file, one DM per line: {"to", "text", "account"?, "media"?, "media_url"?, "key"?}.
     #[arg(long, value_name = "FILE.jsonl")]
-    pub batch: Option<PathBuf>,
+    batch: Option<PathBuf>,
     /// Output folder (the same as sync's).
     #[arg(long, value_name = "DIR")]
-    pub out: PathBuf,
+    out: PathBuf,
     /// Send even when the recipient's profile says canDm: false.
     #[arg(long)]
-    pub ignore_can_dm: bool,
+    ignore_can_dm: bool,
     /// With --batch: send the valid lines even if others are invalid
     /// (by default an invalid line refuses the whole batch, exit 2).
     #[arg(long, requires = "batch")]
-    pub skip_invalid: bool,
+    skip_invalid: bool,
     /// Stop before this run spends more credits (exit 4; rerun to continue).
     #[arg(long, value_name = "CREDITS")]
-    pub max_credits: Option<u64>,
+    max_credits: Option<u64>,
     /// Write the run's outcome to this file in Prometheus text format (replaced
     /// atomically), for the node_exporter textfile collector.
     #[arg(long, value_name = "PATH")]
-    pub metrics_file: Option<PathBuf>,
+    metrics_file: Option<PathBuf>,
     /// Print the report as JSON.
     #[arg(long)]
-    pub json: bool,
+    json: bool,
 }
 
 impl SendArgs {

@@ -24,51 +24,51 @@ use crate::storage::Location;
 pub struct SyncArgs {
     /// Connected account (X handle) that reads the conversations.
     #[arg(long, value_name = "HANDLE")]
-    pub account: Option<String>,
+    account: Option<String>,
     /// Other participant of a conversation: numeric ID or @username (repeatable).
     #[arg(long = "user", value_name = "ID or @username")]
-    pub users: Vec<String>,
+    users: Vec<String>,
     /// Output folder (created private, mode 0700).
     #[arg(long, value_name = "DIR")]
-    pub out: Option<PathBuf>,
+    out: Option<PathBuf>,
     /// Job file (TOML) listing accounts and conversations for scheduled runs.
     #[arg(long, value_name = "FILE")]
-    pub job: Option<PathBuf>,
+    job: Option<PathBuf>,
     /// Most conversations paged at the same time per account (default 256). How
     /// many run is set by the pace: enough to keep each account at its rate
     /// limit at the latency its answers come back with.
     #[arg(long, value_name = "N")]
-    pub concurrency: Option<usize>,
+    concurrency: Option<usize>,
     /// Stop before this run spends more credits (exit 4; rerun to continue).
     #[arg(long, value_name = "CREDITS")]
-    pub max_credits: Option<u64>,
+    max_credits: Option<u64>,
     /// Consecutive empty pages that end a conversation's paging.
     #[arg(long, default_value_t = 5, value_name = "N")]
-    pub max_empty_pages: u32,
+    max_empty_pages: u32,
     /// Fetch at most N pages per scan of a conversation in this run (the scan for
     /// new messages and the backfill each); the next run continues where it
     /// stopped (exit 4 while pages remain).
     #[arg(long, value_name = "N")]
-    pub max_pages: Option<u64>,
+    max_pages: Option<u64>,
     /// Run only shard K of N (0-based) of the job's conversations, chosen by a
     /// stable hash of (account, user), in <out>/shard=K/ (Kubernetes:
     /// --shard $JOB_COMPLETION_INDEX/N).
     #[arg(long, value_name = "K/N")]
-    pub shard: Option<String>,
+    shard: Option<String>,
     /// After the run, merge the Parquet files of dates that closed since the last
     /// compaction (at most once a day; see `xquik-dm compact`).
     #[arg(long)]
-    pub compact: bool,
+    compact: bool,
     /// Write the run's outcome to this file in Prometheus text format (replaced
     /// atomically), for the node_exporter textfile collector.
     #[arg(long, value_name = "PATH")]
-    pub metrics_file: Option<PathBuf>,
+    metrics_file: Option<PathBuf>,
     /// Print the run report as JSON on stdout instead of a summary.
     #[arg(long)]
-    pub json: bool,
+    json: bool,
     /// Longest time between commits, in milliseconds (tests shorten it).
     #[arg(long, default_value_t = 1000, hide = true)]
-    pub commit_interval_ms: u64,
+    commit_interval_ms: u64,
 }
 
 impl SyncArgs {

@@ -1,5 +1,6 @@
-//! One module per subcommand. Each takes validated configuration and returns
-//! a [`Report`]; `main` prints it and turns it into the exit status.
+//! One module per subcommand. Each takes validated configuration (a
+//! [`Command`], which `cli` builds from the command line) and returns a
+//! [`Report`]; `main` prints it and turns it into the exit status.
 
 pub mod bench;
 pub mod compact;
@@ -92,8 +93,21 @@ pub enum Command {
     },
     /// `mock`.
     Mock(mock::MockOptions),
+    /// `bench`, its scenarios and its helper.
+    Bench(Benchmark),
+    /// `demo`.
+    Demo {
+        /// Output folder.
+        out: Option<PathBuf>,
+    },
+}
+
+/// A benchmark: `bench`, its latency and longevity scenarios, and its
+/// helper `bench-fetch`.
+#[derive(Debug)]
+pub enum Benchmark {
     /// `bench`.
-    Bench {
+    Full {
         /// Options.
         options: bench::BenchOptions,
         /// Report as JSON.
@@ -122,18 +136,13 @@ pub enum Command {
         json: bool,
     },
     /// `bench-fetch`.
-    BenchFetch {
+    Fetch {
         /// How to reach the API.
         api: ClientConfig,
         /// Conversations.
         conversations: u64,
         /// Concurrency.
         concurrency: usize,
-    },
-    /// `demo`.
-    Demo {
-        /// Output folder.
-        out: Option<PathBuf>,
     },
 }
 
@@ -151,20 +160,20 @@ pub struct Recorded<O> {
 impl<O> Recorded<O> {
     /// Runs `run` on the options, then writes the metrics file when one was
     /// asked for, from the report (through `of`) or the error. Returns the
-    /// report and whether to print it as JSON.
+    /// report, boxed as [`Report`] keeps it, and whether to print it as JSON.
     async fn record<T, F>(
         self,
         command: &'static str,
         run: impl FnOnce(O) -> F,
         of: impl FnOnce(&T, SystemTime) -> RunMetrics,
-    ) -> Result<(T, bool)>
+    ) -> Result<(Box<T>, bool)>
     where
         F: Future<Output = Result<T>>,
     {
         let started = SystemTime::now();
         let result = run(self.options).await;
         record_metrics(self.metrics_file.as_deref(), command, started, &result, of)?;
-        Ok((result?, self.json))
+        Ok((Box::new(result?), self.json))
     }
 }
 
@@ -336,23 +345,38 @@ fn write_report<T: serde::Serialize + std::fmt::Display>(
 /// Runs a validated command.
 pub async fn execute(command: Command) -> Result<Report> {
     match command {
-        Command::Sync(run) => run_sync(run).await,
-        Command::Send(run) => run_send(run).await,
+        Command::Sync(run) => {
+            let (report, json) = run.record("sync", sync::run, sync_metrics).await?;
+            Ok(Report::Sync { report, json })
+        }
+        Command::Send(run) => {
+            let (report, json) = run.record("send", send::run, send_metrics).await?;
+            Ok(Report::Send { report, json })
+        }
         Command::Verify {
             dir,
             key,
             expect_head,
             since,
             json,
-        } => run_verify(dir, key, expect_head, since, json).await,
+        } => {
+            let report = blocking("<verify>", move || {
+                verify::run_since(dir, key.as_ref(), expect_head.as_deref(), since.as_deref())
+            })
+            .await?;
+            Ok(Report::Verify { report, json })
+        }
         Command::Report { dir, html, json } => {
             blocking("<report>", move || report::run(&dir, html.as_deref()))
                 .await
                 .map(|written| Report::Report { written, json })
         }
-        Command::Load { from, to, json } => {
-            let report = load::run(&from, &to).await?;
-            Ok(Report::Load { report, json })
+        Command::Load { from, to, json } => load::run(&from, &to)
+            .await
+            .map(|report| Report::Load { report, json }),
+        Command::Lookup { api, user } => {
+            let client = Client::new(api)?;
+            lookup::run(&client, &user).await.map(Report::Lookup)
         }
         Command::Compact {
             out,
@@ -361,101 +385,54 @@ pub async fn execute(command: Command) -> Result<Report> {
         } => blocking("<compact>", move || compact::run(&out, min_files))
             .await
             .map(|report| Report::Compact { report, json }),
-        Command::Lookup { api, user } => {
-            let client = Client::new(api)?;
-            Ok(Report::Lookup(lookup::run(&client, &user).await?))
-        }
         Command::Rebuild { out, json } => blocking("<rebuild>", move || rebuild::run(&out))
             .await
             .map(|report| Report::Rebuild { report, json }),
         Command::Mock(options) => mock::run(options).await.map(|()| Report::MockStopped),
-        Command::Bench { options, json } => blocking("<bench>", move || bench::run(&options))
+        Command::Demo { out } => demo::run(out.map(Location::from))
+            .await
+            .map(|report| Report::Demo(Box::new(report))),
+        Command::Bench(benchmark) => run_benchmark(benchmark).await,
+    }
+}
+
+/// Runs a benchmark; those that drive processes and syncs of their own do
+/// it on the blocking pool.
+async fn run_benchmark(benchmark: Benchmark) -> Result<Report> {
+    match benchmark {
+        Benchmark::Full { options, json } => blocking("<bench>", move || bench::run(&options))
             .await
             .map(|report| Report::Bench { report, json }),
-        Command::BenchFetch {
-            api,
-            conversations,
-            concurrency,
-        } => run_bench_fetch(api, conversations, concurrency).await,
-        Command::Latency {
+        Benchmark::Latency {
             conversations,
             messages,
             page_size,
             work_dir,
             json,
-        } => run_latency(conversations, messages, page_size, work_dir, json).await,
-        Command::Longevity {
+        } => {
+            let report = blocking("<bench>", move || {
+                latency::run(conversations, messages, page_size, work_dir.as_deref())
+            })
+            .await?;
+            Ok(Report::Latency { report, json })
+        }
+        Benchmark::Fetch {
+            api,
+            conversations,
+            concurrency,
+        } => {
+            let client = Client::new(api)?;
+            let (messages, pages) = bench::fetch_only(client, conversations, concurrency).await?;
+            Ok(Report::BenchFetch { messages, pages })
+        }
+        Benchmark::Longevity {
             runs,
             work_dir,
             json,
         } => longevity::run(runs, work_dir)
             .await
             .map(|report| Report::Longevity { report, json }),
-        Command::Demo { out } => {
-            let report = demo::run(out.map(crate::storage::Location::from)).await?;
-            Ok(Report::Demo(Box::new(report)))
-        }
     }
-}
-
-/// `sync`, its outcome written to the metrics file when one was asked for.
-async fn run_sync(run: Recorded<sync::SyncOptions>) -> Result<Report> {
-    let (report, json) = run.record("sync", sync::run, sync_metrics).await?;
-    Ok(Report::Sync {
-        report: Box::new(report),
-        json,
-    })
-}
-
-/// `send`, its outcome written to the metrics file when one was asked for.
-async fn run_send(run: Recorded<send::SendOptions>) -> Result<Report> {
-    let (report, json) = run.record("send", send::run, send_metrics).await?;
-    Ok(Report::Send {
-        report: Box::new(report),
-        json,
-    })
-}
-
-/// `verify`, on the blocking pool: it reads every file of the folder.
-async fn run_verify(
-    dir: Location,
-    key: Option<AuditKey>,
-    expect_head: Option<String>,
-    since: Option<String>,
-    json: bool,
-) -> Result<Report> {
-    let report = blocking("<verify>", move || {
-        verify::run_since(dir, key.as_ref(), expect_head.as_deref(), since.as_deref())
-    })
-    .await?;
-    Ok(Report::Verify { report, json })
-}
-
-/// `bench --latency`, on the blocking pool: it drives a mock process and
-/// syncs of its own.
-async fn run_latency(
-    conversations: u64,
-    messages: u64,
-    page_size: usize,
-    work_dir: Option<PathBuf>,
-    json: bool,
-) -> Result<Report> {
-    let report = blocking("<bench>", move || {
-        latency::run(conversations, messages, page_size, work_dir.as_deref())
-    })
-    .await?;
-    Ok(Report::Latency { report, json })
-}
-
-/// `bench-fetch`: the synthetic world paged through a client of its own.
-async fn run_bench_fetch(
-    api: ClientConfig,
-    conversations: u64,
-    concurrency: usize,
-) -> Result<Report> {
-    let (messages, pages) =
-        bench::fetch_only(Client::new(api)?, conversations, concurrency).await?;
-    Ok(Report::BenchFetch { messages, pages })
 }
 
 /// Runs `work` on tokio's blocking pool. A task that panicked or was
