@@ -26,7 +26,7 @@ use crate::sinks::WrittenFile;
 use crate::storage::Backend;
 
 /// What the listed files add up to.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Listed {
     /// Where the last sealed segment of the handoff file ends.
     pub(super) covered: u64,
