@@ -865,7 +865,7 @@ async fn send_one(
     state.status = "sent".into();
     state.message_id = Some(message_id.clone());
     state.send_status = Some(send_status);
-    state.sent_at = crate::normalize::format_micros(sent_at);
+    state.sent_at = crate::timestamp::format_micros(sent_at);
     state.recorded = true;
     state.error = None;
     state.status_url = None;
