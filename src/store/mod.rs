@@ -194,7 +194,7 @@ impl Store {
             repair,
         } = recovered;
         let (date, run_id) = (stamp.date.as_str(), stamp.run_id.as_str());
-        let store = storage.as_ref();
+        let backend = storage.as_ref();
         Ok(Store {
             storage: storage.clone(),
             _lock: lock,
@@ -204,9 +204,9 @@ impl Store {
             jsonl,
             messages: ParquetSink::new(storage, date, run_id),
             sends: ParquetSink::new(storage, date, run_id),
-            rows: AuditLog::create(store, run_id, LogKind::Rows)?,
+            rows: AuditLog::create(backend, run_id, LogKind::Rows)?,
             pages: PageLog(Arc::new(Mutex::new(Some(AuditLog::create(
-                store,
+                backend,
                 run_id,
                 LogKind::Pages,
             )?)))),
@@ -418,13 +418,13 @@ impl Store {
 
 /// A root split into shards is refused: each shard is an output of its
 /// own, synced with `--shard K/N`.
-fn refuse_sharded(store: &dyn Backend) -> Result<()> {
-    if let Some(n) = crate::shard::registered(store)? {
+fn refuse_sharded(storage: &dyn Backend) -> Result<()> {
+    if let Some(n) = crate::shard::registered(storage)? {
         return Err(Error::invalid(
             "--out",
             format!(
                 "{} is split into {n} shards: sync each with --shard K/{n}, and keep sends in an output of their own",
-                store.location()
+                storage.location()
             ),
         ));
     }

@@ -93,24 +93,24 @@ pub(super) struct Recovered {
 
 /// Steps 1 to 9 of the repair, for the run `stamp`, on an output this
 /// process holds the lock of.
-pub(super) fn run(store: &dyn Backend, stamp: &RunStamp) -> Result<Recovered> {
-    let mut checkpoint = Checkpoint::load(store)?;
+pub(super) fn run(storage: &dyn Backend, stamp: &RunStamp) -> Result<Recovered> {
+    let mut checkpoint = Checkpoint::load(storage)?;
     let temporaries_removed =
-        store.sweep_temporaries(&[jsonl::FILE_NAME, audit::SUMS, checkpoint::FILE_NAME])?;
+        storage.sweep_temporaries(&[jsonl::FILE_NAME, audit::SUMS, checkpoint::FILE_NAME])?;
     // Only the chain's end is read: the runs since the checkpoint's.
-    let (tail, torn_at) = audit::read_chain_tail(store, checkpoint.audit.runs)?;
-    check_chain(store, &checkpoint, &tail)?;
-    let stamp = unused_stamp(store, &tail, stamp)?;
-    let killed = claim(store, &mut checkpoint, &tail, &stamp)?;
-    audit::cut_torn_chain(store, torn_at)?;
+    let (tail, torn_at) = audit::read_chain_tail(storage, checkpoint.audit.runs)?;
+    check_chain(storage, &checkpoint, &tail)?;
+    let stamp = unused_stamp(storage, &tail, stamp)?;
+    let killed = claim(storage, &mut checkpoint, &tail, &stamp)?;
+    audit::cut_torn_chain(storage, torn_at)?;
     let (audit_repair, parquet_removed) =
-        remove_killed_runs(store, &checkpoint, killed, &stamp.run_id)?;
-    let (pointer, last) = pointer_from_chain(store, tail.last())?;
-    finish_compaction(store, &checkpoint, &pointer, last)?;
+        remove_killed_runs(storage, &checkpoint, killed, &stamp.run_id)?;
+    let (pointer, last) = pointer_from_chain(storage, tail.last())?;
+    finish_compaction(storage, &checkpoint, &pointer, last)?;
     follow_chain(&mut checkpoint, pointer);
     let coverage = checkpoint.audit.coverage;
     let (jsonl, jsonl_bytes_cut) = JsonlSink::open(
-        store,
+        storage,
         checkpoint.jsonl.committed_bytes,
         coverage.jsonl_bytes,
         checkpoint.jsonl.digest_state.as_ref(),
@@ -133,9 +133,9 @@ pub(super) fn run(store: &dyn Backend, stamp: &RunStamp) -> Result<Recovered> {
 
 /// Step 2: refuses an output whose checkpoint was removed while it holds
 /// data, and a chain `tail` that does not hold what the checkpoint knows.
-fn check_chain(store: &dyn Backend, checkpoint: &Checkpoint, tail: &[ChainEntry]) -> Result<()> {
+fn check_chain(storage: &dyn Backend, checkpoint: &Checkpoint, tail: &[ChainEntry]) -> Result<()> {
     if checkpoint.read_as.is_none() {
-        refuse_data_without_checkpoint(store, tail.len())?;
+        refuse_data_without_checkpoint(storage, tail.len())?;
     }
     // The chain is the durable record of sealed runs: a run killed after
     // appending to it but before its checkpoint is believed from it. It
@@ -149,7 +149,7 @@ fn check_chain(store: &dyn Backend, checkpoint: &Checkpoint, tail: &[ChainEntry]
     let holds_known = known.is_none_or(|d| tail.iter().any(|e| e.seq == runs && e.sha256 == d));
     if last_seq < runs || !holds_known {
         return Err(Error::Corrupt {
-            path: store.describe(audit::CHAIN),
+            path: storage.describe(audit::CHAIN),
             reason: format!(
                 "the audit chain has {last_seq} runs but the checkpoint records {runs}, ending with a manifest the chain does not hold: restore audit/ from backup"
             ),
@@ -208,7 +208,7 @@ fn unused_stamp(storage: &dyn Backend, chain: &[ChainEntry], stamp: &RunStamp) -
 /// `tail`): the killed runs to clean up after; `None` when the checkpoint
 /// names no runs (format 1, or rebuilt).
 fn claim(
-    store: &dyn Backend,
+    storage: &dyn Backend,
     checkpoint: &mut Checkpoint,
     tail: &[ChainEntry],
     stamp: &RunStamp,
@@ -239,7 +239,7 @@ fn claim(
     });
     checkpoint.run = Some(run_id.to_owned());
     checkpoint.unsealed = Some(claims.clone());
-    checkpoint.save(store)?;
+    checkpoint.save(storage)?;
     Ok(earlier.map(|_| claims.into_iter().filter(|c| c.run != run_id).collect()))
 }
 
@@ -248,7 +248,7 @@ fn claim(
 /// the committed Parquet files and the page logs, which `run_id` takes
 /// over. Returns the audit repair and the Parquet files removed.
 fn remove_killed_runs(
-    store: &dyn Backend,
+    storage: &dyn Backend,
     checkpoint: &Checkpoint,
     killed: Option<Vec<Claim>>,
     run_id: &str,
@@ -265,25 +265,25 @@ fn remove_killed_runs(
         Some(killed) => {
             let mut removed = Vec::new();
             for claim in &killed {
-                removed.extend(parquet::remove_run_files(store, claim, &committed)?);
+                removed.extend(parquet::remove_run_files(storage, claim, &committed)?);
             }
             let runs: Vec<String> = killed.into_iter().map(|c| c.run).collect();
-            Ok((audit::repair_runs(store, &runs, run_id)?, removed))
+            Ok((audit::repair_runs(storage, &runs, run_id)?, removed))
         }
         // A checkpoint that names no runs (format 1, or rebuilt): the
         // folders are listed, once, and a file is kept when the
         // checkpoint or any sealed manifest lists it.
         None => {
-            let (chain, _) = audit::read_chain(store)?;
+            let (chain, _) = audit::read_chain(storage)?;
             let mut keep = committed;
             keep.extend(
-                audit::listed_parquet(store, &chain)?
+                audit::listed_parquet(storage, &chain)?
                     .into_iter()
                     .map(|f| f.path),
             );
             Ok((
-                audit::repair_all(store, run_id)?,
-                parquet::remove_uncommitted(store, &keep)?,
+                audit::repair_all(storage, run_id)?,
+                parquet::remove_uncommitted(storage, &keep)?,
             ))
         }
     }
@@ -311,7 +311,7 @@ fn pointer_from_chain(
 /// Step 7: finishes the compaction of the chain's `last` manifest when the
 /// chain is ahead of `checkpoint` (at `pointer`).
 fn finish_compaction(
-    store: &dyn Backend,
+    storage: &dyn Backend,
     checkpoint: &Checkpoint,
     pointer: &AuditPointer,
     last: Option<Manifest>,
@@ -321,7 +321,7 @@ fn finish_compaction(
     if pointer.runs > checkpoint.audit.runs
         && let Some(compaction) = last.and_then(|m| m.compaction)
     {
-        audit::finish_compaction(store, &compaction)?;
+        audit::finish_compaction(storage, &compaction)?;
     }
     Ok(())
 }
