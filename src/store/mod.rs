@@ -89,7 +89,7 @@ impl Failed {
 /// The run's page log, shared with the tasks that make requests: each line
 /// is written the moment its answer arrives, not when the writer gets to
 /// it, so that a killed run leaves a record of every request it was
-/// answered (see [`audit::repair`]).
+/// answered (see [`audit::repair_runs`]).
 #[derive(Debug, Clone)]
 pub struct PageLog(Arc<Mutex<Option<AuditLog>>>);
 
