@@ -31,8 +31,6 @@
 mod recover;
 mod seal;
 mod stamp;
-#[cfg(test)]
-mod tests;
 
 use std::sync::{Arc, Mutex};
 
@@ -430,3 +428,6 @@ fn refuse_sharded(storage: &dyn Backend) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

@@ -13,9 +13,8 @@
 //! manifest. What a run reads and writes here depends on what it does and on
 //! the number of conversations, not on how many runs came before.
 //!
-//! The steps, each durable before the next relies on it ([`run`] does 1 to
-//! 9; step 10 needs this run's own files, which [`Store::open`] opens in
-//! between):
+//! The steps, in order ([`run`] does 1 to 9; step 10 needs this run's own
+//! files, which [`Store::open`] opens in between):
 //! 1. load the checkpoint and sweep the temporaries a killed write left
 //!    (of the handoff file, `SHA256SUMS` and the checkpoint);
 //! 2. read the chain's tail and check it against the checkpoint: a folder
@@ -108,13 +107,7 @@ pub(super) fn run(storage: &dyn Backend, stamp: &RunStamp) -> Result<Recovered> 
     let (pointer, last) = pointer_from_chain(storage, tail.last())?;
     finish_compaction(storage, &checkpoint, &pointer, last)?;
     follow_chain(&mut checkpoint, pointer);
-    let coverage = checkpoint.audit.coverage;
-    let (jsonl, jsonl_bytes_cut) = JsonlSink::open(
-        storage,
-        checkpoint.jsonl.committed_bytes,
-        coverage.jsonl_bytes,
-        checkpoint.jsonl.digest_state.as_ref(),
-    )?;
+    let (jsonl, jsonl_bytes_cut) = cut_jsonl(storage, &checkpoint)?;
     Ok(Recovered {
         stamp,
         checkpoint,
@@ -337,6 +330,19 @@ fn follow_chain(checkpoint: &mut Checkpoint, pointer: AuditPointer) {
     let drop = listed.saturating_sub(parquet.listed_before) as usize;
     parquet.files.drain(..drop.min(parquet.files.len()));
     parquet.listed_before = parquet.listed_before.max(listed);
+}
+
+/// Step 9: opens the handoff file cut back to the committed length
+/// `checkpoint` records, its segment starting where the sealed manifests'
+/// coverage ends. Returns the sink and the bytes cut.
+fn cut_jsonl(storage: &dyn Backend, checkpoint: &Checkpoint) -> Result<(JsonlSink, u64)> {
+    let coverage = checkpoint.audit.coverage;
+    JsonlSink::open(
+        storage,
+        checkpoint.jsonl.committed_bytes,
+        coverage.jsonl_bytes,
+        checkpoint.jsonl.digest_state.as_ref(),
+    )
 }
 
 /// Step 10: takes the committed records that an earlier, killed run left
