@@ -133,6 +133,48 @@ pub fn compact(
     let mut store = Store::open(storage, stamp)?;
     let backend = storage.as_ref();
     let today = stamp.date.as_str();
+    let Plan { merges, skipped } = plan(backend, &store, scope, today, min_files)?;
+    let dirs: Vec<String> = merges.iter().map(|(dir, _)| dir.clone()).collect();
+    store.claim_dirs(&dirs)?;
+    let run_id = store.run_id().to_owned();
+    let (compaction, partitions) = merge_all(storage, merges, &run_id)?;
+    let totals = Totals::of(&compaction);
+    store.set_compaction(compaction);
+    store.checkpoint_mut().compaction.through = Some(day_before(today));
+    let body = manifest_body(scope, min_files, partitions.len(), &totals, skipped.len());
+    let sealed = store.seal(body)?;
+    Ok(CompactReport {
+        out: backend.location(),
+        run_id,
+        manifest: sealed.chain.manifest,
+        partitions,
+        files_removed: totals.files_removed,
+        files_added: totals.files_added,
+        rows: totals.rows,
+        bytes_before: totals.bytes_before,
+        bytes_after: totals.bytes_after,
+        skipped,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// The partitions to merge, each with the files that go, and the files
+/// left as they are (with why).
+struct Plan {
+    merges: Vec<(String, Vec<RemovedFile>)>,
+    skipped: Vec<String>,
+}
+
+/// Chooses the closed partitions in `scope` with at least `min_files`
+/// files that a sealed run lists and that the checkpoint does not still
+/// hold as pending.
+fn plan(
+    backend: &dyn Backend,
+    store: &Store,
+    scope: &Scope,
+    today: &str,
+    min_files: usize,
+) -> Result<Plan> {
     let pending: HashSet<String> = store
         .checkpoint()
         .parquet
@@ -142,7 +184,7 @@ pub fn compact(
         .collect();
     let mut skipped = Vec::new();
     let mut manifests: HashMap<String, Option<Manifest>> = HashMap::new();
-    let mut plan: Vec<(String, Vec<RemovedFile>)> = Vec::new();
+    let mut merges: Vec<(String, Vec<RemovedFile>)> = Vec::new();
     for (dir, keys) in closed_partitions(backend, scope, today)? {
         let keys: Vec<String> = keys.into_iter().filter(|k| !pending.contains(k)).collect();
         if keys.len() < min_files {
@@ -156,19 +198,26 @@ pub fn compact(
             }
         }
         if removable.len() >= min_files {
-            plan.push((dir, removable));
+            merges.push((dir, removable));
         }
     }
-    let dirs: Vec<String> = plan.iter().map(|(dir, _)| dir.clone()).collect();
-    store.claim_dirs(&dirs)?;
-    let run_id = store.run_id().to_owned();
+    Ok(Plan { merges, skipped })
+}
+
+/// Merges each planned partition into one file per table; returns what
+/// was swapped, for the manifest, and a report per partition.
+fn merge_all(
+    storage: &Storage,
+    merges: Vec<(String, Vec<RemovedFile>)>,
+    run_id: &str,
+) -> Result<(Compaction, Vec<PartitionReport>)> {
     let mut compaction = Compaction::default();
     let mut partitions = Vec::new();
-    for (dir, removed) in plan {
+    for (dir, removed) in merges {
         let added = if dir.starts_with(&format!("parquet/{}/", SendColumns::TABLE)) {
-            merge::<SendColumns>(storage, &dir, &removed, &run_id)?
+            merge::<SendColumns>(storage, &dir, &removed, run_id)?
         } else {
-            merge::<MessageColumns>(storage, &dir, &removed, &run_id)?
+            merge::<MessageColumns>(storage, &dir, &removed, run_id)?
         };
         partitions.push(PartitionReport {
             dir,
@@ -179,18 +228,38 @@ pub fn compact(
         compaction.removed.extend(removed);
         compaction.added.extend(added);
     }
-    let report_of = |c: &Compaction| {
-        (
-            c.removed.len() as u64,
-            c.added.len() as u64,
-            c.added.iter().map(|f| f.rows).sum::<u64>(),
-            c.removed.iter().map(|r| r.file.bytes).sum::<u64>(),
-            c.added.iter().map(|f| f.bytes).sum::<u64>(),
-        )
-    };
-    let (files_removed, files_added, rows, bytes_before, bytes_after) = report_of(&compaction);
-    store.set_compaction(compaction);
-    store.checkpoint_mut().compaction.through = Some(day_before(today));
+    Ok((compaction, partitions))
+}
+
+/// What a compaction swapped, in figures.
+struct Totals {
+    files_removed: u64,
+    files_added: u64,
+    rows: u64,
+    bytes_before: u64,
+    bytes_after: u64,
+}
+
+impl Totals {
+    fn of(c: &Compaction) -> Totals {
+        Totals {
+            files_removed: c.removed.len() as u64,
+            files_added: c.added.len() as u64,
+            rows: c.added.iter().map(|f| f.rows).sum::<u64>(),
+            bytes_before: c.removed.iter().map(|r| r.file.bytes).sum::<u64>(),
+            bytes_after: c.added.iter().map(|f| f.bytes).sum::<u64>(),
+        }
+    }
+}
+
+/// The compaction's options and figures, for its manifest.
+fn manifest_body(
+    scope: &Scope,
+    min_files: usize,
+    partitions: usize,
+    totals: &Totals,
+    skipped: usize,
+) -> ManifestBody {
     let mut body = ManifestBody::empty("compact");
     body.options = serde_json::json!({
         "min_files": min_files,
@@ -201,28 +270,15 @@ pub fn compact(
         },
     });
     body.counts = serde_json::json!({
-        "partitions": partitions.len(),
-        "files_removed": files_removed,
-        "files_added": files_added,
-        "rows": rows,
-        "bytes_before": bytes_before,
-        "bytes_after": bytes_after,
-        "skipped": skipped.len(),
+        "partitions": partitions,
+        "files_removed": totals.files_removed,
+        "files_added": totals.files_added,
+        "rows": totals.rows,
+        "bytes_before": totals.bytes_before,
+        "bytes_after": totals.bytes_after,
+        "skipped": skipped,
     });
-    let sealed = store.seal(body)?;
-    Ok(CompactReport {
-        out: backend.location(),
-        run_id,
-        manifest: sealed.chain.manifest,
-        partitions,
-        files_removed,
-        files_added,
-        rows,
-        bytes_before,
-        bytes_after,
-        skipped,
-        seconds: started.elapsed().as_secs_f64(),
-    })
+    body
 }
 
 /// The Parquet files of closed partitions in `scope`, by folder: only
