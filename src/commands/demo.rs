@@ -78,17 +78,7 @@ pub async fn run(out: Option<Location>) -> Result<DemoReport> {
             chrono::Utc::now().format("%Y%m%dT%H%M%S")
         )))
     });
-    let world = MockConfig {
-        api_key: Some(DEMO_KEY.to_owned()),
-        faults: Faults {
-            transient_rate: 0.05,
-            retry_after_ms: 5,
-            overlap: 3,
-            unordered: true,
-            ..Faults::default()
-        },
-        ..MockConfig::demo()
-    };
+    let world = world();
     // Every conversation the account participates in.
     let users: Vec<String> = world
         .conversations
@@ -99,23 +89,7 @@ pub async fn run(out: Option<Location>) -> Result<DemoReport> {
     let server = MockServer::start(world)
         .await
         .map_err(|e| Error::io("127.0.0.1:0", e))?;
-
-    let account = Account::parse(ACCOUNT)?;
-    let mut api = ClientConfig::new(server.base_url(), ApiKey::new(DEMO_KEY)?);
-    api.retry = RetryPolicy {
-        base_delay: Duration::from_millis(5),
-        max_delay: Duration::from_millis(100),
-        max_server_wait: Duration::from_millis(200),
-        ..RetryPolicy::default()
-    };
-    let targets: Vec<Target> = users
-        .iter()
-        .map(|id| Target {
-            account: account.clone(),
-            user: UserRef::Id(id.clone()),
-        })
-        .collect();
-    let options = SyncOptions::new(api, out.clone(), targets);
+    let options = sync_options(&server, &out, &users)?;
 
     let full = sync::run(options.clone()).await?;
     // New messages arrive in two conversations; the rerun fetches only those
@@ -133,8 +107,67 @@ pub async fn run(out: Option<Location>) -> Result<DemoReport> {
         .map(|u| server.history(ACCOUNT, u).len() as u64)
         .sum();
 
-    // A text DM and a media DM (a small PNG the demo writes to a temporary
-    // folder: the mock takes any bytes).
+    let sends = send_two(&options.api, &out).await?;
+    let verify_out = out.clone();
+    let verify = tokio::task::spawn_blocking(move || verify::run(verify_out, None, None))
+        .await
+        .map_err(|e| Error::io("<verify>", std::io::Error::other(e)))??;
+
+    let (written, duplicates) = count_history(out.open()?.as_ref())?;
+    server.shutdown().await;
+    Ok(DemoReport {
+        out,
+        full,
+        incremental,
+        sends,
+        verify,
+        arrived,
+        expected,
+        written,
+        duplicates,
+    })
+}
+
+/// The demo world, with transient errors, overlapping and unordered pages
+/// switched on.
+fn world() -> MockConfig {
+    MockConfig {
+        api_key: Some(DEMO_KEY.to_owned()),
+        faults: Faults {
+            transient_rate: 0.05,
+            retry_after_ms: 5,
+            overlap: 3,
+            unordered: true,
+            ..Faults::default()
+        },
+        ..MockConfig::demo()
+    }
+}
+
+/// A sync of the account's conversations with `users` into `out`, with
+/// millisecond retries (the mock asks for short waits).
+fn sync_options(server: &MockServer, out: &Location, users: &[String]) -> Result<SyncOptions> {
+    let account = Account::parse(ACCOUNT)?;
+    let mut api = ClientConfig::new(server.base_url(), ApiKey::new(DEMO_KEY)?);
+    api.retry = RetryPolicy {
+        base_delay: Duration::from_millis(5),
+        max_delay: Duration::from_millis(100),
+        max_server_wait: Duration::from_millis(200),
+        ..RetryPolicy::default()
+    };
+    let targets: Vec<Target> = users
+        .iter()
+        .map(|id| Target {
+            account: account.clone(),
+            user: UserRef::Id(id.clone()),
+        })
+        .collect();
+    Ok(SyncOptions::new(api, out.clone(), targets))
+}
+
+/// Sends a text DM and a media DM (a small PNG the demo writes to a
+/// temporary folder: the mock takes any bytes).
+async fn send_two(api: &ClientConfig, out: &Location) -> Result<SendReport> {
     let scratch = tempfile::tempdir().map_err(|e| Error::io("<temp dir>", e))?;
     let picture = scratch.path().join("demo-picture.png");
     std::fs::write(&picture, DEMO_PNG).map_err(|e| Error::io(&picture, e))?;
@@ -156,8 +189,8 @@ pub async fn run(out: Option<Location>) -> Result<DemoReport> {
             None,
         )?,
     ];
-    let sends = send::run(SendOptions {
-        api: options.api.clone(),
+    send::run(SendOptions {
+        api: api.clone(),
         out: out.clone(),
         lines: lines.into_iter().map(BatchLine::Valid).collect(),
         batch: false,
@@ -166,26 +199,7 @@ pub async fn run(out: Option<Location>) -> Result<DemoReport> {
         max_credits: None,
         audit_key: None,
     })
-    .await?;
-    drop(scratch);
-    let verify_out = out.clone();
-    let verify = tokio::task::spawn_blocking(move || verify::run(verify_out, None, None))
-        .await
-        .map_err(|e| Error::io("<verify>", std::io::Error::other(e)))??;
-
-    let (written, duplicates) = count_history(out.open()?.as_ref())?;
-    server.shutdown().await;
-    Ok(DemoReport {
-        out,
-        full,
-        incremental,
-        sends,
-        verify,
-        arrived,
-        expected,
-        written,
-        duplicates,
-    })
+    .await
 }
 
 /// Counts the history records in the JSONL and the IDs seen twice within a
