@@ -88,6 +88,42 @@ pub async fn run(runs: u64, work_dir: Option<PathBuf>) -> Result<LongevityReport
             temp.path().join("out")
         }
     };
+    let (server, api, targets) = start_world().await?;
+    let days = runs.div_ceil(RUNS_PER_DAY);
+    let synced = sync_runs(&server, &api, &targets, &dir, runs, days).await?;
+    let checkpoint_bytes_last = file_size(&dir.join(crate::checkpoint::KEY));
+    let tenth = (runs / 10) as usize;
+    let times = &synced.times;
+    let first = median(times.get(..tenth).unwrap_or_default());
+    let last = median(times.get(times.len() - tenth..).unwrap_or_default());
+    let (files_before, parquet_files_before, partitions) = count_files(&dir);
+    let checked = verify_and_compact(&dir, synced.head_before_last.unwrap_or_default())?;
+    let (files_after, parquet_files_after, _) = count_files(&dir);
+    server.shutdown().await;
+    Ok(LongevityReport {
+        runs,
+        conversations: CONVERSATIONS,
+        days,
+        first_10pct_median_ms: first.as_secs_f64() * 1e3,
+        last_10pct_median_ms: last.as_secs_f64() * 1e3,
+        growth: last.as_secs_f64() / first.as_secs_f64().max(1e-9),
+        checkpoint_bytes_first: synced.checkpoint_bytes_first,
+        checkpoint_bytes_last,
+        files_before,
+        parquet_files_before,
+        files_after,
+        parquet_files_after,
+        partitions,
+        compact_s: checked.compact_s,
+        verify_s: checked.verify_s,
+        verify_since_ms: checked.since_s * 1e3,
+        verify_after_compact_s: checked.verify_after_compact_s,
+    })
+}
+
+/// The synthetic world, unlimited, with a client for it and a target for
+/// each of its conversations.
+async fn start_world() -> Result<(MockServer, ClientConfig, Vec<Target>)> {
     let mut world = synthetic_world(CONVERSATIONS, 50);
     world.api_key = Some(KEY.to_owned());
     world.get_limit_per_sec = 0;
@@ -107,7 +143,29 @@ pub async fn run(runs: u64, work_dir: Option<PathBuf>) -> Result<LongevityReport
             })
         })
         .collect::<Result<_>>()?;
-    let days = runs.div_ceil(RUNS_PER_DAY);
+    Ok((server, api, targets))
+}
+
+/// What the runs took, and what the folder looked like along the way.
+struct Synced {
+    /// Each run's wall time.
+    times: Vec<Duration>,
+    /// The checkpoint's size after the first run.
+    checkpoint_bytes_first: u64,
+    /// The chain head before the last run.
+    head_before_last: Option<String>,
+}
+
+/// `runs` syncs five minutes apart over `days` days ending yesterday, with
+/// new messages in one conversation before each.
+async fn sync_runs(
+    server: &MockServer,
+    api: &ClientConfig,
+    targets: &[Target],
+    dir: &Path,
+    runs: u64,
+    days: u64,
+) -> Result<Synced> {
     let start = chrono::Utc::now() - chrono::Duration::days(days as i64 + 1);
     let checkpoint = dir.join(crate::checkpoint::KEY);
     let mut times = Vec::with_capacity(runs as usize);
@@ -120,9 +178,9 @@ pub async fn run(runs: u64, work_dir: Option<PathBuf>) -> Result<LongevityReport
             NEW_PER_RUN,
         );
         if i + 1 == runs {
-            head_before_last = chain_head(&dir)?;
+            head_before_last = chain_head(dir)?;
         }
-        let mut options = SyncOptions::new(api.clone(), dir.clone(), targets.clone());
+        let mut options = SyncOptions::new(api.clone(), dir.to_owned(), targets.to_vec());
         options.stamp = Some(RunStamp::at(
             start + chrono::Duration::minutes(5 * i as i64),
         ));
@@ -139,15 +197,26 @@ pub async fn run(runs: u64, work_dir: Option<PathBuf>) -> Result<LongevityReport
             checkpoint_bytes_first = file_size(&checkpoint);
         }
     }
-    let checkpoint_bytes_last = file_size(&checkpoint);
-    let tenth = (runs / 10) as usize;
-    let first = median(times.get(..tenth).unwrap_or_default());
-    let last = median(times.get(times.len() - tenth..).unwrap_or_default());
-    let (files_before, parquet_files_before, partitions) = count_files(&dir);
+    Ok(Synced {
+        times,
+        checkpoint_bytes_first,
+        head_before_last,
+    })
+}
 
-    let location = Location::Dir(dir.clone());
+/// Seconds each check of the folder took.
+struct Checked {
+    verify_s: f64,
+    since_s: f64,
+    compact_s: f64,
+    verify_after_compact_s: f64,
+}
+
+/// Verifies the folder (whole, and since `since`), compacts it, verifies it
+/// again; any failed verify is an error.
+fn verify_and_compact(dir: &Path, since: String) -> Result<Checked> {
+    let location = Location::Dir(dir.to_owned());
     let (verify_s, verified) = timed(|| verify::run(location.clone(), None, None))?;
-    let since = head_before_last.unwrap_or_default();
     let (since_s, verified_since) =
         timed(|| verify::run_since(location.clone(), None, None, Some(&since)))?;
     let storage: Storage = location.open()?;
@@ -159,7 +228,6 @@ pub async fn run(runs: u64, work_dir: Option<PathBuf>) -> Result<LongevityReport
             compact::MIN_FILES,
         )
     })?;
-    let (files_after, parquet_files_after, _) = count_files(&dir);
     let (verify_after_compact_s, verified_after) =
         timed(|| verify::run(location.clone(), None, None))?;
     for report in [&verified, &verified_since, &verified_after] {
@@ -170,24 +238,10 @@ pub async fn run(runs: u64, work_dir: Option<PathBuf>) -> Result<LongevityReport
             ));
         }
     }
-    server.shutdown().await;
-    Ok(LongevityReport {
-        runs,
-        conversations: CONVERSATIONS,
-        days,
-        first_10pct_median_ms: first.as_secs_f64() * 1e3,
-        last_10pct_median_ms: last.as_secs_f64() * 1e3,
-        growth: last.as_secs_f64() / first.as_secs_f64().max(1e-9),
-        checkpoint_bytes_first,
-        checkpoint_bytes_last,
-        files_before,
-        parquet_files_before,
-        files_after,
-        parquet_files_after,
-        partitions,
-        compact_s,
+    Ok(Checked {
         verify_s,
-        verify_since_ms: since_s * 1e3,
+        since_s,
+        compact_s,
         verify_after_compact_s,
     })
 }
