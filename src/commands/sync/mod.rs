@@ -15,15 +15,17 @@
 //! then scans from the newest page down to what is already written (at most
 //! one page of known messages), then continues any unfinished backfill.
 //!
-//! The folder, in the order data flows through it: [`run`] (here) sets up,
-//! schedules and seals the run; `options` says what it is asked to do;
-//! `targets` resolves each conversation and loads its state; `schedule`
-//! starts one task per conversation at each account's pace; `scan` is a
-//! task, its scans a state machine over pages; each page's rows go over a
-//! channel to `writer`, the one thread that owns the store; `shared` holds
-//! what the tasks share (stops, credits, counters); `report` turns it all
-//! into the outcome and the manifest. The parts never call back into this
-//! file.
+//! The folder, in the order a run goes through it ([`run`], here, ties the
+//! steps together; the parts never call back into this file):
+//! - `options`: what the run is asked to do;
+//! - `targets`: set-up — each conversation's user ID and checkpoint state;
+//! - `schedule`: one task per conversation, at each account's pace;
+//! - `scan`: a task — its scans, each a state machine over pages;
+//! - `writer`: the one thread that owns the store; the tasks send it each
+//!   page's rows with the conversation state they commit with;
+//! - `shared`: what the tasks share (stops, credits, counters);
+//! - `report`: the outcome — per conversation and for the run — and the
+//!   manifest's content.
 
 mod options;
 mod report;

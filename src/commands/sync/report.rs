@@ -284,6 +284,14 @@ pub(super) fn serde_plain<T: Serialize>(value: T) -> String {
 
 impl std::fmt::Display for SyncReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.fmt_totals(f)?;
+        self.fmt_ends(f)
+    }
+}
+
+impl SyncReport {
+    /// The summary's totals: conversations, messages, credits, files.
+    fn fmt_totals(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let count =
             |s: ConversationStatus| self.conversations.iter().filter(|c| c.status == s).count();
         writeln!(f, "sync run {} -> {}", self.run_id, self.out)?;
@@ -339,6 +347,12 @@ impl std::fmt::Display for SyncReport {
         }
         writeln!(f, "  audit          {}", self.manifest)?;
         writeln!(f, "  elapsed        {:.2} s", self.elapsed.as_secs_f64())?;
+        Ok(())
+    }
+
+    /// The summary's end: the conversations not complete, what stopped the
+    /// job, and the compaction that followed.
+    fn fmt_ends(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         for c in self
             .conversations
             .iter()
