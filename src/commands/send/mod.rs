@@ -14,235 +14,30 @@
 //! send record in the JSONL and `parquet/sends/`, an audit row, and the
 //! checkpoint — and at the end of the run a manifest like sync's.
 
+//!
+//! The folder: `request` validates what a send is and derives its keys;
+//! this file runs the sends — set-up, the per-line loop, and per send the
+//! stages recipient → upload → send → confirm → record; `report` holds
+//! their outcomes, the exit status and the summary.
+
+mod report;
+mod request;
+
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use serde::Serialize;
-use sha2::{Digest, Sha256};
+pub use report::{SendOutcome, SendReport, SendStatus};
+pub use request::{BatchLine, MAX_TEXT_CHARS, MediaSource, SendRequest};
 
 use crate::api::client::{Client, ClientConfig, Reply};
 use crate::api::types::{SendDmRequest, WriteResponse};
-use crate::api::{Account, Endpoint, IdempotencyKey, UserRef};
+use crate::api::{Endpoint, IdempotencyKey, UserRef};
 use crate::audit::AuditKey;
 use crate::checkpoint::{Recipient, SendState};
 use crate::error::{Error, ErrorClass, Result};
 use crate::records::{RecordType, SendRow};
 use crate::storage::Location;
 use crate::store::{ManifestBody, RunStamp, Store};
-
-/// Longest DM text the API accepts, in Unicode scalar values.
-pub const MAX_TEXT_CHARS: usize = 10_000;
-
-/// Where the one media item of a DM comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum MediaSource {
-    /// A local file, uploaded as multipart.
-    File {
-        /// The file.
-        path: PathBuf,
-        /// Its MIME type, from its content.
-        mime: &'static str,
-        /// SHA-256 of its content (part of the idempotency key).
-        sha256: String,
-    },
-    /// A public https URL the API downloads.
-    Url(String),
-}
-
-/// One validated outbound DM.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SendRequest {
-    /// The connected sender account.
-    pub account: Account,
-    /// The recipient.
-    pub to: UserRef,
-    /// The text: non-empty, at most 10,000 characters.
-    pub text: String,
-    /// At most one media item.
-    pub media: Option<MediaSource>,
-    /// The caller's job key, if any (sending identical content again needs a new one).
-    pub job_key: Option<String>,
-}
-
-/// A media file type the API takes, and its size limit.
-struct MediaKind {
-    mime: &'static str,
-    max_bytes: u64,
-}
-
-const MIB: u64 = 1 << 20;
-
-/// The media type of a file, from its first bytes (not its name).
-fn sniff(head: &[u8]) -> Option<MediaKind> {
-    let kind = |mime, max_bytes| Some(MediaKind { mime, max_bytes });
-    match head {
-        [0xFF, 0xD8, 0xFF, ..] => kind("image/jpeg", 5 * MIB),
-        [0x89, b'P', b'N', b'G', ..] => kind("image/png", 5 * MIB),
-        [b'G', b'I', b'F', b'8', ..] => kind("image/gif", 15 * MIB),
-        [
-            b'R',
-            b'I',
-            b'F',
-            b'F',
-            _,
-            _,
-            _,
-            _,
-            b'W',
-            b'E',
-            b'B',
-            b'P',
-            ..,
-        ] => kind("image/webp", 5 * MIB),
-        [_, _, _, _, b'f', b't', b'y', b'p', ..] => kind("video/mp4", 512 * MIB),
-        _ => None,
-    }
-}
-
-impl SendRequest {
-    /// Validates one send. `media` and `media_url` are mutually exclusive.
-    /// Reads the media file to check its type and size and to hash it.
-    pub fn validate(
-        account: &str,
-        to: &str,
-        text: &str,
-        media: Option<&Path>,
-        media_url: Option<&str>,
-        job_key: Option<&str>,
-    ) -> Result<SendRequest> {
-        let account = Account::parse(account)?;
-        let to = UserRef::parse(to, "--to")?;
-        if text.trim().is_empty() {
-            return Err(Error::invalid("--text", "the text is empty"));
-        }
-        let chars = text.chars().count();
-        if chars > MAX_TEXT_CHARS {
-            return Err(Error::invalid(
-                "--text",
-                format!("{chars} characters; the API takes at most {MAX_TEXT_CHARS}"),
-            ));
-        }
-        if let Some(key) = job_key {
-            IdempotencyKey::try_new(key)?;
-        }
-        let media = match (media, media_url) {
-            (Some(_), Some(_)) => {
-                return Err(Error::invalid(
-                    "--media",
-                    "a DM carries at most one media item: give --media or --media-url",
-                ));
-            }
-            (Some(path), None) => Some(check_media_file(path)?),
-            (None, Some(url)) => {
-                let parsed =
-                    url::Url::parse(url).map_err(|_| Error::invalid("--media-url", "not a URL"))?;
-                if parsed.scheme() != "https" {
-                    return Err(Error::invalid(
-                        "--media-url",
-                        "the API downloads https URLs only",
-                    ));
-                }
-                Some(MediaSource::Url(url.to_owned()))
-            }
-            (None, None) => None,
-        };
-        Ok(SendRequest {
-            account,
-            to,
-            text: text.to_owned(),
-            media,
-            job_key: job_key.map(str::to_owned),
-        })
-    }
-
-    /// The DM's idempotency key for `attempt` (0 for the first). Length-
-    /// prefixed parts, so no two different sends share a key; the text
-    /// enters as a digest. A new attempt, after one that definitely failed,
-    /// gets a new key: the old one would only replay the failure.
-    fn dm_key(&self, recipient_id: &str, attempt: u32) -> IdempotencyKey {
-        let text_digest = Sha256::digest(self.text.as_bytes());
-        let media = match &self.media {
-            None => String::new(),
-            Some(MediaSource::File { sha256, .. }) => format!("file:{sha256}"),
-            Some(MediaSource::Url(url)) => format!("url:{url}"),
-        };
-        let attempt = if attempt == 0 {
-            String::new()
-        } else {
-            format!("attempt:{attempt}")
-        };
-        IdempotencyKey::derive(&[
-            b"send_dm",
-            self.account.as_str().as_bytes(),
-            recipient_id.as_bytes(),
-            &text_digest,
-            media.as_bytes(),
-            self.job_key.as_deref().unwrap_or_default().as_bytes(),
-            attempt.as_bytes(),
-        ])
-    }
-
-    /// The upload's idempotency key: tied to the DM it is for.
-    fn media_key(&self, dm_key: &IdempotencyKey) -> IdempotencyKey {
-        IdempotencyKey::derive(&[b"upload_media", dm_key.as_str().as_bytes()])
-    }
-}
-
-/// Checks a media file. Errors do not name the path: in a batch file with
-/// shifted fields, the "path" may be a message.
-fn check_media_file(path: &Path) -> Result<MediaSource> {
-    use std::io::Read;
-    let meta = std::fs::metadata(path).map_err(|e| {
-        Error::invalid(
-            "--media",
-            format!("the media file cannot be read ({})", e.kind()),
-        )
-    })?;
-    if !meta.is_file() {
-        return Err(Error::invalid("--media", "the media path is not a file"));
-    }
-    if meta.len() == 0 {
-        return Err(Error::invalid("--media", "the media file is empty"));
-    }
-    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut head = [0u8; 16];
-    let n = file.read(&mut head).map_err(|e| Error::io(path, e))?;
-    let Some(kind) = sniff(&head[..n]) else {
-        return Err(Error::invalid(
-            "--media",
-            "the media file is not a JPEG, PNG, GIF, WebP or MP4 file",
-        ));
-    };
-    if meta.len() > kind.max_bytes {
-        return Err(Error::invalid(
-            "--media",
-            format!(
-                "the media file has {} bytes; {} files may be at most {} MiB",
-                meta.len(),
-                kind.mime,
-                kind.max_bytes / MIB
-            ),
-        ));
-    }
-    let (sha256, _) = std::fs::File::open(path)
-        .and_then(crate::audit::digest_reader)
-        .map_err(|e| Error::io(path, e))?;
-    Ok(MediaSource::File {
-        path: path.to_owned(),
-        mime: kind.mime,
-        sha256,
-    })
-}
-
-/// One line of a batch: a request, or why it was refused.
-#[derive(Debug, Clone)]
-pub enum BatchLine {
-    /// Valid.
-    Valid(SendRequest),
-    /// Refused before any request.
-    Invalid(String),
-}
 
 /// Validated options of a send run.
 #[derive(Debug, Clone)]
@@ -264,168 +59,6 @@ pub struct SendOptions {
     pub max_credits: Option<u64>,
     /// Key for signing the manifest.
     pub audit_key: Option<AuditKey>,
-}
-
-/// How one send ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SendStatus {
-    /// Sent now.
-    Sent,
-    /// Recorded as sent by an earlier run: not sent again.
-    AlreadySent,
-    /// Refused before any request.
-    Invalid,
-    /// Refused by the `canDm: false` preflight.
-    Refused,
-    /// The API refused it or it failed.
-    Failed,
-    /// Not tried: an earlier error stopped the job.
-    NotAttempted,
-}
-
-/// The outcome of one send (body-free: it goes to the manifest).
-#[derive(Debug, Clone, Serialize)]
-pub struct SendOutcome {
-    /// 1-based line of the batch (1 for a single send).
-    pub line: usize,
-    /// Outcome.
-    pub status: SendStatus,
-    /// The sender.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub account: Option<String>,
-    /// The numeric recipient ID, once known.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub recipient_user_id: Option<String>,
-    /// The DM's idempotency key.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub idempotency_key: Option<String>,
-    /// The sent DM's ID.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub message_id: Option<String>,
-    /// The uploaded media's ID.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub media_id: Option<String>,
-    /// The uploaded media's URL, or the URL it was downloaded from.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub media_url: Option<String>,
-    /// The endpoint of the last call.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub endpoint: Option<Endpoint>,
-    /// Its final HTTP status.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub http_status: Option<u16>,
-    /// Requests made for the DM (polls included).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub attempts: Option<u32>,
-    /// The API's error code, when it failed.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub code: Option<String>,
-    /// The error, rendered (no body, no key).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    #[serde(skip)]
-    class: Option<ErrorClass>,
-}
-
-impl SendOutcome {
-    fn new(line: usize, status: SendStatus) -> SendOutcome {
-        SendOutcome {
-            line,
-            status,
-            account: None,
-            recipient_user_id: None,
-            idempotency_key: None,
-            message_id: None,
-            media_id: None,
-            media_url: None,
-            endpoint: None,
-            http_status: None,
-            attempts: None,
-            code: None,
-            error: None,
-            class: None,
-        }
-    }
-
-    /// A line refused before any request.
-    fn invalid(line: usize, reason: &str) -> SendOutcome {
-        let mut o = SendOutcome::new(line, SendStatus::Invalid);
-        o.error = Some(reason.to_owned());
-        o.class = Some(ErrorClass::BadInput);
-        o
-    }
-
-    fn fail(mut self, status: SendStatus, e: &Error) -> SendOutcome {
-        self.status = status;
-        self.code = match e {
-            Error::Api(api) => Some(api.code.clone()),
-            Error::WriteFailed { code, .. } => code.clone(),
-            _ => None,
-        };
-        self.class = Some(e.class());
-        self.error = Some(e.to_string());
-        self
-    }
-}
-
-/// The outcome of a send run.
-#[derive(Debug, Clone, Serialize)]
-pub struct SendReport {
-    /// The run's ID.
-    pub run_id: String,
-    /// Output folder.
-    pub out: Location,
-    /// Whether it was a batch.
-    #[serde(skip)]
-    pub batch: bool,
-    /// One per request.
-    pub sends: Vec<SendOutcome>,
-    /// Credits spent by endpoint.
-    pub credits: BTreeMap<Endpoint, u64>,
-    /// The run's manifest.
-    pub manifest: String,
-    /// The error that stopped the job, if one did.
-    pub stopped_by: Option<String>,
-    #[serde(skip)]
-    stop_needs_person: bool,
-    /// Whether the batch was refused whole for invalid lines.
-    #[serde(skip)]
-    refused: bool,
-    /// Requests answered 429, by account.
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub rate_limited: BTreeMap<String, u64>,
-}
-
-impl SendReport {
-    /// Exit status (SPEC §2): 0 all sent; 2 all refused as bad input; 3 a
-    /// person must act and nothing else is left; 4 partial.
-    pub fn exit_code(&self) -> u8 {
-        if self.refused {
-            return 2;
-        }
-        if self.stopped_by.is_some() {
-            return if self.stop_needs_person { 3 } else { 4 };
-        }
-        let done = |s: &SendOutcome| matches!(s.status, SendStatus::Sent | SendStatus::AlreadySent);
-        let bad: Vec<&SendOutcome> = self.sends.iter().filter(|s| !done(s)).collect();
-        if bad.is_empty() {
-            0
-        } else if bad.len() < self.sends.len() {
-            4
-        } else if bad.iter().all(|s| s.status == SendStatus::Invalid) {
-            2
-        } else if bad.iter().all(|s| {
-            matches!(
-                s.class,
-                Some(ErrorClass::NeedsPerson | ErrorClass::NotFound | ErrorClass::Rejected)
-            )
-        }) {
-            3
-        } else {
-            4
-        }
-    }
 }
 
 /// Runs the sends, in order.
@@ -585,8 +218,8 @@ impl Session {
     }
 }
 
-/// The manifest content of a send run: IDs, keys, statuses, counts and
-/// credits.
+/// The manifest content of a send run: its options, each send's outcome
+/// (no text), counts and credits.
 fn manifest_body(report: &SendReport, options: &SendOptions) -> ManifestBody {
     ManifestBody {
         command: "send",
@@ -1071,51 +704,5 @@ fn send_row(
         sent_at: chrono::Utc::now().timestamp_micros(),
         media_id: media_id.clone(),
         media_ids: media_id.map(|id| vec![id]),
-    }
-}
-
-impl std::fmt::Display for SendReport {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.batch {
-            // One JSON result per batch line, in order.
-            for s in &self.sends {
-                let line = serde_json::to_string(s).map_err(|_| std::fmt::Error)?;
-                writeln!(f, "{line}")?;
-            }
-            return Ok(());
-        }
-        for s in &self.sends {
-            let to = s.recipient_user_id.as_deref().unwrap_or("?");
-            match s.status {
-                SendStatus::Sent | SendStatus::AlreadySent => {
-                    let verb = if s.status == SendStatus::Sent {
-                        "sent"
-                    } else {
-                        "already sent (not sent again)"
-                    };
-                    write!(
-                        f,
-                        "{verb}: DM {} to {to}",
-                        s.message_id.as_deref().unwrap_or("?")
-                    )?;
-                    if let Some(media) = &s.media_id {
-                        write!(f, " with media {media}")?;
-                    }
-                    writeln!(f)?;
-                }
-                _ => writeln!(
-                    f,
-                    "not sent to {to}: {}",
-                    s.error.as_deref().unwrap_or("not attempted")
-                )?,
-            }
-        }
-        if let Some(stop) = &self.stopped_by {
-            writeln!(f, "stopped: {stop}")?;
-        }
-        if self.manifest.is_empty() {
-            return Ok(());
-        }
-        writeln!(f, "audit: {}", self.manifest)
     }
 }
