@@ -156,7 +156,7 @@ pub struct AuditLog {
 
 /// Where a log's lines go: a new object (the rows file, which the next run
 /// rebuilds from the JSONL if this one is killed), or a journal whose
-/// lines outlive a killed run (the page log; see [`repair`]).
+/// lines outlive a killed run (the page log; see [`repair_runs`]).
 enum LogSink {
     Object(Box<dyn NewObject>),
     Journal(Box<dyn Journal>),

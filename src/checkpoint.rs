@@ -329,7 +329,7 @@ impl Checkpoint {
         }
         checkpoint.read_as = Some(stored.version);
         // Saved in the current format from now on; a format 1 checkpoint
-        // keeps `unsealed: None` until its repair ran (see `Store::open`).
+        // keeps `unsealed: None` until its repair ran (see `store/recover.rs`).
         checkpoint.version = FORMAT_VERSION;
         Ok(checkpoint)
     }

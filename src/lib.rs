@@ -2,7 +2,10 @@
 //! systems where teams keep them.
 //!
 //! The data flow, one module per step:
-//! - [`api`]: the HTTP client, retry rules and wire shapes of the Xquik API;
+//! - [`api`]: the HTTP client, endpoints, retry rules and wire shapes of the
+//!   Xquik API;
+//! - [`normalize`], [`timestamp`], [`records`], [`dedupe`]: messages become
+//!   rows, deduped by message ID;
 //! - [`commands`]: what each subcommand does, each returning a report;
 //! - [`store`]: the commit protocol over the outputs ([`sinks`], [`audit`],
 //!   [`checkpoint`]), written once against the [`storage`] seam (a local
@@ -28,6 +31,7 @@ pub mod shard;
 pub mod sinks;
 pub mod storage;
 pub mod store;
+pub mod timestamp;
 
 pub use api::client::{ApiKey, Client, ClientConfig, DEFAULT_BASE_URL};
 pub use api::retry::RetryPolicy;

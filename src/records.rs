@@ -117,7 +117,7 @@ impl HistoryRowRef<'_> {
         json_str(out, self.receiver_id);
         out.extend_from_slice(br#","created_at":"#);
         match self.created_at {
-            Some(micros) if crate::normalize::write_rfc3339(out, micros) => {}
+            Some(micros) if crate::timestamp::write_rfc3339(out, micros) => {}
             _ => out.extend_from_slice(b"null"),
         }
         out.extend_from_slice(br#","message_text":"#);
@@ -390,7 +390,7 @@ pub mod micros_rfc3339 {
 
     /// Serializes microseconds as RFC 3339 UTC, or null.
     pub fn serialize<S: Serializer>(v: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
-        match v.and_then(crate::normalize::format_micros) {
+        match v.and_then(crate::timestamp::format_micros) {
             Some(text) => s.serialize_str(&text),
             None => s.serialize_none(),
         }
@@ -401,7 +401,7 @@ pub mod micros_rfc3339 {
         let raw = Option::<String>::deserialize(d)?;
         match raw {
             None => Ok(None),
-            Some(text) => crate::normalize::parse_timestamp(&text)
+            Some(text) => crate::timestamp::parse_timestamp(&text)
                 .map(Some)
                 .ok_or_else(|| serde::de::Error::custom("created_at is not RFC 3339")),
         }
@@ -414,7 +414,7 @@ pub mod micros_rfc3339_required {
 
     /// Serializes microseconds as RFC 3339 UTC.
     pub fn serialize<S: Serializer>(v: &i64, s: S) -> Result<S::Ok, S::Error> {
-        match crate::normalize::format_micros(*v) {
+        match crate::timestamp::format_micros(*v) {
             Some(text) => s.serialize_str(&text),
             None => Err(serde::ser::Error::custom("timestamp out of range")),
         }
@@ -423,7 +423,7 @@ pub mod micros_rfc3339_required {
     /// Reads RFC 3339 back into microseconds.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
         let text = String::deserialize(d)?;
-        crate::normalize::parse_timestamp(&text)
+        crate::timestamp::parse_timestamp(&text)
             .ok_or_else(|| serde::de::Error::custom("not an RFC 3339 timestamp"))
     }
 }

@@ -267,7 +267,7 @@ fn add_send(checkpoint: &mut Checkpoint, row: SendRow) {
         media_id: row.media_id,
         message_id: Some(row.message_id.clone()),
         send_status: Some(row.send_status),
-        sent_at: crate::normalize::format_micros(row.sent_at),
+        sent_at: crate::timestamp::format_micros(row.sent_at),
         recorded: true,
         ..SendState::default()
     };

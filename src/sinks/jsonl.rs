@@ -13,6 +13,7 @@
 )]
 
 use std::io::{BufRead, BufReader, Read};
+use std::ops::Range;
 
 use serde::{Deserialize, Serialize};
 use sha2::digest::common::hazmat::{SerializableState, SerializedState};
@@ -95,32 +96,18 @@ impl JsonlSink {
             file_hasher = None;
         }
         let mut segment_hasher = Sha256::new();
-        let mut segment_rows = 0;
         let start = segment_from.min(file_from);
-        if start < committed {
-            let mut reader = storage.handoff_reader(start..committed)?;
-            let mut buf = vec![0u8; 1 << 20];
-            let mut at = start;
-            loop {
-                let n = reader.read(&mut buf).map_err(|e| Error::io(&path, e))?;
-                if n == 0 {
-                    break;
-                }
-                let chunk = buf.get(..n).unwrap_or_default();
-                let tail = |from: u64| {
-                    chunk
-                        .get((from.saturating_sub(at) as usize).min(n)..)
-                        .unwrap_or_default()
-                };
-                let seg = tail(segment_from);
-                segment_hasher.update(seg);
-                segment_rows += seg.iter().filter(|b| **b == b'\n').count() as u64;
-                if let Some(file_hasher) = &mut file_hasher {
-                    file_hasher.update(tail(file_from));
-                }
-                at += n as u64;
-            }
-        }
+        let segment_rows = if start < committed {
+            let file = file_hasher.as_mut().map(|h| (h, file_from));
+            hash_committed(
+                storage,
+                start..committed,
+                (&mut segment_hasher, segment_from),
+                file,
+            )?
+        } else {
+            0
+        };
         Ok((
             JsonlSink {
                 log,
@@ -204,6 +191,42 @@ fn restore(saved: &DigestState) -> Option<(Sha256, u64)> {
     let state = SerializedState::<Sha256>::try_from(bytes.as_slice()).ok()?;
     let hasher = Sha256::deserialize(&state).ok()?;
     Some((hasher, saved.bytes))
+}
+
+/// Streams the committed bytes `range` of the handoff file into the
+/// hashers an opening sink resumes, each from the offset its bytes start
+/// at: the segment's, whose lines are counted, and the whole file's unless
+/// it is the segment's. Returns the segment's lines.
+fn hash_committed(
+    storage: &dyn Backend,
+    range: Range<u64>,
+    (segment_hasher, segment_from): (&mut Sha256, u64),
+    mut file: Option<(&mut Sha256, u64)>,
+) -> Result<u64> {
+    let path = storage.describe(FILE_NAME);
+    let mut segment_rows = 0;
+    let mut reader = storage.handoff_reader(range.clone())?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = range.start;
+    loop {
+        let n = reader.read(&mut buf).map_err(|e| Error::io(&path, e))?;
+        if n == 0 {
+            return Ok(segment_rows);
+        }
+        let chunk = buf.get(..n).unwrap_or_default();
+        let tail = |from: u64| {
+            chunk
+                .get((from.saturating_sub(at) as usize).min(n)..)
+                .unwrap_or_default()
+        };
+        let seg = tail(segment_from);
+        segment_hasher.update(seg);
+        segment_rows += seg.iter().filter(|b| **b == b'\n').count() as u64;
+        if let Some((file_hasher, file_from)) = &mut file {
+            file_hasher.update(tail(*file_from));
+        }
+        at += n as u64;
+    }
 }
 
 /// Reads the lines of the handoff file between byte offsets `from` and

@@ -184,7 +184,7 @@ proptest! {
 
     #[test]
     fn small_parsers_never_panic(text in ".{0,60}") {
-        let _ = xquik_dm::normalize::parse_timestamp(&text);
+        let _ = xquik_dm::timestamp::parse_timestamp(&text);
         let _ = xquik_dm::shard::Shard::parse(&text);
         let _ = xquik_dm::storage::Location::parse(&text);
         let _ = xquik_dm::UserRef::parse(&text, "user");

@@ -7,6 +7,7 @@ mod cli;
 mod client;
 mod compact;
 mod fuzz;
+mod golden;
 mod hostile;
 mod load;
 mod metrics;

@@ -603,7 +603,7 @@ impl Session {
         dm.state.status = "sent".into();
         dm.state.message_id = Some(message_id.to_owned());
         dm.state.send_status = Some(row.send_status);
-        dm.state.sent_at = crate::normalize::format_micros(row.sent_at);
+        dm.state.sent_at = crate::timestamp::format_micros(row.sent_at);
         dm.state.recorded = true;
         dm.state.error = None;
         dm.state.status_url = None;

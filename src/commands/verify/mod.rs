@@ -1,0 +1,249 @@
+//! `xquik-dm verify DIR`: what an audit reviewer runs. Recomputes every
+//! digest and checks that the audit trail accounts for every byte, without
+//! reading a message body into the report:
+//!
+//! - the chain: sequence numbers, each manifest's SHA-256, each link to the
+//!   previous manifest, and the checkpoint's pointer to the last run;
+//! - each manifest: the files and JSONL segments it lists (SHA-256, size),
+//!   its rows file and Merkle root, and its HMAC when a key is given;
+//! - completeness: the JSONL segments tile the handoff file from its first
+//!   to its last byte, and the Parquet and audit files on disk are exactly
+//!   the ones the manifests list — nothing missing, nothing extra;
+//! - compactions: the files a compaction removed are those earlier runs
+//!   listed, digest for digest, and it added as many rows per partition;
+//! - `SHA256SUMS`, line by line, as `sha256sum -c` would, and each run's
+//!   checksum file against its manifest.
+//!
+//! How an output root is checked ([`check_since`]), step by step, each
+//! step adding its failures and notes to one [`VerifyReport`] in turn:
+//!
+//! 1. [`chain`] reads the chain and the manifests it names, and the
+//!    checkpoint's pointer; it hands on the manifests, lightened;
+//! 2. [`files`] checks every file, log and segment those manifests list,
+//!    and hands on where the sealed segments end and every listed path;
+//! 3. [`completeness`] checks what lies beyond them: the handoff file's
+//!    tail and the unlisted files, accounting for an interrupted run;
+//! 4. [`compactions`] checks each compaction against the files it removed;
+//! 5. [`sums`] checks each run's checksum file, then `SHA256SUMS`.
+//!
+//! With `--since` ([`since`]), steps 1 to 5 start after a chain head
+//! verified before, and `SHA256SUMS` and the unlisted files are left to the
+//! full verify. A sharded prefix ([`run_since`]) is verified shard by
+//! shard, each shard an output root of its own. [`findings`] holds the
+//! report itself, which every step writes into and none reads back.
+
+// Reads bytes the API or a file supplies: no panic may be reachable from them.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
+
+mod chain;
+mod compactions;
+mod completeness;
+mod files;
+mod findings;
+mod since;
+mod sums;
+
+pub use findings::{Failure, VerifyReport};
+
+use self::compactions::Compacted;
+use crate::audit::{self, AuditKey};
+use crate::error::{Error, Result};
+use crate::storage::{Backend, Location};
+
+/// Verifies the output folder `dir`. `key` checks manifest signatures;
+/// `expect_head`, a chain head recorded earlier, must still be in the chain.
+pub fn run(
+    location: impl Into<Location>,
+    key: Option<&AuditKey>,
+    expect_head: Option<&str>,
+) -> Result<VerifyReport> {
+    run_since(location, key, expect_head, None)
+}
+
+/// [`run`], checking only what came after the chain head `since` when it
+/// is given (see [`check_since`]).
+pub fn run_since(
+    location: impl Into<Location>,
+    key: Option<&AuditKey>,
+    expect_head: Option<&str>,
+    since: Option<&str>,
+) -> Result<VerifyReport> {
+    let location = location.into();
+    location.require_existing("DIR")?;
+    let storage = location.open()?;
+    if location.as_dir().is_none() {
+        // A bucket that is missing or refuses reading is bad input, not a
+        // list of failures.
+        storage.prepare()?;
+    }
+    let Some(shards) = crate::shard::registered(storage.as_ref())? else {
+        return Ok(check_since(storage.as_ref(), key, expect_head, since));
+    };
+    if since.is_some() {
+        return Err(Error::invalid(
+            "--since",
+            "a chain head belongs to one shard: verify that shard's folder (<prefix>/shard=K)",
+        ));
+    }
+    check_shards(&location, storage.as_ref(), shards, key, expect_head)
+}
+
+/// Verifies a sharded prefix of `shards` shards, whose root is `storage`.
+fn check_shards(
+    location: &Location,
+    storage: &dyn Backend,
+    shards: u32,
+    key: Option<&AuditKey>,
+    expect_head: Option<&str>,
+) -> Result<VerifyReport> {
+    // A sharded prefix: every shard is an output root of its own, each
+    // with its own chain; all of them must verify.
+    let mut report = VerifyReport::new(location.clone());
+    let mut found_head = false;
+    for index in 0..shards {
+        found_head |= check_shard(location, index, shards, key, expect_head, &mut report)?;
+    }
+    check_prefix_keys(storage, shards, &mut report)?;
+    if let Some(expected) = expect_head
+        && !found_head
+    {
+        report.fail(
+            audit::CHAIN,
+            format!(
+                "the expected head {expected} is in no shard's chain: runs were removed or replaced"
+            ),
+        );
+    }
+    Ok(report)
+}
+
+/// Verifies shard `index` of `shards` and adds what it found to `report`,
+/// its paths and notes prefixed with the shard's folder; returns whether
+/// `expect_head` is in its chain.
+fn check_shard(
+    location: &Location,
+    index: u32,
+    shards: u32,
+    key: Option<&AuditKey>,
+    expect_head: Option<&str>,
+    report: &mut VerifyReport,
+) -> Result<bool> {
+    let mut found_head = false;
+    let dir = crate::shard::Shard {
+        index,
+        count: shards,
+    }
+    .dir();
+    let storage = location.join(&dir).open()?;
+    let shard = check(storage.as_ref(), key, None);
+    if let Some(expected) = expect_head
+        && audit::read_chain(storage.as_ref())
+            .is_ok_and(|(chain, _)| chain.iter().any(|e| e.sha256 == expected))
+    {
+        found_head = true;
+    }
+    report.runs += shard.runs;
+    report.checked += shard.checked;
+    report.signatures_checked += shard.signatures_checked;
+    report
+        .failures
+        .extend(shard.failures.into_iter().map(|f| Failure {
+            path: format!("{dir}/{}", f.path),
+            reason: f.reason,
+        }));
+    report
+        .notes
+        .extend(shard.notes.into_iter().map(|n| format!("{dir}: {n}")));
+    report.shard_heads.insert(dir, shard.head);
+    Ok(found_head)
+}
+
+/// Checks that a sharded prefix holds its shards and its registry, nothing
+/// else.
+fn check_prefix_keys(storage: &dyn Backend, shards: u32, report: &mut VerifyReport) -> Result<()> {
+    for listed in storage.list("")? {
+        // Exactly `shard=<k>/` as the tool names it: `shard=00/` is not
+        // shard 0, and a glob would read it all the same.
+        let in_shard = listed
+            .key
+            .strip_prefix("shard=")
+            .and_then(|rest| rest.split_once('/'))
+            .and_then(|(k, _)| k.parse::<u32>().ok().filter(|n| n.to_string() == k))
+            .is_some_and(|k| k < shards);
+        if !in_shard && listed.key != crate::shard::REGISTRY {
+            report.fail(
+                &listed.key,
+                format!("not part of any of the {shards} shards"),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Verifies the output root `dir` (see [`run`]).
+pub fn check(dir: &dyn Backend, key: Option<&AuditKey>, expect_head: Option<&str>) -> VerifyReport {
+    check_since(dir, key, expect_head, None)
+}
+
+/// [`check`], or with `since` (a chain head verified before) only what came
+/// after it: the chain's links after that run, the later runs' manifests
+/// and everything they list, and the handoff file from where that run's
+/// coverage ended — in time proportional to the new runs. `SHA256SUMS` and
+/// the check that nothing extra exists are left to the full verify.
+pub fn check_since(
+    dir: &dyn Backend,
+    key: Option<&AuditKey>,
+    expect_head: Option<&str>,
+    since: Option<&str>,
+) -> VerifyReport {
+    let mut report = VerifyReport::new(dir.location());
+    if dir.is_locked() {
+        report.notes.push(
+            "a run is in progress in this folder: its data is not sealed yet; verify again when it has finished".into(),
+        );
+    }
+    let chain = chain::check_chain(dir, key, since, &mut report);
+    if let Some(expected) = expect_head {
+        let in_chain = audit::read_chain(dir)
+            .map(|(chain, _)| chain.iter().any(|e| e.sha256 == expected))
+            .unwrap_or(false);
+        if !in_chain {
+            report.fail(
+                audit::CHAIN,
+                format!("the expected head {expected} is not in the chain: runs were removed or replaced"),
+            );
+        }
+    }
+    if since.is_some() && chain.start.is_none() {
+        return report;
+    }
+    let manifests = &chain.manifests;
+    let compacted = Compacted::of(manifests);
+    let listed = files::check_files(dir, manifests, chain.start, &compacted, &mut report);
+    let mut interrupted = completeness::check_completeness(
+        dir,
+        manifests,
+        &chain.chained,
+        chain.start,
+        &listed,
+        &mut report,
+    );
+    if chain.sealing_interrupted {
+        // SHA256SUMS is still the one the run before the last one wrote.
+        let before_last = manifests
+            .len()
+            .checked_sub(2)
+            .and_then(|i| manifests.get(i));
+        interrupted = Some(before_last.map_or(0, |m| m.coverage.jsonl_bytes));
+    }
+    compactions::check_compactions(manifests, &compacted, chain.start.is_some(), &mut report);
+    sums::check_run_sums(dir, manifests, &compacted, &mut report);
+    match chain.start {
+        Some(_) => since::note_checked(manifests.len(), since, &mut report),
+        None => sums::check_sums(dir, interrupted, &mut report),
+    }
+    report
+}

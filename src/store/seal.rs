@@ -1,0 +1,265 @@
+//! The end of a run: [`Store::seal`] closes the run's Parquet files and
+//! commits, then writes the audit rows file, the manifest, the chain entry
+//! (the commit point of the run), the checkpoint's audit pointer and
+//! `SHA256SUMS`, each durable before the next refers to it.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::Store;
+use super::recover::Repair;
+use super::stamp::RunStamp;
+use crate::api::Endpoint;
+use crate::audit::{self, ChainEntry, Compaction, Coverage, LogInfo, Manifest, RecoveredLog};
+use crate::checkpoint::{self, AuditPointer, Checkpoint};
+use crate::error::{Error, Result};
+use crate::sinks::WrittenFile;
+use crate::sinks::jsonl;
+use crate::storage::Backend;
+
+/// The command-specific content of a run's manifest.
+#[derive(Debug, Clone)]
+pub struct ManifestBody {
+    /// `sync` or `send`.
+    pub command: &'static str,
+    /// The run's exit status.
+    pub exit_code: u8,
+    /// Options used (no secrets).
+    pub options: serde_json::Value,
+    /// Per-conversation outcomes.
+    pub conversations: serde_json::Value,
+    /// Sends made.
+    pub sends: serde_json::Value,
+    /// Credits by endpoint.
+    pub credits: BTreeMap<Endpoint, u64>,
+    /// Counters.
+    pub counts: serde_json::Value,
+    /// HMAC key for the manifest, if any.
+    pub signing_key: Option<audit::AuditKey>,
+}
+
+impl ManifestBody {
+    /// A manifest of `command` that records no work (exit status 0): what
+    /// a run that only repaired or took over earlier work says.
+    pub fn empty(command: &'static str) -> ManifestBody {
+        ManifestBody {
+            command,
+            exit_code: 0,
+            options: serde_json::json!({}),
+            conversations: serde_json::json!([]),
+            sends: serde_json::json!([]),
+            credits: BTreeMap::new(),
+            counts: serde_json::json!({}),
+            signing_key: None,
+        }
+    }
+}
+
+/// What sealing a run produced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sealed {
+    /// Files and segments the manifest lists.
+    pub files: Vec<WrittenFile>,
+    /// The chain entry of the run.
+    pub chain: ChainEntry,
+    /// The rows file.
+    pub audit_rows: LogInfo,
+}
+
+/// What a manifest says of the run itself, beside the command's body and
+/// the files it wrote.
+struct Run<'a> {
+    stamp: &'a RunStamp,
+    /// When the store was opened, on the monotonic clock.
+    opened: std::time::Instant,
+    /// The last sealed run, which the manifest links to.
+    previous: Option<&'a ChainEntry>,
+    repair: &'a Repair,
+    recovered: &'a [RecoveredLog],
+    compaction: Option<&'a Compaction>,
+}
+
+impl Store {
+    /// [`Store::seal`] off the async runtime's threads.
+    pub async fn seal_async(self, body: ManifestBody) -> Result<Sealed> {
+        tokio::task::spawn_blocking(move || self.seal(body))
+            .await
+            .map_err(|e| Error::io("<store>", std::io::Error::other(e)))?
+    }
+
+    /// Ends the run: closes the Parquet file, commits, and writes the audit
+    /// rows file, the manifest, the chain entry, the checkpoint's audit
+    /// pointer and `SHA256SUMS`, in that order.
+    pub fn seal(mut self, body: ManifestBody) -> Result<Sealed> {
+        self.close_tables()?;
+        let files = self.listed_files();
+        let coverage = self.coverage();
+        let audit_rows = self.rows.finish()?;
+        let page_log = self.pages.finish()?;
+
+        let previous = self.head.clone();
+        let run = Run {
+            stamp: &self.stamp,
+            opened: self.opened,
+            previous: previous.as_ref(),
+            repair: &self.repair,
+            recovered: &self.recovered,
+            compaction: self.compaction.as_ref(),
+        };
+        let manifest = body.into_manifest(run, files.clone(), &audit_rows, page_log, coverage)?;
+        let storage = self.storage.as_ref();
+        let entry = audit::append_run(storage, &manifest, previous.as_ref())?;
+        self.head = Some(entry.clone());
+        follow_seal(
+            storage,
+            &mut self.checkpoint,
+            &entry,
+            coverage,
+            self.compaction.as_ref(),
+        )?;
+        write_sums(storage, self.jsonl.len(), &self.jsonl.file_digest())?;
+        Ok(Sealed {
+            files,
+            chain: entry,
+            audit_rows,
+        })
+    }
+
+    /// Closes both Parquet tables, lists their last files and commits.
+    fn close_tables(&mut self) -> Result<()> {
+        for file in [self.messages.close()?, self.sends.close()?]
+            .into_iter()
+            .flatten()
+        {
+            self.list_parquet(file);
+        }
+        // Both tables are closed: every record is in a listed file, also
+        // for a table this run wrote nothing to.
+        let end = self.jsonl.len();
+        self.checkpoint.parquet.messages_covered_bytes = end;
+        self.checkpoint.parquet.sends_covered_bytes = end;
+        self.commit()
+    }
+
+    /// The files the manifest lists: the JSONL segment since the last
+    /// manifest, the Parquet files no sealed manifest lists yet, and the
+    /// files a compaction wrote.
+    fn listed_files(&self) -> Vec<WrittenFile> {
+        let mut files: Vec<WrittenFile> = self.jsonl.segment().into_iter().collect();
+        files.extend(self.checkpoint.parquet.files.iter().cloned());
+        if let Some(compaction) = &self.compaction {
+            files.extend(compaction.added.iter().cloned());
+        }
+        files
+    }
+
+    /// How far the manifests cover the outputs once this run is sealed.
+    fn coverage(&self) -> Coverage {
+        let parquet = &self.checkpoint.parquet;
+        Coverage {
+            jsonl_bytes: self.jsonl.len(),
+            parquet_files: parquet.listed_before + parquet.files.len() as u64,
+        }
+    }
+}
+
+impl ManifestBody {
+    /// The manifest of `run`: this body, the files it wrote, its logs and
+    /// the coverage after it, signed when a key is set.
+    fn into_manifest(
+        self,
+        run: Run<'_>,
+        files: Vec<WrittenFile>,
+        audit_rows: &LogInfo,
+        page_log: LogInfo,
+        coverage: Coverage,
+    ) -> Result<Manifest> {
+        let mut manifest = Manifest {
+            format: audit::MANIFEST_FORMAT.to_owned(),
+            run_id: run.stamp.run_id.clone(),
+            command: self.command.to_owned(),
+            tool_version: env!("CARGO_PKG_VERSION").to_owned(),
+            started_at: run.stamp.started_at.clone(),
+            finished_at: finished_at(run.stamp, run.opened),
+            previous_manifest_sha256: run.previous.map(|p| p.sha256.clone()),
+            exit_code: self.exit_code,
+            options: self.options,
+            conversations: self.conversations,
+            sends: self.sends,
+            credits: self
+                .credits
+                .iter()
+                .map(|(e, c)| (e.as_str().to_owned(), *c))
+                .collect(),
+            counts: self.counts,
+            repair: serde_json::to_value(run.repair).unwrap_or_default(),
+            files,
+            audit_rows: audit_rows.clone(),
+            page_log,
+            coverage,
+            recovered: run.recovered.to_vec(),
+            compaction: run.compaction.cloned(),
+            signature: None,
+        };
+        if let Some(key) = &self.signing_key {
+            manifest.sign(&key.0)?;
+        }
+        Ok(manifest)
+    }
+}
+
+/// Points `checkpoint` at the sealed run `entry`, whose manifest lists
+/// every file the checkpoint held, finishes its `compaction`, and commits.
+fn follow_seal(
+    storage: &dyn Backend,
+    checkpoint: &mut Checkpoint,
+    entry: &ChainEntry,
+    coverage: Coverage,
+    compaction: Option<&Compaction>,
+) -> Result<()> {
+    checkpoint.audit = AuditPointer {
+        runs: entry.seq,
+        last_manifest: Some(entry.manifest.clone()),
+        last_digest: Some(entry.sha256.clone()),
+        coverage,
+    };
+    // The manifest lists them now; nothing is left to clean up after.
+    checkpoint.parquet.files.clear();
+    checkpoint.parquet.listed_before = coverage.parquet_files;
+    checkpoint.unsealed = Some(Vec::new());
+    if let Some(compaction) = compaction {
+        // The merged files are the listed ones now. Done before the
+        // checkpoint follows the chain: until it has, the next run
+        // finishes this.
+        audit::finish_compaction(storage, compaction)?;
+    }
+    checkpoint.save(storage)
+}
+
+/// Rewrites `SHA256SUMS`, which lists the files that change: the handoff
+/// file (its digest kept up to date as it grows) and the checkpoint. Every
+/// file that never changes is listed in the checksum file of the run that
+/// wrote it (see [`audit::append_run`]), so nothing here grows with the
+/// history.
+fn write_sums(storage: &dyn Backend, jsonl_len: u64, jsonl_digest: &str) -> Result<()> {
+    let mut files = vec![checkpoint::KEY.to_owned()];
+    if jsonl_len > 0 {
+        files.push(jsonl::FILE_NAME.to_owned());
+    }
+    let known = BTreeMap::from([(jsonl::FILE_NAME.to_owned(), jsonl_digest.to_owned())]);
+    audit::write_sums(storage, &files, &known)
+}
+
+/// When the run `stamp` ends: its start plus the time it took on the
+/// monotonic clock since `opened`, so that a wall clock set back or forward
+/// during the run cannot give it a negative or absurd duration.
+fn finished_at(stamp: &RunStamp, opened: std::time::Instant) -> String {
+    let started = chrono::DateTime::parse_from_rfc3339(&stamp.started_at)
+        .map(|t| t.with_timezone(&chrono::Utc));
+    let finished = match (started, chrono::Duration::from_std(opened.elapsed())) {
+        (Ok(started), Ok(elapsed)) => started + elapsed,
+        _ => chrono::Utc::now(),
+    };
+    finished.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
