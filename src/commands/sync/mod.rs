@@ -1,0 +1,138 @@
+//! `xquik-dm sync`: page the DM history of many conversations into the
+//! store, deduplicated, resumable and crash-safe.
+//!
+//! Shape of a run: validate and lock the output folder (before any request),
+//! resolve usernames once (remembered in the checkpoint), then one task per
+//! conversation pages the history and sends each page's new rows to a
+//! single writer thread, which owns the store and commits every second or
+//! so. Each account runs as many conversations at a time as it takes to
+//! keep its requests at the account's pace (the rate limit) at the latency
+//! its answers come back with, up to `--concurrency`. A conversation's state in the checkpoint
+//! always travels with the rows it covers, so a crash at any instant resumes
+//! exactly where the committed data ends.
+//!
+//! Per conversation, a run first finishes an interrupted incremental scan,
+//! then scans from the newest page down to what is already written (at most
+//! one page of known messages), then continues any unfinished backfill.
+//!
+//! The folder, in the order a run goes through it ([`run`], here, ties the
+//! steps together; the parts never call back into this file):
+//! - `options`: what the run is asked to do;
+//! - `targets`: set-up — each conversation's user ID and checkpoint state;
+//! - `schedule`: one task per conversation, at each account's pace;
+//! - `scan`: a task — its scans, each a state machine over pages;
+//! - `writer`: the one thread that owns the store; the tasks send it each
+//!   page's rows with the conversation state they commit with;
+//! - `shared`: what the tasks share (stops, credits, counters);
+//! - `report`: the outcome — per conversation and for the run — and the
+//!   manifest's content.
+
+mod options;
+mod report;
+mod scan;
+mod schedule;
+mod shared;
+mod targets;
+mod writer;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+pub use options::{DEFAULT_CONCURRENCY, SyncOptions, Target};
+use report::manifest_body;
+pub use report::{ConversationReport, ConversationStatus, InvalidRecord, PageRecord, SyncReport};
+use shared::Run;
+use targets::resolve_targets;
+
+use crate::api::client::Client;
+use crate::error::{Error, Result};
+use crate::storage::Storage;
+use crate::store::{Repair, RunStamp, Store};
+
+/// Runs a sync.
+pub async fn run(options: SyncOptions) -> Result<SyncReport> {
+    if options.targets.is_empty() {
+        return Err(Error::invalid("--user", "name at least one conversation"));
+    }
+    let started = Instant::now();
+    let (run, mut store, storage) = set_up(options).await?;
+    let run_id = store.run_id().to_owned();
+    let repair = store.repair().clone();
+    let (resolved, mut reports) = resolve_targets(&run, &mut store).await;
+
+    let (tx, writer) = writer::spawn(store, run.clone())?;
+    schedule::run_conversations(&run, resolved, &mut reports, tx, started).await;
+    let store = writer::join(writer).await?;
+
+    let mut report = SyncReport::of_run(&run, run_id, repair, reports);
+    let body = manifest_body(&report, &run.options);
+    let sealed = store.seal_async(body).await?;
+    report.files = sealed.files;
+    report.manifest = sealed.chain.manifest;
+    if run.options.compact {
+        compact_after(storage, &mut report).await?;
+    }
+    report.elapsed = started.elapsed();
+    Ok(report)
+}
+
+/// The set-up: the API client, the output folder opened, and the state the
+/// tasks share. Returns that state, the store and the output root.
+async fn set_up(options: SyncOptions) -> Result<(Arc<Run>, Store, Storage)> {
+    let stamp = options.stamp.clone().unwrap_or_else(RunStamp::now);
+    let client = Client::new(options.api.clone())?;
+
+    // The folder is opened, locked and repaired before any request: an
+    // unusable folder costs no credit.
+    let (options, storage) = shard_of(options)?;
+    let store = Store::open_async(&storage, &stamp).await?;
+    let repair = store.repair();
+    if *repair != Repair::default() {
+        tracing::warn!(
+            jsonl_bytes_cut = repair.jsonl_bytes_cut,
+            parquet_removed = repair.parquet_removed.len(),
+            parquet_rebuilt_rows = repair.parquet_rebuilt_rows,
+            "repaired what an interrupted run left"
+        );
+    }
+    let run = Arc::new(Run::new(client, store.page_log(), options));
+    Ok((run, store, storage))
+}
+
+/// The options and output root of this run: for a shard, only its
+/// conversations, in its own root under the prefix (registered there first,
+/// so that a prefix is never split two ways).
+fn shard_of(mut options: SyncOptions) -> Result<(SyncOptions, Storage)> {
+    let Some(shard) = options.shard else {
+        let storage = options.out.open()?;
+        return Ok((options, storage));
+    };
+    let root = options.out.open()?;
+    root.prepare()?;
+    shard.register(root.as_ref())?;
+    options
+        .targets
+        .retain(|t| shard.contains(&t.account, &t.user));
+    options.out = options.out.join(&shard.dir());
+    let storage = options.out.open()?;
+    Ok((options, storage))
+}
+
+/// `--compact`: compacts the partitions of the dates that closed since the
+/// last compaction. A failure is put in the report; the run stays sealed.
+async fn compact_after(storage: Storage, report: &mut SyncReport) -> Result<()> {
+    // A run of its own, after this one is sealed and has let go of
+    // the output.
+    let compacted = tokio::task::spawn_blocking(move || super::compact::auto(&storage))
+        .await
+        .map_err(|e| Error::io("<compact>", std::io::Error::other(e)))?;
+    match compacted {
+        Ok(compaction) => report.compaction = compaction,
+        Err(e) => {
+            tracing::error!(error = %e, "compaction after the run failed; the run is sealed");
+            report.compaction_exit = e.exit_code();
+            report.compaction_error = Some(e.to_string());
+        }
+    }
+    Ok(())
+}
