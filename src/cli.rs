@@ -239,6 +239,11 @@ pub enum CommandArgs {
         /// password is better in PGPASSWORD than on a command line).
         #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
         to: String,
+        /// Connection attempts after the first, with backoff, while the server cannot be
+        /// reached (a restart, a failover). A connection lost once loading has begun ends
+        /// the load with exit 4: whole runs are loaded, and a rerun loads the rest.
+        #[arg(long, value_name = "N", default_value_t = crate::commands::load::RETRY_CONNECT)]
+        retry_connect: u32,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -468,6 +473,8 @@ pub enum Command {
         from: Location,
         /// The database.
         to: String,
+        /// Connection attempts after the first.
+        retry_connect: u32,
         /// Report as JSON.
         json: bool,
     },
@@ -924,9 +931,15 @@ impl Args {
             CommandArgs::Demo { out } => Command::Demo { out },
             CommandArgs::Completions { shell } => Command::Completions { shell },
             CommandArgs::Man { dir } => Command::Man { dir },
-            CommandArgs::Load { from, to, json } => Command::Load {
+            CommandArgs::Load {
+                from,
+                to,
+                retry_connect,
+                json,
+            } => Command::Load {
                 from: Location::from(from),
                 to,
+                retry_connect,
                 json,
             },
             CommandArgs::Report { dir, html, json } => Command::Report {

@@ -281,8 +281,13 @@ pub async fn execute(command: Command) -> Result<Report> {
             report: longevity::run(runs, work_dir).await?,
             json,
         }),
-        Command::Load { from, to, json } => Ok(Report::Load {
-            report: load::run(&from, &to).await?,
+        Command::Load {
+            from,
+            to,
+            retry_connect,
+            json,
+        } => Ok(Report::Load {
+            report: load::run(&from, &to, retry_connect).await?,
             json,
         }),
         Command::Report { dir, html, json } => {
