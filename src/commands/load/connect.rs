@@ -584,8 +584,14 @@ pub fn session_error(target: &Target, e: &tokio_postgres::Error) -> Error {
 fn tls_reason(target: &Target, e: &tokio_postgres::Error) -> Option<String> {
     let mode = target.tls.mode.word();
     if let Some(problem) = rustls_error(e) {
+        let rule = match target.tls.mode {
+            SslMode::Prefer | SslMode::Require => {
+                " checks the chain when a root certificate file is present, as libpq"
+            }
+            _ => "",
+        };
         return Some(format!(
-            "{} (sslmode={mode}, {})",
+            "{} (sslmode={mode}{rule}; {})",
             certificate_problem(problem),
             target.tls.roots
         ));
@@ -616,9 +622,18 @@ fn certificate_problem(e: &rustls::Error) -> String {
             expected,
             presented,
         }) => {
+            // rustls lists the names as `DnsName("db.example.com")`.
+            let bare = |name: &'_ String| {
+                name.split_once('(')
+                    .and_then(|(_, inner)| inner.strip_suffix(')'))
+                    .unwrap_or(name)
+                    .trim_matches('"')
+                    .to_owned()
+            };
+            let names: Vec<String> = presented.iter().map(bare).collect();
             format!(
                 "the server's certificate is for {}, not {} (name mismatch)",
-                presented.join(", "),
+                names.join(", "),
                 expected.to_str()
             )
         }

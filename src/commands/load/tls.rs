@@ -365,6 +365,10 @@ struct ServerCheck {
     algorithms: WebPkiSupportedAlgorithms,
 }
 
+type Der<'a> = CertificateDer<'a>;
+type Dss = DigitallySignedStruct;
+type Signature = std::result::Result<HandshakeSignatureValid, rustls::Error>;
+
 impl ServerCertVerifier for ServerCheck {
     fn verify_server_cert(
         &self,
@@ -391,22 +395,12 @@ impl ServerCertVerifier for ServerCheck {
         Ok(ServerCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    fn verify_tls12_signature(&self, msg: &[u8], cert: &Der<'_>, dss: &Dss) -> Signature {
+        rustls::crypto::verify_tls12_signature(msg, cert, dss, &self.algorithms)
     }
 
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    fn verify_tls13_signature(&self, msg: &[u8], cert: &Der<'_>, dss: &Dss) -> Signature {
+        rustls::crypto::verify_tls13_signature(msg, cert, dss, &self.algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
