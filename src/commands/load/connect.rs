@@ -74,7 +74,7 @@ impl Target {
                 ),
             )
         })?;
-        complete(&mut config, env)?;
+        complete(&mut config, env);
         if !binding_given && let Some(word) = env("PGCHANNELBINDING") {
             config.channel_binding(match word.as_str() {
                 "disable" => ChannelBinding::Disable,
@@ -112,10 +112,7 @@ impl Target {
 
 /// Fills in what the string left out from the `PG*` variables, and the
 /// defaults of this program.
-fn complete(
-    config: &mut tokio_postgres::Config,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<()> {
+fn complete(config: &mut tokio_postgres::Config, env: &dyn Fn(&str) -> Option<String>) {
     if config.get_hosts().is_empty() && config.get_hostaddrs().is_empty() {
         let host = env("PGHOST").unwrap_or_else(|| "/var/run/postgresql".to_owned());
         config.host(&host);
@@ -142,7 +139,6 @@ fn complete(
     if config.get_application_name().is_none() {
         config.application_name("xquik-dm");
     }
-    Ok(())
 }
 
 fn is_local(host: &Host) -> bool {

@@ -202,7 +202,11 @@ pub async fn run(from: &Location, to: &str, retry_connect: u32) -> Result<LoadRe
     };
     if let Err((e, run)) = outcome {
         // A connection gone mid-load is a partial load (exit 4), reported;
-        // anything else the server said is an error.
+        // anything else the server said is an error. The cut run's
+        // transaction is rolled back by the server; if the loss hit its
+        // COMMIT, the commit may have landed, and then its ledger row
+        // landed with it: the rerun reads the ledger and does not load it
+        // twice either way.
         if !connect::is_lost(&e) {
             return Err(connect::session_error(&target, &e));
         }
