@@ -335,6 +335,19 @@ async fn verify_full_loads_over_tls_and_the_server_sees_an_encrypted_connection(
     );
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(again["runs_loaded"], 0);
+
+    // sslrootcert=system: the machine's roots, here the test CA through
+    // SSL_CERT_FILE, which OpenSSL (and so libpq) reads too; verify-full
+    // by default.
+    let system = cluster.url(&format!("password={PASSWORD} sslrootcert=system"));
+    let (code, _, stderr) =
+        run(load_command(&out, &system, pki.dir.path()).env("SSL_CERT_FILE", &ca));
+    assert_eq!(code, 0, "{stderr}");
+    let other = system.replace("host=db.test", "host=other.test");
+    let (code, _, stderr) =
+        run(load_command(&out, &other, pki.dir.path()).env("SSL_CERT_FILE", &ca));
+    assert_eq!(code, 3, "{stderr}");
+    assert!(stderr.contains("name mismatch"), "{stderr}");
 }
 
 /// The `hostssl … cert` user: refused without a client certificate
