@@ -82,6 +82,11 @@ pub struct LoadArgs {
     /// password is better in PGPASSWORD than on a command line).
     #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
     to: String,
+    /// Connection attempts after the first, with backoff, while the server cannot be
+    /// reached (a restart, a failover). A connection lost once loading has begun ends
+    /// the load with exit 4: whole runs are loaded, and a rerun loads the rest.
+    #[arg(long, value_name = "N", default_value_t = crate::commands::load::RETRY_CONNECT)]
+    retry_connect: u32,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -93,6 +98,7 @@ impl LoadArgs {
         Command::Load {
             from: Location::from(self.from),
             to: self.to,
+            retry_connect: self.retry_connect,
             json: self.json,
         }
     }

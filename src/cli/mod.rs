@@ -90,7 +90,9 @@ pub enum CommandArgs {
     /// xquik_dm.loaded_runs, after its handoff segment and manifest pass their
     /// digests. Tables xquik_dm.messages and xquik_dm.sends are created when
     /// missing. Exit status: 0 loaded, 2 bad input or an unreachable database,
-    /// 3 the database refused, 5 a run failed its check (earlier runs stay loaded).
+    /// 3 the database refused (a password, a certificate, TLS), 4 the connection
+    /// was lost mid-load (whole runs stay loaded; a rerun loads the rest), 5 a run
+    /// failed its check (earlier runs stay loaded).
     Load(LoadArgs),
     /// Merge the small Parquet files of closed date partitions into large ones.
     ///

@@ -56,6 +56,8 @@ pub enum Command {
         from: Location,
         /// The database.
         to: String,
+        /// Connection attempts after the first.
+        retry_connect: u32,
         /// Report as JSON.
         json: bool,
     },
@@ -371,7 +373,12 @@ pub async fn execute(command: Command) -> Result<Report> {
                 .await
                 .map(|written| Report::Report { written, json })
         }
-        Command::Load { from, to, json } => load::run(&from, &to)
+        Command::Load {
+            from,
+            to,
+            retry_connect,
+            json,
+        } => load::run(&from, &to, retry_connect)
             .await
             .map(|report| Report::Load { report, json }),
         Command::Lookup { api, user } => {

@@ -9,7 +9,7 @@
 //!
 //! It holds the behaviour still while the code moves: a change to any
 //! written byte, row, count, coverage or repair figure shows up here as a
-//! diff. `XQUIK_DM_BLESS=1 cargo test --test integration golden` rewrites
+//! diff. `XQUIK_DM_UPDATE_GOLDEN=1 cargo test --test integration golden` rewrites
 //! the file after an intended change.
 
 use std::path::Path;
@@ -30,7 +30,7 @@ async fn a_fixed_workflow_writes_the_golden_outputs() {
     let out = dir.path().join("out");
     workflow(&out).await;
     let got = describe(&out);
-    if std::env::var_os("XQUIK_DM_BLESS").is_some() {
+    if std::env::var_os("XQUIK_DM_UPDATE_GOLDEN").is_some() {
         std::fs::write(GOLDEN, &got).unwrap();
     }
     let want = std::fs::read_to_string(GOLDEN).unwrap();

@@ -34,8 +34,12 @@ fn load(out: &Path, url: &str) -> (i32, Value, String) {
 /// The tables as JSON, keyed like the JSONL records: every column, times
 /// as microseconds since the epoch.
 pub fn tables(pg: &Postgres, cwd: &Path) -> (Vec<Value>, Vec<Value>) {
-    let messages = pg.query(
-        cwd,
+    tables_by(|sql| pg.query(cwd, sql))
+}
+
+/// [`tables`], read with `query` (SQL in, the one value out).
+pub fn tables_by(query: impl Fn(&str) -> String) -> (Vec<Value>, Vec<Value>) {
+    let messages = query(
         "SELECT coalesce(json_agg(json_build_object(
             'message_id', message_id, 'conversation_user_id', conversation_user_id,
             'account', account, 'sender_id', sender_id, 'receiver_id', receiver_id,
@@ -43,8 +47,7 @@ pub fn tables(pg: &Postgres, cwd: &Path) -> (Vec<Value>, Vec<Value>) {
             'message_text', message_text, 'media_url', media_url)
             ORDER BY conversation_user_id, message_id), '[]') FROM xquik_dm.messages",
     );
-    let sends = pg.query(
-        cwd,
+    let sends = query(
         "SELECT coalesce(json_agg(json_build_object(
             'message_id', message_id, 'success', success, 'send_status', send_status,
             'sender_account', sender_account, 'recipient_user_id', recipient_user_id,
@@ -318,11 +321,14 @@ async fn bad_input_is_refused_and_nothing_is_loaded() {
     sync::run(sync_options(&server, &out, &users(1)))
         .await
         .unwrap();
-    // Nothing listening there.
-    let (code, _, stderr) = load(
-        &out,
-        "host=/nonexistent/socket user=postgres dbname=postgres",
-    );
+    // Nothing listening there (and no retry: --retry-connect 0).
+    let (code, _, stderr) = run(bin()
+        .args(["load", "--retry-connect", "0", "--from"])
+        .arg(&out)
+        .args([
+            "--to",
+            "host=/nonexistent/socket user=postgres dbname=postgres",
+        ]));
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("cannot reach the database"), "{stderr}");
     // A folder that is not an output.

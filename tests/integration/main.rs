@@ -10,6 +10,7 @@ mod fuzz;
 mod golden;
 mod hostile;
 mod load;
+mod load_tls;
 mod metrics;
 mod pacing;
 mod protocol;

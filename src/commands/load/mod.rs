@@ -20,23 +20,25 @@
 //!   rolled back — exit 5, nothing loaded.
 //! - A run whose segment or manifest fails its check stops the load there
 //!   (exit 5, the file named); the runs before it stay loaded.
+//! - A connection lost once loading has begun (a restart, a failover)
+//!   ends the load as partial, exit 4: the runs before the cut one are
+//!   loaded, the cut one was rolled back by the server, and a rerun loads
+//!   the rest exactly once (the ledger says where to resume).
 //! - Progress: a bar on a terminal, a log line per run otherwise.
 //!
-//! Connection: the URL (or `DATABASE_URL`), completed by the usual `PG*`
-//! variables (`PGHOST`, `PGPORT`, `PGUSER`, `PGPASSWORD`, `PGDATABASE`,
-//! `PGSSLMODE`). This build speaks to PostgreSQL without TLS: a local
-//! socket, a private network or a TLS-terminating proxy; `sslmode=require`
-//! is refused rather than silently downgraded. The password is never
-//! printed.
+//! Connection (`connect`): the URL (or `DATABASE_URL`), completed by the
+//! usual `PG*` variables, over TLS as libpq's `sslmode` words say (`tls`).
+//! The password and key contents are never printed.
+
+mod connect;
+mod tls;
 
 use std::io::BufRead;
-use std::str::FromStr;
 use std::time::Instant;
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::config::SslMode;
 use tokio_postgres::types::{ToSql, Type};
 
 use crate::audit::{self, ChainEntry};
@@ -45,6 +47,11 @@ use crate::error::{Error, Result};
 use crate::records::{HistoryRow, RecordType, SendRow};
 use crate::sinks::sha256_hex;
 use crate::storage::{Location, Storage};
+use connect::{Session, Target};
+
+/// Connection attempts after the first, by default, while the server
+/// cannot be reached (`--retry-connect`).
+pub const RETRY_CONNECT: u32 = 3;
 
 /// The tables, created when missing.
 const SCHEMA: &str = "
@@ -97,12 +104,30 @@ pub struct LoadReport {
     /// The file that failed its check, when one stopped the load.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failure: Option<Failure>,
+    /// The connection lost, when that stopped the load.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interrupted: Option<Interruption>,
+}
+
+/// A connection lost during the load.
+#[derive(Debug, Clone, Serialize)]
+pub struct Interruption {
+    /// The run being loaded when it was lost (rolled back), if one was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
+    /// How the connection ended.
+    pub reason: String,
 }
 
 impl LoadReport {
-    /// 0 loaded (or nothing to load), 5 a check failed.
+    /// 0 loaded (or nothing to load), 4 the connection was lost (partial:
+    /// whole runs loaded, a rerun loads the rest), 5 a check failed.
     pub fn exit_code(&self) -> u8 {
-        if self.failure.is_some() { 5 } else { 0 }
+        match (&self.failure, &self.interrupted) {
+            (Some(_), _) => 5,
+            (None, Some(_)) => 4,
+            (None, None) => 0,
+        }
     }
 }
 
@@ -124,95 +149,29 @@ impl std::fmt::Display for LoadReport {
                 failure.path, failure.reason
             )?;
         }
+        if let Some(cut) = &self.interrupted {
+            let during = match &cut.run_id {
+                Some(run) => format!(" during run {run}"),
+                None => String::new(),
+            };
+            writeln!(
+                f,
+                "  INTERRUPTED: the connection to the database was lost{during} ({}): the runs before are loaded, the rest are not; run load again to load them",
+                cut.reason
+            )?;
+        }
         Ok(())
     }
 }
 
-/// The connection settings of `url` completed by the `PG*` variables, and
-/// a description of the target without its password.
-pub fn connect_config(url: &str) -> Result<(tokio_postgres::Config, String)> {
-    let mut config = tokio_postgres::Config::from_str(url).map_err(|e| {
-        Error::invalid(
-            "--to",
-            format!("not a PostgreSQL connection string ({e}): postgresql://USER@HOST:PORT/DB"),
-        )
-    })?;
-    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-    if config.get_hosts().is_empty() {
-        let host = var("PGHOST").unwrap_or_else(|| "/var/run/postgresql".to_owned());
-        config.host(&host);
-    }
-    if config.get_ports().is_empty()
-        && let Some(port) = var("PGPORT").and_then(|p| p.parse().ok())
-    {
-        config.port(port);
-    }
-    if config.get_user().is_none() {
-        config.user(var("PGUSER").unwrap_or_else(|| "postgres".to_owned()));
-    }
-    if config.get_password().is_none()
-        && let Some(password) = var("PGPASSWORD")
-    {
-        config.password(password);
-    }
-    if config.get_dbname().is_none()
-        && let Some(db) = var("PGDATABASE")
-    {
-        config.dbname(db);
-    }
-    if !url.contains("sslmode")
-        && let Some(mode) = var("PGSSLMODE")
-    {
-        config.ssl_mode(match mode.as_str() {
-            "disable" => SslMode::Disable,
-            "require" | "verify-ca" | "verify-full" => SslMode::Require,
-            _ => SslMode::Prefer,
-        });
-    }
-    if config.get_ssl_mode() == SslMode::Require {
-        return Err(Error::invalid(
-            "--to",
-            "sslmode=require: this build connects without TLS (a local socket, a private network or a TLS-terminating proxy); use sslmode=disable or prefer",
-        ));
-    }
-    let host = match config.get_hosts().first() {
-        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
-        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
-        None => String::new(),
-    };
-    let described = format!(
-        "postgresql://{}@{host}/{}",
-        config.get_user().unwrap_or_default(),
-        config
-            .get_dbname()
-            .unwrap_or(config.get_user().unwrap_or_default())
-    );
-    Ok((config, described))
+/// A variable of the environment, unset when empty (as libpq reads them).
+fn env_var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
-/// A database error, worded for the person who must act: refused
-/// (authentication, permissions) is exit 3; unreachable is bad input
-/// (exit 2). Never the password.
-fn db_error(target: &str, e: &tokio_postgres::Error) -> Error {
-    let detail = match e.as_db_error() {
-        Some(db) => format!("{} ({})", db.message(), db.code().code()),
-        None => e.to_string(),
-    };
-    let refused = e.as_db_error().is_some();
-    match refused {
-        true => Error::Storage {
-            path: target.into(),
-            reason: format!("the database refused: {detail}"),
-        },
-        false => Error::invalid(
-            "--to",
-            format!("{target}: cannot reach the database: {detail}"),
-        ),
-    }
-}
-
-/// Loads every sealed run of `from` not loaded yet into `to`.
-pub async fn run(from: &Location, to: &str) -> Result<LoadReport> {
+/// Loads every sealed run of `from` not loaded yet into `to`, trying to
+/// connect `retry_connect` more times while the server cannot be reached.
+pub async fn run(from: &Location, to: &str, retry_connect: u32) -> Result<LoadReport> {
     let started = Instant::now();
     from.require_existing("--from")?;
     let storage = from.open()?;
@@ -226,27 +185,66 @@ pub async fn run(from: &Location, to: &str) -> Result<LoadReport> {
             format!("{from} holds no sealed run of xquik-dm: nothing to load"),
         ));
     }
-    let (config, target) = connect_config(to)?;
-    let (mut client, connection) = config
-        .connect(tokio_postgres::NoTls)
-        .await
-        .map_err(|e| db_error(&target, &e))?;
-    let driver = tokio::spawn(connection);
-    let db = |e: tokio_postgres::Error| db_error(&target, &e);
-    client.batch_execute(SCHEMA).await.map_err(db)?;
+    let target = Target::new(to, &env_var)?;
+    let mut session = connect::open(&target, retry_connect).await?;
+    let mut report = LoadReport::default();
+    let outcome = match prepare(&session.client, &chain).await {
+        Ok(Ledger::Agrees(loaded)) => {
+            report.runs_already_loaded = loaded as u64;
+            let todo = chain.get(loaded..).unwrap_or_default();
+            load_runs(&mut session, &storage, todo, &mut report).await
+        }
+        Ok(Ledger::Disagrees(failure)) => {
+            report.failure = Some(failure);
+            Ok(())
+        }
+        Err(e) => Err((e, None)),
+    };
+    if let Err((e, run)) = outcome {
+        // A connection gone mid-load is a partial load (exit 4), reported;
+        // anything else the server said is an error. The cut run's
+        // transaction is rolled back by the server; if the loss hit its
+        // COMMIT, the commit may have landed, and then its ledger row
+        // landed with it: the rerun reads the ledger and does not load it
+        // twice either way.
+        if !connect::is_lost(&e) {
+            return Err(connect::session_error(&target, &e));
+        }
+        report.interrupted = Some(Interruption {
+            run_id: run.map(|entry| entry.run_id.clone()),
+            reason: connect::lost_reason(&e),
+        });
+    }
+    session.close().await;
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// What the ledger says of the chain.
+enum Ledger {
+    /// The first this many runs of the chain are loaded.
+    Agrees(usize),
+    /// It holds a run the chain does not: nothing may be loaded.
+    Disagrees(Failure),
+}
+
+/// Creates the tables when missing, takes the load lock and reads the
+/// ledger.
+async fn prepare(
+    client: &tokio_postgres::Client,
+    chain: &[ChainEntry],
+) -> std::result::Result<Ledger, tokio_postgres::Error> {
+    client.batch_execute(SCHEMA).await?;
     // One load at a time per database: a second one waits here.
     client
         .execute("SELECT pg_advisory_lock(7813021906)", &[])
-        .await
-        .map_err(db)?;
+        .await?;
     let ledger = client
         .query(
             "SELECT seq, run_id, manifest_sha256 FROM xquik_dm.loaded_runs ORDER BY seq",
             &[],
         )
-        .await
-        .map_err(db)?;
-    let mut report = LoadReport::default();
+        .await?;
     for row in &ledger {
         let (seq, run_id, sha): (i64, String, String) = (row.get(0), row.get(1), row.get(2));
         let matches = usize::try_from(seq - 1)
@@ -254,22 +252,31 @@ pub async fn run(from: &Location, to: &str) -> Result<LoadReport> {
             .and_then(|i| chain.get(i))
             .is_some_and(|e| e.run_id == run_id && e.sha256 == sha);
         if !matches {
-            report.failure = Some(Failure {
+            return Ok(Ledger::Disagrees(Failure {
                 path: audit::CHAIN.to_owned(),
                 reason: format!(
                     "the database holds run {run_id} (manifest {sha}) as loaded, but the folder's chain does not: the folder was replaced or rolled back; nothing was loaded"
                 ),
-            });
-            report.seconds = started.elapsed().as_secs_f64();
-            return Ok(report);
+            }));
         }
     }
-    report.runs_already_loaded = ledger.len() as u64;
+    Ok(Ledger::Agrees(ledger.len()))
+}
+
+/// Loads `todo` in chain order, each run in its own transaction. A run
+/// that fails its check ends the load there, in the report; a database
+/// error ends it too, returned with the run it cut.
+async fn load_runs<'a>(
+    session: &mut Session,
+    storage: &Storage,
+    todo: &'a [ChainEntry],
+    report: &mut LoadReport,
+) -> std::result::Result<(), (tokio_postgres::Error, Option<&'a ChainEntry>)> {
     // On a terminal, a bar of the runs to load; otherwise a log line each.
     let bar = {
         use std::io::IsTerminal;
         std::io::stderr().is_terminal().then(|| {
-            let bar = indicatif::ProgressBar::new(chain.len().saturating_sub(ledger.len()) as u64);
+            let bar = indicatif::ProgressBar::new(todo.len() as u64);
             if let Ok(style) =
                 indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} runs {msg}")
             {
@@ -278,8 +285,9 @@ pub async fn run(from: &Location, to: &str) -> Result<LoadReport> {
             bar
         })
     };
-    for entry in chain.iter().skip(ledger.len()) {
-        match load_run(&mut client, &storage, entry).await {
+    let mut outcome = Ok(());
+    for entry in todo {
+        match load_run(&mut session.client, storage, entry).await {
             Ok((inserted, present)) => {
                 report.runs_loaded += 1;
                 report.rows_inserted += inserted;
@@ -298,16 +306,16 @@ pub async fn run(from: &Location, to: &str) -> Result<LoadReport> {
                 report.failure = Some(failure);
                 break;
             }
-            Err(RunFailure::Db(e)) => return Err(db(e)),
+            Err(RunFailure::Db(e)) => {
+                outcome = Err((e, Some(entry)));
+                break;
+            }
         }
     }
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    drop(client);
-    let _ = driver.await;
-    report.seconds = started.elapsed().as_secs_f64();
-    Ok(report)
+    outcome
 }
 
 /// Why a run was not loaded.
