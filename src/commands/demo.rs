@@ -198,6 +198,7 @@ async fn send_two(api: &ClientConfig, out: &Location) -> Result<SendReport> {
         skip_invalid: false,
         max_credits: None,
         audit_key: None,
+        signing_key: None,
     })
     .await
 }

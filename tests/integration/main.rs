@@ -115,6 +115,7 @@ pub fn send_options(
         skip_invalid: false,
         max_credits: None,
         audit_key: None,
+        signing_key: None,
     }
 }
 
