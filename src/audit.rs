@@ -633,7 +633,10 @@ pub fn manifest_key(run_id: &str) -> String {
 
 /// The detached SSH signature of the run `run_id`'s manifest.
 pub fn signature_key(run_id: &str) -> String {
-    format!("{RUNS_DIR}/{run_id}.manifest.json{}", crate::sshsig::SIG_SUFFIX)
+    format!(
+        "{RUNS_DIR}/{run_id}.manifest.json{}",
+        crate::sshsig::SIG_SUFFIX
+    )
 }
 
 /// The lines of a run's checksum file: every whole file its manifest

@@ -61,7 +61,8 @@ impl SigningKey {
     /// others, not an OpenSSH private key, encrypted, or not Ed25519; no
     /// error quotes the file's content.
     pub fn load(path: &Path, field: &'static str) -> Result<SigningKey> {
-        let refuse = |reason: String| Error::invalid(field, format!("{}: {reason}", path.display()));
+        let refuse =
+            |reason: String| Error::invalid(field, format!("{}: {reason}", path.display()));
         let meta = std::fs::metadata(path).map_err(|e| refuse(e.to_string()))?;
         #[cfg(unix)]
         {
@@ -82,8 +83,18 @@ impl SigningKey {
 
     /// Parses an OpenSSH private key; the reason it is refused otherwise.
     fn from_openssh(text: &[u8]) -> std::result::Result<SigningKey, String> {
+        const ED25519_ONLY: &str =
+            "manifests are signed with Ed25519 keys only (ssh-keygen -t ed25519)";
         let key = PrivateKey::from_openssh(text).map_err(|_| {
-            "not an OpenSSH private key (-----BEGIN OPENSSH PRIVATE KEY-----)".to_owned()
+            // Only Ed25519 is built in: another type's key is armored the
+            // same way but cannot be decoded.
+            match text
+                .trim_ascii_start()
+                .starts_with(b"-----BEGIN OPENSSH PRIVATE KEY-----")
+            {
+                true => format!("not a readable Ed25519 key: {ED25519_ONLY}"),
+                false => "not an OpenSSH private key (-----BEGIN OPENSSH PRIVATE KEY-----)".into(),
+            }
         })?;
         if key.is_encrypted() {
             return Err(
@@ -92,10 +103,7 @@ impl SigningKey {
             );
         }
         if key.algorithm() != Algorithm::Ed25519 {
-            return Err(format!(
-                "an {} key: manifests are signed with Ed25519 keys only (ssh-keygen -t ed25519)",
-                key.algorithm()
-            ));
+            return Err(format!("an {} key: {ED25519_ONLY}", key.algorithm()));
         }
         let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
         Ok(SigningKey {
@@ -166,20 +174,34 @@ pub enum SigFailure {
 impl std::fmt::Display for SigFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            SigFailure::Unreadable => f.write_str("not an SSH signature (-----BEGIN SSH SIGNATURE-----)"),
+            SigFailure::Unreadable => {
+                f.write_str("not an SSH signature (-----BEGIN SSH SIGNATURE-----)")
+            }
             SigFailure::Namespace(ns) => {
-                write!(f, "made in namespace {ns:?}, not {NAMESPACE:?}: not a manifest signature")
+                write!(
+                    f,
+                    "made in namespace {ns:?}, not {NAMESPACE:?}: not a manifest signature"
+                )
             }
             SigFailure::UnknownKey(fp) => {
-                write!(f, "signed by key {fp}, which the allowed signers do not hold")
+                write!(
+                    f,
+                    "signed by key {fp}, which the allowed signers do not hold"
+                )
             }
             SigFailure::Bad => f.write_str(
                 "bad signature: the manifest changed, or the signature is another file's",
             ),
             SigFailure::NamespaceNotAllowed(principals) => {
-                write!(f, "the key of {principals} is not allowed to sign in {NAMESPACE:?} (namespaces=)")
+                write!(
+                    f,
+                    "the key of {principals} is not allowed to sign in {NAMESPACE:?} (namespaces=)"
+                )
             }
-            SigFailure::OutsideWindow { principals, windows } => write!(
+            SigFailure::OutsideWindow {
+                principals,
+                windows,
+            } => write!(
                 f,
                 "the key of {principals} was not valid when the run finished (valid {windows})"
             ),
@@ -245,7 +267,11 @@ impl AllowedSigners {
             .map_err(|_| SigFailure::Bad)?;
         let allowed: Vec<&&AllowedSigner> = holding
             .iter()
-            .filter(|s| s.namespaces.as_ref().is_none_or(|ns| ns.iter().any(|p| glob(p, NAMESPACE))))
+            .filter(|s| {
+                s.namespaces
+                    .as_ref()
+                    .is_none_or(|ns| ns.iter().any(|p| glob(p, NAMESPACE)))
+            })
             .collect();
         if allowed.is_empty() {
             return Err(SigFailure::NamespaceNotAllowed(first.principals.clone()));
@@ -409,7 +435,8 @@ fn glob(pattern: &str, text: &str) -> bool {
             },
         }
     }
-    p.get(pi..).is_some_and(|rest| rest.iter().all(|c| *c == '*'))
+    p.get(pi..)
+        .is_some_and(|rest| rest.iter().all(|c| *c == '*'))
 }
 
 #[cfg(test)]

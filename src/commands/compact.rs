@@ -42,8 +42,8 @@ use crate::audit::{self, Compaction, Manifest, RemovedFile};
 use crate::error::{Error, Result};
 use crate::sinks::parquet::{Columns, MessageColumns, ParquetSink, SendColumns, file_run};
 use crate::sinks::{WrittenFile, sha256_hex};
-use crate::storage::{Backend, Location, Storage, file_name};
 use crate::sshsig::SigningKey;
+use crate::storage::{Backend, Location, Storage, file_name};
 use crate::store::{ManifestBody, RunStamp, Store};
 
 /// A partition is merged when it holds at least this many files.
@@ -105,7 +105,13 @@ pub enum Scope {
 pub fn run(out: &Location, min_files: usize, key: Option<&SigningKey>) -> Result<CompactReport> {
     out.require_existing("--out")?;
     let storage = out.open()?;
-    compact(&storage, &RunStamp::now(), &Scope::All, min_files.max(2), key)
+    compact(
+        &storage,
+        &RunStamp::now(),
+        &Scope::All,
+        min_files.max(2),
+        key,
+    )
 }
 
 /// The automatic compaction after a sync (`sync --compact`): when a date

@@ -384,9 +384,11 @@ pub async fn execute(command: Command) -> Result<Report> {
             min_files,
             key,
             json,
-        } => blocking("<compact>", move || compact::run(&out, min_files, key.as_ref()))
-            .await
-            .map(|report| Report::Compact { report, json }),
+        } => blocking("<compact>", move || {
+            compact::run(&out, min_files, key.as_ref())
+        })
+        .await
+        .map(|report| Report::Compact { report, json }),
         Command::Rebuild { out, json } => blocking("<rebuild>", move || rebuild::run(&out))
             .await
             .map(|report| Report::Rebuild { report, json }),

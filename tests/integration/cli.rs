@@ -16,6 +16,7 @@ pub fn bin() -> Command {
     cmd.env_remove("XQUIK_API_KEY")
         .env_remove("XQUIK_BASE_URL")
         .env_remove("XQUIK_DM_LOG")
+        .env_remove("XQUIK_DM_SIGNING_KEY_FILE")
         .stdin(Stdio::null());
     cmd
 }

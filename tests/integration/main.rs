@@ -16,6 +16,7 @@ mod protocol;
 mod report;
 mod scripted;
 mod send;
+mod signing;
 mod sync;
 mod verify;
 mod warehouse;

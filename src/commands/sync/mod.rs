@@ -131,8 +131,8 @@ async fn compact_after(
     // the output.
     let compacted =
         tokio::task::spawn_blocking(move || super::compact::auto(&storage, key.as_ref()))
-        .await
-        .map_err(|e| Error::io("<compact>", std::io::Error::other(e)))?;
+            .await
+            .map_err(|e| Error::io("<compact>", std::io::Error::other(e)))?;
     match compacted {
         Ok(compaction) => report.compaction = compaction,
         Err(e) => {

@@ -6,8 +6,8 @@ use std::time::Duration;
 use crate::api::client::ClientConfig;
 use crate::api::{Account, UserRef};
 use crate::audit::AuditKey;
-use crate::sshsig::SigningKey;
 use crate::shard::Shard;
+use crate::sshsig::SigningKey;
 use crate::storage::Location;
 use crate::store::RunStamp;
 

@@ -112,10 +112,7 @@ impl<'a> SshChecks<'a> {
         } else if self.trust.require_signatures {
             report.fail(
                 &entry.manifest,
-                format!(
-                    "run {} is not signed (--require-signatures)",
-                    entry.run_id
-                ),
+                format!("run {} is not signed (--require-signatures)", entry.run_id),
             );
         } else {
             self.unsigned_before_signing += 1;
