@@ -76,16 +76,24 @@ pub struct ReportArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// OpenSSH allowed_signers file: show each run's SSH signature as verified
+    /// (or failed) against it.
+    #[arg(long, value_name = "FILE")]
+    allowed_signers: Option<PathBuf>,
 }
 
 impl ReportArgs {
     /// The report to build.
-    pub fn into_command(self) -> Command {
-        Command::Report {
+    pub fn into_command(self) -> Result<Command> {
+        Ok(Command::Report {
             dir: Location::from(self.dir),
             html: self.html,
+            trust: Trust {
+                signers: load_allowed_signers(self.allowed_signers.as_deref())?,
+                ..Trust::default()
+            },
             json: self.json,
-        }
+        })
     }
 }
 

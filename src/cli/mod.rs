@@ -268,7 +268,7 @@ impl CommandArgs {
             CommandArgs::Sync(args) => args.into_command(settings)?,
             CommandArgs::Send(args) => args.into_command(settings)?,
             CommandArgs::Verify(args) => args.into_command(settings.audit_key.clone())?,
-            CommandArgs::Report(args) => args.into_command(),
+            CommandArgs::Report(args) => args.into_command()?,
             CommandArgs::Load(args) => args.into_command(),
             CommandArgs::Compact(args) => args.into_command()?,
             CommandArgs::Rebuild(args) => args.into_command(),

@@ -64,6 +64,8 @@ pub enum Command {
         dir: Location,
         /// Where the HTML page goes.
         html: Option<PathBuf>,
+        /// What the manifests' SSH signatures are checked with.
+        trust: verify::Trust,
         /// Report as JSON.
         json: bool,
     },
@@ -367,11 +369,16 @@ pub async fn execute(command: Command) -> Result<Report> {
             .await?;
             Ok(Report::Verify { report, json })
         }
-        Command::Report { dir, html, json } => {
-            blocking("<report>", move || report::run(&dir, html.as_deref()))
-                .await
-                .map(|written| Report::Report { written, json })
-        }
+        Command::Report {
+            dir,
+            html,
+            trust,
+            json,
+        } => blocking("<report>", move || {
+            report::run(&dir, html.as_deref(), &trust)
+        })
+        .await
+        .map(|written| Report::Report { written, json }),
         Command::Load { from, to, json } => load::run(&from, &to)
             .await
             .map(|report| Report::Load { report, json }),

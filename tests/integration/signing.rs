@@ -288,6 +288,24 @@ async fn signed_runs_of_every_kind_verify_with_ssh_keygen_and_ours() {
         .unwrap();
     assert!(sums.success());
 
+    let script = r#"
+import glob, json, os, sys
+import jsonschema
+validator = jsonschema.Draft202012Validator(json.load(open(sys.argv[1])))
+for path in glob.glob(os.path.join(sys.argv[2], "audit/runs/*.manifest.json")):
+    errors = list(validator.iter_errors(json.load(open(path))))
+    if errors:
+        sys.exit(f"{path}: {errors[0].json_path}: {errors[0].message}")
+print("ok")
+"#;
+    let schema = Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/manifest.schema.json");
+    let checked = crate::run_python(
+        crate::python_with(&["jsonschema"]),
+        script,
+        &[&schema, &out],
+    );
+    assert_eq!(checked.trim(), "ok");
+
     let required = verify_with(&out, &signers, true);
     assert_eq!(required.exit_code(), 5);
     let unsigned: Vec<_> = required
@@ -384,6 +402,59 @@ fn every_tampering_with_a_signed_run_exits_5_naming_it() {
         &other_namespace,
         (&sig, "not allowed to sign"),
         |_| {},
+    );
+}
+
+/// `verify` and `report` through the binary: exit 0 on a signed chain,
+/// exit 5 naming the run whose signature was removed; `report` shows each
+/// run's signer and what became of its signature.
+#[test]
+fn verify_and_report_show_each_runs_signature() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, key, signers) = three_signed_runs(dir.path());
+    let verify = |out: &Path, extra: &[&str]| {
+        run(bin()
+            .arg("verify")
+            .arg(out)
+            .arg("--allowed-signers")
+            .arg(&signers)
+            .args(extra))
+    };
+    let (code, stdout, _) = verify(&out, &[]);
+    assert_eq!(code, 0, "{stdout}");
+    assert!(
+        stdout.contains("3 manifest SSH signatures verified"),
+        "{stdout}"
+    );
+    let (code, stdout, _) = verify(&out, &["--require-signatures"]);
+    assert_eq!(code, 0, "{stdout}");
+    let (code, _, stderr) = run(bin().arg("verify").arg(&out).arg("--require-signatures"));
+    assert_eq!(code, 2, "{stderr}");
+
+    let report = run(bin()
+        .args(["report", "--json", "--allowed-signers"])
+        .arg(&signers)
+        .arg(&out));
+    assert_eq!(report.0, 0, "{}", report.2);
+    let json: serde_json::Value = serde_json::from_str(&report.1).unwrap();
+    for r in json["runs"].as_array().unwrap() {
+        assert_eq!(r["signature"], "verified");
+        assert_eq!(r["signer"], load(&key).fingerprint());
+    }
+
+    let (run_id, _, sig) = &signed_runs(&out)[2];
+    std::fs::remove_file(sig).unwrap();
+    let (code, stdout, _) = verify(&out, &[]);
+    assert_eq!(code, 5, "{stdout}");
+    assert!(
+        stdout.contains(&format!("{run_id}.manifest.json.sig: missing")),
+        "{stdout}"
+    );
+    let (code, stdout, _) = run(bin().arg("report").arg(&out));
+    assert_eq!(code, 5, "{stdout}");
+    assert!(
+        stdout.contains("3 of 3 runs signed; 0 verified, 1 failed"),
+        "{stdout}"
     );
 }
 
@@ -566,6 +637,78 @@ fn unusable_key_files_are_refused_with_exit_2() {
     std::fs::set_permissions(&public, std::fs::Permissions::from_mode(0o600)).unwrap();
     refused(&public, "not an OpenSSH private key");
     refused(&dir.path().join("absent"), "--signing-key");
+}
+
+/// A job file's `signing_key` signs its runs; `--signing-key` wins over
+/// it, and a bad one is refused before any request.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_files_signing_key_signs_its_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (job_key, flag_key) = (keygen(dir.path(), "job"), keygen(dir.path(), "flag"));
+    let server = xquik_dm::mock::MockServer::start(world(&[30], 50))
+        .await
+        .unwrap();
+    let out = dir.path().join("out");
+    let job = dir.path().join("job.toml");
+    let text = format!(
+        "out = {:?}\nsigning_key = {:?}\n[[conversations]]\naccount = \"{ACCOUNT}\"\nusers = [\"{}\"]\n",
+        out.display().to_string(),
+        job_key.private.display().to_string(),
+        user_id(1)
+    );
+    std::fs::write(&job, text).unwrap();
+    let base_url = server.base_url();
+    let sync = move |extra: Vec<PathBuf>| {
+        run(bin()
+            .args(["--base-url", &base_url, "sync", "--job"])
+            .arg(&job)
+            .args(extra)
+            .env("XQUIK_API_KEY", KEY))
+    };
+    let sync2 = sync.clone();
+    let (code, _, stderr) = tokio::task::spawn_blocking(move || sync(vec![]))
+        .await
+        .unwrap();
+    assert_eq!(code, 0, "{stderr}");
+    let flag = flag_key.private.clone();
+    let (code, _, stderr) =
+        tokio::task::spawn_blocking(move || sync2(vec!["--signing-key".into(), flag]))
+            .await
+            .unwrap();
+    assert_eq!(code, 0, "{stderr}");
+    let signers = allowed(
+        dir.path(),
+        &[
+            ("job@example.com", "", &job_key),
+            ("ops@example.com", "", &flag_key),
+        ],
+    );
+    let report = verify_with(&out, &signers, true);
+    assert!(report.ok(), "{report}");
+    // Two runs in the same second sort by their random part: compare sets.
+    let signed: std::collections::BTreeSet<String> = signed_runs(&out)
+        .iter()
+        .map(|(_, m, _)| {
+            let m: serde_json::Value = serde_json::from_slice(&std::fs::read(m).unwrap()).unwrap();
+            m["signer"]["fingerprint"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    let expected = [load(&job_key), load(&flag_key)].map(|k| k.fingerprint().to_owned());
+    assert_eq!(signed, expected.into());
+
+    use std::os::unix::fs::PermissionsExt;
+    let open = std::fs::Permissions::from_mode(0o640);
+    std::fs::set_permissions(&job_key.private, open).unwrap();
+    let job = dir.path().join("job.toml");
+    let (code, _, stderr) = run(bin()
+        .args(["sync", "--job"])
+        .arg(&job)
+        .env("XQUIK_API_KEY", KEY));
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("invalid signing_key") && stderr.contains("too open"),
+        "{stderr}"
+    );
 }
 
 /// A backend that fails the chain append, as a run killed just before it:
