@@ -807,3 +807,82 @@ fn unsigned_folders_verify_as_before() {
     let chain = std::fs::read_to_string(out.join("audit/chain.jsonl")).unwrap();
     assert!(!chain.contains("signature_sha256"));
 }
+
+/// Signed runs into a bucket: each signature is an object next to its
+/// manifest; a fresh container verifies them, `ssh-keygen` accepts them
+/// read back, and a signature removed from the bucket is named.
+#[tokio::test(flavor = "multi_thread")]
+async fn signed_runs_in_a_bucket_verify_from_a_fresh_container() {
+    use crate::bucket::Moto;
+    let moto = Arc::new(tokio::task::spawn_blocking(Moto::start).await.unwrap());
+    let bucket = moto.bucket("dm-signed");
+    let url = format!("s3://{bucket}/team/dm");
+    let server = Arc::new(
+        xquik_dm::mock::MockServer::start(world(&[90, 20], 50))
+            .await
+            .unwrap(),
+    );
+    let keys = tempfile::tempdir().unwrap();
+    let key = keygen(keys.path(), "job");
+    let signers = allowed(keys.path(), &[("ops@example.com", "", &key)]);
+    let (m, s, out, private) = (
+        moto.clone(),
+        server.clone(),
+        url.clone(),
+        key.private.clone(),
+    );
+    let signers2 = signers.clone();
+    let verify_code = tokio::task::spawn_blocking(move || {
+        for appended in [0, 7] {
+            s.append_messages(ACCOUNT, &user_id(1), appended);
+            let cwd = tempfile::tempdir().unwrap();
+            let mut cmd = crate::protocol::sync(&s, &out, &crate::users(2));
+            cmd.current_dir(cwd.path())
+                .arg("--signing-key")
+                .arg(&private);
+            m.env(&mut cmd);
+            let (code, _, stderr) = run(&mut cmd);
+            assert_eq!(code, 0, "{stderr}");
+        }
+        let verify = |m: &Moto| {
+            let fresh = tempfile::tempdir().unwrap();
+            let mut cmd = bin();
+            cmd.current_dir(fresh.path())
+                .args(["verify", &out, "--require-signatures", "--allowed-signers"])
+                .arg(&signers2);
+            m.env(&mut cmd);
+            run(&mut cmd)
+        };
+        let (code, stdout, stderr) = verify(&m);
+        assert_eq!(code, 0, "{stdout}{stderr}");
+        assert!(
+            stdout.contains("2 manifest SSH signatures verified"),
+            "{stdout}"
+        );
+        let store = m.store(&out);
+        let sig = store
+            .list("audit/runs/")
+            .unwrap()
+            .into_iter()
+            .map(|l| l.key)
+            .find(|k| k.ends_with(".manifest.json.sig"))
+            .unwrap();
+        let local = tempfile::tempdir().unwrap();
+        m.mirror(&bucket, "team/dm", local.path());
+        store.delete(&sig).unwrap();
+        let (code, stdout, _) = verify(&m);
+        assert!(stdout.contains(&format!("{sig}: missing")), "{stdout}");
+        (code, local)
+    })
+    .await
+    .unwrap();
+    assert_eq!(verify_code.0, 5);
+    let runs = signed_runs(verify_code.1.path());
+    assert_eq!(runs.len(), 2);
+    for (run, manifest, sig) in runs {
+        assert!(
+            ssh_keygen_verifies(&signers, "ops@example.com", &manifest, &sig),
+            "ssh-keygen rejects {run} read back from the bucket"
+        );
+    }
+}
