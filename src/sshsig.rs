@@ -112,6 +112,40 @@ impl SigningKey {
         })
     }
 
+    /// Makes a new key and writes it to `path` (mode 0600, OpenSSH format,
+    /// unencrypted) with its public half at `<path>.pub`: the throwaway key
+    /// of the demo.
+    pub fn generate(path: &Path, comment: &str) -> Result<SigningKey> {
+        let io = |e: std::io::Error| Error::io(path, e);
+        let other = |e: ssh_key::Error| io(std::io::Error::other(e.to_string()));
+        let mut seed = zeroize::Zeroizing::new([0u8; 32]);
+        getrandom::fill(seed.as_mut()).map_err(|e| io(std::io::Error::other(e.to_string())))?;
+        let pair = ssh_key::private::Ed25519Keypair::from_seed(&seed);
+        let key = PrivateKey::new(ssh_key::private::KeypairData::Ed25519(pair), comment)
+            .map_err(other)?;
+        let text = key.to_openssh(LineEnding::LF).map_err(other)?;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(path).map_err(io)?;
+        std::io::Write::write_all(&mut file, text.as_bytes()).map_err(io)?;
+        let public = key.public_key().to_openssh().map_err(other)?;
+        let mut pub_path = path.as_os_str().to_owned();
+        pub_path.push(".pub");
+        std::fs::write(&pub_path, format!("{public}\n")).map_err(io)?;
+        Self::load(path, "--signing-key")
+    }
+
+    /// The public key, as a line of `authorized_keys` or `allowed_signers`
+    /// writes it (`ssh-ed25519 AAAA... comment`).
+    pub fn public_openssh(&self) -> Result<String> {
+        self.key
+            .public_key()
+            .to_openssh()
+            .map_err(|e| Error::io("<public key>", std::io::Error::other(e.to_string())))
+    }
+
     /// The public key's SHA-256 fingerprint, as `ssh-keygen -l` prints it.
     pub fn fingerprint(&self) -> &str {
         &self.fingerprint
