@@ -147,6 +147,7 @@ fn check_entries(
         // Since a verified head, the chain starts there, linked before.
         if since && previous.is_none() {
             previous = Some(entry);
+            ssh.follow(entry);
             continue;
         }
         check_link(entry, previous, report);

@@ -44,6 +44,12 @@ impl<'a> SshChecks<'a> {
         }
     }
 
+    /// Takes `entry`, the head verified before (`--since`), as the run
+    /// before the ones checked: an unsigned run after a signed head fails.
+    pub(super) fn follow(&mut self, entry: &ChainEntry) {
+        self.seen_signed |= entry.signature_sha256.is_some();
+    }
+
     /// Checks the signature of `manifest` (its file read as `bytes`),
     /// which `entry` chains.
     pub(super) fn check(
