@@ -21,6 +21,21 @@ use crate::cli::{bin, run};
 use crate::compact::{one_run, past_runs};
 use crate::{ACCOUNT, KEY, files_under, user_id, world};
 
+/// `ssh-keygen`, from Debian's openssh-client, installed when missing.
+pub fn ssh_keygen() -> Command {
+    let missing = Command::new("ssh-keygen")
+        .arg("-?")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_err();
+    if missing {
+        // `ssh -V` answers with success; `ssh-keygen` has no such probe.
+        crate::debian_tool("ssh", "openssh-client", "-V");
+    }
+    Command::new("ssh-keygen")
+}
+
 /// A key pair made by `ssh-keygen -t ed25519 -N ''`.
 struct Keypair {
     private: PathBuf,
@@ -29,7 +44,7 @@ struct Keypair {
 
 fn keygen(dir: &Path, name: &str) -> Keypair {
     let private = dir.join(name);
-    let status = Command::new("ssh-keygen")
+    let status = ssh_keygen()
         .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
         .arg(&private)
         .status()
@@ -96,7 +111,7 @@ fn ssh_keygen_verifies(signers: &Path, principal: &str, manifest: &Path, sig: &P
         .unwrap_or_default();
     let mut time: String = at.chars().take(19).filter(char::is_ascii_digit).collect();
     time.push('Z');
-    let mut child = Command::new("ssh-keygen")
+    let mut child = ssh_keygen()
         .args(["-Y", "verify", "-f"])
         .arg(signers)
         .args(["-I", principal, "-n", NAMESPACE, "-s"])
@@ -114,7 +129,7 @@ fn ssh_keygen_verifies(signers: &Path, principal: &str, manifest: &Path, sig: &P
 /// `ssh-keygen -Y sign` of `file` with `key`: writes `<file>.sig`.
 fn ssh_keygen_sign(key: &Keypair, file: &Path) {
     let _ = std::fs::remove_file(format!("{}.sig", file.display()));
-    let status = Command::new("ssh-keygen")
+    let status = ssh_keygen()
         .args(["-q", "-Y", "sign", "-n", NAMESPACE, "-f"])
         .arg(&key.private)
         .arg(file)
@@ -479,7 +494,7 @@ fn a_signature_made_by_ssh_keygen_verifies_with_ours() {
     );
     // Made in another namespace (a git commit signature), it is refused.
     std::fs::remove_file(dir.path().join("m.json.sig")).unwrap();
-    let status = Command::new("ssh-keygen")
+    let status = ssh_keygen()
         .args(["-q", "-Y", "sign", "-n", "git", "-f"])
         .arg(&key.private)
         .arg(&file)
@@ -530,6 +545,12 @@ fn rotating_from_key_a_to_key_b_verifies_with_both_windows() {
     assert_eq!(report.exit_code(), 5);
     let failed: Vec<&str> = report.failures.iter().map(|f| f.path.as_str()).collect();
     assert_eq!(failed.len(), 2, "{report}");
+    // ssh-keygen agrees, run by run.
+    for (run, manifest, sig) in signed_runs(&out) {
+        let ours = !failed.iter().any(|p| p.contains(&run));
+        let theirs = ssh_keygen_verifies(&only_b, "ops@example.com", &manifest, &sig);
+        assert_eq!(ours, theirs, "{run}");
+    }
     for run in [stamp(1, 1, 3).run_id, stamp(1, 2, 6).run_id] {
         assert!(failed.iter().any(|p| p.contains(&run)), "{run}: {report}");
     }
@@ -626,7 +647,7 @@ fn unusable_key_files_are_refused_with_exit_2() {
     refused(&key.private, "too open");
     std::fs::set_permissions(&key.private, std::fs::Permissions::from_mode(0o600)).unwrap();
     let encrypted = dir.path().join("encrypted");
-    let status = Command::new("ssh-keygen")
+    let status = ssh_keygen()
         .args(["-q", "-t", "ed25519", "-N", "a passphrase", "-f"])
         .arg(&encrypted)
         .status()
@@ -634,7 +655,7 @@ fn unusable_key_files_are_refused_with_exit_2() {
     assert!(status.success());
     refused(&encrypted, "encrypted");
     let ecdsa = dir.path().join("ecdsa");
-    let status = Command::new("ssh-keygen")
+    let status = ssh_keygen()
         .args(["-q", "-t", "ecdsa", "-N", "", "-f"])
         .arg(&ecdsa)
         .status()
