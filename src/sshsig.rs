@@ -16,7 +16,8 @@
 //! A key held by `ssh-agent` is not supported: the one maintained client
 //! crate (`ssh-agent-client-rs`) turns on `ssh-key`'s `crypto` feature,
 //! which builds RSA, three NIST curves and a bignum library into the
-//! binary for key types this module refuses anyway.
+//! binary for key types this module refuses anyway — and the `rsa` crate
+//! carries RUSTSEC-2023-0071 (Marvin), for which no release is fixed.
 
 // Reads bytes a file supplies: no panic may be reachable from them.
 #![cfg_attr(

@@ -167,7 +167,12 @@ fn review_key() -> Result<(SigningKey, PathBuf)> {
         chrono::Utc::now().format("%Y%m%dT%H%M%S"),
         fastrand::u32(..)
     ));
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let mut folder = std::fs::DirBuilder::new();
+    folder.recursive(true);
+    // It holds a private key: readable by its owner only.
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut folder, 0o700);
+    folder.create(&dir).map_err(|e| Error::io(&dir, e))?;
     let key = SigningKey::generate(&dir.join("id_ed25519"), "xquik-dm demo")?;
     Ok((key, dir))
 }
