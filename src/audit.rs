@@ -385,9 +385,24 @@ pub struct Manifest {
     /// it wrote in their place (also in `files`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compaction: Option<Compaction>,
+    /// The SSH key that signs this manifest, when one was set: its
+    /// signature is `<manifest>.sig` (see [`crate::sshsig`]). Recorded
+    /// here so that the signed bytes name their signer, and a signature
+    /// removed along with its chain entry's digest is still missed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signer: Option<Signer>,
     /// HMAC, when a key was set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature: Option<Signature>,
+}
+
+/// Who signs a manifest with an SSH key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Signer {
+    /// The public key's SHA-256 fingerprint (`SHA256:...`).
+    pub fingerprint: String,
+    /// The SSHSIG namespace, [`crate::sshsig::NAMESPACE`].
+    pub namespace: String,
 }
 
 impl Manifest {
@@ -455,6 +470,9 @@ pub struct ChainEntry {
     pub sha256: String,
     /// SHA-256 of the previous manifest; null for the first.
     pub previous_sha256: Option<String>,
+    /// SHA-256 of the manifest's SSH signature, when it is signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature_sha256: Option<String>,
 }
 
 /// Reads the chain. A last line without its newline (a torn append) is
@@ -554,13 +572,39 @@ pub fn append_run(
     manifest: &Manifest,
     previous: Option<&ChainEntry>,
 ) -> Result<ChainEntry> {
-    let rel = format!("{RUNS_DIR}/{}.manifest.json", manifest.run_id);
+    append_signed_run(storage, manifest, previous, None)
+}
+
+/// [`append_run`], with the manifest signed by `key` when one is given:
+/// its detached signature `<manifest>.sig` is written first, so that the
+/// checksum file and the chain entry that name it never name a file that
+/// is not there.
+pub fn append_signed_run(
+    storage: &dyn Backend,
+    manifest: &Manifest,
+    previous: Option<&ChainEntry>,
+    key: Option<&crate::sshsig::SigningKey>,
+) -> Result<ChainEntry> {
+    let rel = manifest_key(&manifest.run_id);
     let mut bytes = serde_json::to_vec_pretty(manifest).map_err(|e| Error::io(&rel, e.into()))?;
     bytes.push(b'\n');
     let sha256 = sha256_hex(&bytes);
+    let sig_rel = signature_key(&manifest.run_id);
+    let signature = match key {
+        Some(key) => {
+            let sig = key.sign(&bytes, &sig_rel)?;
+            // Durable before the checksum file and the chain entry that
+            // name it: a kill from here on leaves an unchained `.sig`,
+            // which the next run removes with the run's other files.
+            storage.put_new(&sig_rel, &sig)?;
+            Some(sha256_hex(&sig))
+        }
+        None => None,
+    };
+    let signed = signature.as_deref().map(|d| (sig_rel.as_str(), d));
     storage.put_new(
         &run_sums_key(&manifest.run_id),
-        &run_sums(manifest, &rel, &sha256),
+        &run_sums(manifest, &rel, &sha256, signed),
     )?;
     storage.put_new(&rel, &bytes)?;
     let entry = ChainEntry {
@@ -569,6 +613,7 @@ pub fn append_run(
         manifest: rel,
         sha256,
         previous_sha256: previous.map(|p| p.sha256.clone()),
+        signature_sha256: signature,
     };
     let mut line = serde_json::to_vec(&entry).map_err(|e| Error::io(CHAIN, e.into()))?;
     line.push(b'\n');
@@ -581,11 +626,30 @@ pub fn run_sums_key(run_id: &str) -> String {
     format!("{RUNS_DIR}/{run_id}{RUN_SUMS_SUFFIX}")
 }
 
+/// The manifest of the run `run_id`.
+pub fn manifest_key(run_id: &str) -> String {
+    format!("{RUNS_DIR}/{run_id}.manifest.json")
+}
+
+/// The detached SSH signature of the run `run_id`'s manifest.
+pub fn signature_key(run_id: &str) -> String {
+    format!(
+        "{RUNS_DIR}/{run_id}.manifest.json{}",
+        crate::sshsig::SIG_SUFFIX
+    )
+}
+
 /// The lines of a run's checksum file: every whole file its manifest
-/// names (the manifest itself as `manifest_key` with `manifest_sha256`),
-/// sorted by path.
-fn run_sums(manifest: &Manifest, manifest_key: &str, manifest_sha256: &str) -> Vec<u8> {
+/// names (the manifest itself as `manifest_key` with `manifest_sha256`,
+/// and its `signature` with its digest when signed), sorted by path.
+fn run_sums(
+    manifest: &Manifest,
+    manifest_key: &str,
+    manifest_sha256: &str,
+    signature: Option<(&str, &str)>,
+) -> Vec<u8> {
     let mut files: Vec<(&str, &str)> = vec![(manifest_key, manifest_sha256)];
+    files.extend(signature);
     let logs = [&manifest.audit_rows, &manifest.page_log]
         .into_iter()
         .chain(manifest.recovered.iter().map(|r| &r.log));
@@ -722,12 +786,17 @@ pub fn cut_torn_chain(storage: &dyn Backend, torn_at: Option<u64>) -> Result<()>
 /// in the chain (killed while running or sealing), looking only at the
 /// names those runs give their audit files: their page logs are kept,
 /// renamed after `run_id` (the run now opening) and returned for its
-/// manifest; their manifests, rows files (rebuilt from the JSONL) and
-/// checksum files are removed.
+/// manifest; their manifests, signatures, rows files (rebuilt from the
+/// JSONL) and checksum files are removed.
 pub fn repair_runs(storage: &dyn Backend, runs: &[String], run_id: &str) -> Result<AuditRepair> {
     let mut candidates = Vec::new();
     for run in runs {
-        for suffix in [".manifest.json", LogKind::Rows.suffix(), RUN_SUMS_SUFFIX] {
+        for suffix in [
+            ".manifest.json",
+            ".manifest.json.sig",
+            LogKind::Rows.suffix(),
+            RUN_SUMS_SUFFIX,
+        ] {
             candidates.push(format!("{RUNS_DIR}/{run}{suffix}"));
         }
         let pages = format!("{RUNS_DIR}/{run}{}", LogKind::Pages.suffix());
@@ -787,6 +856,7 @@ fn clean_runs(
         let ours = name.ends_with(".json")
             || name.ends_with(".jsonl")
             || name.ends_with(RUN_SUMS_SUFFIX)
+            || name.ends_with(".manifest.json.sig")
             || crate::storage::is_temporary(&name);
         if known.contains(owner) || !ours {
             continue;
@@ -1117,6 +1187,7 @@ mod tests {
             coverage: Coverage::default(),
             recovered: Vec::new(),
             compaction: None,
+            signer: None,
             signature: None,
         }
     }

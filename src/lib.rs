@@ -29,6 +29,7 @@ pub mod normalize;
 pub mod records;
 pub mod shard;
 pub mod sinks;
+pub mod sshsig;
 pub mod storage;
 pub mod store;
 pub mod timestamp;

@@ -11,7 +11,10 @@
 use std::path::PathBuf;
 
 use crate::audit::AuditKey;
+use crate::cli::signing::{SigningArgs, load_allowed_signers};
 use crate::commands::Command;
+use crate::commands::verify::Trust;
+use crate::error::Result;
 use crate::storage::Location;
 
 /// The options of `verify`, as typed.
@@ -32,18 +35,32 @@ pub struct VerifyArgs {
     /// earlier runs, SHA256SUMS and that nothing extra exists.
     #[arg(long, value_name = "SHA256")]
     since: Option<String>,
+    /// OpenSSH allowed_signers file: check each manifest's SSH signature against
+    /// the key valid when its run finished (exit 5 on a missing, bad, unknown
+    /// or expired one).
+    #[arg(long, value_name = "FILE")]
+    allowed_signers: Option<PathBuf>,
+    /// With --allowed-signers: fail runs sealed without a signature too (by
+    /// default those before the first signed run are only reported).
+    #[arg(long, requires = "allowed_signers")]
+    require_signatures: bool,
 }
 
 impl VerifyArgs {
-    /// The check to run; manifest signatures are checked with `key`.
-    pub fn into_command(self, key: Option<AuditKey>) -> Command {
-        Command::Verify {
+    /// The check to run; manifest HMACs are checked with `key`, SSH
+    /// signatures with the allowed signers file.
+    pub fn into_command(self, key: Option<AuditKey>) -> Result<Command> {
+        Ok(Command::Verify {
             dir: Location::from(self.dir),
-            key,
+            trust: Trust {
+                key,
+                signers: load_allowed_signers(self.allowed_signers.as_deref())?,
+                require_signatures: self.require_signatures,
+            },
             expect_head: self.expect_head,
             since: self.since,
             json: self.json,
-        }
+        })
     }
 }
 
@@ -59,16 +76,24 @@ pub struct ReportArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// OpenSSH allowed_signers file: show each run's SSH signature as verified
+    /// (or failed) against it.
+    #[arg(long, value_name = "FILE")]
+    allowed_signers: Option<PathBuf>,
 }
 
 impl ReportArgs {
     /// The report to build.
-    pub fn into_command(self) -> Command {
-        Command::Report {
+    pub fn into_command(self) -> Result<Command> {
+        Ok(Command::Report {
             dir: Location::from(self.dir),
             html: self.html,
+            trust: Trust {
+                signers: load_allowed_signers(self.allowed_signers.as_deref())?,
+                ..Trust::default()
+            },
             json: self.json,
-        }
+        })
     }
 }
 
@@ -116,16 +141,19 @@ pub struct CompactArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    signing: SigningArgs,
 }
 
 impl CompactArgs {
     /// The compaction to run.
-    pub fn into_command(self) -> Command {
-        Command::Compact {
+    pub fn into_command(self) -> Result<Command> {
+        Ok(Command::Compact {
             out: Location::from(self.out),
             min_files: self.min_files,
+            key: self.signing.load(None)?,
             json: self.json,
-        }
+        })
     }
 }
 

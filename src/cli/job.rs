@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 /// out = "/data/xquik-dm"      # optional; --out wins
 /// concurrency = 8             # optional
 /// max_credits = 50000         # optional
+/// signing_key = "/etc/xquik-dm/id_ed25519"   # optional; --signing-key wins
 ///
 /// [[conversations]]
 /// account = "acme_support"
@@ -40,6 +41,8 @@ pub struct JobFile {
     pub rate_get: Option<f64>,
     /// Writes per minute per account (`--rate-post`).
     pub rate_post: Option<f64>,
+    /// SSH key that signs each run's manifest (`--signing-key`).
+    pub signing_key: Option<PathBuf>,
     /// Accounts and their conversations.
     #[serde(default)]
     pub conversations: Vec<JobConversations>,

@@ -20,6 +20,7 @@ pub mod job;
 pub mod lookup;
 pub mod mock;
 pub mod send;
+pub mod signing;
 pub mod sync;
 
 use std::path::{Path, PathBuf};
@@ -268,10 +269,10 @@ impl CommandArgs {
         let command = match self {
             CommandArgs::Sync(args) => args.into_command(settings)?,
             CommandArgs::Send(args) => args.into_command(settings)?,
-            CommandArgs::Verify(args) => args.into_command(settings.audit_key.clone()),
-            CommandArgs::Report(args) => args.into_command(),
+            CommandArgs::Verify(args) => args.into_command(settings.audit_key.clone())?,
+            CommandArgs::Report(args) => args.into_command()?,
             CommandArgs::Load(args) => args.into_command(),
-            CommandArgs::Compact(args) => args.into_command(),
+            CommandArgs::Compact(args) => args.into_command()?,
             CommandArgs::Rebuild(args) => args.into_command(),
             CommandArgs::Lookup(args) => args.into_command(settings)?,
             CommandArgs::Mock(args) => args.into_command()?,

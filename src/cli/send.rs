@@ -10,6 +10,7 @@
 use std::path::PathBuf;
 
 use crate::cli::global::Settings;
+use crate::cli::signing::SigningArgs;
 use crate::commands::send::{BatchLine, SendOptions, SendRequest};
 use crate::commands::{Command, Recorded};
 use crate::error::{Error, Result};
@@ -59,6 +60,8 @@ pub struct SendArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    signing: SigningArgs,
 }
 
 impl SendArgs {
@@ -74,6 +77,7 @@ impl SendArgs {
             skip_invalid: self.skip_invalid,
             max_credits: self.max_credits,
             audit_key: settings.audit_key.clone(),
+            signing_key: self.signing.load(None)?,
         };
         Ok(Command::Send(Recorded {
             options,

@@ -13,6 +13,7 @@ use std::time::Duration;
 use crate::api::{Account, UserRef};
 use crate::cli::global::Settings;
 use crate::cli::job::JobFile;
+use crate::cli::signing::SigningArgs;
 use crate::commands::sync::{DEFAULT_CONCURRENCY, SyncOptions, Target};
 use crate::commands::{Command, Recorded};
 use crate::error::{Error, Result};
@@ -69,6 +70,8 @@ pub struct SyncArgs {
     /// Longest time between commits, in milliseconds (tests shorten it).
     #[arg(long, default_value_t = 1000, hide = true)]
     commit_interval_ms: u64,
+    #[command(flatten)]
+    signing: SigningArgs,
 }
 
 impl SyncArgs {
@@ -100,6 +103,9 @@ impl SyncArgs {
         options.max_empty_pages = self.max_empty_pages.max(1);
         options.progress = !self.json;
         options.audit_key = settings.audit_key.clone();
+        options.signing_key = self
+            .signing
+            .load(job.and_then(|j| j.signing_key.as_deref()))?;
         options.commit_interval = Duration::from_millis(self.commit_interval_ms.max(1));
         options.shard = shard;
         options.max_pages = self.max_pages.map(|n| n.max(1));

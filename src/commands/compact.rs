@@ -42,6 +42,7 @@ use crate::audit::{self, Compaction, Manifest, RemovedFile};
 use crate::error::{Error, Result};
 use crate::sinks::parquet::{Columns, MessageColumns, ParquetSink, SendColumns, file_run};
 use crate::sinks::{WrittenFile, sha256_hex};
+use crate::sshsig::SigningKey;
 use crate::storage::{Backend, Location, Storage, file_name};
 use crate::store::{ManifestBody, RunStamp, Store};
 
@@ -100,17 +101,23 @@ pub enum Scope {
 }
 
 /// `xquik-dm compact`: every closed partition with at least `min_files`
-/// files.
-pub fn run(out: &Location, min_files: usize) -> Result<CompactReport> {
+/// files, its manifest signed with `key` when one is given.
+pub fn run(out: &Location, min_files: usize, key: Option<&SigningKey>) -> Result<CompactReport> {
     out.require_existing("--out")?;
     let storage = out.open()?;
-    compact(&storage, &RunStamp::now(), &Scope::All, min_files.max(2))
+    compact(
+        &storage,
+        &RunStamp::now(),
+        &Scope::All,
+        min_files.max(2),
+        key,
+    )
 }
 
 /// The automatic compaction after a sync (`sync --compact`): when a date
 /// has closed since the last compaction, the partitions of the dates since
 /// then are compacted, in a run of its own. `None` when no date closed.
-pub fn auto(storage: &Storage) -> Result<Option<CompactReport>> {
+pub fn auto(storage: &Storage, key: Option<&SigningKey>) -> Result<Option<CompactReport>> {
     let stamp = RunStamp::now();
     let through = crate::checkpoint::Checkpoint::load(storage.as_ref())?
         .compaction
@@ -119,15 +126,17 @@ pub fn auto(storage: &Storage) -> Result<Option<CompactReport>> {
     if through.as_deref().is_some_and(|t| t >= yesterday.as_str()) {
         return Ok(None);
     }
-    compact(storage, &stamp, &Scope::After(through), MIN_FILES).map(Some)
+    compact(storage, &stamp, &Scope::After(through), MIN_FILES, key).map(Some)
 }
 
-/// Compacts the closed partitions in `scope` as the run `stamp`.
+/// Compacts the closed partitions in `scope` as the run `stamp`, its
+/// manifest signed with `key` when one is given.
 pub fn compact(
     storage: &Storage,
     stamp: &RunStamp,
     scope: &Scope,
     min_files: usize,
+    key: Option<&SigningKey>,
 ) -> Result<CompactReport> {
     let started = Instant::now();
     let mut store = Store::open(storage, stamp)?;
@@ -141,7 +150,8 @@ pub fn compact(
     let totals = Totals::of(&compaction);
     store.set_compaction(compaction);
     store.checkpoint_mut().compaction.through = Some(day_before(today));
-    let body = manifest_body(scope, min_files, partitions.len(), &totals, skipped.len());
+    let mut body = manifest_body(scope, min_files, partitions.len(), &totals, skipped.len());
+    body.ssh_key = key.cloned();
     let sealed = store.seal(body)?;
     Ok(CompactReport {
         out: backend.location(),

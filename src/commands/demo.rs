@@ -4,9 +4,13 @@
 //! account can read, lets new messages arrive and syncs again incrementally,
 //! sends a text DM and a media DM, verifies the audit trail, checks the
 //! outputs against the mock's ground truth, and says where the outputs are
-//! and how to query them.
+//! and how to query them. Every run is signed with a throwaway SSH key made
+//! for the demo; the check uses an `allowed_signers` file holding it, and
+//! the demo shows the `ssh-keygen -Y verify` line a reviewer would run (and
+//! runs it where `ssh-keygen` is installed), and writes the HTML report.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::api::client::{ApiKey, ClientConfig};
@@ -14,10 +18,11 @@ use crate::api::retry::RetryPolicy;
 use crate::api::{Account, UserRef};
 use crate::commands::send::{self, BatchLine, SendOptions, SendReport, SendRequest};
 use crate::commands::sync::{self, SyncOptions, SyncReport, Target};
-use crate::commands::verify::{self, VerifyReport};
+use crate::commands::verify::{self, Trust, VerifyReport};
 use crate::error::{Error, Result};
 use crate::mock::{Faults, MockConfig, MockServer};
 use crate::sinks::jsonl;
+use crate::sshsig::{self, AllowedSigners, SigningKey};
 use crate::storage::{Backend, Location};
 
 /// What the demo did.
@@ -31,8 +36,10 @@ pub struct DemoReport {
     pub incremental: SyncReport,
     /// The text and media sends.
     pub sends: SendReport,
-    /// The audit check of the folder.
+    /// The audit check of the folder, signatures included.
     pub verify: VerifyReport,
+    /// The signing key, the reviewer's files and their check.
+    pub review: Review,
     /// New messages that arrived between the runs.
     pub arrived: u64,
     /// Messages the mock serves in all (ground truth).
@@ -50,6 +57,7 @@ impl DemoReport {
             && self.incremental.exit_code() == 0
             && self.sends.exit_code() == 0
             && self.verify.ok()
+            && self.review.ssh_keygen != Some(false)
             && self.expected == self.written
             && self.duplicates == 0;
         if ok { 0 } else { 4 }
@@ -89,7 +97,9 @@ pub async fn run(out: Option<Location>) -> Result<DemoReport> {
     let server = MockServer::start(world)
         .await
         .map_err(|e| Error::io("127.0.0.1:0", e))?;
-    let options = sync_options(&server, &out, &users)?;
+    let (key, review_dir) = review_key()?;
+    let mut options = sync_options(&server, &out, &users)?;
+    options.signing_key = Some(key.clone());
 
     let full = sync::run(options.clone()).await?;
     // New messages arrive in two conversations; the rerun fetches only those
@@ -107,11 +117,12 @@ pub async fn run(out: Option<Location>) -> Result<DemoReport> {
         .map(|u| server.history(ACCOUNT, u).len() as u64)
         .sum();
 
-    let sends = send_two(&options.api, &out).await?;
-    let verify_out = out.clone();
-    let verify = tokio::task::spawn_blocking(move || verify::run(verify_out, None, None))
-        .await
-        .map_err(|e| Error::io("<verify>", std::io::Error::other(e)))??;
+    let sends = send_two(&options.api, &out, &key).await?;
+    let review_out = out.clone();
+    let (verify, review) =
+        tokio::task::spawn_blocking(move || review(&review_out, &key, review_dir))
+            .await
+            .map_err(|e| Error::io("<verify>", std::io::Error::other(e)))??;
 
     let (written, duplicates) = count_history(out.open()?.as_ref())?;
     server.shutdown().await;
@@ -121,11 +132,112 @@ pub async fn run(out: Option<Location>) -> Result<DemoReport> {
         incremental,
         sends,
         verify,
+        review,
         arrived,
         expected,
         written,
         duplicates,
     })
+}
+
+/// What a reviewer of the demo's folder is handed, and what it showed.
+#[derive(Debug)]
+pub struct Review {
+    /// The folder of the throwaway key, `allowed_signers` and the report.
+    pub dir: PathBuf,
+    /// The signing key's fingerprint.
+    pub fingerprint: String,
+    /// The HTML report.
+    pub html: PathBuf,
+    /// The `ssh-keygen -Y verify` line for the last run's manifest.
+    pub command: String,
+    /// Whether `ssh-keygen` accepted it; `None` where it could not run
+    /// (not installed, or the outputs are in a bucket).
+    pub ssh_keygen: Option<bool>,
+}
+
+/// The principal of the demo key in its `allowed_signers`.
+const PRINCIPAL: &str = "demo@xquik-dm.invalid";
+
+/// Makes the throwaway signing key, in a new private folder beside the
+/// outputs' default place.
+fn review_key() -> Result<(SigningKey, PathBuf)> {
+    let dir = std::env::temp_dir().join(format!(
+        "xquik-dm-demo-review-{}-{:08x}",
+        chrono::Utc::now().format("%Y%m%dT%H%M%S"),
+        fastrand::u32(..)
+    ));
+    let mut folder = std::fs::DirBuilder::new();
+    folder.recursive(true);
+    // It holds a private key: readable by its owner only.
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut folder, 0o700);
+    folder.create(&dir).map_err(|e| Error::io(&dir, e))?;
+    let key = SigningKey::generate(&dir.join("id_ed25519"), "xquik-dm demo")?;
+    Ok((key, dir))
+}
+
+/// Writes the reviewer's `allowed_signers`, verifies the signed chain
+/// with it (unsigned runs fail), writes the HTML report, and checks the
+/// last manifest with `ssh-keygen` where it can.
+fn review(out: &Location, key: &SigningKey, dir: PathBuf) -> Result<(VerifyReport, Review)> {
+    let signers = dir.join("allowed_signers");
+    let line = format!(
+        "{PRINCIPAL} namespaces=\"{}\" {}\n",
+        sshsig::NAMESPACE,
+        key.public_openssh()?
+    );
+    std::fs::write(&signers, line).map_err(|e| Error::io(&signers, e))?;
+    let trust = Trust {
+        key: None,
+        signers: Some(AllowedSigners::load(&signers, "allowed_signers")?),
+        require_signatures: true,
+    };
+    let verify = verify::run_trusted(out.clone(), &trust, None, None)?;
+    let html = dir.join("report.html");
+    crate::commands::report::run(out, Some(&html), &trust)?;
+    let (last, _) = crate::audit::read_chain_tail(out.open()?.as_ref(), 0)?;
+    let manifest = last.last().map(|e| e.manifest.clone()).unwrap_or_default();
+    let (command, ssh_keygen) = ssh_keygen_check(out, &signers, &manifest);
+    let review = Review {
+        dir,
+        fingerprint: key.fingerprint().to_owned(),
+        html,
+        command,
+        ssh_keygen,
+    };
+    Ok((verify, review))
+}
+
+/// The `ssh-keygen -Y verify` line of `manifest` in `out`, and whether
+/// `ssh-keygen` accepts it (`None` where it cannot be run).
+fn ssh_keygen_check(
+    out: &Location,
+    signers: &std::path::Path,
+    manifest: &str,
+) -> (String, Option<bool>) {
+    let command = format!(
+        "cd {out} && ssh-keygen -Y verify -f {} -I {PRINCIPAL} -n {} -s {manifest}{} < {manifest}",
+        signers.display(),
+        sshsig::NAMESPACE,
+        sshsig::SIG_SUFFIX
+    );
+    let Some(dir) = out.as_dir() else {
+        return (command, None);
+    };
+    let Ok(input) = std::fs::File::open(dir.join(manifest)) else {
+        return (command, None);
+    };
+    let status = std::process::Command::new("ssh-keygen")
+        .args(["-Y", "verify", "-f"])
+        .arg(signers)
+        .args(["-I", PRINCIPAL, "-n", sshsig::NAMESPACE, "-s"])
+        .arg(dir.join(format!("{manifest}{}", sshsig::SIG_SUFFIX)))
+        .stdin(input)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+    (command, status.ok().map(|s| s.success()))
 }
 
 /// The demo world, with transient errors, overlapping and unordered pages
@@ -166,8 +278,8 @@ fn sync_options(server: &MockServer, out: &Location, users: &[String]) -> Result
 }
 
 /// Sends a text DM and a media DM (a small PNG the demo writes to a
-/// temporary folder: the mock takes any bytes).
-async fn send_two(api: &ClientConfig, out: &Location) -> Result<SendReport> {
+/// temporary folder: the mock takes any bytes), signed with `key`.
+async fn send_two(api: &ClientConfig, out: &Location, key: &SigningKey) -> Result<SendReport> {
     let scratch = tempfile::tempdir().map_err(|e| Error::io("<temp dir>", e))?;
     let picture = scratch.path().join("demo-picture.png");
     std::fs::write(&picture, DEMO_PNG).map_err(|e| Error::io(&picture, e))?;
@@ -198,6 +310,7 @@ async fn send_two(api: &ClientConfig, out: &Location) -> Result<SendReport> {
         skip_invalid: false,
         max_credits: None,
         audit_key: None,
+        signing_key: Some(key.clone()),
     })
     .await
 }
@@ -260,8 +373,13 @@ impl std::fmt::Display for DemoReport {
         writeln!(f, "3. A text DM and a media DM")?;
         write!(f, "{}", self.sends)?;
         writeln!(f)?;
-        write!(f, "4. Audit check (xquik-dm verify): {}", self.verify)?;
+        write!(
+            f,
+            "4. Audit check (xquik-dm verify --allowed-signers --require-signatures): {}",
+            self.verify
+        )?;
         writeln!(f)?;
+        write!(f, "{}", self.review)?;
         writeln!(
             f,
             "5. Check against the mock's ground truth: {verdict} ({} messages served, {} written, {} duplicates)",
@@ -286,5 +404,28 @@ impl std::fmt::Display for DemoReport {
             f,
             "  duckdb -c \"SELECT conversation_user_id, count(*) AS messages, max(created_at) AS latest FROM read_parquet('{out}/parquet/messages/**/*.parquet') GROUP BY 1 ORDER BY 2 DESC\""
         )
+    }
+}
+
+impl std::fmt::Display for Review {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "   Every run is signed with a throwaway key made for this demo ({}),",
+            self.fingerprint
+        )?;
+        writeln!(
+            f,
+            "   in {}. A reviewer checks a manifest with ssh-keygen alone:",
+            self.dir.display()
+        )?;
+        writeln!(f, "     {}", self.command)?;
+        match self.ssh_keygen {
+            Some(true) => writeln!(f, "   ssh-keygen -Y verify: Good signature")?,
+            Some(false) => writeln!(f, "   ssh-keygen -Y verify: REJECTED")?,
+            None => writeln!(f, "   (ssh-keygen was not run here)")?,
+        }
+        writeln!(f, "   HTML report: {}", self.html.display())?;
+        writeln!(f)
     }
 }

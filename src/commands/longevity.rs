@@ -226,6 +226,7 @@ fn verify_and_compact(dir: &Path, since: String) -> Result<Checked> {
             &RunStamp::now(),
             &compact::Scope::All,
             compact::MIN_FILES,
+            None,
         )
     })?;
     let (verify_after_compact_s, verified_after) =

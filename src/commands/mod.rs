@@ -24,7 +24,6 @@ use std::time::SystemTime;
 use crate::api::UserRef;
 use crate::api::client::{Client, ClientConfig};
 use crate::api::types::UserProfile;
-use crate::audit::AuditKey;
 use crate::error::{Error, Result};
 use crate::metrics::{AccountFigures, RunMetrics};
 use crate::storage::Location;
@@ -41,8 +40,8 @@ pub enum Command {
     Verify {
         /// The folder or bucket.
         dir: Location,
-        /// Signature key.
-        key: Option<AuditKey>,
+        /// What the manifests' HMACs and SSH signatures are checked with.
+        trust: verify::Trust,
         /// Chain head that must still be in the chain.
         expect_head: Option<String>,
         /// Check only what came after this chain head.
@@ -67,6 +66,8 @@ pub enum Command {
         dir: Location,
         /// Where the HTML page goes.
         html: Option<PathBuf>,
+        /// What the manifests' SSH signatures are checked with.
+        trust: verify::Trust,
         /// Report as JSON.
         json: bool,
     },
@@ -76,6 +77,8 @@ pub enum Command {
         out: Location,
         /// Files a partition needs to be merged.
         min_files: usize,
+        /// SSH key that signs the compaction's manifest.
+        key: Option<crate::sshsig::SigningKey>,
         /// Report as JSON.
         json: bool,
     },
@@ -357,22 +360,27 @@ pub async fn execute(command: Command) -> Result<Report> {
         }
         Command::Verify {
             dir,
-            key,
+            trust,
             expect_head,
             since,
             json,
         } => {
             let report = blocking("<verify>", move || {
-                verify::run_since(dir, key.as_ref(), expect_head.as_deref(), since.as_deref())
+                verify::run_trusted(dir, &trust, expect_head.as_deref(), since.as_deref())
             })
             .await?;
             Ok(Report::Verify { report, json })
         }
-        Command::Report { dir, html, json } => {
-            blocking("<report>", move || report::run(&dir, html.as_deref()))
-                .await
-                .map(|written| Report::Report { written, json })
-        }
+        Command::Report {
+            dir,
+            html,
+            trust,
+            json,
+        } => blocking("<report>", move || {
+            report::run(&dir, html.as_deref(), &trust)
+        })
+        .await
+        .map(|written| Report::Report { written, json }),
         Command::Load {
             from,
             to,
@@ -388,10 +396,13 @@ pub async fn execute(command: Command) -> Result<Report> {
         Command::Compact {
             out,
             min_files,
+            key,
             json,
-        } => blocking("<compact>", move || compact::run(&out, min_files))
-            .await
-            .map(|report| Report::Compact { report, json }),
+        } => blocking("<compact>", move || {
+            compact::run(&out, min_files, key.as_ref())
+        })
+        .await
+        .map(|report| Report::Compact { report, json }),
         Command::Rebuild { out, json } => blocking("<rebuild>", move || rebuild::run(&out))
             .await
             .map(|report| Report::Rebuild { report, json }),

@@ -119,6 +119,13 @@ pub struct RunRow {
     pub credits: u64,
     /// History pages fetched.
     pub pages: u64,
+    /// The fingerprint of the SSH key that signed its manifest.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signer: Option<String>,
+    /// Its SSH signature: `unsigned`; `verified` against the allowed
+    /// signers; `intact` (present and matching its chain entry, no allowed
+    /// signers given); or `failed`.
+    pub signature: &'static str,
 }
 
 /// The runs of one day.
@@ -188,14 +195,14 @@ pub struct SendRow {
 }
 
 /// Builds the report of `location`.
-pub fn build(location: &Location) -> Result<Report> {
+pub fn build(location: &Location, trust: &verify::Trust) -> Result<Report> {
     location.require_existing("DIR")?;
     let storage = location.open()?;
     let storage = storage.as_ref();
     if location.as_dir().is_none() {
         storage.prepare()?;
     }
-    let verified = verify::check(storage, None, None);
+    let verified = verify::check_trusted(storage, trust, None, None);
     let (chain, _) = audit::read_chain(storage)?;
     let mut runs = Vec::with_capacity(chain.len());
     let mut last_touch: BTreeMap<String, String> = BTreeMap::new();
@@ -210,7 +217,9 @@ pub fn build(location: &Location) -> Result<Report> {
                 last_touch.insert(format!("{account}/{user}"), manifest.run_id.clone());
             }
         }
-        runs.push(run_row(entry.seq, &manifest));
+        let mut row = run_row(entry.seq, &manifest);
+        row.signature = signature_state(&manifest, trust, &verified.failures);
+        runs.push(row);
     }
     let checkpoint = Checkpoint::load(storage).unwrap_or_else(|_| Checkpoint::empty());
     let conversations = checkpoint
@@ -311,6 +320,24 @@ fn run_row(seq: u64, m: &Manifest) -> RunRow {
         sends: m.counts["sent"].as_u64().unwrap_or(0),
         credits: m.credits.values().sum::<u64>() + recovered,
         pages: m.counts["pages"].as_u64().unwrap_or(0),
+        signer: m.signer.as_ref().map(|s| s.fingerprint.clone()),
+        signature: "unsigned",
+    }
+}
+
+/// What `verify` found of the SSH signature of `m`'s run (see
+/// [`RunRow::signature`]).
+fn signature_state(
+    m: &Manifest,
+    trust: &verify::Trust,
+    failures: &[verify::Failure],
+) -> &'static str {
+    let sig = audit::signature_key(&m.run_id);
+    match (m.signer.is_some(), trust.signers.is_some()) {
+        (false, _) => "unsigned",
+        _ if failures.iter().any(|f| f.path == sig) => "failed",
+        (true, true) => "verified",
+        (true, false) => "intact",
     }
 }
 
@@ -509,7 +536,7 @@ impl Report {
         let _ = write!(
             h,
             "<h2>Runs</h2><p class=\"note\">The last {shown} of {} runs, newest first{}.</p>\
-<table id=\"runs\"><tr><th>#</th><th>run</th><th>command</th><th>started</th><th class=\"n\">seconds</th><th class=\"n\">exit</th><th class=\"n\">rows</th><th class=\"n\">sends</th><th class=\"n\">credits</th><th class=\"n\">pages</th></tr>",
+<table id=\"runs\"><tr><th>#</th><th>run</th><th>command</th><th>started</th><th class=\"n\">seconds</th><th class=\"n\">exit</th><th class=\"n\">rows</th><th class=\"n\">sends</th><th class=\"n\">credits</th><th class=\"n\">pages</th><th>signature</th></tr>",
             self.runs.len(),
             if shown < self.runs.len() {
                 "; the JSON report (--json) lists every run"
@@ -521,7 +548,7 @@ impl Report {
             let _ = write!(
                 h,
                 "<tr class=\"run s-{st}\" data-run=\"{id}\" data-rows=\"{rows}\" data-sends=\"{sends}\" data-credits=\"{credits}\" data-pages=\"{pages}\" data-exit=\"{exit}\">\
-<td class=\"n\">{seq}</td><td><code>{id}</code></td><td>{cmd}</td><td>{start}</td><td class=\"n\">{dur:.2}</td><td class=\"n\">{exit}</td><td class=\"n\">{rows}</td><td class=\"n\">{sends}</td><td class=\"n\">{credits}</td><td class=\"n\">{pages}</td></tr>",
+<td class=\"n\">{seq}</td><td><code>{id}</code></td><td>{cmd}</td><td>{start}</td><td class=\"n\">{dur:.2}</td><td class=\"n\">{exit}</td><td class=\"n\">{rows}</td><td class=\"n\">{sends}</td><td class=\"n\">{credits}</td><td class=\"n\">{pages}</td><td class=\"sig-{sig}\" title=\"{signer}\">{sig}</td></tr>",
                 st = r.status,
                 id = esc(&r.run_id),
                 rows = r.rows,
@@ -533,6 +560,8 @@ impl Report {
                 cmd = esc(&r.command),
                 start = esc(&r.started_at),
                 dur = r.duration_s,
+                sig = r.signature,
+                signer = esc(r.signer.as_deref().unwrap_or("")),
             );
         }
         h.push_str("</table>");
@@ -645,6 +674,17 @@ impl std::fmt::Display for Written {
                 }
             }
         }
+        let signed = r.runs.iter().filter(|run| run.signer.is_some()).count();
+        if signed > 0 {
+            let count = |state| r.runs.iter().filter(|run| run.signature == state).count();
+            writeln!(
+                f,
+                "  SSH signatures: {signed} of {} runs signed; {} verified, {} failed",
+                r.runs.len(),
+                count("verified"),
+                count("failed")
+            )?;
+        }
         if let Some(path) = &self.html {
             writeln!(f, "  HTML page: {}", path.display())?;
         }
@@ -653,8 +693,13 @@ impl std::fmt::Display for Written {
 }
 
 /// `xquik-dm report`: builds the report, writes the page if asked.
-pub fn run(location: &Location, html: Option<&std::path::Path>) -> Result<Written> {
-    let report = build(location)?;
+/// SSH signatures are checked with `trust`.
+pub fn run(
+    location: &Location,
+    html: Option<&std::path::Path>,
+    trust: &verify::Trust,
+) -> Result<Written> {
+    let report = build(location, trust)?;
     if let Some(path) = html {
         std::fs::write(path, report.html()).map_err(|e| crate::error::Error::io(path, e))?;
     }

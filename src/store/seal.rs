@@ -1,7 +1,8 @@
 //! The end of a run: [`Store::seal`] closes the run's Parquet files and
-//! commits, then writes the audit rows file, the manifest, the chain entry
-//! (the commit point of the run), the checkpoint's audit pointer and
-//! `SHA256SUMS`, each durable before the next refers to it.
+//! commits, then writes the audit rows file, the manifest (with its SSH
+//! signature first, when a key is set), the chain entry (the commit point
+//! of the run), the checkpoint's audit pointer and `SHA256SUMS`, each
+//! durable before the next refers to it.
 
 use std::collections::BTreeMap;
 
@@ -16,6 +17,7 @@ use crate::checkpoint::{self, AuditPointer, Checkpoint};
 use crate::error::{Error, Result};
 use crate::sinks::WrittenFile;
 use crate::sinks::jsonl;
+use crate::sshsig::{self, SigningKey};
 use crate::storage::Backend;
 
 /// The command-specific content of a run's manifest.
@@ -37,6 +39,8 @@ pub struct ManifestBody {
     pub counts: serde_json::Value,
     /// HMAC key for the manifest, if any.
     pub signing_key: Option<audit::AuditKey>,
+    /// SSH key that signs the manifest, if any.
+    pub ssh_key: Option<SigningKey>,
 }
 
 impl ManifestBody {
@@ -52,6 +56,7 @@ impl ManifestBody {
             credits: BTreeMap::new(),
             counts: serde_json::json!({}),
             signing_key: None,
+            ssh_key: None,
         }
     }
 }
@@ -107,9 +112,11 @@ impl Store {
             recovered: &self.recovered,
             compaction: self.compaction.as_ref(),
         };
+        let ssh_key = body.ssh_key.clone();
         let manifest = body.into_manifest(run, files.clone(), &audit_rows, page_log, coverage)?;
         let storage = self.storage.as_ref();
-        let entry = audit::append_run(storage, &manifest, previous.as_ref())?;
+        let entry =
+            audit::append_signed_run(storage, &manifest, previous.as_ref(), ssh_key.as_ref())?;
         self.head = Some(entry.clone());
         follow_seal(
             storage,
@@ -200,6 +207,10 @@ impl ManifestBody {
             coverage,
             recovered: run.recovered.to_vec(),
             compaction: run.compaction.cloned(),
+            signer: self.ssh_key.as_ref().map(|key| audit::Signer {
+                fingerprint: key.fingerprint().to_owned(),
+                namespace: sshsig::NAMESPACE.to_owned(),
+            }),
             signature: None,
         };
         if let Some(key) = &self.signing_key {

@@ -581,8 +581,10 @@ print(len(pairs))
 fn the_demo_runs_unchanged_into_a_bucket() {
     let moto = Moto::start();
     let bucket = moto.bucket("dm-demo");
+    let review = tempfile::tempdir().unwrap();
     let mut cmd = bin();
-    cmd.args(["demo", "--out", &format!("s3://{bucket}/demo")]);
+    cmd.args(["demo", "--out", &format!("s3://{bucket}/demo")])
+        .env("TMPDIR", review.path());
     moto.env(&mut cmd);
     let (code, stdout, stderr) = run(&mut cmd);
     assert_eq!(code, 0, "{stdout}{stderr}");

@@ -16,6 +16,7 @@ pub fn bin() -> Command {
     cmd.env_remove("XQUIK_API_KEY")
         .env_remove("XQUIK_BASE_URL")
         .env_remove("XQUIK_DM_LOG")
+        .env_remove("XQUIK_DM_SIGNING_KEY_FILE")
         .stdin(Stdio::null());
     cmd
 }
@@ -304,6 +305,8 @@ async fn sigkill_at_random_moments_then_rerun_converges_to_the_ground_truth() {
 
 #[test]
 fn demo_runs_offline_and_checks_itself() {
+    // The demo runs the reviewer's check where ssh-keygen is installed.
+    drop(crate::signing::ssh_keygen());
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("demo");
     let (code, stdout, stderr) = run(bin()
@@ -313,16 +316,43 @@ fn demo_runs_offline_and_checks_itself() {
             "demo",
             "--out",
         ])
-        .arg(&out));
+        .arg(&out)
+        // Its throwaway key and report go to the temp dir: this test's.
+        .env("TMPDIR", dir.path()));
     assert_eq!(code, 0, "{stdout}\n{stderr}");
     assert!(
         stdout.contains("Check against the mock's ground truth: OK"),
         "{stdout}"
     );
     assert!(
-        stdout.contains("Audit check (xquik-dm verify): OK"),
+        stdout.contains("Audit check (xquik-dm verify --allowed-signers --require-signatures): OK"),
         "{stdout}"
     );
+    // Every run signed; ssh-keygen accepts the line the demo prints.
+    assert!(
+        stdout.contains("3 manifest SSH signatures verified"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("ssh-keygen -Y verify: Good signature"),
+        "{stdout}"
+    );
+    let line = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("cd ") && l.contains("ssh-keygen -Y verify"))
+        .unwrap();
+    let status = Command::new("sh").args(["-c", line]).status().unwrap();
+    assert!(status.success(), "{line}");
+    let review = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().contains("xquik-dm-demo-review-"))
+        .unwrap();
+    assert!(review.join("report.html").exists());
+    let secret = std::fs::read_to_string(review.join("id_ed25519")).unwrap();
+    for line in secret.lines().filter(|l| !l.starts_with("-----")) {
+        assert!(!stdout.contains(line) && !stderr.contains(line));
+    }
     assert!(stdout.contains("duckdb -c"), "{stdout}");
     // The demo's own bodies never reach the terminal or the logs.
     for body in ["Thanks for your message!", "Here is the screenshot"] {

@@ -87,7 +87,7 @@ async fn workflow(out: &Path) {
 
     let compacted = tokio::task::spawn_blocking({
         let out = out.to_owned();
-        move || compact::run(&out.into(), 2)
+        move || compact::run(&out.into(), 2, None)
     })
     .await
     .unwrap()

@@ -17,6 +17,7 @@ mod protocol;
 mod report;
 mod scripted;
 mod send;
+mod signing;
 mod sync;
 mod verify;
 mod warehouse;
@@ -116,6 +117,7 @@ pub fn send_options(
         skip_invalid: false,
         max_credits: None,
         audit_key: None,
+        signing_key: None,
     }
 }
 

@@ -299,7 +299,11 @@ fn a_report_of_ten_thousand_runs_stays_small() {
 fn the_report_of_the_demo_folder() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("demo");
-    let (code, _, stderr) = run(bin().arg("demo").arg("--out").arg(&out));
+    let (code, _, stderr) = run(bin()
+        .arg("demo")
+        .arg("--out")
+        .arg(&out)
+        .env("TMPDIR", dir.path()));
     assert_eq!(code, 0, "{stderr}");
     let html = dir.path().join("report.html");
     let (code, stdout, stderr) = report_of(&out, &html);

@@ -59,6 +59,8 @@ pub struct SendOptions {
     pub max_credits: Option<u64>,
     /// Key for signing the manifest.
     pub audit_key: Option<AuditKey>,
+    /// SSH key for signing the manifest (`--signing-key`).
+    pub signing_key: Option<crate::sshsig::SigningKey>,
 }
 
 /// Runs the sends, in order.
@@ -239,6 +241,7 @@ fn manifest_body(report: &SendReport, options: &SendOptions) -> ManifestBody {
             "not_sent": report.sends.iter().filter(|s| !matches!(s.status, SendStatus::Sent | SendStatus::AlreadySent)).count(),
         }),
         signing_key: options.audit_key.clone(),
+        ssh_key: options.signing_key.clone(),
     }
 }
 

@@ -46,6 +46,7 @@ use targets::resolve_targets;
 
 use crate::api::client::Client;
 use crate::error::{Error, Result};
+use crate::sshsig::SigningKey;
 use crate::storage::Storage;
 use crate::store::{Repair, RunStamp, Store};
 
@@ -70,7 +71,8 @@ pub async fn run(options: SyncOptions) -> Result<SyncReport> {
     report.files = sealed.files;
     report.manifest = sealed.chain.manifest;
     if run.options.compact {
-        compact_after(storage, &mut report).await?;
+        let key = run.options.signing_key.clone();
+        compact_after(storage, key, &mut report).await?;
     }
     report.elapsed = started.elapsed();
     Ok(report)
@@ -120,12 +122,17 @@ fn shard_of(mut options: SyncOptions) -> Result<(SyncOptions, Storage)> {
 
 /// `--compact`: compacts the partitions of the dates that closed since the
 /// last compaction. A failure is put in the report; the run stays sealed.
-async fn compact_after(storage: Storage, report: &mut SyncReport) -> Result<()> {
+async fn compact_after(
+    storage: Storage,
+    key: Option<SigningKey>,
+    report: &mut SyncReport,
+) -> Result<()> {
     // A run of its own, after this one is sealed and has let go of
     // the output.
-    let compacted = tokio::task::spawn_blocking(move || super::compact::auto(&storage))
-        .await
-        .map_err(|e| Error::io("<compact>", std::io::Error::other(e)))?;
+    let compacted =
+        tokio::task::spawn_blocking(move || super::compact::auto(&storage, key.as_ref()))
+            .await
+            .map_err(|e| Error::io("<compact>", std::io::Error::other(e)))?;
     match compacted {
         Ok(compaction) => report.compaction = compaction,
         Err(e) => {

@@ -7,6 +7,7 @@ use crate::api::client::ClientConfig;
 use crate::api::{Account, UserRef};
 use crate::audit::AuditKey;
 use crate::shard::Shard;
+use crate::sshsig::SigningKey;
 use crate::storage::Location;
 use crate::store::RunStamp;
 
@@ -51,6 +52,8 @@ pub struct SyncOptions {
     pub progress: bool,
     /// Key for signing the run's manifest.
     pub audit_key: Option<AuditKey>,
+    /// SSH key for signing the run's manifest (`--signing-key`).
+    pub signing_key: Option<SigningKey>,
     /// Compact the partitions of dates that closed since the last
     /// compaction, after the run (`--compact`).
     pub compact: bool,
@@ -76,6 +79,7 @@ impl SyncOptions {
             compact: false,
             stamp: None,
             audit_key: None,
+            signing_key: None,
         }
     }
 }

@@ -272,6 +272,7 @@ pub(super) fn manifest_body(report: &SyncReport, options: &SyncOptions) -> Manif
             "retries": report.retries,
         }),
         signing_key: options.audit_key.clone(),
+        ssh_key: options.signing_key.clone(),
     }
 }
 

@@ -11,9 +11,11 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
 )]
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
+use super::Trust;
 use super::findings::VerifyReport;
+use super::signatures::SshChecks;
 use super::since;
 use crate::audit::{self, AuditKey, ChainEntry, Coverage, Manifest};
 use crate::checkpoint::Checkpoint;
@@ -31,6 +33,8 @@ pub(super) struct Chain {
     pub(super) chained: BTreeSet<String>,
     /// The last run sealed and was killed before its checkpoint followed.
     pub(super) sealing_interrupted: bool,
+    /// The digest of each signed run's signature, as its entry records it.
+    pub(super) signatures: BTreeMap<String, String>,
 }
 
 /// Checks the chain and each manifest's own digest and signature; returns
@@ -40,7 +44,7 @@ pub(super) struct Chain {
 /// in the chain: a failure). [`Chain::chained`] is every run the chain holds.
 pub(super) fn check_chain(
     dir: &dyn Backend,
-    key: Option<&AuditKey>,
+    trust: &Trust,
     since: Option<&str>,
     report: &mut VerifyReport,
 ) -> Chain {
@@ -76,7 +80,11 @@ pub(super) fn check_chain(
         };
     }
     report.runs = chain.last().map_or(0, |e| e.seq);
-    let manifests = check_entries(dir, key, &chain, since.is_some(), skip, report);
+    let manifests = check_entries(dir, trust, &chain, since.is_some(), skip, report);
+    let signatures = chain
+        .iter()
+        .filter_map(|e| Some((e.run_id.clone(), e.signature_sha256.clone()?)))
+        .collect();
     report.head = chain.last().map(|e| e.sha256.clone());
     let sealing_interrupted = check_pointer(dir, &chain, report);
     Chain {
@@ -84,6 +92,7 @@ pub(super) fn check_chain(
         start,
         chained,
         sealing_interrupted,
+        signatures,
     }
 }
 
@@ -124,7 +133,7 @@ fn read(
 /// manifest; returns the manifests that could be read, lightened.
 fn check_entries(
     dir: &dyn Backend,
-    key: Option<&AuditKey>,
+    trust: &Trust,
     chain: &[ChainEntry],
     since: bool,
     skip: u64,
@@ -133,10 +142,12 @@ fn check_entries(
     let mut manifests = Vec::new();
     let mut previous: Option<&ChainEntry> = None;
     let mut signatures = Signatures::default();
+    let mut ssh = SshChecks::new(trust);
     for entry in chain {
         // Since a verified head, the chain starts there, linked before.
         if since && previous.is_none() {
             previous = Some(entry);
+            ssh.follow(entry);
             continue;
         }
         check_link(entry, previous, report);
@@ -144,13 +155,15 @@ fn check_entries(
         if entry.seq <= skip {
             continue;
         }
-        let Some(manifest) = check_manifest(dir, entry, report) else {
+        let Some((manifest, bytes)) = check_manifest(dir, entry, report) else {
             continue;
         };
-        signatures.check(key, entry, &manifest, report);
+        signatures.check(trust.key.as_ref(), entry, &manifest, report);
+        ssh.check(dir, entry, &manifest, &bytes, report);
         manifests.push(lighten(manifest));
     }
     signatures.note(report);
+    ssh.note(report);
     manifests
 }
 
@@ -176,12 +189,13 @@ fn check_link(entry: &ChainEntry, previous: Option<&ChainEntry>, report: &mut Ve
 }
 
 /// Reads `entry`'s manifest and checks it against the entry: its SHA-256,
-/// its run ID and its link. `None` when it cannot be read.
+/// its run ID and its link; returns it with its bytes, `None` when it
+/// cannot be read.
 fn check_manifest(
     dir: &dyn Backend,
     entry: &ChainEntry,
     report: &mut VerifyReport,
-) -> Option<Manifest> {
+) -> Option<(Manifest, Vec<u8>)> {
     let (manifest, bytes) = match audit::read_manifest(dir, &entry.manifest) {
         Ok(m) => m,
         Err(e) => {
@@ -215,7 +229,7 @@ fn check_manifest(
             ),
         );
     }
-    Some(manifest)
+    Some((manifest, bytes))
 }
 
 /// What the HMAC checks saw over the chain that is not a failure.

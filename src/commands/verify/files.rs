@@ -73,6 +73,9 @@ impl Walk<'_> {
         let listed = &mut self.listed.paths;
         listed.insert(format!("{}/{}.manifest.json", audit::RUNS_DIR, m.run_id));
         listed.insert(audit::run_sums_key(&m.run_id));
+        if m.signer.is_some() {
+            listed.insert(audit::signature_key(&m.run_id));
+        }
         let recovered = m.recovered.iter().map(|r| &r.log);
         for log in [&m.audit_rows, &m.page_log].into_iter().chain(recovered) {
             listed.insert(log.path.clone());

@@ -33,6 +33,9 @@ pub struct VerifyReport {
     pub checked: u64,
     /// Manifests whose HMAC was checked.
     pub signatures_checked: u64,
+    /// Manifests whose SSH signature verified against the allowed signers.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub ssh_signatures: u64,
     /// SHA-256 of the last run's manifest: the chain's head. Kept outside
     /// the folder, it lets a later `verify --expect-head` detect that runs
     /// were removed from the end (which the folder alone cannot show).
@@ -54,6 +57,7 @@ impl VerifyReport {
             runs: 0,
             checked: 0,
             signatures_checked: 0,
+            ssh_signatures: 0,
             head: None,
             shard_heads: std::collections::BTreeMap::new(),
             failures: Vec::new(),
@@ -118,9 +122,21 @@ impl std::fmt::Display for VerifyReport {
                 self.signatures_checked
             )?;
         }
+        if self.ssh_signatures > 0 {
+            writeln!(
+                f,
+                "  {} manifest SSH signatures verified against the allowed signers",
+                self.ssh_signatures
+            )?;
+        }
         for note in &self.notes {
             writeln!(f, "  note: {note}")?;
         }
         Ok(())
     }
+}
+
+/// Whether a count is zero (left out of the JSON report).
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }

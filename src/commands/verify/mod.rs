@@ -26,6 +26,10 @@
 //! 4. [`compactions`] checks each compaction against the files it removed;
 //! 5. [`sums`] checks each run's checksum file, then `SHA256SUMS`.
 //!
+//! Step 1 also hands each manifest to [`signatures`], which checks its SSH
+//! signature: the file and its digest in the chain always, the signature
+//! itself against `--allowed-signers` when given.
+//!
 //! With `--since` ([`since`]), steps 1 to 5 start after a chain head
 //! verified before, and `SHA256SUMS` and the unlisted files are left to the
 //! full verify. A sharded prefix ([`run_since`]) is verified shard by
@@ -43,6 +47,7 @@ mod compactions;
 mod completeness;
 mod files;
 mod findings;
+mod signatures;
 mod since;
 mod sums;
 
@@ -51,7 +56,29 @@ pub use findings::{Failure, VerifyReport};
 use self::compactions::Compacted;
 use crate::audit::{self, AuditKey};
 use crate::error::{Error, Result};
+use crate::sshsig::AllowedSigners;
 use crate::storage::{Backend, Location};
+
+/// What the manifests' authenticity is checked with.
+#[derive(Debug, Clone, Default)]
+pub struct Trust {
+    /// The HMAC key (`XQUIK_DM_AUDIT_KEY`).
+    pub key: Option<AuditKey>,
+    /// The SSH keys trusted to sign manifests (`--allowed-signers`).
+    pub signers: Option<AllowedSigners>,
+    /// Fail unsigned runs too (`--require-signatures`).
+    pub require_signatures: bool,
+}
+
+impl Trust {
+    /// Only an HMAC key.
+    fn of_key(key: Option<&AuditKey>) -> Trust {
+        Trust {
+            key: key.cloned(),
+            ..Trust::default()
+        }
+    }
+}
 
 /// Verifies the output folder `dir`. `key` checks manifest signatures;
 /// `expect_head`, a chain head recorded earlier, must still be in the chain.
@@ -71,6 +98,17 @@ pub fn run_since(
     expect_head: Option<&str>,
     since: Option<&str>,
 ) -> Result<VerifyReport> {
+    run_trusted(location, &Trust::of_key(key), expect_head, since)
+}
+
+/// [`run_since`], checking the manifests' HMACs and SSH signatures with
+/// `trust`.
+pub fn run_trusted(
+    location: impl Into<Location>,
+    trust: &Trust,
+    expect_head: Option<&str>,
+    since: Option<&str>,
+) -> Result<VerifyReport> {
     let location = location.into();
     location.require_existing("DIR")?;
     let storage = location.open()?;
@@ -80,7 +118,7 @@ pub fn run_since(
         storage.prepare()?;
     }
     let Some(shards) = crate::shard::registered(storage.as_ref())? else {
-        return Ok(check_since(storage.as_ref(), key, expect_head, since));
+        return Ok(check_trusted(storage.as_ref(), trust, expect_head, since));
     };
     if since.is_some() {
         return Err(Error::invalid(
@@ -88,7 +126,7 @@ pub fn run_since(
             "a chain head belongs to one shard: verify that shard's folder (<prefix>/shard=K)",
         ));
     }
-    check_shards(&location, storage.as_ref(), shards, key, expect_head)
+    check_shards(&location, storage.as_ref(), shards, trust, expect_head)
 }
 
 /// Verifies a sharded prefix of `shards` shards, whose root is `storage`.
@@ -96,7 +134,7 @@ fn check_shards(
     location: &Location,
     storage: &dyn Backend,
     shards: u32,
-    key: Option<&AuditKey>,
+    trust: &Trust,
     expect_head: Option<&str>,
 ) -> Result<VerifyReport> {
     // A sharded prefix: every shard is an output root of its own, each
@@ -104,7 +142,7 @@ fn check_shards(
     let mut report = VerifyReport::new(location.clone());
     let mut found_head = false;
     for index in 0..shards {
-        found_head |= check_shard(location, index, shards, key, expect_head, &mut report)?;
+        found_head |= check_shard(location, index, shards, trust, expect_head, &mut report)?;
     }
     check_prefix_keys(storage, shards, &mut report)?;
     if let Some(expected) = expect_head
@@ -127,7 +165,7 @@ fn check_shard(
     location: &Location,
     index: u32,
     shards: u32,
-    key: Option<&AuditKey>,
+    trust: &Trust,
     expect_head: Option<&str>,
     report: &mut VerifyReport,
 ) -> Result<bool> {
@@ -138,7 +176,7 @@ fn check_shard(
     }
     .dir();
     let storage = location.join(&dir).open()?;
-    let shard = check(storage.as_ref(), key, None);
+    let shard = check_trusted(storage.as_ref(), trust, None, None);
     if let Some(expected) = expect_head
         && audit::read_chain(storage.as_ref())
             .is_ok_and(|(chain, _)| chain.iter().any(|e| e.sha256 == expected))
@@ -148,6 +186,7 @@ fn check_shard(
     report.runs += shard.runs;
     report.checked += shard.checked;
     report.signatures_checked += shard.signatures_checked;
+    report.ssh_signatures += shard.ssh_signatures;
     report
         .failures
         .extend(shard.failures.into_iter().map(|f| Failure {
@@ -199,13 +238,24 @@ pub fn check_since(
     expect_head: Option<&str>,
     since: Option<&str>,
 ) -> VerifyReport {
+    check_trusted(dir, &Trust::of_key(key), expect_head, since)
+}
+
+/// [`check_since`], checking the manifests' HMACs and SSH signatures with
+/// `trust`.
+pub fn check_trusted(
+    dir: &dyn Backend,
+    trust: &Trust,
+    expect_head: Option<&str>,
+    since: Option<&str>,
+) -> VerifyReport {
     let mut report = VerifyReport::new(dir.location());
     if dir.is_locked() {
         report.notes.push(
             "a run is in progress in this folder: its data is not sealed yet; verify again when it has finished".into(),
         );
     }
-    let chain = chain::check_chain(dir, key, since, &mut report);
+    let chain = chain::check_chain(dir, trust, since, &mut report);
     if let Some(expected) = expect_head {
         let in_chain = audit::read_chain(dir)
             .map(|(chain, _)| chain.iter().any(|e| e.sha256 == expected))
@@ -240,7 +290,7 @@ pub fn check_since(
         interrupted = Some(before_last.map_or(0, |m| m.coverage.jsonl_bytes));
     }
     compactions::check_compactions(manifests, &compacted, chain.start.is_some(), &mut report);
-    sums::check_run_sums(dir, manifests, &compacted, &mut report);
+    sums::check_run_sums(dir, manifests, &chain.signatures, &compacted, &mut report);
     match chain.start {
         Some(_) => since::note_checked(manifests.len(), since, &mut report),
         None => sums::check_sums(dir, interrupted, &mut report),

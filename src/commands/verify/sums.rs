@@ -9,7 +9,7 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
 )]
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::compactions::Compacted;
 use super::findings::VerifyReport;
@@ -60,6 +60,7 @@ pub(super) fn check_sums(dir: &dyn Backend, interrupted: Option<u64>, report: &m
 pub(super) fn check_run_sums(
     dir: &dyn Backend,
     manifests: &[Manifest],
+    signatures: &BTreeMap<String, String>,
     compacted: &Compacted,
     report: &mut VerifyReport,
 ) {
@@ -78,7 +79,8 @@ pub(super) fn check_run_sums(
             }
         };
         report.checked += 1;
-        if !lists_its_run(m, compacted, sums) {
+        let signature = signatures.get(&m.run_id).map(String::as_str);
+        if !lists_its_run(m, signature, compacted, sums) {
             report.fail(
                 &key,
                 "does not list exactly the files of its run's manifest",
@@ -94,8 +96,14 @@ pub(super) fn check_run_sums(
 }
 
 /// Whether a run's checksum file, read as `sums`, lists its manifest and
-/// exactly the files that manifest names.
-fn lists_its_run(m: &Manifest, compacted: &Compacted, sums: Vec<(String, String)>) -> bool {
+/// exactly the files that manifest names, and its SSH signature with the
+/// digest the chain records (`signature`) when it is signed.
+fn lists_its_run(
+    m: &Manifest,
+    signature: Option<&str>,
+    compacted: &Compacted,
+    sums: Vec<(String, String)>,
+) -> bool {
     // A compaction rewrites the checksum files of the runs whose files
     // it merged away (until it has, they still list them).
     let (mut expected, merged): (BTreeSet<_>, BTreeSet<_>) = m
@@ -108,6 +116,10 @@ fn lists_its_run(m: &Manifest, compacted: &Compacted, sums: Vec<(String, String)
         .into_iter()
         .chain(m.recovered.iter().map(|r| &r.log));
     expected.extend(logs.map(|l| (l.sha256.clone(), l.path.clone())));
+    if m.signer.is_some() || signature.is_some() {
+        let digest = signature.unwrap_or_default().to_owned();
+        expected.insert((digest, audit::signature_key(&m.run_id)));
+    }
     let manifest = format!("{}/{}.manifest.json", audit::RUNS_DIR, m.run_id);
     let found: BTreeSet<(String, String)> = sums.into_iter().collect();
     let listed_manifest = found.iter().find(|(_, path)| *path == manifest);
