@@ -149,14 +149,16 @@ impl Lanes {
     /// born closed.
     fn gate(&mut self, account: &str) -> &mut Gate {
         let run_closed = &self.run_closed;
-        self.gates.entry(account.to_owned()).or_insert_with(|| Gate {
-            wake: Arc::default(),
-            closed: run_closed.clone().map(|cause| Closure {
-                cause,
-                run: true,
-                dropped: 0,
-            }),
-        })
+        self.gates
+            .entry(account.to_owned())
+            .or_insert_with(|| Gate {
+                wake: Arc::default(),
+                closed: run_closed.clone().map(|cause| Closure {
+                    cause,
+                    run: true,
+                    dropped: 0,
+                }),
+            })
     }
 
     /// Counts a request of `account` dropped at a closed gate; returns the

@@ -78,7 +78,10 @@ pub enum Reach {
 ///   its account's lane, it does not close it).
 pub fn reach(status: u16, code: &str) -> Reach {
     match code {
-        "unauthenticated" | "insufficient_credits" | "no_credits" | "no_subscription"
+        "unauthenticated"
+        | "insufficient_credits"
+        | "no_credits"
+        | "no_subscription"
         | "subscription_inactive" => return Reach::Run,
         "x_daily_limit" | "account_needs_reauth" | "account_restricted" | "account_not_found" => {
             return Reach::Account;

@@ -179,7 +179,14 @@ fn lookup_user(shared: &Shared, ctx: &Ctx, id: &str) -> Result<Response, ApiErro
         .ok_or_else(ApiError::user_not_found)?;
     {
         let mut world = shared.world();
-        admit(&mut world, &shared.settings, ctx, &key_bucket(ctx), false, false)?;
+        admit(
+            &mut world,
+            &shared.settings,
+            ctx,
+            &key_bucket(ctx),
+            false,
+            false,
+        )?;
         world
             .charge(USERS, 1)
             .map_err(|balance| ApiError::insufficient_credits(balance, 1))?;
@@ -741,7 +748,14 @@ fn poll_action(shared: &Shared, ctx: &Ctx, id: &str) -> Result<Response, ApiErro
     if world.action(id).is_none() {
         return Err(ApiError::not_found());
     }
-    admit(&mut world, &shared.settings, ctx, &key_bucket(ctx), false, false)?;
+    admit(
+        &mut world,
+        &shared.settings,
+        ctx,
+        &key_bucket(ctx),
+        false,
+        false,
+    )?;
     let action = world.poll(id).ok_or_else(ApiError::not_found)?;
     let poll_after_ms = world.faults.retry_after_ms;
     drop(world);

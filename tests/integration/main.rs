@@ -14,6 +14,7 @@ mod metrics;
 mod pacing;
 mod protocol;
 mod report;
+mod scheduler;
 mod scripted;
 mod send;
 mod sync;
