@@ -300,3 +300,38 @@ async fn a_batch_out_of_credits_sends_nothing_after_the_402_and_nothing_twice() 
     assert_eq!(recipients.len(), 10, "a DM was sent twice");
     assert!(verify::run(dir.path(), None, None).unwrap().ok());
 }
+
+/// Many accounts from one process (`bench --latency --accounts`): every
+/// account's conversations are read whole, each at its own limit, with
+/// (almost) no 429 — the mock in this process, as the bench runs it.
+#[tokio::test(flavor = "multi_thread")]
+async fn many_accounts_share_one_process_each_at_its_own_pace() {
+    use xquik_dm::commands::accounts::{self, Scenario};
+    crate::init();
+    let scenario = Scenario {
+        conversations: 20,
+        messages: 100,
+        page_size: 20,
+        latency: Duration::from_millis(20),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let report = accounts::run(4, scenario, Some(dir.path())).await.unwrap();
+    let counts: Vec<u64> = report.rows.iter().map(|r| r.accounts).collect();
+    assert_eq!(counts, [1, 4]);
+    for row in &report.rows {
+        assert_eq!(row.exit_code, 0, "{report}");
+        // 20 conversations of 5 pages per account, each page once, plus
+        // the 429s.
+        assert_eq!(
+            row.requests - row.answered_429,
+            row.accounts * 100,
+            "{report}"
+        );
+        assert!(row.answered_429 * 100 <= row.requests, "{report}");
+        assert!(
+            row.min_of_limit > 0.0 && row.min_of_limit <= 1.0,
+            "{report}"
+        );
+    }
+    assert!(accounts::run(65, scenario, None).await.is_err());
+}
