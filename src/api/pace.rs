@@ -8,6 +8,10 @@
 //!   can then never put one request too many into one of its windows.
 //! - Each request reserves its own slot, so waiting requests leave in order,
 //!   one interval apart, instead of all waking at the same instant.
+//! - A request that could only leave late (this process stalled) does not
+//!   leave in a burst with every other overdue one: a small allowance, the
+//!   headroom, caps how many leave at once, so that no second holds more
+//!   requests than the limit however late they leave.
 //! - A 429 closes its account's lane for the wait the server asked for (plus
 //!   jitter) and slows that lane down; a request that reserved a slot before
 //!   the 429 checks again after its wait. Other accounts are not touched.
@@ -100,6 +104,10 @@ struct Lane {
     latency: Option<f64>,
     /// Answers of 429 so far.
     refused: u64,
+    /// The burst allowance left (see [`Lane::take`]), and when it was
+    /// last refilled.
+    tokens: f64,
+    refilled: Instant,
 }
 
 impl Lane {
@@ -110,7 +118,38 @@ impl Lane {
             slow: 1.0,
             latency: None,
             refused: 0,
+            tokens: 1.0,
+            refilled: now,
         }
+    }
+
+    /// Takes one request's worth of the lane's burst allowance at `now`;
+    /// `Some(due)` when none is left until `due`.
+    ///
+    /// Why: slots are reserved one interval apart, but a request can only
+    /// leave when its task runs. When this process stalls (a loaded
+    /// machine, a long commit on a busy core), every slot that fell due
+    /// meanwhile fires at once, and the server's one-second window then
+    /// counts the burst on top of the slots before it: a paced sync on a
+    /// loaded machine was seen to put 103 requests into a window of 100.
+    /// The allowance refills at the pace and holds at most the headroom
+    /// (3% of the limit, at least one request): a second then holds at most
+    /// the pace plus the headroom, the limit itself, however late requests
+    /// leave. In steady state the allowance is never short, since slots are
+    /// already one interval apart.
+    fn take(&mut self, now: Instant, interval: Duration) -> Option<Instant> {
+        let per_interval = 1.0 / interval.as_secs_f64();
+        let capacity = (per_interval * (1.0 / HEADROOM - 1.0)).max(1.0);
+        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * per_interval).min(capacity);
+        self.refilled = now;
+        // Float rounding must not make a request due exactly on time wait
+        // a few nanoseconds more on every turn.
+        if self.tokens >= 1.0 - 1e-9 {
+            self.tokens = (self.tokens - 1.0).max(0.0);
+            return None;
+        }
+        Some(now + interval.mul_f64(1.0 - self.tokens))
     }
 }
 
@@ -234,24 +273,54 @@ impl Pacer {
                 }
                 (slot, now)
             };
-            if slot <= now {
-                // A free slot: no wait at all.
-                return Ok(if waited {
-                    started.elapsed()
-                } else {
-                    Duration::ZERO
-                });
+            if slot > now {
+                tokio::select! {
+                    () = tokio::time::sleep_until(slot) => {}
+                    // Closed while waiting: the next turn drops the request.
+                    () = &mut closing => continue,
+                }
+                waited = true;
+                // A 429 may have closed the lane while this request waited.
+                let closed_until = self.with_lane(account, kind, |lane| lane.closed_until);
+                if closed_until > Instant::now() || self.closure(account).is_some() {
+                    continue;
+                }
             }
-            tokio::select! {
-                () = tokio::time::sleep_until(slot) => {}
-                // Closed while waiting: the next turn drops the request.
-                () = &mut closing => continue,
+            if let Some(interval) = interval {
+                waited |= self.allowance(account, kind, interval, closing).await?;
             }
+            return Ok(if waited {
+                started.elapsed()
+            } else {
+                Duration::ZERO
+            });
+        }
+    }
+
+    /// Waits, if it must, for the burst allowance of the lane (see
+    /// [`Lane::take`]); returns whether it waited. `closing` is the
+    /// account's close signal.
+    async fn allowance(
+        &self,
+        account: &str,
+        kind: Kind,
+        interval: Duration,
+        mut closing: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>,
+    ) -> Result<bool, ApiError> {
+        let mut waited = false;
+        loop {
+            let due = self.with_lane(account, kind, |lane| lane.take(Instant::now(), interval));
+            let Some(due) = due else {
+                return Ok(waited);
+            };
             waited = true;
-            // A 429 may have closed the lane while this request waited.
-            let closed_until = self.with_lane(account, kind, |lane| lane.closed_until);
-            if closed_until <= Instant::now() && self.closure(account).is_none() {
-                return Ok(started.elapsed());
+            tokio::select! {
+                () = tokio::time::sleep_until(due) => {}
+                () = &mut closing => {
+                    if let Some(cause) = self.locked().refuse(account) {
+                        return Err(cause);
+                    }
+                }
             }
         }
     }
@@ -528,6 +597,43 @@ mod tests {
         assert_eq!(closures.len(), 2);
         assert!(closures.values().all(|c| c.run && c.dropped == 1));
         assert_eq!(pacer.run_closed().unwrap().status, 401);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_that_leave_late_do_not_burst_past_the_limit() {
+        let pacer = std::sync::Arc::new(Pacer::new(Limits {
+            get_per_sec: 100.0,
+            post_per_min: 0.0,
+        }));
+        let start = tokio::time::Instant::now();
+        let waiters: Vec<_> = (0..30)
+            .map(|_| {
+                let pacer = pacer.clone();
+                tokio::spawn(async move {
+                    pacer.acquire("a", Kind::Get).await.unwrap();
+                    tokio::time::Instant::now()
+                })
+            })
+            .collect();
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        // The process stalls for 200 ms: about 20 slots fall due meanwhile.
+        tokio::time::advance(ms(200)).await;
+        let mut left = Vec::new();
+        for waiter in waiters {
+            left.push(waiter.await.unwrap());
+        }
+        left.sort();
+        // Only the headroom (3% of 100/s, 3 requests) leaves at once; the
+        // others follow one interval apart, so no window of the server
+        // counts more than the limit.
+        let at_once = left.iter().filter(|t| **t == start + ms(200)).count();
+        assert!((1..=3).contains(&at_once), "{at_once} left at once");
+        let after: Vec<_> = left.iter().filter(|t| **t > start + ms(200)).collect();
+        for pair in after.windows(2) {
+            assert!(*pair[1] - *pair[0] >= ms(10), "{:?}", *pair[1] - *pair[0]);
+        }
     }
 
     #[test]
