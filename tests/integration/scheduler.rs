@@ -335,3 +335,33 @@ async fn many_accounts_share_one_process_each_at_its_own_pace() {
     }
     assert!(accounts::run(65, scenario, None).await.is_err());
 }
+
+/// Lookups go through the same lanes: a sync that must resolve usernames
+/// and runs out of credits on the second lookup makes no third one.
+#[tokio::test(flavor = "multi_thread")]
+async fn lookups_stop_at_the_first_answer_fatal_for_the_run() {
+    let cut = CutOff {
+        account: None,
+        from: 2,
+        status: 402,
+        code: "no_credits",
+    };
+    let server = server(&[ACCOUNT], 5, 20, Some(cut)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = sync_options(&server, dir.path(), &[]);
+    options.targets = (1..=5)
+        .map(|i| Target {
+            account: Account::parse(ACCOUNT).unwrap(),
+            user: UserRef::parse(&format!("@user{i}"), "--user").unwrap(),
+        })
+        .collect();
+    options.api.pace = Limits::default();
+    let report = sync::run(options).await.unwrap();
+    assert_eq!(report.exit_code(), 3, "{report}");
+    let log = server.request_log();
+    assert_eq!(log.len(), 2, "{log:?}");
+    assert_eq!(log[1].status, 402);
+    assert_eq!(report.lanes_closed.len(), 1, "{report}");
+    assert_eq!(report.lanes_closed[0].scope, LaneScope::Run);
+    assert!(verify::run(dir.path(), None, None).unwrap().ok());
+}
