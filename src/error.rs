@@ -20,6 +20,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::api::endpoint::Endpoint;
+use crate::api::retry::Reach;
 
 /// Result alias used throughout the library.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -53,6 +54,17 @@ pub enum Error {
     /// The API answered with an error status.
     #[error("{0}")]
     Api(#[from] ApiError),
+
+    /// The request was never sent: an earlier answer closed its account's
+    /// lane, or the whole run's (SPEC §6 "Scheduler").
+    #[error("not sent: {} stopped on {cause}", account.as_deref().map_or_else(|| "the run".to_owned(), |a| format!("account {a}")))]
+    NotSent {
+        /// The account whose lane is closed; `None` for a request made for
+        /// no account (a lookup) after the run closed.
+        account: Option<String>,
+        /// The answer that closed the lane.
+        cause: ApiError,
+    },
 
     /// A retryable failure persisted until the retry budget ran out.
     #[error("{endpoint} still failing after {attempts} attempts over {}s: {last}", elapsed.as_secs())]
@@ -167,7 +179,7 @@ impl Error {
             Error::InvalidInput { .. } | Error::MissingApiKey | Error::InsecureBaseUrl { .. } => {
                 ErrorClass::BadInput
             }
-            Error::Api(api) => api.class(),
+            Error::Api(api) | Error::NotSent { cause: api, .. } => api.class(),
             Error::RetriesExhausted { .. }
             | Error::Transport { .. }
             | Error::Locked { .. }
@@ -186,21 +198,13 @@ impl Error {
 
     /// Whether this error must stop the whole job, not only the conversation
     /// or send it happened in: the API key and billing apply to every
-    /// request the job would make next.
+    /// request the job would make next ([`crate::api::retry::reach`]), and
+    /// the output itself failing stops every writer.
     pub fn stops_job(&self) -> bool {
         match self {
-            Error::Api(api) => {
-                matches!(
-                    api.code.as_str(),
-                    "unauthenticated"
-                        | "insufficient_credits"
-                        | "no_credits"
-                        | "no_subscription"
-                        | "subscription_inactive"
-                ) || api.status == 401
-                    || api.status == 402
+            Error::Api(_) | Error::NotSent { .. } | Error::RetriesExhausted { .. } => {
+                self.reach() == Some(Reach::Run)
             }
-            Error::RetriesExhausted { last, .. } => last.stops_job(),
             Error::MissingApiKey
             | Error::InsecureBaseUrl { .. }
             | Error::Io { .. }
@@ -208,6 +212,17 @@ impl Error {
             | Error::Conflict { .. }
             | Error::Storage { .. } => true,
             _ => false,
+        }
+    }
+
+    /// How far the API answer behind this error reaches, when there is one.
+    pub fn reach(&self) -> Option<Reach> {
+        match self {
+            Error::Api(api) | Error::NotSent { cause: api, .. } => {
+                Some(crate::api::retry::reach(api.status, &api.code))
+            }
+            Error::RetriesExhausted { last, .. } => last.reach(),
+            _ => None,
         }
     }
 
@@ -229,17 +244,7 @@ impl Error {
     /// limit): the account's other conversations and sends would fail the
     /// same way, other accounts are unaffected.
     pub fn stops_account(&self) -> bool {
-        match self {
-            Error::Api(api) => matches!(
-                api.code.as_str(),
-                "account_needs_reauth"
-                    | "account_restricted"
-                    | "account_not_found"
-                    | "x_daily_limit"
-            ),
-            Error::RetriesExhausted { last, .. } => last.stops_account(),
-            _ => false,
-        }
+        self.reach() == Some(Reach::Account)
     }
 
     /// The process exit status for a run that ended on this error alone

@@ -450,9 +450,7 @@ impl Client {
         let kind = endpoint.pace_kind();
         loop {
             attempts += 1;
-            if let Some(account) = account {
-                waited += self.pacer.acquire(account.as_str(), kind).await;
-            }
+            waited += self.admit(account, kind).await?;
             let mut req = make().header("x-api-key", self.key.clone());
             if let Some(key) = key {
                 req = req.header("Idempotency-Key", key.as_str());
@@ -477,6 +475,7 @@ impl Client {
                 _ => false,
             };
             if !retryable {
+                self.close_on(account, &err);
                 return Err(err);
             }
             let wait = self.with_rng(|rng| self.retry.delay(attempts, hint, rng));
@@ -506,8 +505,48 @@ impl Client {
                 wait_ms = wait.as_millis() as u64,
                 "transient failure, retrying"
             );
-            tokio::time::sleep(wait).await;
+            match account {
+                // A lane closed meanwhile ends the backoff at once.
+                Some(account) => self
+                    .pacer
+                    .sleep(account.as_str(), wait)
+                    .await
+                    .map_err(|cause| not_sent(Some(account), cause))?,
+                None => tokio::time::sleep(wait).await,
+            }
             waited += wait;
+        }
+    }
+
+    /// The pacer's leave to send the next attempt: the wait for `account`'s
+    /// slot, or [`Error::NotSent`] when its lane (or the run) is closed. A
+    /// request made for no account is only refused once the run is closed.
+    async fn admit(&self, account: Option<&Account>, kind: super::pace::Kind) -> Result<Duration> {
+        match account {
+            Some(account) => self
+                .pacer
+                .acquire(account.as_str(), kind)
+                .await
+                .map_err(|cause| not_sent(Some(account), cause)),
+            None => match self.pacer.run_closed() {
+                Some(cause) => Err(not_sent(None, cause)),
+                None => Ok(Duration::ZERO),
+            },
+        }
+    }
+
+    /// Acts on a fatal answer's reach ([`retry::reach`]): an answer fatal
+    /// for the account closes its lanes, one fatal for the run closes them
+    /// all. Requests already on the wire are not touched: their answers are
+    /// kept as usual.
+    fn close_on(&self, account: Option<&Account>, err: &Error) {
+        let Error::Api(api) = err else {
+            return;
+        };
+        match (retry::reach(api.status, &api.code), account) {
+            (retry::Reach::Run, _) => self.pacer.close_all(api),
+            (retry::Reach::Account, Some(account)) => self.pacer.close(account.as_str(), api),
+            _ => {}
         }
     }
 
@@ -577,6 +616,15 @@ impl Client {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         f(&mut rng)
+    }
+}
+
+/// The error of a request that was not sent because `cause` closed its
+/// lane.
+fn not_sent(account: Option<&Account>, cause: ApiError) -> Error {
+    Error::NotSent {
+        account: account.map(|a| a.as_str().to_owned()),
+        cause,
     }
 }
 

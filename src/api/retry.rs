@@ -45,6 +45,57 @@ pub(crate) fn is_retryable_status(status: u16, code: &str) -> bool {
     }
 }
 
+/// How far a fatal answer reaches: what else it stops besides the request
+/// that got it. Decided from the answer alone, like [`classify`], and acted
+/// on by the client (which closes lanes) and the commands (which report).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Reach {
+    /// Only this request, and what it was for (one conversation, one send):
+    /// a transient answer, or one about this user, this input or this
+    /// write (400, 403 `dm_not_permitted`, 404 `user_not_found`, 422).
+    Request,
+    /// Every request of the account that made it: the connected account
+    /// itself cannot go on.
+    Account,
+    /// Every request of the run, whatever its account.
+    Run,
+}
+
+/// The reach of an error answer (SPEC §6 "Scheduler").
+///
+/// - `Run`: 401 (the API key itself is refused), and the billing codes of
+///   402. Credits and the subscription belong to the API key, not to a
+///   connected account (the mock models it so too: one balance per key),
+///   so once one account hears 402 every other account of the run would
+///   only spend a request to hear it as well.
+/// - `Account`: `x_daily_limit` (X's daily cap of that account), and the
+///   connected-account answers `account_needs_reauth`, `account_restricted`
+///   and `account_not_found`. These are 403/404 statuses, but their code
+///   names the connected account, not the conversation: every request made
+///   as that account would get the same answer until a person reconnects or
+///   unlocks it (or the day turns), while the other accounts are unaffected.
+/// - `Request`: everything else, retryable answers included (a 429 slows
+///   its account's lane, it does not close it).
+pub fn reach(status: u16, code: &str) -> Reach {
+    match code {
+        "unauthenticated"
+        | "insufficient_credits"
+        | "no_credits"
+        | "no_subscription"
+        | "subscription_inactive" => return Reach::Run,
+        "x_daily_limit" | "account_needs_reauth" | "account_restricted" | "account_not_found" => {
+            return Reach::Account;
+        }
+        _ => {}
+    }
+    match status {
+        // A 401 or 402 with a code this client does not know yet is still
+        // about the key or its billing.
+        401 | 402 => Reach::Run,
+        _ => Reach::Request,
+    }
+}
+
 /// Bounds and pacing of retries for one request.
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
@@ -205,6 +256,43 @@ mod tests {
             (500, "x_write_failed"),
         ] {
             assert_eq!(classify(status, code), Decision::Fatal, "{status} {code}");
+        }
+    }
+
+    #[test]
+    fn reach_of_each_documented_answer() {
+        for code in [
+            "insufficient_credits",
+            "no_credits",
+            "no_subscription",
+            "subscription_inactive",
+        ] {
+            assert_eq!(reach(402, code), Reach::Run, "{code}");
+        }
+        assert_eq!(reach(401, "unauthenticated"), Reach::Run);
+        assert_eq!(reach(401, "http_401"), Reach::Run);
+        assert_eq!(reach(402, "brand_new_billing_code"), Reach::Run);
+        for (status, code) in [
+            (429, "x_daily_limit"),
+            (403, "account_needs_reauth"),
+            (403, "account_restricted"),
+            (404, "account_not_found"),
+        ] {
+            assert_eq!(reach(status, code), Reach::Account, "{code}");
+        }
+        for (status, code) in [
+            (400, "invalid_input"),
+            (403, "dm_not_permitted"),
+            (403, "brand_new_code"),
+            (404, "user_not_found"),
+            (409, "idempotency_conflict"),
+            (422, "x_dm_not_allowed"),
+            (422, "x_rejected"),
+            (429, "rate_limit_exceeded"),
+            (503, "x_transient_error"),
+            (502, "x_api_unavailable"),
+        ] {
+            assert_eq!(reach(status, code), Reach::Request, "{status} {code}");
         }
     }
 

@@ -54,6 +54,15 @@ pub struct BenchArgs {
     /// on, then with 4 accounts; prints pages/s as a share of the limit and 429s.
     #[arg(long, conflicts_with_all = ["bucket", "longevity"])]
     latency: bool,
+    /// With --latency, instead: many accounts from one process. The mock runs
+    /// in this process with 1, 4, 16 and 64 accounts (those up to N, and N),
+    /// each with --conversations x --messages and its 300 GET/s limit on,
+    /// answering after 100 ms; prints each account's share of its limit,
+    /// 429s, requests/s, CPU seconds per 1,000 requests and peak RSS. The
+    /// README's figures: --page-size 20 --conversations 150 --messages 400.
+    #[arg(long, value_name = "N", requires = "latency",
+          value_parser = clap::value_parser!(u64).range(1..=64))]
+    accounts: Option<u64>,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -62,7 +71,19 @@ pub struct BenchArgs {
 impl BenchArgs {
     /// The scenario asked for: latency, longevity, or the benchmark itself.
     pub fn into_command(self) -> Result<Command> {
-        if self.latency {
+        if let Some(accounts) = self.accounts {
+            Ok(Command::Bench(Benchmark::Accounts {
+                accounts,
+                scenario: crate::commands::accounts::Scenario {
+                    conversations: self.conversations.max(1),
+                    messages: self.messages.max(1),
+                    page_size: self.page_size.max(1),
+                    latency: std::time::Duration::from_millis(100),
+                },
+                work_dir: self.work_dir,
+                json: self.json,
+            }))
+        } else if self.latency {
             Ok(Command::Bench(Benchmark::Latency {
                 conversations: self.conversations,
                 messages: self.messages,

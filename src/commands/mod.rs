@@ -2,6 +2,7 @@
 //! [`Command`], which `cli` builds from the command line) and returns a
 //! [`Report`]; `main` prints it and turns it into the exit status.
 
+pub mod accounts;
 pub mod bench;
 pub mod compact;
 pub mod demo;
@@ -131,6 +132,17 @@ pub enum Benchmark {
         /// Report as JSON.
         json: bool,
     },
+    /// `bench --latency --accounts N`.
+    Accounts {
+        /// The most accounts.
+        accounts: u64,
+        /// The world and job of each scenario.
+        scenario: accounts::Scenario,
+        /// Where the folders go.
+        work_dir: Option<PathBuf>,
+        /// Report as JSON.
+        json: bool,
+    },
     /// `bench --longevity`.
     Longevity {
         /// Runs.
@@ -228,6 +240,13 @@ pub enum Report {
         /// Print as JSON.
         json: bool,
     },
+    /// `bench --latency --accounts N`: the figures.
+    Accounts {
+        /// The report.
+        report: accounts::AccountsReport,
+        /// Print as JSON.
+        json: bool,
+    },
     /// `bench --longevity`: the figures.
     Longevity {
         /// The report.
@@ -295,6 +314,7 @@ impl Report {
             },
             Report::Longevity { report, json } => write_report(out, report, *json),
             Report::Latency { report, json } => write_report(out, report, *json),
+            Report::Accounts { report, json } => write_report(out, report, *json),
             Report::Rebuild { report, json } => write_report(out, report, *json),
             Report::Send { report, json } => write_report(out, report.as_ref(), *json),
             Report::Bench { report, json } => write_report(out, report, *json),
@@ -326,6 +346,7 @@ impl Report {
             | Report::Text(_)
             | Report::Longevity { .. }
             | Report::Latency { .. }
+            | Report::Accounts { .. }
             | Report::MockStopped
             | Report::Bench { .. }
             | Report::BenchFetch { .. } => 0,
@@ -433,6 +454,16 @@ async fn run_benchmark(benchmark: Benchmark) -> Result<Report> {
             })
             .await?;
             Ok(Report::Latency { report, json })
+        }
+        Benchmark::Accounts {
+            accounts,
+            scenario,
+            work_dir,
+            json,
+        } => {
+            // In this process: the mock and the sync share its runtime.
+            let report = accounts::run(accounts, scenario, work_dir.as_deref()).await?;
+            Ok(Report::Accounts { report, json })
         }
         Benchmark::Fetch {
             api,

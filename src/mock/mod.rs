@@ -152,13 +152,42 @@ pub struct Faults {
     /// `(account handle, user id)` pairs whose history answers 403
     /// `dm_not_permitted` even though the conversation exists.
     pub forbidden: Vec<(String, String)>,
+    /// Answers that end an account's run (or the key's) from its Nth
+    /// request on.
+    pub cut_offs: Vec<CutOff>,
+}
+
+/// From the `from`th request of `account` on (counted from 1, over every
+/// request that names it and passes validation), the mock answers
+/// `status` with `code` instead, charging nothing: credits that run out
+/// (402 `no_credits`), the day's limit (429 `x_daily_limit`), an account
+/// that needs reconnecting (403 `account_needs_reauth`), a key revoked
+/// mid-run (401 `unauthenticated`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CutOff {
+    /// The account handle; `None` counts every request of the key
+    /// (lookups and polls included).
+    pub account: Option<String>,
+    /// The first request answered so.
+    pub from: u64,
+    /// The status...
+    pub status: u16,
+    /// ...and the error code answered.
+    pub code: &'static str,
 }
 
 /// One request as the rate limiter saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoggedRequest {
+    /// Its number in the order requests reached the mock, from 1.
+    pub number: u64,
     /// When it arrived, since the mock started.
     pub at: Duration,
+    /// When its answer left (after the latency fault), since the mock
+    /// started; `None` while it is in flight.
+    pub answered: Option<Duration>,
+    /// The status it was answered with (0 while in flight).
+    pub status: u16,
     /// What it counted against: an account handle, or `key:<api key>` for
     /// lookups and polls.
     pub bucket: String,
@@ -276,6 +305,7 @@ impl Default for Faults {
             latency_jitter: Duration::ZERO,
             get_limits: Vec::new(),
             forbidden: Vec::new(),
+            cut_offs: Vec::new(),
         }
     }
 }

@@ -54,6 +54,8 @@ const MEDIA_FORM_FIELDS: [&str; 3] = ["account", "file", "is_long_video"];
 /// Per-request facts the middlewares hand to the handlers.
 #[derive(Debug, Clone)]
 struct Ctx {
+    /// The request's number in arrival order (the request log's).
+    number: u64,
     request_id: String,
     /// Errors as `{"error": {code, message, type}}`.
     structured: bool,
@@ -99,14 +101,15 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
 /// Names the request, applies the latency fault, stamps `X-Request-Id` on
 /// every response and counts it by status.
 async fn envelope(State(shared): State<Arc<Shared>>, mut request: Request, next: Next) -> Response {
-    let (number, latency) = {
+    let (number, id, latency) = {
         let mut world = shared.world();
-        let number = world.next_request();
-        (number, world.latency())
+        let (number, id) = world.next_request();
+        (number, id, world.latency())
     };
-    let request_id = format!("req_{number:016x}");
+    let request_id = format!("req_{id:016x}");
     let headers = request.headers();
     let ctx = Ctx {
+        number,
         request_id: request_id.clone(),
         structured: shared.settings.structured_errors || headers.contains_key("xquik-api-contract"),
         key: presented_key(headers),
@@ -119,7 +122,10 @@ async fn envelope(State(shared): State<Arc<Shared>>, mut request: Request, next:
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert("x-request-id", value);
     }
-    shared.world().count_status(response.status().as_u16());
+    let mut world = shared.world();
+    world.count_status(response.status().as_u16());
+    world.answered(number, response.status().as_u16());
+    drop(world);
     response
 }
 
@@ -173,7 +179,14 @@ fn lookup_user(shared: &Shared, ctx: &Ctx, id: &str) -> Result<Response, ApiErro
         .ok_or_else(ApiError::user_not_found)?;
     {
         let mut world = shared.world();
-        admit(&mut world, &shared.settings, &key_bucket(ctx), false, false)?;
+        admit(
+            &mut world,
+            &shared.settings,
+            ctx,
+            &key_bucket(ctx),
+            false,
+            false,
+        )?;
         world
             .charge(USERS, 1)
             .map_err(|balance| ApiError::insufficient_credits(balance, 1))?;
@@ -187,7 +200,7 @@ async fn history(
     Path(user_id): Path<String>,
     uri: Uri,
 ) -> Response {
-    read_history(&shared, &user_id, &uri).unwrap_or_else(|e| e.render(&ctx))
+    read_history(&shared, &ctx, &user_id, &uri).unwrap_or_else(|e| e.render(&ctx))
 }
 
 /// The wire shape of a history page.
@@ -198,7 +211,12 @@ struct Page<'a> {
     next_cursor: &'a str,
 }
 
-fn read_history(shared: &Shared, user_id: &str, uri: &Uri) -> Result<Response, ApiError> {
+fn read_history(
+    shared: &Shared,
+    ctx: &Ctx,
+    user_id: &str,
+    uri: &Uri,
+) -> Result<Response, ApiError> {
     let Query(query) = Query::<HashMap<String, String>>::try_from_uri(uri)
         .map_err(|_| ApiError::invalid_input("The query string is malformed."))?;
     if !is_numeric_id(user_id) {
@@ -251,6 +269,7 @@ fn read_history(shared: &Shared, user_id: &str, uri: &Uri) -> Result<Response, A
     admit(
         &mut world,
         settings,
+        ctx,
         &settings.accounts[account].handle,
         false,
         false,
@@ -428,7 +447,7 @@ fn deliver_dm(
     }
     let sender = &settings.accounts[account];
     let hash = request_hash(&sender.user_id, "send_dm", Some(user_id), &payload);
-    let lost = admit(&mut world, settings, &sender.handle, true, true)?;
+    let lost = admit(&mut world, settings, ctx, &sender.handle, true, true)?;
     let intent = Intent {
         key,
         account,
@@ -577,7 +596,7 @@ async fn upload(shared: &Shared, ctx: &Ctx, request: Request) -> Result<Response
     let uploader = &settings.accounts[account];
     let hash = request_hash(&uploader.user_id, "upload_media", None, &input.payload);
     let mut world = shared.world();
-    let lost = admit(&mut world, settings, &uploader.handle, true, true)?;
+    let lost = admit(&mut world, settings, ctx, &uploader.handle, true, true)?;
     let intent = Intent {
         key,
         account,
@@ -729,22 +748,34 @@ fn poll_action(shared: &Shared, ctx: &Ctx, id: &str) -> Result<Response, ApiErro
     if world.action(id).is_none() {
         return Err(ApiError::not_found());
     }
-    admit(&mut world, &shared.settings, &key_bucket(ctx), false, false)?;
+    admit(
+        &mut world,
+        &shared.settings,
+        ctx,
+        &key_bucket(ctx),
+        false,
+        false,
+    )?;
     let action = world.poll(id).ok_or_else(ApiError::not_found)?;
     let poll_after_ms = world.faults.retry_after_ms;
     drop(world);
     Ok(record_response(ctx, &action, false, poll_after_ms))
 }
 
-/// Rolls the faults, then counts the rate limit. `Ok(Some(_))`: a write
-/// that is to take effect and then fail anyway.
+/// Applies a cut-off, rolls the faults, then counts the rate limit.
+/// `Ok(Some(_))`: a write that is to take effect and then fail anyway.
 fn admit(
     world: &mut World,
     settings: &Settings,
+    ctx: &Ctx,
     bucket: &str,
     post: bool,
     write: bool,
 ) -> Result<Option<Transient>, ApiError> {
+    if let Some((status, code)) = world.cut_off(bucket) {
+        world.log_request(ctx.number, bucket, post, false);
+        return Err(ApiError::cut_off(status, code));
+    }
     let retry_after_ms = world.faults.retry_after_ms;
     let mut after_effect = None;
     if let Some(transient) = world.transient(write) {
@@ -765,7 +796,7 @@ fn admit(
         (limit, Duration::from_secs(1))
     };
     world
-        .rate_limit(bucket, post, limit, span)
+        .rate_limit(ctx.number, bucket, post, limit, span)
         .map_err(ApiError::rate_limited)?;
     Ok(after_effect)
 }
@@ -1158,6 +1189,16 @@ impl ApiError {
         .with("required", json!(required.to_string()))
         .with("top_up_endpoint", json!("/api/v1/credits/topup"))
         .with("top_up_url", json!("POST /api/v1/credits/topup"))
+    }
+
+    /// The answer of a [`super::CutOff`].
+    fn cut_off(status: u16, code: &'static str) -> ApiError {
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::PAYMENT_REQUIRED);
+        ApiError::new(
+            status,
+            code,
+            "This request cannot be served (injected cut-off).",
+        )
     }
 
     /// The real rate limiter's 429: the wait until the window reopens.

@@ -165,6 +165,10 @@ pub(crate) struct World {
     media: HashMap<String, Media>,
     uploads: u64,
     requests: u64,
+    /// Requests counted so far by each of `faults.cut_offs`.
+    cut_off_counts: Vec<u64>,
+    /// Where each request still in flight is in the request log.
+    in_flight: HashMap<u64, usize>,
     started: Instant,
 }
 
@@ -200,6 +204,8 @@ impl Shared {
             media: HashMap::new(),
             uploads: 0,
             requests: 0,
+            cut_off_counts: Vec::new(),
+            in_flight: HashMap::new(),
             started: Instant::now(),
         };
         for conversation in &config.conversations {
@@ -322,10 +328,58 @@ impl Slice {
 }
 
 impl World {
-    /// Numbers the next request, for its `X-Request-Id`.
-    pub(crate) fn next_request(&mut self) -> u64 {
+    /// Numbers the next request: its number in arrival order, and the
+    /// value of its `X-Request-Id`.
+    pub(crate) fn next_request(&mut self) -> (u64, u64) {
         self.requests += 1;
-        mix(self.seed, self.requests)
+        (self.requests, mix(self.seed, self.requests))
+    }
+
+    /// The cut-off answer (status, code) for a request of `bucket`, if one
+    /// of `faults.cut_offs` has reached it; counts the request.
+    pub(crate) fn cut_off(&mut self, bucket: &str) -> Option<(u16, &'static str)> {
+        self.cut_off_counts.resize(self.faults.cut_offs.len(), 0);
+        let mut answer = None;
+        for (cut, count) in self.faults.cut_offs.iter().zip(&mut self.cut_off_counts) {
+            if cut.account.as_deref().is_some_and(|a| a != bucket) {
+                continue;
+            }
+            *count += 1;
+            if *count >= cut.from && answer.is_none() {
+                answer = Some((cut.status, cut.code));
+            }
+        }
+        answer
+    }
+
+    /// Logs a request that reached the rate limiter (or a cut-off): the
+    /// log is for tests and benchmarks, and a mock serving for days stops
+    /// adding to it at a million requests.
+    pub(crate) fn log_request(&mut self, number: u64, bucket: &str, post: bool, limited: bool) {
+        if self.ledger.requests.len() < 1_000_000 {
+            self.in_flight.insert(number, self.ledger.requests.len());
+            self.ledger.requests.push(LoggedRequest {
+                number,
+                at: self.started.elapsed(),
+                answered: None,
+                status: 0,
+                bucket: bucket.to_owned(),
+                post,
+                limited,
+            });
+        }
+    }
+
+    /// Notes when request `number` was answered, and with what.
+    pub(crate) fn answered(&mut self, number: u64, status: u16) {
+        let now = self.started.elapsed();
+        let Some(index) = self.in_flight.remove(&number) else {
+            return;
+        };
+        if let Some(entry) = self.ledger.requests.get_mut(index) {
+            entry.answered = Some(now);
+            entry.status = status;
+        }
     }
 
     /// This response's latency: the fixed part and a uniform random extra.
@@ -350,6 +404,7 @@ impl World {
         self.faults = faults;
         self.fault_checks = 0;
         self.lost_writes = 0;
+        self.cut_off_counts.clear();
     }
 
     /// Rolls the fault dice for a request that passed validation.
@@ -388,22 +443,14 @@ impl World {
     /// limits.
     pub(crate) fn rate_limit(
         &mut self,
+        number: u64,
         bucket: &str,
         post: bool,
         limit: u32,
         span: Duration,
     ) -> Result<(), Duration> {
         let counted = self.count_window(bucket, post, limit, span);
-        // The log is for tests and benchmarks; a mock serving for days
-        // stops adding to it at a million requests.
-        if self.ledger.requests.len() < 1_000_000 {
-            self.ledger.requests.push(LoggedRequest {
-                at: self.started.elapsed(),
-                bucket: bucket.to_owned(),
-                post,
-                limited: counted.is_err(),
-            });
-        }
+        self.log_request(number, bucket, post, counted.is_err());
         counted
     }
 

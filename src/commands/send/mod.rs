@@ -34,6 +34,7 @@ use crate::api::types::{SendDmRequest, WriteResponse};
 use crate::api::{Endpoint, IdempotencyKey, UserRef};
 use crate::audit::AuditKey;
 use crate::checkpoint::{Recipient, SendState};
+use crate::commands::sync::LaneClosed;
 use crate::error::{Error, ErrorClass, Result};
 use crate::records::{RecordType, SendRow};
 use crate::storage::Location;
@@ -212,7 +213,9 @@ impl Session {
             stopped_by: tally.stop.map(|e| e.to_string()),
             refused: false,
             rate_limited: self.client.pacer().refusals(),
+            lanes_closed: LaneClosed::all_of(self.client.pacer()),
         };
+        LaneClosed::log(&report.lanes_closed);
         let body = manifest_body(&report, options);
         let sealed = self.store.seal_async(body).await?;
         report.manifest = sealed.chain.manifest;
@@ -235,14 +238,24 @@ fn manifest_body(report: &SendReport, options: &SendOptions) -> ManifestBody {
         conversations: serde_json::json!([]),
         sends: serde_json::to_value(&report.sends).unwrap_or_default(),
         credits: report.credits.clone(),
-        counts: serde_json::json!({
-            "sent": report.sends.iter().filter(|s| s.status == SendStatus::Sent).count(),
-            "already_sent": report.sends.iter().filter(|s| s.status == SendStatus::AlreadySent).count(),
-            "not_sent": report.sends.iter().filter(|s| !matches!(s.status, SendStatus::Sent | SendStatus::AlreadySent)).count(),
-        }),
+        counts: send_counts(report),
         signing_key: options.audit_key.clone(),
         ssh_key: options.signing_key.clone(),
     }
+}
+
+/// The manifest's counts of a send run; the lanes an answer closed, when
+/// one did.
+fn send_counts(report: &SendReport) -> serde_json::Value {
+    let mut counts = serde_json::json!({
+        "sent": report.sends.iter().filter(|s| s.status == SendStatus::Sent).count(),
+        "already_sent": report.sends.iter().filter(|s| s.status == SendStatus::AlreadySent).count(),
+        "not_sent": report.sends.iter().filter(|s| !matches!(s.status, SendStatus::Sent | SendStatus::AlreadySent)).count(),
+    });
+    if !report.lanes_closed.is_empty() {
+        counts["lanes_closed"] = serde_json::to_value(&report.lanes_closed).unwrap_or_default();
+    }
+    counts
 }
 
 /// The report of a batch refused before any request because some lines
@@ -275,6 +288,7 @@ fn refuse_batch(options: &SendOptions, invalid: usize) -> SendReport {
         stop_needs_person: false,
         refused: true,
         rate_limited: BTreeMap::new(),
+        lanes_closed: Vec::new(),
     }
 }
 

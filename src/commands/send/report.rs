@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::api::Endpoint;
+use crate::commands::sync::LaneClosed;
 use crate::error::{Error, ErrorClass};
 use crate::storage::Location;
 
@@ -105,7 +106,7 @@ impl SendOutcome {
     pub(super) fn fail(mut self, status: SendStatus, e: &Error) -> SendOutcome {
         self.status = status;
         self.code = match e {
-            Error::Api(api) => Some(api.code.clone()),
+            Error::Api(api) | Error::NotSent { cause: api, .. } => Some(api.code.clone()),
             Error::WriteFailed { code, .. } => code.clone(),
             _ => None,
         };
@@ -141,6 +142,9 @@ pub struct SendReport {
     /// Requests answered 429, by account.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub rate_limited: BTreeMap<String, u64>,
+    /// Accounts whose lane an answer closed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub lanes_closed: Vec<LaneClosed>,
 }
 
 impl SendReport {
@@ -212,6 +216,9 @@ impl std::fmt::Display for SendReport {
         }
         if let Some(stop) = &self.stopped_by {
             writeln!(f, "stopped: {stop}")?;
+        }
+        for lane in &self.lanes_closed {
+            writeln!(f, "lane closed: {lane}")?;
         }
         if self.manifest.is_empty() {
             return Ok(());

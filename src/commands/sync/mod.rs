@@ -40,7 +40,10 @@ use std::time::Instant;
 
 pub use options::{DEFAULT_CONCURRENCY, SyncOptions, Target};
 use report::manifest_body;
-pub use report::{ConversationReport, ConversationStatus, InvalidRecord, PageRecord, SyncReport};
+pub use report::{
+    ConversationReport, ConversationStatus, InvalidRecord, LaneClosed, LaneScope, PageRecord,
+    SyncReport,
+};
 use shared::Run;
 use targets::resolve_targets;
 
@@ -66,6 +69,7 @@ pub async fn run(options: SyncOptions) -> Result<SyncReport> {
     let store = writer::join(writer).await?;
 
     let mut report = SyncReport::of_run(&run, run_id, repair, reports);
+    report::LaneClosed::log(&report.lanes_closed);
     let body = manifest_body(&report, &run.options);
     let sealed = store.seal_async(body).await?;
     report.files = sealed.files;

@@ -105,6 +105,90 @@ fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 
+/// How far the answer that closed a lane reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LaneScope {
+    /// This account alone.
+    Account,
+    /// Every account of the run.
+    Run,
+}
+
+/// An account whose lane an answer closed during the run (SPEC §6
+/// "Scheduler"): which answer, and how many requests it dropped unsent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LaneClosed {
+    /// The account.
+    pub account: String,
+    /// Whether the answer closed this account alone or the whole run.
+    pub scope: LaneScope,
+    /// The endpoint that answered.
+    pub endpoint: Endpoint,
+    /// Its HTTP status.
+    pub status: u16,
+    /// Its error code (never a body).
+    pub code: String,
+    /// Requests of the account dropped unsent: those queued in its lane
+    /// when it closed, and any asked for after.
+    pub dropped: u64,
+}
+
+impl LaneClosed {
+    /// Every lane the client closed, by account.
+    pub(crate) fn all_of(pacer: &crate::api::pace::Pacer) -> Vec<LaneClosed> {
+        pacer
+            .closures()
+            .into_iter()
+            .map(|(account, closure)| LaneClosed {
+                account,
+                scope: if closure.run {
+                    LaneScope::Run
+                } else {
+                    LaneScope::Account
+                },
+                endpoint: closure.cause.endpoint,
+                status: closure.cause.status,
+                code: closure.cause.code,
+                dropped: closure.dropped,
+            })
+            .collect()
+    }
+
+    /// Says in the log which answer closed the lane and what it dropped.
+    pub(crate) fn log(lanes: &[LaneClosed]) {
+        for lane in lanes {
+            tracing::warn!(
+                account = %lane.account,
+                scope = serde_plain(lane.scope),
+                endpoint = lane.endpoint.as_str(),
+                status = lane.status,
+                code = %lane.code,
+                dropped = lane.dropped,
+                "lane closed: queued requests dropped unsent"
+            );
+        }
+    }
+}
+
+impl std::fmt::Display for LaneClosed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: {} {} from {} closed the {}; {} queued requests dropped unsent",
+            self.account,
+            self.status,
+            self.code,
+            self.endpoint,
+            match self.scope {
+                LaneScope::Run => "run",
+                LaneScope::Account => "account's lane",
+            },
+            self.dropped
+        )
+    }
+}
+
 /// The outcome of a sync run.
 #[derive(Debug, Clone, Serialize)]
 pub struct SyncReport {
@@ -153,6 +237,9 @@ pub struct SyncReport {
     /// Requests answered 429, by account.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub rate_limited: BTreeMap<String, u64>,
+    /// Accounts whose lane an answer closed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub lanes_closed: Vec<LaneClosed>,
     /// Whether the job stop was an error a person must fix.
     #[serde(skip)]
     stop_needs_person: bool,
@@ -239,6 +326,7 @@ impl SyncReport {
             compaction_error: None,
             compaction_exit: 0,
             rate_limited: run.client.pacer().refusals(),
+            lanes_closed: LaneClosed::all_of(run.client.pacer()),
         }
     }
 }
@@ -248,6 +336,20 @@ impl SyncReport {
 pub(super) fn manifest_body(report: &SyncReport, options: &SyncOptions) -> ManifestBody {
     let accounts: std::collections::BTreeSet<&str> =
         options.targets.iter().map(|t| t.account.as_str()).collect();
+    let mut counts = serde_json::json!({
+        "pages": report.pages,
+        "messages_fetched": report.messages_fetched,
+        "new_messages": report.new_messages,
+        "duplicates_dropped": report.duplicates_dropped,
+        "bad_timestamps": report.bad_timestamps,
+        "invalid_records": report.invalid_records,
+        "retries": report.retries,
+    });
+    // Only when an answer closed a lane, so that the manifests of runs
+    // that went their course keep their shape.
+    if !report.lanes_closed.is_empty() {
+        counts["lanes_closed"] = serde_json::to_value(&report.lanes_closed).unwrap_or_default();
+    }
     ManifestBody {
         command: "sync",
         exit_code: report.exit_code(),
@@ -262,15 +364,7 @@ pub(super) fn manifest_body(report: &SyncReport, options: &SyncOptions) -> Manif
         conversations: serde_json::to_value(&report.conversations).unwrap_or_default(),
         sends: serde_json::json!([]),
         credits: report.credits.clone(),
-        counts: serde_json::json!({
-            "pages": report.pages,
-            "messages_fetched": report.messages_fetched,
-            "new_messages": report.new_messages,
-            "duplicates_dropped": report.duplicates_dropped,
-            "bad_timestamps": report.bad_timestamps,
-            "invalid_records": report.invalid_records,
-            "retries": report.retries,
-        }),
+        counts,
         signing_key: options.audit_key.clone(),
         ssh_key: options.signing_key.clone(),
     }
@@ -370,6 +464,9 @@ impl SyncReport {
         }
         if let Some(stop) = &self.stopped_by {
             writeln!(f, "  stopped        {stop}")?;
+        }
+        for lane in &self.lanes_closed {
+            writeln!(f, "  lane closed    {lane}")?;
         }
         if let Some(c) = &self.compaction {
             writeln!(

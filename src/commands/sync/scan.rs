@@ -181,7 +181,7 @@ fn conclude(report: &mut ConversationReport, outcome: Result<(), Halt>, key: &st
         }
         Err(Halt::Failed(e)) => {
             report.reason = match &e {
-                Error::Api(api) => api.code.clone(),
+                Error::Api(api) | Error::NotSent { cause: api, .. } => api.code.clone(),
                 Error::RetriesExhausted { .. } => "retries_exhausted".into(),
                 _ => "error".into(),
             };

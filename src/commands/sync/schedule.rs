@@ -18,8 +18,12 @@ use super::targets::Resolved;
 use super::writer::Event;
 use crate::error::Error;
 
-/// Most conversations paged at the same time in all.
-const MAX_TASKS: usize = 1024;
+/// Most conversations paged at the same time in all: a bound on memory.
+/// Each account gets an equal share of it when many accounts have work
+/// (64 accounts: 64 each, about what the pace needs at 100 ms); at 1,024,
+/// 16 accounts already lacked tasks, and the accounts first in order took
+/// them all while the others waited (issue 23's bench).
+const MAX_TASKS: usize = 4096;
 
 /// Runs every resolved conversation to its end and adds their reports to
 /// `reports` (which holds those of the targets that could not start).
@@ -107,8 +111,15 @@ impl Lanes {
     }
 
     /// Starts, for each account, as many waiting conversations as its pace
-    /// allows, up to `cap` per account and [`MAX_TASKS`] in all.
+    /// allows, up to `cap` per account and an equal share of [`MAX_TASKS`].
     fn start(&mut self, run: &Arc<Run>, tx: &mpsc::Sender<Event>, cap: usize) {
+        let with_work = self
+            .running
+            .iter()
+            .filter(|(account, busy)| **busy > 0 && !self.waiting.contains_key(*account))
+            .count()
+            + self.waiting.len();
+        let share = (MAX_TASKS / with_work.max(1)).max(1);
         for (account, queue) in self.waiting.iter_mut() {
             let busy = self.running.entry(account.clone()).or_default();
             let mut target = run.client.pacer().in_flight(account, cap);
@@ -118,6 +129,7 @@ impl Lanes {
             if queue.len() + *busy <= 2 * target {
                 target = cap;
             }
+            let target = target.min(share);
             while *busy < target && self.tasks.len() < MAX_TASKS {
                 let Some((account, user_id, state)) = queue.pop_front() else {
                     break;

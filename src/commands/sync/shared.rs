@@ -128,7 +128,7 @@ impl Run {
     /// Stops every conversation of `account` (the others go on).
     pub(super) fn stop_account(&self, account: &Account, error: &Error) {
         let code = match error {
-            Error::Api(api) => api.code.clone(),
+            Error::Api(api) | Error::NotSent { cause: api, .. } => api.code.clone(),
             Error::RetriesExhausted { last, .. } => match last.as_ref() {
                 Error::Api(api) => api.code.clone(),
                 _ => "error".into(),

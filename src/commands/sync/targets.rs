@@ -118,7 +118,7 @@ fn unresolved(target: &Target, reason: &str, error: Option<Error>) -> Conversati
             _ => ConversationStatus::Partial,
         },
         reason: match &error {
-            Some(Error::Api(api)) => api.code.clone(),
+            Some(Error::Api(api) | Error::NotSent { cause: api, .. }) => api.code.clone(),
             _ => reason.to_owned(),
         },
         class: error.as_ref().map(Error::class),
