@@ -179,14 +179,7 @@ fn lookup_user(shared: &Shared, ctx: &Ctx, id: &str) -> Result<Response, ApiErro
         .ok_or_else(ApiError::user_not_found)?;
     {
         let mut world = shared.world();
-        admit(
-            &mut world,
-            &shared.settings,
-            ctx,
-            &key_bucket(ctx),
-            false,
-            false,
-        )?;
+        admit_key_read(&mut world, &shared.settings, ctx)?;
         world
             .charge(USERS, 1)
             .map_err(|balance| ApiError::insufficient_credits(balance, 1))?;
@@ -748,18 +741,17 @@ fn poll_action(shared: &Shared, ctx: &Ctx, id: &str) -> Result<Response, ApiErro
     if world.action(id).is_none() {
         return Err(ApiError::not_found());
     }
-    admit(
-        &mut world,
-        &shared.settings,
-        ctx,
-        &key_bucket(ctx),
-        false,
-        false,
-    )?;
+    admit_key_read(&mut world, &shared.settings, ctx)?;
     let action = world.poll(id).ok_or_else(ApiError::not_found)?;
     let poll_after_ms = world.faults.retry_after_ms;
     drop(world);
     Ok(record_response(ctx, &action, false, poll_after_ms))
+}
+
+/// [`admit`] for a read that counts against the key's limits, not an
+/// account's (a lookup, a write-action poll).
+fn admit_key_read(world: &mut World, settings: &Settings, ctx: &Ctx) -> Result<(), ApiError> {
+    admit(world, settings, ctx, &key_bucket(ctx), false, false).map(|_| ())
 }
 
 /// Applies a cut-off, rolls the faults, then counts the rate limit.

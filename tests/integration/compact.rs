@@ -188,19 +188,7 @@ fn compaction_keeps_every_row_merges_closed_partitions_and_verifies() {
     assert_eq!(manifest["compaction"]["added"].as_array().unwrap().len(), 6);
     assert!(manifest["compaction"]["removed"][0]["sha256"].is_string());
     // Every manifest, the compaction's among them, matches its schema.
-    let script = r#"
-import json, sys, glob, os, jsonschema
-schema = json.load(open(sys.argv[1]))
-validator = jsonschema.Draft202012Validator(schema)
-for path in glob.glob(os.path.join(sys.argv[2], "audit/runs/*.manifest.json")):
-    errors = list(validator.iter_errors(json.load(open(path))))
-    if errors:
-        sys.exit(f"{path}: {errors[0].json_path}: {errors[0].message}")
-print("ok")
-"#;
-    let schema = Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/manifest.schema.json");
-    let checked = run_python(python_with(&["jsonschema"]), script, &[&schema, out]);
-    assert_eq!(checked.trim(), "ok");
+    crate::assert_manifests_match_schema(out);
 
     // Nothing left to merge: a second compaction changes no file.
     let again = compact(out);
@@ -273,16 +261,6 @@ fn sigkill_during_compaction_leaves_one_file_set_and_a_rerun_completes() {
     assert!(outcomes.contains(&false), "no compaction was interrupted");
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    let status = Command::new("cp")
-        .arg("-a")
-        .arg(format!("{}/.", from.display()))
-        .arg(to)
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
 /// `sync --compact`: after a sync, the dates that closed since the last
 /// compaction are compacted in a run of their own — once a day.
 #[tokio::test(flavor = "multi_thread")]
@@ -330,4 +308,15 @@ async fn sync_with_compact_merges_closed_dates_once_a_day() {
         .unwrap();
     assert!(second.get("compaction").is_none(), "{second}");
     verify_ok(dir.path());
+}
+
+/// Copies the folder `from` to `to` as it is: modes and times too.
+fn copy_dir(from: &Path, to: &Path) {
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", from.display()))
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(status.success());
 }

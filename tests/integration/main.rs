@@ -319,3 +319,35 @@ pub fn debian_tool(program: &str, package: &str, probe: &str) -> std::path::Path
     }
     std::path::PathBuf::from(program)
 }
+
+/// Copies the folder `from` to `to`, recursively.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// Asserts that every manifest of `out` matches `schemas/manifest.schema.json`
+/// (checked by jsonschema, independently of the library's types).
+pub fn assert_manifests_match_schema(out: &Path) {
+    let script = r#"
+import glob, json, os, sys
+import jsonschema
+validator = jsonschema.Draft202012Validator(json.load(open(sys.argv[1])))
+for path in glob.glob(os.path.join(sys.argv[2], "audit/runs/*.manifest.json")):
+    errors = list(validator.iter_errors(json.load(open(path))))
+    if errors:
+        sys.exit(f"{path}: {errors[0].json_path}: {errors[0].message}")
+print("ok")
+"#;
+    let schema = Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/manifest.schema.json");
+    let checked = run_python(python_with(&["jsonschema"]), script, &[&schema, out]);
+    assert_eq!(checked.trim(), "ok");
+}

@@ -2,6 +2,7 @@
 //! coreutils' `sha256sum -c`), and every kind of tampering is caught and
 //! named; no message body ever reaches `audit/` or `state/`.
 
+use crate::copy_dir;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -23,19 +24,6 @@ async fn two_runs(key: Option<&[u8]>) -> (tempfile::TempDir, MockServer) {
     server.append_messages(ACCOUNT, &user_id(1), 40);
     assert_eq!(sync::run(options).await.unwrap().exit_code(), 0);
     (dir, server)
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }
 
 fn files(dir: &Path, sub: &str, suffix: &str) -> Vec<String> {
