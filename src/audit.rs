@@ -57,6 +57,9 @@ pub const SUMS: &str = "SHA256SUMS";
 /// Suffix of a run's own checksum file, `audit/runs/<run>.sha256`: the
 /// files it added, in `sha256sum -c` format.
 pub const RUN_SUMS_SUFFIX: &str = ".sha256";
+/// The suffix of a run's detached manifest signature: the manifest's name
+/// and [`crate::sshsig::SIG_SUFFIX`].
+pub const SIGNATURE_SUFFIX: &str = ".manifest.json.sig";
 /// Environment variable holding the optional manifest signing key.
 pub const AUDIT_KEY_ENV: &str = "XQUIK_DM_AUDIT_KEY";
 /// Manifest format tag.
@@ -633,10 +636,7 @@ pub fn manifest_key(run_id: &str) -> String {
 
 /// The detached SSH signature of the run `run_id`'s manifest.
 pub fn signature_key(run_id: &str) -> String {
-    format!(
-        "{RUNS_DIR}/{run_id}.manifest.json{}",
-        crate::sshsig::SIG_SUFFIX
-    )
+    format!("{RUNS_DIR}/{run_id}{SIGNATURE_SUFFIX}")
 }
 
 /// The lines of a run's checksum file: every whole file its manifest
@@ -793,7 +793,7 @@ pub fn repair_runs(storage: &dyn Backend, runs: &[String], run_id: &str) -> Resu
     for run in runs {
         for suffix in [
             ".manifest.json",
-            ".manifest.json.sig",
+            SIGNATURE_SUFFIX,
             LogKind::Rows.suffix(),
             RUN_SUMS_SUFFIX,
         ] {
@@ -856,7 +856,7 @@ fn clean_runs(
         let ours = name.ends_with(".json")
             || name.ends_with(".jsonl")
             || name.ends_with(RUN_SUMS_SUFFIX)
-            || name.ends_with(".manifest.json.sig")
+            || name.ends_with(SIGNATURE_SUFFIX)
             || crate::storage::is_temporary(&name);
         if known.contains(owner) || !ours {
             continue;
