@@ -1,7 +1,20 @@
--- Load xquik-dm Parquet into BigQuery.
--- Copy DIR/parquet/messages/ to gs://BUCKET/xquik-dm/parquet/messages/ first
--- (e.g. gsutil -m rsync -r), then run with `bq query --use_legacy_sql=false`.
--- Replace DATASET and BUCKET.
+-- Read or load xquik-dm's messages in BigQuery. Run with
+-- `bq query --use_legacy_sql=false`; replace DATASET, BUCKET, and for the
+-- Delta table the connection (PROJECT.REGION.CONNECTION, a Cloud resource
+-- connection whose service account can read the bucket).
+--
+-- 1. The Delta table as a BigLake table, read in place: `sync --out
+--    gs://BUCKET/xquik-dm` (or a copy of DIR there). BigQuery reads the latest
+--    snapshot of parquet/messages/_delta_log/ at query time.
+CREATE EXTERNAL TABLE IF NOT EXISTS DATASET.dm_messages_delta
+WITH CONNECTION `PROJECT.REGION.CONNECTION`
+OPTIONS (
+    format = 'DELTA_LAKE',
+    uris = ['gs://BUCKET/xquik-dm/parquet/messages']
+);
+
+-- 2. A copy into a native table. The URI names data files only
+--    (date=*): parquet/messages/_delta_log/ holds Parquet checkpoints too.
 CREATE TABLE IF NOT EXISTS DATASET.dm_messages (
     message_id STRING NOT NULL,
     conversation_user_id STRING NOT NULL,
@@ -23,5 +36,5 @@ LOAD DATA INTO DATASET.dm_messages (
 )
 FROM FILES (
     format = 'PARQUET',
-    uris = ['gs://BUCKET/xquik-dm/parquet/messages/*']
+    uris = ['gs://BUCKET/xquik-dm/parquet/messages/date=*']
 );

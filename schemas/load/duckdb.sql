@@ -1,9 +1,12 @@
 -- Load xquik-dm outputs into DuckDB.
 -- Replace {{OUT}} with the --out folder. Run: duckdb my.db < duckdb.sql
 --
--- Parquet: every run's files under parquet/messages/. The hive partition
--- column `date` is the UTC date of the run that wrote the file (not the
--- message date: use created_at for that).
+-- Parquet: the data files under parquet/messages/, by glob. The table is a
+-- Delta table: duckdb-delta.sql reads its latest snapshot instead (no glob,
+-- never a compaction half done). The glob names data files only
+-- (`date=*/*.parquet`): the Delta log's checkpoints under _delta_log/ are
+-- Parquet too. The hive partition column `date` is the UTC date of the run
+-- that wrote the file (not the message date: use created_at for that).
 CREATE OR REPLACE TABLE dm_messages AS
 SELECT
     message_id,
@@ -15,7 +18,7 @@ SELECT
     message_text,
     media_url,
     "date" AS synced_on
-FROM read_parquet('{{OUT}}/parquet/messages/**/*.parquet', hive_partitioning = true);
+FROM read_parquet('{{OUT}}/parquet/messages/date=*/*.parquet', hive_partitioning = true);
 
 -- The same rows from the JSON Lines handoff file, with explicit types so that
 -- IDs stay strings (DuckDB would otherwise read numeric-looking IDs as

@@ -175,6 +175,7 @@ impl JsonlSink {
             rows: self.segment_rows,
             offset: Some(self.segment_offset),
             length: Some(length),
+            stats: None,
         })
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod jsonl;
 pub mod parquet;
+pub mod stats;
 
 use std::io::Write;
 
@@ -70,6 +71,22 @@ pub struct WrittenFile {
     /// For an appended segment: its length (equal to `bytes`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub length: Option<u64>,
+    /// For a Parquet file: its ID and time columns' statistics, kept with
+    /// it in the checkpoint until its run's Delta commit carries them (a
+    /// manifest lists files without them: see [`WrittenFile::listed`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats: Option<stats::FileStats>,
+}
+
+impl WrittenFile {
+    /// The file as a manifest lists it: without its statistics, which the
+    /// Delta log holds.
+    pub fn listed(&self) -> WrittenFile {
+        WrittenFile {
+            stats: None,
+            ..self.clone()
+        }
+    }
 }
 
 #[cfg(test)]

@@ -30,6 +30,7 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 
+use super::stats::{FileStats, StatsCollector};
 use super::{HashingWriter, WrittenFile};
 use crate::error::{Error, Result};
 use crate::records::{HistoryRow, HistoryRowRef, SendRow};
@@ -69,6 +70,9 @@ pub trait Columns: Send {
     /// Columns no reader prunes by value (message bodies): their minimum
     /// and maximum would cost a comparison per row and say nothing.
     fn without_statistics() -> &'static [&'static str];
+    /// The ID and time columns whose ranges each file's Delta `add`
+    /// carries ([`FileStats`]); never a body column.
+    fn stats_columns() -> &'static [&'static str];
 }
 
 fn utf8(name: &str, nullable: bool) -> Field {
@@ -157,6 +161,10 @@ impl Columns for MessageColumns {
 
     fn without_statistics() -> &'static [&'static str] {
         &["message_text"]
+    }
+
+    fn stats_columns() -> &'static [&'static str] {
+        &["created_at", "message_id", "conversation_user_id"]
     }
 }
 
@@ -285,6 +293,10 @@ impl Columns for SendColumns {
     fn without_statistics() -> &'static [&'static str] {
         &["message_text"]
     }
+
+    fn stats_columns() -> &'static [&'static str] {
+        &["sent_at", "message_id", "recipient_user_id"]
+    }
 }
 
 impl ParquetSink<MessageColumns> {
@@ -315,8 +327,8 @@ fn writer_properties<C: Columns>() -> WriterProperties {
 }
 
 /// A file the encoder is done with: the object (not yet published), its
-/// SHA-256 and its size.
-type Encoded = (Box<dyn NewObject>, String, u64);
+/// SHA-256, its size and its statistics.
+type Encoded = (Box<dyn NewObject>, String, u64, FileStats);
 
 /// A file being written. Its rows are encoded on a thread of its own:
 /// encoding and compressing them costs about as much as the rest of what a
@@ -333,6 +345,7 @@ struct OpenFile {
 impl OpenFile {
     fn start(
         writer: ArrowWriter<HashingWriter<Box<dyn NewObject>>>,
+        mut stats: StatsCollector,
         rel: String,
         path: PathBuf,
     ) -> Result<OpenFile> {
@@ -345,6 +358,9 @@ impl OpenFile {
             .spawn(move || {
                 let mut writer = writer;
                 for batch in pending {
+                    // Here, not as rows are pushed: the writer a sync
+                    // waits on does no more per row.
+                    stats.add(&batch);
                     writer
                         .write(&batch)
                         .map_err(|e| parquet_error(&encoder_path, e))?;
@@ -352,7 +368,8 @@ impl OpenFile {
                 let hashing = writer
                     .into_inner()
                     .map_err(|e| parquet_error(&encoder_path, e))?;
-                Ok(hashing.finish())
+                let (object, sha256, bytes) = hashing.finish();
+                Ok((object, sha256, bytes, stats.finish()))
             })
             .map_err(|e| Error::io(&path, e))?;
         Ok(OpenFile {
@@ -389,7 +406,7 @@ impl OpenFile {
     }
 
     /// Waits for the encoder to write the footer: the object (not yet
-    /// published), its SHA-256 and its size.
+    /// published), its SHA-256, its size and its statistics.
     fn finish(self) -> Result<Encoded> {
         let OpenFile {
             batches,
@@ -496,7 +513,7 @@ impl<C: Columns> ParquetSink<C> {
             return Ok(None);
         };
         let (rel, rows) = (open.rel.clone(), open.rows);
-        let (object, sha256, bytes) = open.finish()?;
+        let (object, sha256, bytes, stats) = open.finish()?;
         object.finish()?;
         Ok(Some(WrittenFile {
             path: rel,
@@ -505,6 +522,7 @@ impl<C: Columns> ParquetSink<C> {
             rows,
             offset: None,
             length: None,
+            stats: Some(stats),
         }))
     }
 
@@ -534,7 +552,8 @@ impl<C: Columns> ParquetSink<C> {
             Some(writer_properties::<C>()),
         )
         .map_err(|e| parquet_error(&path, e))?;
-        OpenFile::start(writer, rel, path)
+        let stats = StatsCollector::new(&C::schema(), C::stats_columns());
+        OpenFile::start(writer, stats, rel, path)
     }
 }
 

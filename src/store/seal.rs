@@ -113,6 +113,7 @@ impl Store {
             compaction: self.compaction.as_ref(),
         };
         let ssh_key = body.ssh_key.clone();
+        let files: Vec<WrittenFile> = files.iter().map(WrittenFile::listed).collect();
         let manifest = body.into_manifest(run, files.clone(), &audit_rows, page_log, coverage)?;
         let storage = self.storage.as_ref();
         let entry =
@@ -151,7 +152,8 @@ impl Store {
 
     /// The files the manifest lists: the JSONL segment since the last
     /// manifest, the Parquet files no sealed manifest lists yet, and the
-    /// files a compaction wrote.
+    /// files a compaction wrote (with their statistics, for the Delta
+    /// commit; [`WrittenFile::listed`] drops them for the manifest).
     fn listed_files(&self) -> Vec<WrittenFile> {
         let mut files: Vec<WrittenFile> = self.jsonl.segment().into_iter().collect();
         files.extend(self.checkpoint.parquet.files.iter().cloned());
@@ -206,7 +208,10 @@ impl ManifestBody {
             page_log,
             coverage,
             recovered: run.recovered.to_vec(),
-            compaction: run.compaction.cloned(),
+            compaction: run.compaction.map(|c| Compaction {
+                removed: c.removed.clone(),
+                added: c.added.iter().map(WrittenFile::listed).collect(),
+            }),
             signer: self.ssh_key.as_ref().map(|key| audit::Signer {
                 fingerprint: key.fingerprint().to_owned(),
                 namespace: sshsig::NAMESPACE.to_owned(),
