@@ -153,6 +153,16 @@ pub enum Error {
         path: PathBuf,
     },
 
+    /// A Delta commit could not be made: other writers kept taking the next
+    /// version, or a concurrent commit removed the same files.
+    #[error("{}: Delta commit not made: {reason}", path.display())]
+    DeltaConflict {
+        /// The table's log.
+        path: PathBuf,
+        /// What happened, and what to do.
+        reason: String,
+    },
+
     /// The output storage refused access.
     #[error("{}: {reason}", path.display())]
     Storage {
@@ -183,7 +193,8 @@ impl Error {
             Error::RetriesExhausted { .. }
             | Error::Transport { .. }
             | Error::Locked { .. }
-            | Error::Conflict { .. } => ErrorClass::Retryable,
+            | Error::Conflict { .. }
+            | Error::DeltaConflict { .. } => ErrorClass::Retryable,
             // A write still pending is left for a later run to pick up.
             Error::WriteFailed { code, .. } if code.as_deref() == Some("poll_deadline") => {
                 ErrorClass::Retryable
@@ -210,6 +221,7 @@ impl Error {
             | Error::Io { .. }
             | Error::Corrupt { .. }
             | Error::Conflict { .. }
+            | Error::DeltaConflict { .. }
             | Error::Storage { .. } => true,
             _ => false,
         }

@@ -9,7 +9,8 @@
 //! - [`commands`]: what each subcommand does, each returning a report;
 //! - [`store`]: the commit protocol over the outputs ([`sinks`], [`audit`],
 //!   [`checkpoint`]), written once against the [`storage`] seam (a local
-//!   folder or a bucket);
+//!   folder or a bucket); [`delta`] keeps the Parquet outputs as Delta
+//!   tables;
 //! - [`mock`]: an embedded, realistic mock of the API for the demo and tests.
 //!
 //! The binary (`src/main.rs`) only parses the command line (`cli`), calls a
@@ -21,6 +22,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod commands;
 pub mod dedupe;
+pub mod delta;
 pub mod error;
 pub mod logging;
 pub mod metrics;
