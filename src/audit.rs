@@ -388,6 +388,12 @@ pub struct Manifest {
     /// it wrote in their place (also in `files`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compaction: Option<Compaction>,
+    /// The Delta commits of this run, by table (`messages`, `sends`): each
+    /// pinned by its version and the SHA-256 of the commit file's bytes.
+    /// Empty for a run that changed no table (and in manifests written
+    /// before the tables were Delta tables).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub delta: BTreeMap<String, DeltaEntry>,
     /// The SSH key that signs this manifest, when one was set: its
     /// signature is `<manifest>.sig` (see [`crate::sshsig`]). Recorded
     /// here so that the signed bytes name their signer, and a signature
@@ -397,6 +403,55 @@ pub struct Manifest {
     /// HMAC, when a key was set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature: Option<Signature>,
+}
+
+/// A Delta commit file, pinned: its table version and the SHA-256 of its
+/// bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeltaCommit {
+    /// The table version the commit produced.
+    pub version: u64,
+    /// SHA-256 (hex) of the commit file's bytes.
+    pub sha256: String,
+}
+
+/// What a run did to one Delta table: its own commit, and the commits of
+/// killed runs it reverted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeltaEntry {
+    /// The version of the run's own commit, which adds the files its
+    /// manifest lists (and removes what its compaction removed); absent
+    /// when it changed nothing in the table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    /// SHA-256 (hex) of that commit file's bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// Commits of runs killed after their commit and before their chain
+    /// entry, found when this run opened the output, and the commit that
+    /// restored the table to what the chain held (see `store/recover.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reverted: Option<DeltaRevert>,
+}
+
+impl DeltaEntry {
+    /// The run's own commit, pinned.
+    pub fn commit(&self) -> Option<DeltaCommit> {
+        Some(DeltaCommit {
+            version: self.version?,
+            sha256: self.sha256.clone()?,
+        })
+    }
+}
+
+/// The commits a run reverted in one table, and its restoring commit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeltaRevert {
+    /// The killed runs' commits, oldest first.
+    pub commits: Vec<DeltaCommit>,
+    /// The commit that brought the table back to the snapshot the chain
+    /// accounts for (the version before the first of `commits`).
+    pub restore: DeltaCommit,
 }
 
 /// Who signs a manifest with an SSH key.
@@ -1187,6 +1242,7 @@ mod tests {
             coverage: Coverage::default(),
             recovered: Vec::new(),
             compaction: None,
+            delta: BTreeMap::new(),
             signer: None,
             signature: None,
         }

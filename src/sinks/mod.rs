@@ -5,7 +5,6 @@
 
 pub mod jsonl;
 pub mod parquet;
-pub mod stats;
 
 use std::io::Write;
 
@@ -55,7 +54,7 @@ impl<W: Write> Write for HashingWriter<W> {
 }
 
 /// A file one run wrote (or a segment it appended), for the audit manifest.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct WrittenFile {
     /// Path relative to the output folder, `/`-separated.
     pub path: String,
@@ -71,23 +70,38 @@ pub struct WrittenFile {
     /// For an appended segment: its length (equal to `bytes`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub length: Option<u64>,
-    /// For a Parquet file: its ID and time columns' statistics, kept with
-    /// it in the checkpoint until its run's Delta commit carries them (a
-    /// manifest lists files without them: see [`WrittenFile::listed`]).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stats: Option<stats::FileStats>,
+    /// For a Parquet file this process wrote: its ID and time columns'
+    /// statistics, for its run's Delta commit. Never serialized: the
+    /// manifest and the checkpoint list files without them (a file a
+    /// killed run committed reaches the next run's commit with its row
+    /// count only).
+    #[serde(skip)]
+    pub stats: Option<crate::delta::FileStats>,
 }
 
-impl WrittenFile {
-    /// The file as a manifest lists it: without its statistics, which the
-    /// Delta log holds.
-    pub fn listed(&self) -> WrittenFile {
-        WrittenFile {
-            stats: None,
-            ..self.clone()
-        }
+/// Two listings of a file are equal when they name the same bytes, whether
+/// or not one carries the statistics the other was read back without.
+impl PartialEq for WrittenFile {
+    fn eq(&self, other: &WrittenFile) -> bool {
+        (
+            &self.path,
+            &self.sha256,
+            self.bytes,
+            self.rows,
+            self.offset,
+            self.length,
+        ) == (
+            &other.path,
+            &other.sha256,
+            other.bytes,
+            other.rows,
+            other.offset,
+            other.length,
+        )
     }
 }
+
+impl Eq for WrittenFile {}
 
 #[cfg(test)]
 mod tests {

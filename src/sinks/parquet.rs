@@ -30,8 +30,8 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 
-use super::stats::{FileStats, StatsCollector};
 use super::{HashingWriter, WrittenFile};
+use crate::delta::{FileStats, StatsCollector, TableKind};
 use crate::error::{Error, Result};
 use crate::records::{HistoryRow, HistoryRowRef, SendRow};
 use crate::storage::{Backend, NewObject, Storage, file_name, is_temporary};
@@ -70,9 +70,9 @@ pub trait Columns: Send {
     /// Columns no reader prunes by value (message bodies): their minimum
     /// and maximum would cost a comparison per row and say nothing.
     fn without_statistics() -> &'static [&'static str];
-    /// The ID and time columns whose ranges each file's Delta `add`
-    /// carries ([`FileStats`]); never a body column.
-    fn stats_columns() -> &'static [&'static str];
+    /// The Delta table of these columns, whose `add` of each file carries
+    /// its statistics ([`FileStats`]).
+    const KIND: TableKind;
 }
 
 fn utf8(name: &str, nullable: bool) -> Field {
@@ -104,6 +104,7 @@ pub struct MessageColumns {
 impl Columns for MessageColumns {
     type Row = HistoryRow;
     const TABLE: &'static str = "messages";
+    const KIND: TableKind = TableKind::Messages;
 
     fn schema() -> SchemaRef {
         Arc::new(Schema::new(vec![
@@ -162,10 +163,6 @@ impl Columns for MessageColumns {
     fn without_statistics() -> &'static [&'static str] {
         &["message_text"]
     }
-
-    fn stats_columns() -> &'static [&'static str] {
-        &["created_at", "message_id", "conversation_user_id"]
-    }
 }
 
 impl MessageColumns {
@@ -211,6 +208,7 @@ pub struct SendColumns {
 impl Columns for SendColumns {
     type Row = SendRow;
     const TABLE: &'static str = "sends";
+    const KIND: TableKind = TableKind::Sends;
 
     fn schema() -> SchemaRef {
         Arc::new(Schema::new(vec![
@@ -293,10 +291,6 @@ impl Columns for SendColumns {
     fn without_statistics() -> &'static [&'static str] {
         &["message_text"]
     }
-
-    fn stats_columns() -> &'static [&'static str] {
-        &["sent_at", "message_id", "recipient_user_id"]
-    }
 }
 
 impl ParquetSink<MessageColumns> {
@@ -358,9 +352,12 @@ impl OpenFile {
             .spawn(move || {
                 let mut writer = writer;
                 for batch in pending {
-                    // Here, not as rows are pushed: the writer a sync
-                    // waits on does no more per row.
-                    stats.add(&batch);
+                    // Here, beside the encoding, rather than as rows are
+                    // pushed: the writer a sync waits on does no more
+                    // work per row.
+                    stats
+                        .add_batch(&batch)
+                        .map_err(|e| Error::io(&encoder_path, std::io::Error::other(e)))?;
                     writer
                         .write(&batch)
                         .map_err(|e| parquet_error(&encoder_path, e))?;
@@ -552,7 +549,7 @@ impl<C: Columns> ParquetSink<C> {
             Some(writer_properties::<C>()),
         )
         .map_err(|e| parquet_error(&path, e))?;
-        let stats = StatsCollector::new(&C::schema(), C::stats_columns());
+        let stats = StatsCollector::new(C::KIND);
         OpenFile::start(writer, stats, rel, path)
     }
 }

@@ -19,10 +19,11 @@
 //!    advance — so the checkpoint never points past durable data;
 //! 3. a Parquet file is closed (fsync, published into place) and only then
 //!    listed in the checkpoint, with the JSONL offset it covers;
-//! 4. `seal` ends the run: last commit, audit rows file, the run's checksum
-//!    file, manifest, chain entry (the commit point of the run), checkpoint
-//!    audit pointer, `SHA256SUMS` — each durable before the next refers to
-//!    it.
+//! 4. `seal` ends the run: last commit, audit rows file, one Delta commit
+//!    per table the run changed (`tables.rs`), the run's checksum file,
+//!    manifest (pinning each Delta commit by version and SHA-256), chain
+//!    entry (the commit point of the run), checkpoint audit pointer,
+//!    `SHA256SUMS` — each durable before the next refers to it.
 //!
 //! Opening the store repairs whatever a killed run left, so that the
 //! outputs converge to what an uninterrupted run would have written: the
@@ -31,6 +32,7 @@
 mod recover;
 mod seal;
 mod stamp;
+mod tables;
 
 use std::sync::{Arc, Mutex};
 
@@ -39,6 +41,7 @@ use serde::Serialize;
 pub use recover::Repair;
 pub use seal::{ManifestBody, Sealed};
 pub use stamp::RunStamp;
+pub use tables::{RunFiles, locate, project};
 
 use crate::api::Endpoint;
 use crate::api::client::Reply;
@@ -141,6 +144,9 @@ pub struct Store {
     compaction: Option<audit::Compaction>,
     /// When the store was opened, on the monotonic clock.
     opened: std::time::Instant,
+    /// Delta commits of killed runs this run undid when it opened, for its
+    /// manifest.
+    delta_reverted: std::collections::BTreeMap<crate::delta::TableKind, audit::DeltaRevert>,
     /// History and send rows appended since the last commit.
     uncommitted_history: u64,
     uncommitted_sends: u64,
@@ -164,7 +170,7 @@ impl Store {
         backend.prepare()?;
         refuse_sharded(backend)?;
         let lock = backend.lock(&stamp.run_id)?;
-        let recovered = recover::run(backend, stamp)?;
+        let recovered = recover::run(storage, stamp)?;
         let mut store = Store::start(storage, lock, recovered)?;
         store.repair.parquet_rebuilt_rows = recover::take_over_unsealed(
             backend,
@@ -190,6 +196,7 @@ impl Store {
             jsonl,
             recovered,
             repair,
+            delta_reverted,
         } = recovered;
         let (date, run_id) = (stamp.date.as_str(), stamp.run_id.as_str());
         let backend = storage.as_ref();
@@ -212,6 +219,7 @@ impl Store {
             failed: None,
             compaction: None,
             opened: std::time::Instant::now(),
+            delta_reverted,
             uncommitted_history: 0,
             uncommitted_sends: 0,
             uncommitted_bytes: 0,

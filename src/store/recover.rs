@@ -13,7 +13,7 @@
 //! manifest. What a run reads and writes here depends on what it does and on
 //! the number of conversations, not on how many runs came before.
 //!
-//! The steps, in order ([`run`] does 1 to 9; step 10 needs this run's own
+//! The steps, in order ([`run`] does 1 to 10; step 11 needs this run's own
 //! files, which [`Store::open`] opens in between):
 //! 1. load the checkpoint and sweep the temporaries a killed write left
 //!    (of the handoff file, `SHA256SUMS` and the checkpoint);
@@ -23,18 +23,26 @@
 //! 3. claim the output: commit the checkpoint naming this run (under a run
 //!    ID no other run used) and the folders it writes Parquet files into;
 //! 4. cut a torn last line of the chain;
-//! 5. remove the killed runs' Parquet files but the committed ones, by the
+//! 5. undo the Delta commits of the killed runs (runs killed between their
+//!    commit and their chain entry): in each table, the commits at the end
+//!    of the log that name such a run are followed by one commit, named
+//!    after this run, that restores the snapshot before them, so the latest
+//!    snapshot is again what the chain holds. Done before anything is
+//!    removed: those commits' files are still there, and no snapshot a
+//!    reader opens from now on names a file step 6 removes (this run's
+//!    manifest pins both, see `tables.rs`);
+//! 6. remove the killed runs' Parquet files but the committed ones, by the
 //!    names they give them in the folders they claimed;
-//! 6. repair the killed runs' audit files: manifests, rows files and
+//! 7. repair the killed runs' audit files: manifests, rows files and
 //!    checksum files go, page logs are kept, renamed after this run, for its
 //!    manifest (a checkpoint that names no runs, format 1 or rebuilt, is
 //!    repaired by listing instead: audit files first, then Parquet files);
-//! 7. finish a compaction that sealed but was killed before its checkpoint
+//! 8. finish a compaction that sealed but was killed before its checkpoint
 //!    followed;
-//! 8. move the checkpoint's audit pointer to the chain's last run, and
+//! 9. move the checkpoint's audit pointer to the chain's last run, and
 //!    drop from the checkpoint the Parquet files its manifests list;
-//! 9. cut the JSONL back to its committed length;
-//! 10. take over the committed records that no listed Parquet file or no
+//! 10. cut the JSONL back to its committed length;
+//! 11. take over the committed records that no listed Parquet file or no
 //!     manifest covers yet into this run's Parquet files and rows file
 //!     ([`take_over_unsealed`]).
 //!
@@ -45,18 +53,20 @@
 //!
 //! [`Store::open`]: super::Store::open
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
 use super::stamp::RunStamp;
-use crate::audit::{self, AuditLog, AuditRepair, ChainEntry, Manifest, RecoveredLog};
+use super::tables;
+use crate::audit::{self, AuditLog, AuditRepair, ChainEntry, DeltaRevert, Manifest, RecoveredLog};
 use crate::checkpoint::{self, AuditPointer, Checkpoint, Claim};
+use crate::delta::TableKind;
 use crate::error::{Error, Result};
 use crate::records::{HistoryRow, RecordType, SendRow};
 use crate::sinks::jsonl::{self, JsonlSink};
 use crate::sinks::parquet::{self, MessageColumns, ParquetSink, SendColumns};
-use crate::storage::Backend;
+use crate::storage::{Backend, Storage};
 
 /// What opening the store had to repair.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -86,13 +96,16 @@ pub(super) struct Recovered {
     pub jsonl: JsonlSink,
     /// Page logs of killed runs, for this run's manifest.
     pub recovered: Vec<RecoveredLog>,
-    /// What was repaired (all but the rows step 10 rebuilds).
+    /// What was repaired (all but the rows step 11 rebuilds).
     pub repair: Repair,
+    /// The Delta commits step 5 undid, by table, for this run's manifest.
+    pub delta_reverted: BTreeMap<TableKind, DeltaRevert>,
 }
 
-/// Steps 1 to 9 of the repair, for the run `stamp`, on an output this
+/// Steps 1 to 10 of the repair, for the run `stamp`, on an output this
 /// process holds the lock of.
-pub(super) fn run(storage: &dyn Backend, stamp: &RunStamp) -> Result<Recovered> {
+pub(super) fn run(shared: &Storage, stamp: &RunStamp) -> Result<Recovered> {
+    let storage = shared.as_ref();
     let mut checkpoint = Checkpoint::load(storage)?;
     let temporaries_removed =
         storage.sweep_temporaries(&[jsonl::FILE_NAME, audit::SUMS, checkpoint::FILE_NAME])?;
@@ -102,6 +115,7 @@ pub(super) fn run(storage: &dyn Backend, stamp: &RunStamp) -> Result<Recovered> 
     let stamp = unused_stamp(storage, &tail, stamp)?;
     let killed = claim(storage, &mut checkpoint, &tail, &stamp)?;
     audit::cut_torn_chain(storage, torn_at)?;
+    let delta_reverted = revert_delta(shared, killed.as_deref(), &stamp.run_id)?;
     let (audit_repair, parquet_removed) =
         remove_killed_runs(storage, &checkpoint, killed, &stamp.run_id)?;
     let (pointer, last) = pointer_from_chain(storage, tail.last())?;
@@ -121,7 +135,36 @@ pub(super) fn run(storage: &dyn Backend, stamp: &RunStamp) -> Result<Recovered> 
             audit_removed: audit_repair.removed,
             temporaries_removed,
         },
+        delta_reverted,
     })
+}
+
+/// Step 5: undoes, in each Delta table, the commits of the `killed` runs
+/// (or, when the checkpoint names none, of every run the chain does not
+/// hold), naming `run_id`.
+fn revert_delta(
+    storage: &Storage,
+    killed: Option<&[Claim]>,
+    run_id: &str,
+) -> Result<BTreeMap<TableKind, DeltaRevert>> {
+    // Only runs known to have been killed count: a commit of a run sealed
+    // long ago (which the chain's tail, read from the checkpoint on, may
+    // not hold) ends the walk back through the log.
+    match killed {
+        Some(claims) => {
+            let runs: HashSet<&str> = claims.iter().map(|c| c.run.as_str()).collect();
+            tables::revert_killed(storage, &|run| runs.contains(run), run_id)
+        }
+        None => {
+            let (chain, _) = audit::read_chain(storage.as_ref())?;
+            let sealed: HashSet<&str> = chain.iter().map(|e| e.run_id.as_str()).collect();
+            tables::revert_killed(
+                storage,
+                &|run| run != run_id && !sealed.contains(run),
+                run_id,
+            )
+        }
+    }
 }
 
 /// Step 2: refuses an output whose checkpoint was removed while it holds
@@ -236,7 +279,7 @@ fn claim(
     Ok(earlier.map(|_| claims.into_iter().filter(|c| c.run != run_id).collect()))
 }
 
-/// Steps 5 and 6: removes the files of the `killed` runs (or, when the
+/// Steps 6 and 7: removes the files of the `killed` runs (or, when the
 /// checkpoint names none, of every run the chain does not hold), keeping
 /// the committed Parquet files and the page logs, which `run_id` takes
 /// over. Returns the audit repair and the Parquet files removed.
@@ -301,7 +344,7 @@ fn pointer_from_chain(
     Ok((pointer, Some(manifest)))
 }
 
-/// Step 7: finishes the compaction of the chain's `last` manifest when the
+/// Step 8: finishes the compaction of the chain's `last` manifest when the
 /// chain is ahead of `checkpoint` (at `pointer`).
 fn finish_compaction(
     storage: &dyn Backend,
@@ -319,7 +362,7 @@ fn finish_compaction(
     Ok(())
 }
 
-/// Step 8: the checkpoint's audit pointer becomes `pointer`, and the
+/// Step 9: the checkpoint's audit pointer becomes `pointer`, and the
 /// Parquet files the sealed manifests list leave the checkpoint.
 fn follow_chain(checkpoint: &mut Checkpoint, pointer: AuditPointer) {
     checkpoint.audit = pointer;
@@ -332,7 +375,7 @@ fn follow_chain(checkpoint: &mut Checkpoint, pointer: AuditPointer) {
     parquet.listed_before = parquet.listed_before.max(listed);
 }
 
-/// Step 9: opens the handoff file cut back to the committed length
+/// Step 10: opens the handoff file cut back to the committed length
 /// `checkpoint` records, its segment starting where the sealed manifests'
 /// coverage ends. Returns the sink and the bytes cut.
 fn cut_jsonl(storage: &dyn Backend, checkpoint: &Checkpoint) -> Result<(JsonlSink, u64)> {
@@ -345,7 +388,7 @@ fn cut_jsonl(storage: &dyn Backend, checkpoint: &Checkpoint) -> Result<(JsonlSin
     )
 }
 
-/// Step 10: takes the committed records that an earlier, killed run left
+/// Step 11: takes the committed records that an earlier, killed run left
 /// without Parquet or without a manifest into this run: Parquet rows (into
 /// `messages` and `sends`) for those past their table's covered offset,
 /// audit rows (into `rows`) for those past the audit coverage. Returns the

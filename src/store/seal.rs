@@ -1,8 +1,16 @@
 //! The end of a run: [`Store::seal`] closes the run's Parquet files and
-//! commits, then writes the audit rows file, the manifest (with its SSH
-//! signature first, when a key is set), the chain entry (the commit point
-//! of the run), the checkpoint's audit pointer and `SHA256SUMS`, each
-//! durable before the next refers to it.
+//! commits, then writes the audit rows file, the run's Delta commit per
+//! table it changed, the manifest (with its SSH signature first, when a key
+//! is set), the chain entry (the commit point of the run), the checkpoint's
+//! audit pointer and `SHA256SUMS`, each durable before the next refers to
+//! it.
+//!
+//! The Delta commits come after the Parquet files are listed in the
+//! checkpoint (a killed run's files are then kept and taken over, never
+//! removed from under a snapshot that names them) and before the manifest,
+//! which pins each by version and SHA-256. A run killed between the two
+//! leaves a commit the chain does not hold: the next run undoes it first
+//! (`recover.rs`).
 
 use std::collections::BTreeMap;
 
@@ -11,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use super::Store;
 use super::recover::Repair;
 use super::stamp::RunStamp;
+use super::tables::{self, RunFiles};
 use crate::api::Endpoint;
 use crate::audit::{self, ChainEntry, Compaction, Coverage, LogInfo, Manifest, RecoveredLog};
 use crate::checkpoint::{self, AuditPointer, Checkpoint};
@@ -83,6 +92,8 @@ struct Run<'a> {
     repair: &'a Repair,
     recovered: &'a [RecoveredLog],
     compaction: Option<&'a Compaction>,
+    /// The Delta commits of the run, by table.
+    delta: BTreeMap<String, audit::DeltaEntry>,
 }
 
 impl Store {
@@ -104,6 +115,17 @@ impl Store {
         let page_log = self.pages.finish()?;
 
         let previous = self.head.clone();
+        let delta = tables::commit_run(
+            &self.storage,
+            &RunFiles {
+                run_id: &self.stamp.run_id,
+                command: body.command,
+                files: &files,
+                compaction: self.compaction.as_ref(),
+            },
+            previous.is_some(),
+            std::mem::take(&mut self.delta_reverted),
+        )?;
         let run = Run {
             stamp: &self.stamp,
             opened: self.opened,
@@ -111,9 +133,9 @@ impl Store {
             repair: &self.repair,
             recovered: &self.recovered,
             compaction: self.compaction.as_ref(),
+            delta,
         };
         let ssh_key = body.ssh_key.clone();
-        let files: Vec<WrittenFile> = files.iter().map(WrittenFile::listed).collect();
         let manifest = body.into_manifest(run, files.clone(), &audit_rows, page_log, coverage)?;
         let storage = self.storage.as_ref();
         let entry =
@@ -152,8 +174,7 @@ impl Store {
 
     /// The files the manifest lists: the JSONL segment since the last
     /// manifest, the Parquet files no sealed manifest lists yet, and the
-    /// files a compaction wrote (with their statistics, for the Delta
-    /// commit; [`WrittenFile::listed`] drops them for the manifest).
+    /// files a compaction wrote.
     fn listed_files(&self) -> Vec<WrittenFile> {
         let mut files: Vec<WrittenFile> = self.jsonl.segment().into_iter().collect();
         files.extend(self.checkpoint.parquet.files.iter().cloned());
@@ -208,10 +229,8 @@ impl ManifestBody {
             page_log,
             coverage,
             recovered: run.recovered.to_vec(),
-            compaction: run.compaction.map(|c| Compaction {
-                removed: c.removed.clone(),
-                added: c.added.iter().map(WrittenFile::listed).collect(),
-            }),
+            compaction: run.compaction.cloned(),
+            delta: run.delta,
             signer: self.ssh_key.as_ref().map(|key| audit::Signer {
                 fingerprint: key.fingerprint().to_owned(),
                 namespace: sshsig::NAMESPACE.to_owned(),
