@@ -197,12 +197,12 @@ pub struct SendRow {
 /// Builds the report of `location`.
 pub fn build(location: &Location, trust: &verify::Trust) -> Result<Report> {
     location.require_existing("DIR")?;
-    let storage = location.open()?;
-    let storage = storage.as_ref();
+    let shared = location.open()?;
+    let storage = shared.as_ref();
     if location.as_dir().is_none() {
         storage.prepare()?;
     }
-    let verified = verify::check_trusted(storage, trust, None, None);
+    let verified = verify::check_trusted(&shared, trust, None, None);
     let (chain, _) = audit::read_chain(storage)?;
     let mut runs = Vec::with_capacity(chain.len());
     let mut last_touch: BTreeMap<String, String> = BTreeMap::new();

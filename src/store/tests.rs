@@ -247,7 +247,7 @@ fn a_killed_run_is_cleaned_up_by_name() {
     let sealed = store.seal(body()).unwrap();
     assert!(out.join(file(1)).exists() && !out.join(file(2)).exists());
     assert!(sealed.files.iter().any(|f| f.path == file(1)));
-    let report = crate::commands::verify::check(&*local(out), None, None);
+    let report = crate::commands::verify::check(&local(out), None, None);
     assert!(report.ok(), "{report}");
 }
 
@@ -288,7 +288,7 @@ fn a_format_1_checkpoint_is_upgraded_by_one_listing_repair() {
     let upgraded = Checkpoint::load(&*local(out)).unwrap();
     assert_eq!(upgraded.version, 2);
     assert_eq!(upgraded.unsealed, Some(Vec::new()));
-    let report = crate::commands::verify::check(&*local(out), None, None);
+    let report = crate::commands::verify::check(&local(out), None, None);
     assert!(report.ok(), "{report}");
 }
 

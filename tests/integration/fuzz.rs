@@ -223,7 +223,8 @@ proptest! {
             std::fs::write(dir.path().join("SHA256SUMS"), &sums).unwrap();
             let _ = xquik_dm::audit::read_chain(&storage);
             let _ = xquik_dm::audit::read_manifest(&storage, &manifest_key);
-            let report = xquik_dm::commands::verify::check(&storage, None, None);
+            let shared: xquik_dm::storage::Storage = std::sync::Arc::new(LocalDir::new(dir.path()));
+            let report = xquik_dm::commands::verify::check(&shared, None, None);
             prop_assert!(!report.ok());
         }
     }

@@ -12,7 +12,10 @@
 //! - compactions: the files a compaction removed are those earlier runs
 //!   listed, digest for digest, and it added as many rows per partition;
 //! - `SHA256SUMS`, line by line, as `sha256sum -c` would, and each run's
-//!   checksum file against its manifest.
+//!   checksum file against its manifest;
+//! - the Delta tables: every commit a manifest pins is there unchanged,
+//!   no other commit is, versions are dense, and each snapshot a run left
+//!   holds exactly the files the manifests list.
 //!
 //! How an output root is checked ([`check_since`]), step by step, each
 //! step adding its failures and notes to one [`VerifyReport`] in turn:
@@ -24,15 +27,17 @@
 //! 3. [`completeness`] checks what lies beyond them: the handoff file's
 //!    tail and the unlisted files, accounting for an interrupted run;
 //! 4. [`compactions`] checks each compaction against the files it removed;
-//! 5. [`sums`] checks each run's checksum file, then `SHA256SUMS`.
+//! 5. [`sums`] checks each run's checksum file, then `SHA256SUMS`;
+//! 6. [`delta`] checks each table's Delta log against the manifests: the
+//!    commits they pin, byte for byte, nothing else, and the files.
 //!
 //! Step 1 also hands each manifest to [`signatures`], which checks its SSH
 //! signature: the file and its digest in the chain always, the signature
 //! itself against `--allowed-signers` when given.
 //!
 //! With `--since` ([`since`]), steps 1 to 5 start after a chain head
-//! verified before, and `SHA256SUMS` and the unlisted files are left to the
-//! full verify. A sharded prefix ([`run_since`]) is verified shard by
+//! verified before, and `SHA256SUMS`, the unlisted files and the Delta logs
+//! are left to the full verify. A sharded prefix ([`run_since`]) is verified shard by
 //! shard, each shard an output root of its own. [`findings`] holds the
 //! report itself, which every step writes into and none reads back.
 
@@ -45,6 +50,7 @@
 mod chain;
 mod compactions;
 mod completeness;
+mod delta;
 mod files;
 mod findings;
 mod signatures;
@@ -57,7 +63,7 @@ use self::compactions::Compacted;
 use crate::audit::{self, AuditKey};
 use crate::error::{Error, Result};
 use crate::sshsig::AllowedSigners;
-use crate::storage::{Backend, Location};
+use crate::storage::{Backend, Location, Storage};
 
 /// What the manifests' authenticity is checked with.
 #[derive(Debug, Clone, Default)]
@@ -118,7 +124,7 @@ pub fn run_trusted(
         storage.prepare()?;
     }
     let Some(shards) = crate::shard::registered(storage.as_ref())? else {
-        return Ok(check_trusted(storage.as_ref(), trust, expect_head, since));
+        return Ok(check_trusted(&storage, trust, expect_head, since));
     };
     if since.is_some() {
         return Err(Error::invalid(
@@ -176,7 +182,7 @@ fn check_shard(
     }
     .dir();
     let storage = location.join(&dir).open()?;
-    let shard = check_trusted(storage.as_ref(), trust, None, None);
+    let shard = check_trusted(&storage, trust, None, None);
     if let Some(expected) = expect_head
         && audit::read_chain(storage.as_ref())
             .is_ok_and(|(chain, _)| chain.iter().any(|e| e.sha256 == expected))
@@ -223,7 +229,7 @@ fn check_prefix_keys(storage: &dyn Backend, shards: u32, report: &mut VerifyRepo
 }
 
 /// Verifies the output root `dir` (see [`run`]).
-pub fn check(dir: &dyn Backend, key: Option<&AuditKey>, expect_head: Option<&str>) -> VerifyReport {
+pub fn check(dir: &Storage, key: Option<&AuditKey>, expect_head: Option<&str>) -> VerifyReport {
     check_since(dir, key, expect_head, None)
 }
 
@@ -233,7 +239,7 @@ pub fn check(dir: &dyn Backend, key: Option<&AuditKey>, expect_head: Option<&str
 /// coverage ended — in time proportional to the new runs. `SHA256SUMS` and
 /// the check that nothing extra exists are left to the full verify.
 pub fn check_since(
-    dir: &dyn Backend,
+    dir: &Storage,
     key: Option<&AuditKey>,
     expect_head: Option<&str>,
     since: Option<&str>,
@@ -244,11 +250,12 @@ pub fn check_since(
 /// [`check_since`], checking the manifests' HMACs and SSH signatures with
 /// `trust`.
 pub fn check_trusted(
-    dir: &dyn Backend,
+    storage: &Storage,
     trust: &Trust,
     expect_head: Option<&str>,
     since: Option<&str>,
 ) -> VerifyReport {
+    let dir = storage.as_ref();
     let mut report = VerifyReport::new(dir.location());
     if dir.is_locked() {
         report.notes.push(
@@ -293,7 +300,10 @@ pub fn check_trusted(
     sums::check_run_sums(dir, manifests, &chain.signatures, &compacted, &mut report);
     match chain.start {
         Some(_) => since::note_checked(manifests.len(), since, &mut report),
-        None => sums::check_sums(dir, interrupted, &mut report),
+        None => {
+            sums::check_sums(dir, interrupted, &mut report);
+            delta::check_delta(storage, manifests, &mut report);
+        }
     }
     report
 }

@@ -1,0 +1,345 @@
+//! The Delta tables against the manifests: the log of each table
+//! (`parquet/<table>/_delta_log/`) must hold exactly what the sealed runs
+//! say, commit for commit.
+//!
+//! - Every commit file a manifest pins (its own commit, the killed runs'
+//!   commits it reverted, its restoring commit) is there, byte for byte
+//!   (the SHA-256 the manifest records).
+//! - Versions are dense from the oldest one kept (a checkpoint may stand in
+//!   for the commits log cleanup removed before it).
+//! - No commit is there that no manifest pins, but those at the end of the
+//!   log of a run the checkpoint names as in progress or killed (noted: the
+//!   next run reverts them).
+//! - Each `add` names a file a sealed run lists, with its size; each run's
+//!   own commit leaves the table holding exactly the files the manifests
+//!   list up to that run (the projection of `store::project`, replayed),
+//!   and so does the latest snapshot.
+//!
+//! The log is replayed once, in version order, alongside the manifests in
+//! chain order: the cost is the log's length, once.
+
+// Reads bytes the API or a file supplies: no panic may be reachable from them.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
+
+use std::collections::{BTreeMap, HashSet};
+
+use super::findings::VerifyReport;
+use crate::audit::{DeltaCommit, Manifest};
+use crate::checkpoint::Checkpoint;
+use crate::delta::{Action, Table, TableKind};
+use crate::sinks::sha256_hex;
+use crate::storage::Storage;
+use crate::store::{RunFiles, project};
+
+/// Checks both tables of `storage` against `manifests` (the whole chain,
+/// in order).
+pub(super) fn check_delta(storage: &Storage, manifests: &[Manifest], report: &mut VerifyReport) {
+    let in_progress: HashSet<String> = Checkpoint::load(storage.as_ref())
+        .ok()
+        .and_then(|c| c.unsealed)
+        .into_iter()
+        .flatten()
+        .map(|c| c.run)
+        .collect();
+    for kind in TableKind::ALL {
+        let table = Table::new(storage.clone(), kind);
+        if let Err(reason) = check_table(&table, manifests, &in_progress, report) {
+            report.fail(format!("{}/_delta_log", kind.root()), reason);
+        }
+    }
+}
+
+/// A file of the table, as the log or the manifests hold it: its size.
+type Files = BTreeMap<String, u64>;
+
+/// The log of one table, replayed version by version.
+struct Replay<'a> {
+    table: &'a Table,
+    /// The next version to apply.
+    next: u64,
+    /// The files live after the versions applied.
+    live: Files,
+    /// Every version present, ascending.
+    versions: Vec<u64>,
+}
+
+/// Checks one table; an `Err` is a log that cannot be read at all.
+fn check_table(
+    table: &Table,
+    manifests: &[Manifest],
+    in_progress: &HashSet<String>,
+    report: &mut VerifyReport,
+) -> Result<(), String> {
+    let versions = table.versions().map_err(|e| e.to_string())?;
+    let name = table.kind().name();
+    let pinned = manifests.iter().any(|m| m.delta.contains_key(name));
+    if versions.is_empty() && !pinned {
+        return Ok(());
+    }
+    let mut replay = Replay::start(table, versions, report)?;
+    let mut expected = Files::new();
+    let mut listed = Files::new();
+    for m in manifests {
+        let entry = m.delta.get(name);
+        if let Some(reverted) = entry.and_then(|e| e.reverted.as_ref()) {
+            for commit in &reverted.commits {
+                replay.pinned(commit, None, report);
+            }
+            replay.pinned(&reverted.restore, None, report);
+            replay.compare(&expected, &reverted.restore, report);
+        }
+        let timestamp = 0;
+        if let Some(change) = project(&RunFiles::of(m), timestamp).remove(&table.kind()) {
+            for add in &change.adds {
+                listed.insert(add.path.clone(), add.size);
+                expected.insert(add.path.clone(), add.size);
+            }
+            for remove in &change.removes {
+                expected.remove(&remove.path);
+            }
+        }
+        if let Some(own) = entry.and_then(|e| e.commit()) {
+            replay.pinned(&own, Some(&listed), report);
+            replay.compare(&expected, &own, report);
+        }
+    }
+    replay.finish(&expected, in_progress, report);
+    Ok(())
+}
+
+impl<'a> Replay<'a> {
+    /// The replay from the oldest version kept: from nothing when version 0
+    /// is there, else from the newest checkpoint that the kept commits
+    /// follow without a gap.
+    fn start(
+        table: &'a Table,
+        versions: Vec<u64>,
+        report: &mut VerifyReport,
+    ) -> Result<Replay<'a>, String> {
+        let mut replay = Replay {
+            table,
+            next: 0,
+            live: Files::new(),
+            versions,
+        };
+        let first = replay.versions.first().copied().unwrap_or(0);
+        if first > 0 {
+            let checkpoints = table.checkpoints().map_err(|e| e.to_string())?;
+            let Some(base) = checkpoints.into_iter().rfind(|c| *c + 1 >= first) else {
+                report.fail(
+                    commit_path(table, first - 1),
+                    "missing: the log starts after it, and no checkpoint stands in for it",
+                );
+                return Ok(replay);
+            };
+            let snapshot = table
+                .snapshot(Some(base))
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("checkpoint {base} cannot be read"))?;
+            replay.live = snapshot
+                .files
+                .values()
+                .map(|a| (a.path.clone(), a.size))
+                .collect();
+            replay.next = base + 1;
+        }
+        for pair in replay.versions.windows(2) {
+            if let [a, b] = pair
+                && b - a > 1
+            {
+                report.fail(
+                    commit_path(table, a + 1),
+                    format!("missing: versions {a} and {b} are there, not the ones between"),
+                );
+            }
+        }
+        Ok(replay)
+    }
+
+    /// Applies the commit `pin` names, after failing every version before
+    /// it that no manifest pins. Its bytes must have the pinned digest;
+    /// with `listed`, every `add` must name a listed file with its size.
+    fn pinned(&mut self, pin: &DeltaCommit, listed: Option<&Files>, report: &mut VerifyReport) {
+        if pin.version < self.next {
+            // Before the oldest version kept (cleaned up): nothing to read.
+            return;
+        }
+        while self.next < pin.version {
+            if self.versions.binary_search(&self.next).is_ok() {
+                report.fail(
+                    commit_path(self.table, self.next),
+                    "no manifest accounts for this commit",
+                );
+                self.apply(self.next, report);
+            }
+            self.next += 1;
+        }
+        let path = commit_path(self.table, pin.version);
+        match self.table.read_commit(pin.version) {
+            Ok(Some((bytes, actions))) => {
+                if sha256_hex(&bytes) != pin.sha256 {
+                    report.fail(
+                        &path,
+                        "SHA-256 differs from the manifest that pins it: the commit was changed",
+                    );
+                }
+                self.apply_actions(&path, actions, listed, report);
+            }
+            Ok(None) => report.fail(&path, "missing: a manifest pins it"),
+            Err(e) => report.fail(&path, e.to_string()),
+        }
+        self.next = pin.version + 1;
+    }
+
+    /// Applies the actions of `version` to the live files.
+    fn apply(&mut self, version: u64, report: &mut VerifyReport) {
+        let path = commit_path(self.table, version);
+        match self.table.read_commit(version) {
+            Ok(Some((_, actions))) => self.apply_actions(&path, actions, None, report),
+            Ok(None) => {}
+            Err(e) => report.fail(&path, e.to_string()),
+        }
+    }
+
+    /// Applies `actions` (of the commit file `path`) to the live files;
+    /// with `listed`, checks each `add` against the files the manifests
+    /// list.
+    fn apply_actions(
+        &mut self,
+        path: &str,
+        actions: Vec<Action>,
+        listed: Option<&Files>,
+        report: &mut VerifyReport,
+    ) {
+        for action in actions {
+            match action {
+                Action::Add(add) => {
+                    if let Some(listed) = listed
+                        && listed.get(&add.path) != Some(&add.size)
+                    {
+                        report.fail(
+                            path,
+                            format!(
+                                "adds {}, which no sealed run lists with that size",
+                                add.path
+                            ),
+                        );
+                    }
+                    self.live.insert(add.path, add.size);
+                }
+                Action::Remove(remove) => {
+                    self.live.remove(&remove.path);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// After the commit `pin`: the live files must be `expected`.
+    fn compare(&self, expected: &Files, pin: &DeltaCommit, report: &mut VerifyReport) {
+        if pin.version + 1 < self.next || self.live == *expected {
+            return;
+        }
+        report.fail(
+            commit_path(self.table, pin.version),
+            describe_difference(&self.live, expected),
+        );
+    }
+
+    /// The versions after the last pinned one: those of a run in progress
+    /// or killed (`in_progress`) are noted, any other fails; the table
+    /// before them must hold exactly `expected`.
+    fn finish(
+        mut self,
+        expected: &Files,
+        in_progress: &HashSet<String>,
+        report: &mut VerifyReport,
+    ) {
+        if self.live != *expected {
+            report.fail(
+                format!("{}/_delta_log", self.table.kind().root()),
+                format!(
+                    "latest snapshot: {}",
+                    describe_difference(&self.live, expected)
+                ),
+            );
+        }
+        let rest: Vec<u64> = self
+            .versions
+            .iter()
+            .copied()
+            .filter(|v| *v >= self.next)
+            .collect();
+        for version in rest {
+            let path = commit_path(self.table, version);
+            let run = self
+                .table
+                .read_commit(version)
+                .ok()
+                .flatten()
+                .and_then(|(_, actions)| {
+                    actions.into_iter().find_map(|a| match a {
+                        Action::CommitInfo(info) => Some(info.run_id),
+                        _ => None,
+                    })
+                });
+            match run {
+                Some(run) if in_progress.contains(&run) => report.notes.push(format!(
+                    "{path} was committed by run {run}, which has not sealed; the next run reverts it"
+                )),
+                _ => report.fail(&path, "no manifest accounts for this commit"),
+            }
+            self.next = version + 1;
+        }
+    }
+}
+
+/// What differs between the table's files and the manifests'.
+fn describe_difference(live: &Files, expected: &Files) -> String {
+    let extra: Vec<&str> = live
+        .keys()
+        .filter(|p| !expected.contains_key(*p))
+        .map(String::as_str)
+        .collect();
+    let missing: Vec<&str> = expected
+        .keys()
+        .filter(|p| !live.contains_key(*p))
+        .map(String::as_str)
+        .collect();
+    let mut parts = Vec::new();
+    if !extra.is_empty() {
+        parts.push(format!(
+            "holds {} that no manifest lists ({})",
+            extra.len(),
+            sample(&extra)
+        ));
+    }
+    if !missing.is_empty() {
+        parts.push(format!(
+            "lacks {} that the manifests list ({})",
+            missing.len(),
+            sample(&missing)
+        ));
+    }
+    if parts.is_empty() {
+        parts.push("a file's size differs from the manifests'".to_owned());
+    }
+    format!("the table {}", parts.join(" and "))
+}
+
+/// The first few of `paths`.
+fn sample(paths: &[&str]) -> String {
+    let mut text = paths.iter().take(3).copied().collect::<Vec<_>>().join(", ");
+    if paths.len() > 3 {
+        text.push_str(", ...");
+    }
+    text
+}
+
+/// The key of the commit file of `version`.
+fn commit_path(table: &Table, version: u64) -> String {
+    table.commit_key(version)
+}
