@@ -148,3 +148,267 @@ pub enum Action {
     /// Any other action (`txn`, `cdc`, `domainMetadata`, ...), kept as read.
     Other(serde_json::Value),
 }
+
+/// Characters of a path kept as they are in `add.path`: the protocol stores
+/// paths as URI references, so everything else is percent-encoded.
+const PATH_ESCAPED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~')
+    .remove(b'/')
+    .remove(b'=');
+
+/// `add` as the log spells it.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AddWire {
+    path: String,
+    #[serde(default)]
+    partition_values: BTreeMap<String, Option<String>>,
+    size: u64,
+    modification_time: i64,
+    data_change: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    stats: Option<String>,
+}
+
+/// `remove` as the log spells it.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RemoveWire {
+    path: String,
+    #[serde(default)]
+    deletion_timestamp: Option<i64>,
+    data_change: bool,
+    #[serde(default)]
+    extended_file_metadata: Option<bool>,
+    #[serde(default)]
+    partition_values: Option<BTreeMap<String, Option<String>>>,
+    #[serde(default)]
+    size: Option<u64>,
+}
+
+/// `commitInfo` as this tool writes it; readers ignore what they do not
+/// know, and so does this one.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CommitInfoWire {
+    #[serde(default)]
+    timestamp: i64,
+    #[serde(default)]
+    operation: String,
+    #[serde(default)]
+    operation_parameters: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    engine_info: Option<String>,
+    /// The run that made the commit (a field of this tool's own).
+    #[serde(default)]
+    run_id: String,
+}
+
+/// The `stats` string of an `add`, parsed.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StatsWire {
+    #[serde(default)]
+    num_records: u64,
+    #[serde(default)]
+    min_values: BTreeMap<String, serde_json::Value>,
+    #[serde(default)]
+    max_values: BTreeMap<String, serde_json::Value>,
+    #[serde(default)]
+    null_count: BTreeMap<String, serde_json::Value>,
+}
+
+impl FileStats {
+    /// The `stats` JSON string of the protocol: `numRecords`, `minValues`,
+    /// `maxValues`, `nullCount` (a column with no non-null value has only
+    /// its null count).
+    pub fn to_json(&self) -> String {
+        let mut wire = StatsWire {
+            num_records: self.num_records,
+            ..StatsWire::default()
+        };
+        for (name, column) in &self.columns {
+            if !column.min.is_null() {
+                wire.min_values.insert(name.clone(), column.min.clone());
+            }
+            if !column.max.is_null() {
+                wire.max_values.insert(name.clone(), column.max.clone());
+            }
+            wire.null_count
+                .insert(name.clone(), serde_json::Value::from(column.null_count));
+        }
+        serde_json::to_string(&wire).unwrap_or_default()
+    }
+
+    /// Reads a `stats` string; `None` when it is not one this tool can use
+    /// (statistics only ever help skipping, so they are never an error).
+    pub fn from_json(text: &str) -> Option<FileStats> {
+        let wire: StatsWire = serde_json::from_str(text).ok()?;
+        let mut columns: BTreeMap<String, ColumnStats> = BTreeMap::new();
+        for (name, count) in wire.null_count {
+            columns.entry(name).or_default().null_count = count.as_u64().unwrap_or(0);
+        }
+        for (name, value) in wire.min_values {
+            columns.entry(name).or_default().min = value;
+        }
+        for (name, value) in wire.max_values {
+            columns.entry(name).or_default().max = value;
+        }
+        Some(FileStats {
+            num_records: wire.num_records,
+            columns,
+        })
+    }
+}
+
+fn partition_values(date: &str) -> BTreeMap<String, Option<String>> {
+    BTreeMap::from([("date".to_owned(), Some(date.to_owned()))])
+}
+
+fn date_of(values: &BTreeMap<String, Option<String>>) -> String {
+    values.get("date").cloned().flatten().unwrap_or_default()
+}
+
+/// A path as the log stores it (a URI reference).
+pub(crate) fn encode_path(path: &str) -> String {
+    percent_encoding::utf8_percent_encode(path, PATH_ESCAPED).to_string()
+}
+
+/// A path of the log as a key relative to the table root.
+pub(crate) fn decode_path(path: &str) -> String {
+    percent_encoding::percent_decode_str(path)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+impl Add {
+    /// The `remove` that takes this file out at `deletion_timestamp`.
+    pub fn to_remove(&self, deletion_timestamp: i64, data_change: bool) -> Remove {
+        Remove {
+            path: self.path.clone(),
+            date: self.date.clone(),
+            size: self.size,
+            deletion_timestamp,
+            data_change,
+        }
+    }
+}
+
+impl Remove {
+    /// The `add` that puts this file back (without statistics: a remove
+    /// does not carry them).
+    pub fn to_add(&self, modification_time: i64, data_change: bool) -> Add {
+        Add {
+            path: self.path.clone(),
+            date: self.date.clone(),
+            size: self.size,
+            modification_time,
+            data_change,
+            stats: None,
+        }
+    }
+}
+
+impl Action {
+    /// The action as one line of a commit file (no newline).
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::json;
+        match self {
+            Action::Add(add) => json!({ "add": AddWire {
+                path: encode_path(&add.path),
+                partition_values: partition_values(&add.date),
+                size: add.size,
+                modification_time: add.modification_time,
+                data_change: add.data_change,
+                stats: add.stats.as_ref().map(FileStats::to_json),
+            }}),
+            Action::Remove(remove) => json!({ "remove": RemoveWire {
+                path: encode_path(&remove.path),
+                deletion_timestamp: Some(remove.deletion_timestamp),
+                data_change: remove.data_change,
+                extended_file_metadata: Some(true),
+                partition_values: Some(partition_values(&remove.date)),
+                size: Some(remove.size),
+            }}),
+            Action::CommitInfo(info) => json!({ "commitInfo": commit_info_wire(info) }),
+            Action::Protocol(protocol) => json!({ "protocol": protocol }),
+            Action::Metadata(metadata) => json!({ "metaData": metadata }),
+            Action::Other(value) => value.clone(),
+        }
+    }
+
+    /// Reads one line of a commit file. `Err` holds what is wrong (the
+    /// shape, never a value).
+    pub fn parse(line: &[u8]) -> std::result::Result<Action, String> {
+        let object: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(line)
+            .map_err(|e| crate::error::json_error_category(&e).to_owned())?;
+        let mut entries = object.into_iter();
+        let Some((name, body)) = entries.next() else {
+            return Err("an empty action".to_owned());
+        };
+        if entries.next().is_some() {
+            return Err("an action line with more than one action".to_owned());
+        }
+        let shape =
+            |e: serde_json::Error| format!("{name}: {}", crate::error::json_error_category(&e));
+        Ok(match name.as_str() {
+            "add" => Action::Add(add_from(serde_json::from_value(body).map_err(shape)?)),
+            "remove" => Action::Remove(remove_from(serde_json::from_value(body).map_err(shape)?)),
+            "commitInfo" => {
+                let wire: CommitInfoWire = serde_json::from_value(body).map_err(shape)?;
+                Action::CommitInfo(CommitInfo {
+                    run_id: wire.run_id,
+                    operation: wire.operation,
+                    timestamp: wire.timestamp,
+                })
+            }
+            "protocol" => Action::Protocol(serde_json::from_value(body).map_err(shape)?),
+            "metaData" => Action::Metadata(serde_json::from_value(body).map_err(shape)?),
+            _ => Action::Other(serde_json::Value::Object(serde_json::Map::from_iter([(
+                name, body,
+            )]))),
+        })
+    }
+}
+
+fn commit_info_wire(info: &CommitInfo) -> CommitInfoWire {
+    let mut parameters = BTreeMap::new();
+    if info.operation == "WRITE" {
+        parameters.insert("mode".to_owned(), "Append".to_owned());
+    }
+    CommitInfoWire {
+        timestamp: info.timestamp,
+        operation: info.operation.clone(),
+        operation_parameters: parameters,
+        engine_info: Some(concat!("xquik-dm/", env!("CARGO_PKG_VERSION")).to_owned()),
+        run_id: info.run_id.clone(),
+    }
+}
+
+fn add_from(wire: AddWire) -> Add {
+    Add {
+        path: decode_path(&wire.path),
+        date: date_of(&wire.partition_values),
+        size: wire.size,
+        modification_time: wire.modification_time,
+        data_change: wire.data_change,
+        stats: wire.stats.as_deref().and_then(FileStats::from_json),
+    }
+}
+
+fn remove_from(wire: RemoveWire) -> Remove {
+    Remove {
+        path: decode_path(&wire.path),
+        date: wire
+            .partition_values
+            .as_ref()
+            .map(date_of)
+            .unwrap_or_default(),
+        size: wire.size.unwrap_or(0),
+        deletion_timestamp: wire.deletion_timestamp.unwrap_or(0),
+        data_change: wire.data_change,
+    }
+}

@@ -1,0 +1,204 @@
+//! Reading a classic checkpoint back into actions: `add`, `remove`,
+//! `metaData` and `protocol` rows (other columns, such as `txn`, are not
+//! needed for a snapshot and are skipped). A file that is not a readable
+//! checkpoint is an error naming it.
+
+use std::collections::BTreeMap;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Int32Type, Int64Type};
+use arrow_array::{Array, MapArray, RecordBatch, StructArray};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+use crate::delta::actions::{Action, Add, FileStats, Format, Metadata, Protocol, Remove};
+use crate::delta::log::Log;
+use crate::error::Result;
+
+/// A typed view on one struct column of a checkpoint batch.
+struct Column<'a> {
+    array: &'a StructArray,
+}
+
+impl<'a> Column<'a> {
+    fn of(batch: &'a RecordBatch, name: &str) -> Option<Column<'a>> {
+        batch
+            .column_by_name(name)?
+            .as_struct_opt()
+            .map(|array| Column { array })
+    }
+
+    fn valid(&self, row: usize) -> bool {
+        self.array.is_valid(row)
+    }
+
+    fn child(&self, name: &str) -> Option<&'a dyn Array> {
+        self.array.column_by_name(name).map(|a| a.as_ref())
+    }
+
+    fn string(&self, name: &str, row: usize) -> Option<String> {
+        let strings = self.child(name)?.as_string_opt::<i32>()?;
+        strings.is_valid(row).then(|| strings.value(row).to_owned())
+    }
+
+    fn int64(&self, name: &str, row: usize) -> Option<i64> {
+        let ints = self.child(name)?.as_primitive_opt::<Int64Type>()?;
+        ints.is_valid(row).then(|| ints.value(row))
+    }
+
+    fn int32(&self, name: &str, row: usize) -> Option<i32> {
+        let ints = self.child(name)?.as_primitive_opt::<Int32Type>()?;
+        ints.is_valid(row).then(|| ints.value(row))
+    }
+
+    fn boolean(&self, name: &str, row: usize) -> Option<bool> {
+        let bools = self.child(name)?.as_boolean_opt()?;
+        bools.is_valid(row).then(|| bools.value(row))
+    }
+
+    fn map(&self, name: &str, row: usize) -> BTreeMap<String, String> {
+        let Some(map) = self.child(name).and_then(|a| a.as_map_opt()) else {
+            return BTreeMap::new();
+        };
+        map_row(map, row)
+    }
+
+    fn strings(&self, name: &str, row: usize) -> Vec<String> {
+        let Some(list) = self.child(name).and_then(|a| a.as_list_opt::<i32>()) else {
+            return Vec::new();
+        };
+        if !list.is_valid(row) {
+            return Vec::new();
+        }
+        let values = list.value(row);
+        let Some(strings) = values.as_string_opt::<i32>() else {
+            return Vec::new();
+        };
+        strings.iter().flatten().map(str::to_owned).collect()
+    }
+
+    fn nested(&self, name: &str) -> Option<Column<'a>> {
+        self.child(name)?
+            .as_struct_opt()
+            .map(|array| Column { array })
+    }
+}
+
+fn map_row(map: &MapArray, row: usize) -> BTreeMap<String, String> {
+    if !map.is_valid(row) {
+        return BTreeMap::new();
+    }
+    let entries = map.value(row);
+    let (Some(keys), Some(values)) = (
+        entries.column(0).as_string_opt::<i32>(),
+        entries.column(1).as_string_opt::<i32>(),
+    ) else {
+        return BTreeMap::new();
+    };
+    (0..entries.len())
+        .filter(|&i| values.is_valid(i))
+        .map(|i| (keys.value(i).to_owned(), values.value(i).to_owned()))
+        .collect()
+}
+
+fn add_at(add: &Column<'_>, row: usize) -> Option<Add> {
+    Some(Add {
+        path: crate::delta::actions::decode_path(&add.string("path", row)?),
+        date: add
+            .map("partitionValues", row)
+            .remove("date")
+            .unwrap_or_default(),
+        size: u64::try_from(add.int64("size", row)?).ok()?,
+        modification_time: add.int64("modificationTime", row)?,
+        data_change: add.boolean("dataChange", row)?,
+        stats: add
+            .string("stats", row)
+            .as_deref()
+            .and_then(FileStats::from_json),
+    })
+}
+
+fn remove_at(remove: &Column<'_>, row: usize) -> Option<Remove> {
+    Some(Remove {
+        path: crate::delta::actions::decode_path(&remove.string("path", row)?),
+        date: remove
+            .map("partitionValues", row)
+            .remove("date")
+            .unwrap_or_default(),
+        size: remove
+            .int64("size", row)
+            .and_then(|s| u64::try_from(s).ok())
+            .unwrap_or(0),
+        deletion_timestamp: remove.int64("deletionTimestamp", row).unwrap_or(0),
+        data_change: remove.boolean("dataChange", row).unwrap_or(false),
+    })
+}
+
+fn metadata_at(meta: &Column<'_>, row: usize) -> Option<Metadata> {
+    let format = meta.nested("format");
+    Some(Metadata {
+        id: meta.string("id", row)?,
+        format: Format {
+            provider: format
+                .as_ref()
+                .and_then(|f| f.string("provider", row))
+                .unwrap_or_else(|| "parquet".to_owned()),
+            options: format.map(|f| f.map("options", row)).unwrap_or_default(),
+        },
+        schema_string: meta.string("schemaString", row)?,
+        partition_columns: meta.strings("partitionColumns", row),
+        configuration: meta.map("configuration", row),
+        created_time: meta.int64("createdTime", row),
+    })
+}
+
+fn protocol_at(protocol: &Column<'_>, row: usize) -> Option<Protocol> {
+    Some(Protocol {
+        min_reader_version: protocol.int32("minReaderVersion", row)?,
+        min_writer_version: protocol.int32("minWriterVersion", row)?,
+    })
+}
+
+/// The actions of one batch; `Err` names the row that is malformed.
+fn batch_actions(batch: &RecordBatch, actions: &mut Vec<Action>) -> Result<(), String> {
+    let add = Column::of(batch, "add");
+    let remove = Column::of(batch, "remove");
+    let meta = Column::of(batch, "metaData");
+    let protocol = Column::of(batch, "protocol");
+    let bad = |what: &str, row: usize| format!("row {row}: a malformed {what} action");
+    for row in 0..batch.num_rows() {
+        if let Some(c) = add.as_ref().filter(|c| c.valid(row)) {
+            actions.push(Action::Add(add_at(c, row).ok_or_else(|| bad("add", row))?));
+        } else if let Some(c) = remove.as_ref().filter(|c| c.valid(row)) {
+            actions.push(Action::Remove(
+                remove_at(c, row).ok_or_else(|| bad("remove", row))?,
+            ));
+        } else if let Some(c) = meta.as_ref().filter(|c| c.valid(row)) {
+            actions.push(Action::Metadata(
+                metadata_at(c, row).ok_or_else(|| bad("metaData", row))?,
+            ));
+        } else if let Some(c) = protocol.as_ref().filter(|c| c.valid(row)) {
+            actions.push(Action::Protocol(
+                protocol_at(c, row).ok_or_else(|| bad("protocol", row))?,
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The actions of the checkpoint of `version`.
+pub(crate) fn read(log: &Log, version: u64) -> Result<Vec<Action>> {
+    let key = log.checkpoint_key(version);
+    let Some(stored) = log.storage.get(&key)? else {
+        return Err(log.corrupt(&key, "missing, though the log names this checkpoint"));
+    };
+    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(stored.bytes))
+        .and_then(|builder| builder.build())
+        .map_err(|e| log.corrupt(&key, format!("not a readable Parquet checkpoint ({e})")))?;
+    let mut actions = Vec::new();
+    for batch in reader {
+        let batch = batch
+            .map_err(|e| log.corrupt(&key, format!("not a readable Parquet checkpoint ({e})")))?;
+        batch_actions(&batch, &mut actions).map_err(|reason| log.corrupt(&key, reason))?;
+    }
+    Ok(actions)
+}
