@@ -78,6 +78,12 @@ pub struct Checkpoint {
     /// Where compaction stands.
     #[serde(default, skip_serializing_if = "CompactionState::is_empty")]
     pub compaction: CompactionState,
+    /// Whether the Delta tables hold every file the sealed runs list: set
+    /// by the first run sealed with the tables, which converts an output
+    /// written before them (reading every manifest once), so that no later
+    /// run looks at the chain for a table that does not exist yet.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub delta_converted: bool,
     /// How it was read: `None` when there was none, else the version (if
     /// the storage has versions) the next save must still find.
     #[serde(skip)]

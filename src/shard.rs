@@ -7,7 +7,10 @@
 //! job, whatever order they list the conversations in, split the work with
 //! no overlap. Shard K of a prefix is an output root of its own,
 //! `<prefix>/shard=K/`, with its own state and audit chain; all shards form
-//! one dataset (`<prefix>/*/parquet/messages/*/*.parquet`). The prefix's
+//! one dataset (`<prefix>/*/parquet/messages/date=*/*.parquet`), and each
+//! shard's two Delta tables are its own (`<prefix>/shard=K/parquet/messages`):
+//! a table per prefix would put every shard's files under one root that
+//! no shard's repair, compaction or `verify` could account for alone. The prefix's
 //! `shards.json` records N, so that a run with another N (or none) is
 //! refused instead of splitting the same conversations differently.
 

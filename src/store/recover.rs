@@ -151,6 +151,9 @@ fn revert_delta(
     // long ago (which the chain's tail, read from the checkpoint on, may
     // not hold) ends the walk back through the log.
     match killed {
+        // No run was killed: nothing to look for (a run that sealed has
+        // its commits in the chain).
+        Some([]) => Ok(BTreeMap::new()),
         Some(claims) => {
             let runs: HashSet<&str> = claims.iter().map(|c| c.run.as_str()).collect();
             tables::revert_killed(storage, &|run| runs.contains(run), run_id)

@@ -123,7 +123,7 @@ impl Store {
                 files: &files,
                 compaction: self.compaction.as_ref(),
             },
-            previous.is_some(),
+            previous.is_some() && !self.checkpoint.delta_converted,
             std::mem::take(&mut self.delta_reverted),
         )?;
         let run = Run {
@@ -261,6 +261,7 @@ fn follow_seal(
     };
     // The manifest lists them now; nothing is left to clean up after.
     checkpoint.parquet.files.clear();
+    checkpoint.delta_converted = true;
     checkpoint.parquet.listed_before = coverage.parquet_files;
     checkpoint.unsealed = Some(Vec::new());
     if let Some(compaction) = compaction {

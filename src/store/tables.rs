@@ -148,14 +148,14 @@ fn stats_of(file: &WrittenFile) -> FileStats {
 
 /// Commits `run`'s change to each table it touches, one commit per table,
 /// and returns what its manifest pins, merged with the commits `reverted`
-/// when it opened. A table with no log yet in an output that has sealed
-/// runs (`sealed_before`) is converted in the same commit: it also adds
-/// every file the sealed manifests list, so that its first version holds
-/// everything the chain does.
+/// when it opened. With `converting` (an output with sealed runs that no run
+/// sealed with the tables yet), a table with no log is converted in the
+/// same commit: it also adds every file the sealed manifests list, so that
+/// its first version holds everything the chain does.
 pub(super) fn commit_run(
     storage: &Storage,
     run: &RunFiles<'_>,
-    sealed_before: bool,
+    converting: bool,
     reverted: BTreeMap<TableKind, DeltaRevert>,
 ) -> Result<BTreeMap<String, DeltaEntry>> {
     let timestamp = chrono::Utc::now().timestamp_millis();
@@ -175,7 +175,7 @@ pub(super) fn commit_run(
     for kind in TableKind::ALL {
         let table = Table::new(storage.clone(), kind);
         let mut change = changes.remove(&kind);
-        if sealed_before && table.latest_version()?.is_none() {
+        if converting && table.latest_version()?.is_none() {
             let listed = match &mut earlier {
                 Some(listed) => listed,
                 None => earlier.insert(listed_by_chain(storage.as_ref())?),

@@ -716,7 +716,7 @@ async fn a_job_files_signing_key_signs_its_runs() {
 /// A backend that fails the chain append, as a run killed just before it:
 /// everything before it (signature, checksum file, manifest) is durable.
 #[derive(Debug)]
-struct KillAtChain(Storage);
+pub(crate) struct KillAtChain(pub(crate) Storage);
 
 impl Backend for KillAtChain {
     fn location(&self) -> Location {
