@@ -59,7 +59,7 @@ fn verify_ok(out: &Path) {
 fn read_messages(out: &Path) -> Value {
     let script = r#"
 import json, sys
-import polars as pl
+import polars as pl, pyarrow
 from deltalake import DeltaTable
 path = sys.argv[1] + "/parquet/messages"
 dt = DeltaTable(path)
@@ -74,7 +74,7 @@ def rows(records):
     return sorted(out, key=lambda r: (r["conversation_user_id"], r["message_id"]))
 history = [{"version": h.get("version"), "operation": h.get("operation"), "run": h.get("runId")}
            for h in dt.history()]
-adds = dt.get_add_actions(flatten=True).to_pylist()
+adds = pyarrow.table(dt.get_add_actions(flatten=True)).to_pylist()
 print(json.dumps({
     "version": dt.version(),
     "types": {f.name: str(f.type) for f in table.schema},
@@ -244,19 +244,22 @@ fn a_filter_on_created_at_skips_files_by_their_statistics() {
     runs_through_the_library(out, 8, 50);
     let script = r#"
 import json, sys
-import pyarrow.dataset as ds, pyarrow.compute as pc
+import pyarrow, pyarrow.dataset as ds, pyarrow.compute as pc
 from deltalake import DeltaTable
 dt = DeltaTable(sys.argv[1] + "/parquet/messages")
-adds = dt.get_add_actions(flatten=True).to_pylist()
+adds = pyarrow.table(dt.get_add_actions(flatten=True)).to_pylist()
 cut = sorted(a["max.created_at"] for a in adds)[1]
 dataset = dt.to_pyarrow_dataset()
 everything = len(list(dataset.get_fragments()))
-expr = ds.field("created_at") > pc.scalar(cut)
+cut = pyarrow.scalar(cut, type=pyarrow.timestamp("us", tz="UTC"))
+expr = ds.field("created_at") > cut
 matching = len(list(dataset.get_fragments(filter=expr)))
 rows = dataset.to_table(filter=expr).num_rows
-rows_all = dataset.to_table().filter(pc.greater(dataset.to_table()["created_at"], pc.scalar(cut))).num_rows
+table = dataset.to_table()
+rows_all = table.filter(pc.greater(table["created_at"], cut)).num_rows
 print(json.dumps({"files": everything, "read": matching, "rows": rows, "expected": rows_all,
-                  "stats": sorted(k for k in adds[0] if k.startswith(("min.", "max.", "null_count.")))}))
+                  "stats": sorted(k for k, v in adds[0].items()
+                                 if k.startswith(("min.", "max.", "null_count.")) and v is not None)}))
 "#;
     let out: Value =
         serde_json::from_str(&run_python(python_with(READERS), script, &[out])).unwrap();
@@ -266,7 +269,8 @@ print(json.dumps({"files": everything, "read": matching, "rows": rows, "expected
         "no file was skipped: {out}"
     );
     assert_eq!(out["rows"], out["expected"]);
-    // Statistics for the ID and time columns, never the body.
+    // Statistics for the ID and time columns, never the body (delta-rs
+    // names every column; those without statistics are null).
     let stats: Vec<&str> = out["stats"]
         .as_array()
         .unwrap()
@@ -293,6 +297,9 @@ import hashlib, sys
 from deltalake import DeltaTable
 out = []
 for table in ["messages", "sends"]:
+    if not DeltaTable.is_deltatable(f"{sys.argv[1]}/parquet/{table}"):
+        out.append(f"{table}: no table")
+        continue
     rows = sorted(map(repr, DeltaTable(f"{sys.argv[1]}/parquet/{table}").to_pyarrow_table().drop_columns(["date"]).to_pylist()))
     out.append(f"{table}: {len(rows)} rows, {len(set(rows))} distinct, {hashlib.sha256(repr(rows).encode()).hexdigest()}")
 print("\n".join(out))
@@ -364,13 +371,9 @@ fn assert_consistent(out: &Path) {
 import sys
 from deltalake import DeltaTable
 for table in ["messages", "sends"]:
-    try:
-        dt = DeltaTable(f"{sys.argv[1]}/parquet/{table}")
-    except Exception as e:
-        if "no log files" in str(e).lower() or "not a delta table" in str(e).lower():
-            continue
-        raise
-    dt.to_pyarrow_table()
+    path = f"{sys.argv[1]}/parquet/{table}"
+    if DeltaTable.is_deltatable(path):
+        DeltaTable(path).to_pyarrow_table()
 print("ok")
 "#;
     assert_eq!(
