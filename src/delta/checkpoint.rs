@@ -300,7 +300,7 @@ pub(crate) fn encode(actions: &[Action]) -> Result<Vec<u8>> {
 pub(crate) fn write(log: &Log, version: u64, actions: &[Action]) -> Result<u64> {
     let bytes = encode(actions)?;
     let key = log.checkpoint_key(version);
-    match log.storage.put_new(&key, &bytes) {
+    match log.put_new(&key, &bytes) {
         Ok(()) => Ok(bytes.len() as u64),
         Err(Error::Conflict { .. } | Error::Corrupt { .. }) if log.has_checkpoint(version)? => {
             Ok(bytes.len() as u64)

@@ -161,14 +161,27 @@ fn check_winner(log: &Log, change: &Change, version: u64) -> Result<()> {
 /// Writes `change` at the next free version (see the module doc).
 pub(crate) fn commit(log: &Log, kind: TableKind, change: &Change, now: i64) -> Result<Committed> {
     let hint = log.last_checkpoint()?;
-    let mut version = log.latest_after(hint.as_ref())?.map_or(0, |v| v + 1);
+    let version = log.latest_after(hint.as_ref())?.map_or(0, |v| v + 1);
+    commit_from(log, kind, change, version, hint.as_ref(), now)
+}
+
+/// Writes `change` at `version` or, when other writers took it since the
+/// log was read, at the first free version after it.
+pub(crate) fn commit_from(
+    log: &Log,
+    kind: TableKind,
+    change: &Change,
+    mut version: u64,
+    hint: Option<&LastCheckpoint>,
+    now: i64,
+) -> Result<Committed> {
     for _ in 0..MAX_ATTEMPTS {
         let bytes = encode(kind, change, version, now);
         let key = log.commit_key(version);
-        match log.storage.put_new(&key, &bytes) {
+        match log.put_new(&key, &bytes) {
             Ok(()) => {
                 let sha256 = hex::encode(Sha256::digest(&bytes));
-                after_commit(log, version, hint.as_ref(), now);
+                after_commit(log, version, hint, now);
                 return Ok(Committed { version, sha256 });
             }
             // A folder reports a taken name as corrupt, a bucket as a

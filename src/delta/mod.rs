@@ -114,3 +114,6 @@ impl Table {
         commit::checkpoint_and_clean(&self.log, version, now)
     }
 }
+
+#[cfg(test)]
+mod tests;
