@@ -36,7 +36,8 @@ fn row(run: u64, i: u64) -> HistoryRow {
         account: "acme".into(),
         sender_id: "42".into(),
         receiver_id: "7".into(),
-        created_at: (i % 7 != 6).then_some(DEC_1 + run as i64 * HOUR + i as i64 * 1_000_000),
+        created_at: (!(i + 1).is_multiple_of(7))
+            .then_some(DEC_1 + run as i64 * HOUR + i as i64 * 1_000_000),
         message_text: Some(format!("body {run}/{i} ünï")),
         media_url: None,
     }
@@ -75,7 +76,7 @@ fn add_of(out: &Path, key: &str, rows: u64, size: u64) -> Add {
 /// One run: `rows` messages into files of `per_file` rows, committed as one
 /// Delta commit. Returns the version.
 fn run(storage: &Storage, out: &Path, run: u64, rows: u64, per_file: u64, at: i64) -> u64 {
-    let date = if run % 2 == 0 {
+    let date = if run.is_multiple_of(2) {
         "2026-12-01"
     } else {
         "2026-12-02"
@@ -340,4 +341,105 @@ fn past_a_hundred_versions_readers_load_the_checkpoint() {
     assert_eq!(seen["at_102"], 102 * 3);
     // Runs from day 4 on (r >= 4): statistics survive the checkpoint.
     assert_eq!(seen["fragments_late"], 100, "{seen}");
+}
+
+/// A `python3` that imports DuckDB with its delta extension: DuckDB's
+/// extensions are built for one DuckDB version, so this pairs the
+/// extension package from PyPI with its DuckDB in a folder of their own
+/// (other tests use the newest DuckDB). Returns the command and the
+/// extension directory to point DuckDB at.
+fn duckdb_with_delta() -> (std::process::Command, std::path::PathBuf) {
+    const PACKAGES: &[&str] = &["duckdb==1.4.4", "duckdb-ext-delta==1.4.4.20260205"];
+    let target = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("pydeps-duckdb-delta");
+    let extensions = target.join("duckdb_ext/extensions");
+    if !extensions.is_dir() {
+        let status = std::process::Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--target",
+            ])
+            .arg(&target)
+            .args(PACKAGES)
+            .status()
+            .expect("python3 is needed for these tests");
+        assert!(status.success(), "pip could not install {PACKAGES:?}");
+    }
+    let mut cmd = std::process::Command::new("python3");
+    cmd.env("PYTHONPATH", &target);
+    (cmd, extensions)
+}
+
+const DUCKDB_SCRIPT: &str = r#"
+import sys, json, duckdb
+table, extensions = sys.argv[1], sys.argv[2]
+con = duckdb.connect()
+con.execute(f"SET extension_directory = '{extensions}'")
+con.execute("LOAD delta")
+rows = con.execute("SELECT count(*), count(DISTINCT message_id), min(date) FROM delta_scan(?)", [table]).fetchone()
+late = con.execute("SELECT count(*) FROM delta_scan(?) WHERE created_at >= TIMESTAMPTZ '2026-12-05 00:00:00+00'", [table]).fetchone()
+print(json.dumps({"rows": rows[0], "ids": rows[1], "min_date": rows[2], "late": late[0]}))
+"#;
+
+#[test]
+fn duckdb_delta_scan_reads_the_table_through_its_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path();
+    long_table(out, 105, 101);
+    let (python, extensions) = duckdb_with_delta();
+    let seen = run_python(
+        python,
+        DUCKDB_SCRIPT,
+        &[&out.join("parquet/messages"), &extensions],
+    );
+    let seen: Value = serde_json::from_str(seen.trim()).unwrap();
+    assert_eq!(seen["rows"], 104 * 3);
+    assert_eq!(seen["ids"], 104 * 3);
+    assert_eq!(seen["min_date"], "2026-12-01");
+    // Runs 4 to 104 but the compaction at 50, three rows each.
+    assert_eq!(seen["late"], 100 * 3);
+}
+
+#[test]
+fn a_checkpoint_written_by_delta_rs_reads_back_as_the_same_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path();
+    let storage = long_table(out, 53, 0);
+    let table = Table::new(storage, TableKind::Messages);
+    let ours = table.snapshot(None).unwrap().unwrap();
+    assert_eq!(ours.version, 52);
+    let script = r#"
+import sys, deltalake
+deltalake.DeltaTable(sys.argv[1]).create_checkpoint()
+"#;
+    run_python(
+        python_with(READERS),
+        script,
+        &[&out.join("parquet/messages")],
+    );
+    assert_eq!(table.checkpoints().unwrap(), [52]);
+    // Replay now starts at delta-rs's checkpoint: the same files, the same
+    // statistics, the same protocol and schema.
+    for v in 0..52 {
+        std::fs::remove_file(out.join(table.commit_key(v))).unwrap();
+    }
+    let theirs = table.snapshot(None).unwrap().unwrap();
+    assert_eq!(theirs.version, 52);
+    assert_eq!(theirs.files, ours.files);
+    assert_eq!(theirs.protocol, ours.protocol);
+    assert_eq!(theirs.metadata.schema_string, ours.metadata.schema_string);
+    assert_eq!(theirs.metadata.partition_columns, ["date"]);
+    assert_eq!(
+        theirs.removed.keys().collect::<Vec<_>>(),
+        ours.removed.keys().collect::<Vec<_>>()
+    );
+    // And this module commits on top of it.
+    run_at_day(table.storage(), out, 53, now());
+    assert_eq!(
+        table.snapshot(None).unwrap().unwrap().files.len(),
+        ours.files.len() + 1
+    );
 }
