@@ -5,7 +5,6 @@
 //! extension from PyPI's `duckdb-ext-delta`), all installed from PyPI into
 //! the test target folder on first use.
 
-use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -45,8 +44,9 @@ fn row(run: u64, i: u64) -> HistoryRow {
 
 /// The `add` of a data file the sink wrote, with statistics gathered from
 /// its rows as read back.
-fn add_of(out: &Path, key: &str, rows: u64, size: u64) -> Add {
-    let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(out.join(key)).unwrap())
+fn add_of(storage: &Storage, key: &str, rows: u64, size: u64) -> Add {
+    let bytes = storage.get(key).unwrap().unwrap().bytes;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes))
         .unwrap()
         .build()
         .unwrap();
@@ -75,7 +75,7 @@ fn add_of(out: &Path, key: &str, rows: u64, size: u64) -> Add {
 
 /// One run: `rows` messages into files of `per_file` rows, committed as one
 /// Delta commit. Returns the version.
-fn run(storage: &Storage, out: &Path, run: u64, rows: u64, per_file: u64, at: i64) -> u64 {
+fn run(storage: &Storage, run: u64, rows: u64, per_file: u64, at: i64) -> u64 {
     let date = if run.is_multiple_of(2) {
         "2026-12-01"
     } else {
@@ -89,11 +89,11 @@ fn run(storage: &Storage, out: &Path, run: u64, rows: u64, per_file: u64, at: i6
         sink.push(&row(run, i)).unwrap();
         if sink.is_full() {
             let f = sink.close().unwrap().unwrap();
-            adds.push(add_of(out, &f.path, f.rows, f.bytes));
+            adds.push(add_of(storage, &f.path, f.rows, f.bytes));
         }
     }
     if let Some(f) = sink.close().unwrap() {
-        adds.push(add_of(out, &f.path, f.rows, f.bytes));
+        adds.push(add_of(storage, &f.path, f.rows, f.bytes));
     }
     let change = Change {
         info: CommitInfo {
@@ -149,7 +149,7 @@ fn delta_rs_and_polars_read_the_table_its_history_and_versions() {
     let mut cumulative = Vec::new();
     let mut total = 0;
     for r in 0..5 {
-        let version = run(&storage, out, r, 25, 10, now());
+        let version = run(&storage, r, 25, 10, now());
         assert_eq!(version, r);
         total += 25;
         cumulative.push(total);
@@ -234,19 +234,24 @@ print(json.dumps(out))
 /// ago, and a compaction at version 50 that merges runs 0 and 1.
 fn long_table(out: &Path, runs: u64, old: u64) -> Storage {
     let storage: Storage = Arc::new(LocalDir::new(out));
+    long_table_in(&storage, runs, old);
+    storage
+}
+
+/// [`long_table`] in any output root.
+fn long_table_in(storage: &Storage, runs: u64, old: u64) {
     let forty_days_ago = now() - 40 * 86_400_000;
     for r in 0..runs {
         let at = if r < old { forty_days_ago } else { now() };
         if r == 50 {
-            compact_first_two(&storage, out, at);
+            compact_first_two(storage, at);
             continue;
         }
-        run_at_day(&storage, out, r, at);
+        run_at_day(storage, r, at);
     }
-    storage
 }
 
-fn run_at_day(storage: &Storage, out: &Path, r: u64, at: i64) {
+fn run_at_day(storage: &Storage, r: u64, at: i64) {
     let run_id = format!("r{r:04}");
     let mut sink = ParquetSink::<MessageColumns>::new(storage, "2026-12-01", &run_id);
     for i in 0..3 {
@@ -261,7 +266,7 @@ fn run_at_day(storage: &Storage, out: &Path, r: u64, at: i64) {
             operation: "WRITE".into(),
             timestamp: at,
         },
-        adds: vec![add_of(out, &f.path, f.rows, f.bytes)],
+        adds: vec![add_of(storage, &f.path, f.rows, f.bytes)],
         removes: Vec::new(),
     };
     Table::new(storage.clone(), TableKind::Messages)
@@ -270,7 +275,7 @@ fn run_at_day(storage: &Storage, out: &Path, r: u64, at: i64) {
 }
 
 /// One commit: the files of runs 0 and 1 out, one merged file in.
-fn compact_first_two(storage: &Storage, out: &Path, at: i64) {
+fn compact_first_two(storage: &Storage, at: i64) {
     let table = Table::new(storage.clone(), TableKind::Messages);
     let before = table.snapshot(None).unwrap().unwrap();
     let inputs: Vec<&Add> = before
@@ -281,8 +286,9 @@ fn compact_first_two(storage: &Storage, out: &Path, at: i64) {
     assert_eq!(inputs.len(), 2);
     let mut sink = ParquetSink::<MessageColumns>::new(storage, "2026-12-01", "c0050");
     for input in &inputs {
-        let file = File::open(out.join("parquet/messages").join(&input.path)).unwrap();
-        for batch in ParquetRecordBatchReaderBuilder::try_new(file)
+        let key = format!("parquet/messages/{}", input.path);
+        let bytes = bytes::Bytes::from(storage.get(&key).unwrap().unwrap().bytes);
+        for batch in ParquetRecordBatchReaderBuilder::try_new(bytes)
             .unwrap()
             .build()
             .unwrap()
@@ -299,7 +305,7 @@ fn compact_first_two(storage: &Storage, out: &Path, at: i64) {
         },
         adds: vec![Add {
             data_change: false,
-            ..add_of(out, &f.path, f.rows, f.bytes)
+            ..add_of(storage, &f.path, f.rows, f.bytes)
         }],
         removes: inputs.iter().map(|a| a.to_remove(at, false)).collect(),
     };
@@ -437,9 +443,65 @@ deltalake.DeltaTable(sys.argv[1]).create_checkpoint()
         ours.removed.keys().collect::<Vec<_>>()
     );
     // And this module commits on top of it.
-    run_at_day(table.storage(), out, 53, now());
+    run_at_day(table.storage(), 53, now());
     assert_eq!(
         table.snapshot(None).unwrap().unwrap().files.len(),
         ours.files.len() + 1
     );
+}
+
+const BUCKET_SCRIPT: &str = r#"
+import sys, json, deltalake, polars as pl
+uri, endpoint = sys.argv[1], sys.argv[2]
+options = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+           "AWS_REGION": "us-east-1", "AWS_ALLOW_HTTP": "true"}
+dt = deltalake.DeltaTable(uri, storage_options=options)
+ids = dt.to_pyarrow_table(columns=["message_id"]).column("message_id").to_pylist()
+print(json.dumps({
+    "version": dt.version(),
+    "rows": len(ids),
+    "distinct": len(set(ids)),
+    "history": len(dt.history()),
+    "polars": pl.read_delta(uri, storage_options=options).height,
+}))
+"#;
+
+/// In a bucket, writers that race for versions through S3's create-only
+/// put (moto) all land, once each, at dense versions; delta-rs and Polars
+/// read the table from the bucket.
+#[test]
+fn concurrent_writers_in_a_bucket_land_once_each_and_delta_rs_reads_it() {
+    let moto = crate::bucket::Moto::start();
+    let bucket = moto.bucket("dm-delta");
+    let url = format!("s3://{bucket}/dm");
+    let writers: Vec<_> = (0..4u64)
+        .map(|w| {
+            let storage: Storage = Arc::new(moto.store(&url));
+            std::thread::spawn(move || {
+                (0..5u64)
+                    .map(|n| run(&storage, w * 100 + n, 4, 10, now()))
+                    .collect::<Vec<u64>>()
+            })
+        })
+        .collect();
+    let mut versions: Vec<u64> = writers
+        .into_iter()
+        .flat_map(|w| w.join().unwrap())
+        .collect();
+    versions.sort_unstable();
+    assert_eq!(versions, (0..20).collect::<Vec<_>>());
+    let storage: Storage = Arc::new(moto.store(&url));
+    let table = Table::new(storage, TableKind::Messages);
+    assert_eq!(table.snapshot(None).unwrap().unwrap().files.len(), 20);
+
+    let uri = format!("s3://{bucket}/dm/parquet/messages");
+    let endpoint = moto.endpoint();
+    let script_args = [Path::new(&uri), Path::new(&endpoint)];
+    let seen = run_python(python_with(READERS), BUCKET_SCRIPT, &script_args);
+    let seen: Value = serde_json::from_str(seen.trim()).unwrap();
+    assert_eq!(seen["version"], 19);
+    assert_eq!(seen["rows"], 80);
+    assert_eq!(seen["distinct"], 80);
+    assert_eq!(seen["history"], 20);
+    assert_eq!(seen["polars"], 80);
 }
