@@ -581,3 +581,51 @@ fn the_schema_string_matches_the_parquet_files() {
         }
     }
 }
+
+#[test]
+fn a_commit_reads_only_the_checkpoint_hint_and_lists_nothing() {
+    use crate::storage::counting::Counting;
+    let (_dir, inner) = folder();
+    let counting = Counting::new(inner);
+    let table = Table::new(Arc::new(counting.clone()), TableKind::Messages);
+    let mut costs = Vec::new();
+    for run in 0..=200 {
+        counting.take();
+        table.commit(&write(&format!("r{run}"), 1, now())).unwrap();
+        costs.push(counting.take());
+    }
+    let hint_bytes = inner_size(&table, "_last_checkpoint");
+    for v in [120, 150, 199] {
+        let cost = &costs[v];
+        assert!(cost.listed.is_empty(), "v{v}: {cost:?}");
+        assert_eq!(cost.read, hint_bytes, "v{v} reads the hint only: {cost:?}");
+        let commit = table.read_commit(v as u64).unwrap().unwrap().0;
+        assert_eq!(
+            cost.written,
+            commit.len() as u64,
+            "v{v} writes its commit only"
+        );
+    }
+    assert_eq!(
+        costs[120].written,
+        costs[150].written.min(costs[120].written)
+    );
+    // The checkpoint commit reads the previous checkpoint and the commits
+    // since (O(live files)), and lists the log once, for cleanup.
+    let at_200 = &costs[200];
+    assert_eq!(at_200.listed.len(), 1, "{at_200:?}");
+    let since: u64 = (101..200)
+        .map(|v| table.read_commit(v).unwrap().unwrap().0.len() as u64)
+        .sum();
+    let previous = inner_size(&table, "00000000000000000100.checkpoint.parquet");
+    assert!(at_200.read >= since + previous, "{at_200:?}");
+    assert!(
+        at_200.read <= since + previous + 4 * hint_bytes + 4096,
+        "{at_200:?}"
+    );
+}
+
+fn inner_size(table: &Table, name: &str) -> u64 {
+    let key = format!("parquet/messages/_delta_log/{name}");
+    table.storage().size(&key).unwrap().unwrap()
+}
