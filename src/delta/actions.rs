@@ -12,6 +12,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::schema::TableKind;
+
 /// Minimum value, maximum value and null count of one column of one file.
 ///
 /// `min`/`max` are JSON values as they go into the `stats` string: strings
@@ -285,6 +287,38 @@ pub(crate) fn decode_path(path: &str) -> String {
 }
 
 impl Add {
+    /// The `add` of the data file at `key` (relative to the output root,
+    /// as manifests name files) in table `kind`: `add.path` is the key
+    /// relative to the table root, `date` comes from its `date=` folder.
+    /// `None` when `key` is not `<root>/date=<date>/<name>.parquet`.
+    pub fn of_key(
+        kind: TableKind,
+        key: &str,
+        size: u64,
+        modification_time: i64,
+        stats: Option<FileStats>,
+    ) -> Option<Add> {
+        let path = key.strip_prefix(kind.root())?.strip_prefix('/')?;
+        let (folder, name) = path.split_once('/')?;
+        let date = folder.strip_prefix("date=")?;
+        if date.is_empty() || name.contains('/') || !name.ends_with(".parquet") {
+            return None;
+        }
+        Some(Add {
+            path: path.to_owned(),
+            date: date.to_owned(),
+            size,
+            modification_time,
+            data_change: true,
+            stats,
+        })
+    }
+
+    /// The key of this file relative to the output root.
+    pub fn key(&self, kind: TableKind) -> String {
+        format!("{}/{}", kind.root(), self.path)
+    }
+
     /// The `remove` that takes this file out at `deletion_timestamp`.
     pub fn to_remove(&self, deletion_timestamp: i64, data_change: bool) -> Remove {
         Remove {
