@@ -37,14 +37,6 @@ impl TableKind {
         }
     }
 
-    /// The table a key (relative to the output root) is under, if any.
-    pub fn of_key(key: &str) -> Option<TableKind> {
-        TableKind::ALL.into_iter().find(|kind| {
-            key.strip_prefix(kind.root())
-                .is_some_and(|rest| rest.starts_with('/'))
-        })
-    }
-
     /// The columns that get statistics: the ID and time columns, never a
     /// body column.
     pub fn stats_columns(self) -> &'static [&'static str] {

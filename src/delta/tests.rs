@@ -629,31 +629,3 @@ fn inner_size(table: &Table, name: &str) -> u64 {
     let key = format!("parquet/messages/_delta_log/{name}");
     table.storage().size(&key).unwrap().unwrap()
 }
-
-#[test]
-fn adds_are_made_from_the_keys_manifests_list() {
-    let key = "parquet/sends/date=2026-12-03/part-r1-0001.parquet";
-    assert_eq!(TableKind::of_key(key), Some(TableKind::Sends));
-    assert_eq!(TableKind::of_key("parquet/messagesX/a"), None);
-    let add = Add::of_key(TableKind::Sends, key, 12, 34, None).unwrap();
-    assert_eq!(add.path, "date=2026-12-03/part-r1-0001.parquet");
-    assert_eq!(add.date, "2026-12-03");
-    assert_eq!(
-        (add.size, add.modification_time, add.data_change),
-        (12, 34, true)
-    );
-    assert_eq!(add.key(TableKind::Sends), key);
-    for bad in [
-        "parquet/messages/date=2026-12-03/part-r1-0001.parquet",
-        "parquet/sends/2026-12-03/part.parquet",
-        "parquet/sends/date=2026-12-03/part.json",
-        "parquet/sends/date=2026-12-03/x/part.parquet",
-        "parquet/sends/date=/part.parquet",
-    ] {
-        assert_eq!(
-            Add::of_key(TableKind::Sends, bad, 1, 1, None),
-            None,
-            "{bad}"
-        );
-    }
-}

@@ -355,24 +355,17 @@ fn past_a_hundred_versions_readers_load_the_checkpoint() {
 /// (other tests use the newest DuckDB). Returns the command and the
 /// extension directory to point DuckDB at.
 fn duckdb_with_delta() -> (std::process::Command, std::path::PathBuf) {
-    const PACKAGES: &[&str] = &["duckdb==1.4.4", "duckdb-ext-delta==1.4.4.20260205"];
-    let target = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("pydeps-duckdb-delta");
+    const PACKAGES: [&str; 2] = ["duckdb==1.4.4", "duckdb-ext-delta==1.4.4.20260205"];
+    let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("pydeps-duckdb-delta");
     let extensions = target.join("duckdb_ext/extensions");
     if !extensions.is_dir() {
-        let status = std::process::Command::new("python3")
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "--target",
-            ])
-            .arg(&target)
-            .args(PACKAGES)
-            .status()
-            .expect("python3 is needed for these tests");
-        assert!(status.success(), "pip could not install {PACKAGES:?}");
+        let mut pip = std::process::Command::new("python3");
+        pip.args(["-m", "pip", "install", "--quiet", "--target"]);
+        let status = pip.arg(&target).args(PACKAGES).status();
+        assert!(
+            status.is_ok_and(|s| s.success()),
+            "pip could not install {PACKAGES:?}"
+        );
     }
     let mut cmd = std::process::Command::new("python3");
     cmd.env("PYTHONPATH", &target);
