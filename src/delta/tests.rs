@@ -629,3 +629,20 @@ fn inner_size(table: &Table, name: &str) -> u64 {
     let key = format!("parquet/messages/_delta_log/{name}");
     table.storage().size(&key).unwrap().unwrap()
 }
+
+#[test]
+fn a_gap_in_the_log_is_named_and_a_version_past_the_end_is_bad_input() {
+    let (_dir, storage) = folder();
+    let table = Table::new(storage.clone(), TableKind::Messages);
+    for run in 0..4 {
+        table.commit(&write(&format!("r{run}"), 1, now())).unwrap();
+    }
+    let err = table.snapshot(Some(9)).unwrap_err();
+    assert!(matches!(err, Error::InvalidInput { .. }), "{err}");
+    assert!(err.to_string().contains("the latest is 3"), "{err}");
+    storage.delete(&table.commit_key(2)).unwrap();
+    let err = table.snapshot(Some(3)).unwrap_err();
+    assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+    assert!(err.to_string().contains("00000000000000000002.json"), "{err}");
+    assert_eq!(table.snapshot(Some(1)).unwrap().unwrap().files.len(), 2);
+}
