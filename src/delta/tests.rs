@@ -643,6 +643,34 @@ fn a_gap_in_the_log_is_named_and_a_version_past_the_end_is_bad_input() {
     storage.delete(&table.commit_key(2)).unwrap();
     let err = table.snapshot(Some(3)).unwrap_err();
     assert!(matches!(err, Error::Corrupt { .. }), "{err}");
-    assert!(err.to_string().contains("00000000000000000002.json"), "{err}");
+    assert!(
+        err.to_string().contains("00000000000000000002.json"),
+        "{err}"
+    );
     assert_eq!(table.snapshot(Some(1)).unwrap().unwrap().files.len(), 2);
+}
+
+#[test]
+fn the_newest_version_is_found_by_probing_from_the_checkpoint_hint() {
+    let (_dir, storage) = folder();
+    let table = Table::new(storage.clone(), TableKind::Messages);
+    let bytes = |v: u64| encode_for_test(&write(&format!("r{v}"), 1, now()), v);
+    for v in 0..300 {
+        storage.put_new(&table.commit_key(v), &bytes(v)).unwrap();
+        assert_eq!(table.latest_version().unwrap(), Some(v));
+        if v == 130 {
+            // From here on the probe starts at a hint.
+            table.checkpoint_at(100, now()).unwrap();
+        }
+    }
+    let hint = storage
+        .get("parquet/messages/_delta_log/_last_checkpoint")
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&hint.bytes).contains("\"version\":100"));
+    // A hint whose checkpoint and commit are both gone is a damaged log.
+    storage.delete(&table.checkpoint_key(100)).unwrap();
+    storage.delete(&table.commit_key(100)).unwrap();
+    let err = table.latest_version().unwrap_err();
+    assert!(err.to_string().contains("_last_checkpoint"), "{err}");
 }
