@@ -224,6 +224,18 @@ pub(crate) fn checkpoint_and_clean(log: &Log, version: u64, now: i64) -> Result<
     let Some(snapshot) = snapshot::load(log, Some(version))? else {
         return Ok(());
     };
+    // A commit does not re-read the protocol (that costs the checkpoint's
+    // read); the checkpoint does, and leaves a table that another writer
+    // upgraded alone.
+    if snapshot.protocol.min_writer_version > WRITER_VERSION {
+        return Err(log.corrupt(
+            &log.commit_key(version),
+            format!(
+                "the table needs Delta writer version {}; this tool writes version {WRITER_VERSION}",
+                snapshot.protocol.min_writer_version
+            ),
+        ));
+    }
     let config = &snapshot.metadata.configuration;
     let tombstones = cleanup::retention(
         config,

@@ -37,7 +37,9 @@
 //! versions (read and dropped), multi-part and V2 checkpoints (refused on
 //! read), `appendOnly` and invariants (writer 2 features this tool never
 //! sets), in-commit timestamps. A table that asks for a newer reader is
-//! refused with a clear error; a malformed commit, hint or checkpoint is an
+//! refused with a clear error; one upgraded past writer 2 by another writer
+//! gets no checkpoint from this tool (a commit does not re-read the
+//! protocol: that would cost the checkpoint's read); a malformed commit, hint or checkpoint is an
 //! [`crate::Error::Corrupt`] naming the file (and the line).
 //!
 //! **Costs.** A commit reads `_last_checkpoint` and probes O(log n) commit

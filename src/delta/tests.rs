@@ -485,6 +485,24 @@ fn a_newer_reader_version_is_refused() {
         .unwrap();
     let err = table.snapshot(None).unwrap_err();
     assert!(err.to_string().contains("reader version 3"), "{err}");
+    // A writer upgrade alone still reads, but gets no checkpoint from here.
+    storage.delete(&table.commit_key(1)).unwrap();
+    let upgrade = r#"{"protocol":{"minReaderVersion":1,"minWriterVersion":7,"writerFeatures":["rowTracking"]}}"#;
+    storage
+        .put_new(&table.commit_key(1), upgrade.as_bytes())
+        .unwrap();
+    assert_eq!(
+        table
+            .snapshot(None)
+            .unwrap()
+            .unwrap()
+            .protocol
+            .min_writer_version,
+        7
+    );
+    let err = table.checkpoint_at(1, now()).unwrap_err();
+    assert!(err.to_string().contains("writer version 7"), "{err}");
+    assert!(table.checkpoints().unwrap().is_empty());
 }
 
 #[test]

@@ -498,3 +498,71 @@ fn concurrent_writers_in_a_bucket_land_once_each_and_delta_rs_reads_it() {
     assert_eq!(seen["history"], 20);
     assert_eq!(seen["polars"], 80);
 }
+
+/// A log delta-rs wrote (its own commit fields, statistics of every
+/// column): this module reads it, and a commit of its own lands on top.
+#[test]
+fn a_log_written_by_delta_rs_is_read_and_appended_to() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("parquet/messages");
+    let script = r#"
+import sys, json, datetime
+import deltalake, pyarrow as pa
+path = sys.argv[1]
+for day in (1, 2):
+    t = pa.table({
+        "message_id": pa.array([f"{day}{i}" for i in range(5)]),
+        "created_at": pa.array([datetime.datetime(2026, 12, day, i, tzinfo=datetime.timezone.utc) for i in range(5)], pa.timestamp("us", "UTC")),
+        "date": pa.array([f"2026-12-0{day}"] * 5),
+    })
+    deltalake.write_deltalake(path, t, mode="append", partition_by=["date"])
+dt = deltalake.DeltaTable(path)
+adds = pa.table(dt.get_add_actions(flatten=True)).to_pylist()
+print(json.dumps({"version": dt.version(), "paths": sorted(a["path"] for a in adds)}))
+"#;
+    let seen = run_python(python_with(READERS), script, &[&root]);
+    let seen: Value = serde_json::from_str(seen.trim()).unwrap();
+    let storage: Storage = Arc::new(LocalDir::new(dir.path()));
+    let table = Table::new(storage.clone(), TableKind::Messages);
+    assert_eq!(
+        Some(seen["version"].as_u64().unwrap()),
+        table.latest_version().unwrap()
+    );
+    let snapshot = table.snapshot(None).unwrap().unwrap();
+    let paths: Vec<&str> = snapshot.files.keys().map(String::as_str).collect();
+    let theirs: Vec<&str> = seen["paths"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    assert_eq!(paths, theirs);
+    for add in snapshot.files.values() {
+        assert!(
+            ["2026-12-01", "2026-12-02"].contains(&add.date.as_str()),
+            "{add:?}"
+        );
+        let stats = add.stats.as_ref().expect("delta-rs writes statistics");
+        assert_eq!(stats.num_records, 5);
+        assert!(stats.columns["created_at"].min.is_string(), "{stats:?}");
+    }
+    let next = table
+        .commit(&Change {
+            info: CommitInfo {
+                run_id: "r-after".into(),
+                operation: "WRITE".into(),
+                timestamp: now(),
+            },
+            adds: vec![Add {
+                path: "date=2026-12-03/part-x.parquet".into(),
+                ..snapshot.files.values().next().unwrap().clone()
+            }],
+            removes: Vec::new(),
+        })
+        .unwrap();
+    assert_eq!(Some(next.version), table.latest_version().unwrap());
+    assert_eq!(
+        table.snapshot(None).unwrap().unwrap().files.len(),
+        paths.len() + 1
+    );
+}
