@@ -37,12 +37,17 @@ pub struct FileStats {
     pub columns: BTreeMap<String, ColumnStats>,
 }
 
-/// A data file added to the table.
-#[derive(Debug, Clone, PartialEq)]
+/// A data file added to the table. Serialised as the log spells an `add`:
+/// `path` as a URI reference, `date` as `partitionValues`, `stats` as a
+/// JSON string.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Add {
     /// Path relative to the table root: `date=YYYY-MM-DD/part-<run>-<n>.parquet`.
+    #[serde(with = "uri_path")]
     pub path: String,
     /// The value of the partition column `date`.
+    #[serde(rename = "partitionValues", default, with = "date_partition")]
     pub date: String,
     /// Size in bytes.
     pub size: u64,
@@ -51,6 +56,11 @@ pub struct Add {
     /// `false` when the rows were only rearranged (compaction).
     pub data_change: bool,
     /// Statistics for data skipping.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "stats_string"
+    )]
     pub stats: Option<FileStats>,
 }
 
@@ -158,20 +168,6 @@ const PATH_ESCAPED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANU
     .remove(b'~')
     .remove(b'/')
     .remove(b'=');
-
-/// `add` as the log spells it.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct AddWire {
-    path: String,
-    #[serde(default)]
-    partition_values: BTreeMap<String, Option<String>>,
-    size: u64,
-    modification_time: i64,
-    data_change: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    stats: Option<String>,
-}
 
 /// `remove` as the log spells it.
 #[derive(Debug, Serialize, Deserialize)]
@@ -317,14 +313,7 @@ impl Action {
     pub fn to_json(&self) -> serde_json::Value {
         use serde_json::json;
         match self {
-            Action::Add(add) => json!({ "add": AddWire {
-                path: encode_path(&add.path),
-                partition_values: partition_values(&add.date),
-                size: add.size,
-                modification_time: add.modification_time,
-                data_change: add.data_change,
-                stats: add.stats.as_ref().map(FileStats::to_json),
-            }}),
+            Action::Add(add) => json!({ "add": add }),
             Action::Remove(remove) => json!({ "remove": RemoveWire {
                 path: encode_path(&remove.path),
                 deletion_timestamp: Some(remove.deletion_timestamp),
@@ -355,7 +344,7 @@ impl Action {
         let shape =
             |e: serde_json::Error| format!("{name}: {}", crate::error::json_error_category(&e));
         Ok(match name.as_str() {
-            "add" => Action::Add(add_from(serde_json::from_value(body).map_err(shape)?)),
+            "add" => Action::Add(serde_json::from_value(body).map_err(shape)?),
             "remove" => Action::Remove(remove_from(serde_json::from_value(body).map_err(shape)?)),
             "commitInfo" => {
                 let wire: CommitInfoWire = serde_json::from_value(body).map_err(shape)?;
@@ -388,17 +377,6 @@ fn commit_info_wire(info: &CommitInfo) -> CommitInfoWire {
     }
 }
 
-fn add_from(wire: AddWire) -> Add {
-    Add {
-        path: decode_path(&wire.path),
-        date: date_of(&wire.partition_values),
-        size: wire.size,
-        modification_time: wire.modification_time,
-        data_change: wire.data_change,
-        stats: wire.stats.as_deref().and_then(FileStats::from_json),
-    }
-}
-
 fn remove_from(wire: RemoveWire) -> Remove {
     Remove {
         path: decode_path(&wire.path),
@@ -410,5 +388,53 @@ fn remove_from(wire: RemoveWire) -> Remove {
         size: wire.size.unwrap_or(0),
         deletion_timestamp: wire.deletion_timestamp.unwrap_or(0),
         data_change: wire.data_change,
+    }
+}
+
+/// `add.path`: a URI reference in the log, a plain relative key here.
+mod uri_path {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(path: &str, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::encode_path(path))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+        Ok(super::decode_path(&String::deserialize(d)?))
+    }
+}
+
+/// `add.partitionValues`: `{"date": "..."}` in the log, the date here.
+mod date_partition {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(date: &str, s: S) -> Result<S::Ok, S::Error> {
+        super::partition_values(date).serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+        Ok(super::date_of(&BTreeMap::deserialize(d)?))
+    }
+}
+
+/// `add.stats`: a JSON document in a string; one this tool cannot use
+/// reads as none (statistics only ever help skipping).
+mod stats_string {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::FileStats;
+
+    pub fn serialize<S: Serializer>(stats: &Option<FileStats>, s: S) -> Result<S::Ok, S::Error> {
+        match stats {
+            Some(stats) => s.serialize_str(&stats.to_json()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<FileStats>, D::Error> {
+        let text: Option<String> = Option::deserialize(d)?;
+        Ok(text.as_deref().and_then(FileStats::from_json))
     }
 }

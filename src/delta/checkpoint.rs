@@ -146,6 +146,34 @@ fn remove_column(actions: &[Action]) -> Result<ArrayRef> {
     )
 }
 
+/// A string child column: `value` of each row's action, null where the
+/// row holds another action.
+fn strings<'a, T>(rows: &[Option<&'a T>], value: impl Fn(&'a T) -> Option<&'a str>) -> ArrayRef {
+    let mut builder = StringBuilder::new();
+    for row in rows {
+        builder.append_option(row.and_then(&value));
+    }
+    Arc::new(builder.finish())
+}
+
+/// A string map child column (see [`strings`]).
+fn maps<'a, T>(
+    rows: &[Option<&'a T>],
+    value: impl Fn(&'a T) -> &'a BTreeMap<String, String>,
+) -> Result<ArrayRef> {
+    let mut builder = map_builder();
+    for row in rows {
+        let map = row.map(|r| {
+            value(r)
+                .iter()
+                .map(|(k, v)| (k.clone(), Some(v.clone())))
+                .collect()
+        });
+        push_map(&mut builder, map.as_ref())?;
+    }
+    Ok(Arc::new(builder.finish()))
+}
+
 /// The `metaData` column.
 fn metadata_column(actions: &[Action]) -> Result<ArrayRef> {
     let rows: Vec<Option<&Metadata>> = actions
@@ -155,61 +183,40 @@ fn metadata_column(actions: &[Action]) -> Result<ArrayRef> {
             _ => None,
         })
         .collect();
-    let (mut id, mut name, mut description) = (
-        StringBuilder::new(),
-        StringBuilder::new(),
-        StringBuilder::new(),
-    );
-    let (mut provider, mut options) = (StringBuilder::new(), map_builder());
-    let (mut schema, mut created) = (StringBuilder::new(), Int64Builder::new());
     let mut partitions = ListBuilder::new(StringBuilder::new()).with_field(Field::new(
         "element",
         arrow_schema::DataType::Utf8,
         true,
     ));
-    let mut configuration = map_builder();
+    let mut created = Int64Builder::new();
     for m in &rows {
-        id.append_option(m.map(|m| m.id.as_str()));
-        name.append_null();
-        description.append_null();
-        provider.append_option(m.map(|m| m.format.provider.as_str()));
-        let opts = m.map(|m| {
-            m.format
-                .options
-                .iter()
-                .map(|(k, v)| (k.clone(), Some(v.clone())))
-                .collect()
-        });
-        push_map(&mut options, opts.as_ref())?;
-        schema.append_option(m.map(|m| m.schema_string.as_str()));
-        let columns = m.map(|m| m.partition_columns.iter().map(Some).collect::<Vec<_>>());
-        partitions.append_option(columns);
-        let conf = m.map(|m| {
-            m.configuration
-                .iter()
-                .map(|(k, v)| (k.clone(), Some(v.clone())))
-                .collect()
-        });
-        push_map(&mut configuration, conf.as_ref())?;
+        partitions
+            .append_option(m.map(|m| m.partition_columns.iter().map(Some).collect::<Vec<_>>()));
         created.append_option(m.and_then(|m| m.created_time));
     }
     let valid: Vec<bool> = rows.iter().map(Option::is_some).collect();
     let format = struct_column(
         vec![
-            ("provider", Arc::new(provider.finish())),
-            ("options", Arc::new(options.finish())),
+            (
+                "provider",
+                strings(&rows, |m| Some(m.format.provider.as_str())),
+            ),
+            ("options", maps(&rows, |m| &m.format.options)?),
         ],
         valid.clone(),
     )?;
     struct_column(
         vec![
-            ("id", Arc::new(id.finish())),
-            ("name", Arc::new(name.finish())),
-            ("description", Arc::new(description.finish())),
+            ("id", strings(&rows, |m| Some(m.id.as_str()))),
+            ("name", strings(&rows, |_| None)),
+            ("description", strings(&rows, |_| None)),
             ("format", format),
-            ("schemaString", Arc::new(schema.finish())),
+            (
+                "schemaString",
+                strings(&rows, |m| Some(m.schema_string.as_str())),
+            ),
             ("partitionColumns", Arc::new(partitions.finish())),
-            ("configuration", Arc::new(configuration.finish())),
+            ("configuration", maps(&rows, |m| &m.configuration)?),
             ("createdTime", Arc::new(created.finish())),
         ],
         valid,
@@ -300,7 +307,7 @@ pub(crate) fn encode(actions: &[Action]) -> Result<Vec<u8>> {
 pub(crate) fn write(log: &Log, version: u64, actions: &[Action]) -> Result<u64> {
     let bytes = encode(actions)?;
     let key = log.checkpoint_key(version);
-    match log.storage.put_new(&key, &bytes) {
+    match log.put_new(&key, &bytes) {
         Ok(()) => Ok(bytes.len() as u64),
         Err(Error::Conflict { .. } | Error::Corrupt { .. }) if log.has_checkpoint(version)? => {
             Ok(bytes.len() as u64)

@@ -161,14 +161,27 @@ fn check_winner(log: &Log, change: &Change, version: u64) -> Result<()> {
 /// Writes `change` at the next free version (see the module doc).
 pub(crate) fn commit(log: &Log, kind: TableKind, change: &Change, now: i64) -> Result<Committed> {
     let hint = log.last_checkpoint()?;
-    let mut version = log.latest_after(hint.as_ref())?.map_or(0, |v| v + 1);
+    let version = log.latest_after(hint.as_ref())?.map_or(0, |v| v + 1);
+    commit_from(log, kind, change, version, hint.as_ref(), now)
+}
+
+/// Writes `change` at `version` or, when other writers took it since the
+/// log was read, at the first free version after it.
+pub(crate) fn commit_from(
+    log: &Log,
+    kind: TableKind,
+    change: &Change,
+    mut version: u64,
+    hint: Option<&LastCheckpoint>,
+    now: i64,
+) -> Result<Committed> {
     for _ in 0..MAX_ATTEMPTS {
         let bytes = encode(kind, change, version, now);
         let key = log.commit_key(version);
-        match log.storage.put_new(&key, &bytes) {
+        match log.put_new(&key, &bytes) {
             Ok(()) => {
                 let sha256 = hex::encode(Sha256::digest(&bytes));
-                after_commit(log, version, hint.as_ref(), now);
+                after_commit(log, version, hint, now);
                 return Ok(Committed { version, sha256 });
             }
             // A folder reports a taken name as corrupt, a bucket as a
@@ -211,6 +224,18 @@ pub(crate) fn checkpoint_and_clean(log: &Log, version: u64, now: i64) -> Result<
     let Some(snapshot) = snapshot::load(log, Some(version))? else {
         return Ok(());
     };
+    // A commit does not re-read the protocol (that costs the checkpoint's
+    // read); the checkpoint does, and leaves a table that another writer
+    // upgraded alone.
+    if snapshot.protocol.min_writer_version > WRITER_VERSION {
+        return Err(log.corrupt(
+            &log.commit_key(version),
+            format!(
+                "the table needs Delta writer version {}; this tool writes version {WRITER_VERSION}",
+                snapshot.protocol.min_writer_version
+            ),
+        ));
+    }
     let config = &snapshot.metadata.configuration;
     let tombstones = cleanup::retention(
         config,

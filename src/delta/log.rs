@@ -10,6 +10,12 @@ use super::actions::Action;
 use crate::error::{Error, Result};
 use crate::storage::{Expect, Storage, Stored, file_name, is_temporary};
 
+/// Serialises this process's create-only puts of commit files: a folder
+/// stages a new file under a name made of the key and the process ID, so
+/// two threads of one process putting the same version would share it.
+/// Other processes (shards) race through the create-only put itself.
+static PUTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// The log of one table: its storage and its root (relative to the output
 /// root, e.g. `parquet/messages`).
 #[derive(Debug, Clone)]
@@ -114,6 +120,14 @@ impl Log {
         listing.commits.sort_unstable();
         listing.checkpoints.sort_unstable();
         Ok(listing)
+    }
+
+    /// Writes a new log file create-only (see [`PUTS`]).
+    pub fn put_new(&self, key: &str, bytes: &[u8]) -> Result<()> {
+        let _guard = PUTS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.storage.put_new(key, bytes)
     }
 
     /// Whether the commit file of `version` exists.

@@ -155,20 +155,34 @@ pub(crate) fn load(log: &Log, target: Option<u64>) -> Result<Option<Snapshot>> {
     }
     while target.is_none_or(|t| next <= t) {
         let Some((_, actions)) = log.read_commit(next)? else {
-            if let Some(t) = target {
-                return Err(Error::invalid(
-                    "version",
-                    format!(
-                        "the table {} has no version {t} (the latest is {})",
-                        log.root,
-                        next.saturating_sub(1)
-                    ),
-                ));
+            match target {
+                Some(t) => return Err(missing(log, next, t)),
+                None => break,
             }
-            break;
         };
         replay.apply(next, actions);
         next += 1;
     }
     replay.finish(log)
+}
+
+/// The error for a replay towards `target` that found no commit `next`:
+/// bad input when the table never got that far, a damaged log when it did
+/// (a commit deleted by hand, or cleaned up with no checkpoint after it).
+fn missing(log: &Log, next: u64, target: u64) -> Error {
+    match log.latest_version() {
+        Ok(Some(latest)) if latest >= next => log.corrupt(
+            &log.commit_key(next),
+            format!("missing, though version {latest} exists: version {target} cannot be replayed"),
+        ),
+        Ok(latest) => Error::invalid(
+            "version",
+            format!(
+                "the table {} has no version {target} (the latest is {})",
+                log.root,
+                latest.map_or_else(|| "none".to_owned(), |v| v.to_string())
+            ),
+        ),
+        Err(e) => e,
+    }
 }

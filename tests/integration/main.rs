@@ -7,6 +7,7 @@ mod cli;
 mod client;
 mod compact;
 mod delta;
+mod delta_log;
 mod fuzz;
 mod golden;
 mod hostile;
