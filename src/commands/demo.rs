@@ -402,7 +402,7 @@ impl std::fmt::Display for DemoReport {
         writeln!(f, "Query them, e.g. with DuckDB:")?;
         writeln!(
             f,
-            "  duckdb -c \"SELECT conversation_user_id, count(*) AS messages, max(created_at) AS latest FROM read_parquet('{out}/parquet/messages/**/*.parquet') GROUP BY 1 ORDER BY 2 DESC\""
+            "  duckdb -c \"SELECT conversation_user_id, count(*) AS messages, max(created_at) AS latest FROM read_parquet('{out}/parquet/messages/date=*/*.parquet') GROUP BY 1 ORDER BY 2 DESC\""
         )
     }
 }

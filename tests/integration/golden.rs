@@ -134,6 +134,10 @@ fn describe(out: &Path) -> String {
         // The page log holds the waits the pacer made; a send's segment and
         // Parquet file hold the time it was sent.
         let mut timed = vec!["/page_log/sha256".to_owned(), "/page_log/bytes".to_owned()];
+        // A Delta commit holds its time (commitInfo, modificationTime).
+        for table in ["messages", "sends"] {
+            timed.push(format!("/delta/{table}/sha256"));
+        }
         if manifest["command"] == "send" {
             let files = manifest["files"].as_array().map_or(0, Vec::len);
             timed.extend((0..files).map(|i| format!("/files/{i}/sha256")));
@@ -145,8 +149,55 @@ fn describe(out: &Path) -> String {
         }
         lines.push(mask(&manifest.to_string()));
     }
+    lines.extend(delta_logs(out));
     lines.push(String::new());
     mask(&lines.join("\n"))
+}
+
+/// Each table's Delta log, commit by commit, with the clock's fields
+/// (times, the table's random ID) masked.
+fn delta_logs(out: &Path) -> Vec<String> {
+    const CLOCK: [&str; 5] = [
+        "timestamp",
+        "modificationTime",
+        "deletionTimestamp",
+        "createdTime",
+        "id",
+    ];
+    let mut lines = Vec::new();
+    for table in ["messages", "sends"] {
+        lines.push(format!("== Delta log of {table}"));
+        let log = out.join(format!("parquet/{table}/_delta_log"));
+        let mut names: Vec<String> = std::fs::read_dir(&log)
+            .into_iter()
+            .flatten()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".json"))
+            .collect();
+        names.sort();
+        for name in names {
+            lines.push(format!("-- {name}"));
+            for line in std::fs::read_to_string(log.join(&name)).unwrap().lines() {
+                let mut action: Value = serde_json::from_str(line).unwrap();
+                for (_, body) in action.as_object_mut().unwrap().iter_mut() {
+                    for key in CLOCK {
+                        if let Some(v) = body.get_mut(key) {
+                            *v = Value::String("…".to_owned());
+                        }
+                    }
+                    // A send's statistics hold the time it was sent.
+                    if let Some(stats) = body.get_mut("stats") {
+                        let mut parsed: Value =
+                            serde_json::from_str(stats.as_str().unwrap()).unwrap();
+                        clock_free(&mut parsed);
+                        *stats = parsed;
+                    }
+                }
+                lines.push(action.to_string());
+            }
+        }
+    }
+    lines
 }
 
 /// The run IDs of the chain, in order.
@@ -189,7 +240,7 @@ fn clock_free(value: &mut Value) {
     }
 }
 
-/// Every row of both tables, as DuckDB reads `parquet/**`, ordered by
+/// Every row of both tables, as DuckDB reads their data files, ordered by
 /// message ID, with the send time masked.
 fn parquet_rows(out: &Path) -> String {
     let script = r#"
@@ -197,7 +248,7 @@ import duckdb, json, sys
 con = duckdb.connect()
 for table in ["messages", "sends"]:
     cur = con.execute(
-        f"SELECT * FROM read_parquet('{sys.argv[1]}/parquet/{table}/**/*.parquet', hive_partitioning=false) ORDER BY message_id"
+        f"SELECT * FROM read_parquet('{sys.argv[1]}/parquet/{table}/date=*/*.parquet', hive_partitioning=false) ORDER BY message_id"
     )
     names = [d[0] for d in cur.description]
     print(f"-- {table}: {names}")
