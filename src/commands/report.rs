@@ -60,6 +60,9 @@ pub struct Report {
     pub conversations: Vec<ConversationRow>,
     /// Every send the checkpoint records.
     pub sends: Vec<SendRow>,
+    /// Each Delta table's latest version, by table (`messages`, `sends`);
+    /// a table with no log yet is left out.
+    pub tables: BTreeMap<String, u64>,
 }
 
 /// `verify`'s outcome.
@@ -294,7 +297,20 @@ pub fn build(location: &Location, trust: &verify::Trust) -> Result<Report> {
         days: days.into_values().collect(),
         conversations,
         sends,
+        tables: table_versions(&shared)?,
     })
+}
+
+/// The latest version of each Delta table that has a log.
+fn table_versions(storage: &crate::storage::Storage) -> Result<BTreeMap<String, u64>> {
+    let mut versions = BTreeMap::new();
+    for kind in crate::delta::TableKind::ALL {
+        let table = crate::delta::Table::new(storage.clone(), kind);
+        if let Some(version) = table.latest_version()? {
+            versions.insert(kind.name().to_owned(), version);
+        }
+    }
+    Ok(versions)
 }
 
 fn run_row(seq: u64, m: &Manifest) -> RunRow {
@@ -413,6 +429,17 @@ impl Report {
                 );
             }
             h.push_str("</ul></div>");
+        }
+        if !self.tables.is_empty() {
+            h.push_str("<p id=\"tables\">Delta tables:");
+            for (name, version) in &self.tables {
+                let _ = write!(
+                    h,
+                    " <code>parquet/{n}</code> at version <span class=\"table-version\" data-table=\"{n}\">{version}</span>",
+                    n = esc(name)
+                );
+            }
+            h.push_str("</p>");
         }
         if !self.verify.notes.is_empty() {
             h.push_str("<ul class=\"note\">");
@@ -673,6 +700,14 @@ impl std::fmt::Display for Written {
                     writeln!(f, "    {}: {}", failure.path, failure.reason)?;
                 }
             }
+        }
+        if !r.tables.is_empty() {
+            let tables: Vec<String> = r
+                .tables
+                .iter()
+                .map(|(name, version)| format!("{name} at version {version}"))
+                .collect();
+            writeln!(f, "  Delta tables: {}", tables.join(", "))?;
         }
         let signed = r.runs.iter().filter(|run| run.signer.is_some()).count();
         if signed > 0 {

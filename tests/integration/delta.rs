@@ -220,6 +220,17 @@ async fn delta_rs_and_polars_read_every_run_exactly_as_the_jsonl_holds_it() {
         assert_eq!(read["records"][path], *rows, "numRecords of {path}");
     }
     verify_ok(&out);
+    // `report` shows each table's version.
+    let (code, stdout, stderr) = run(bin().arg("report").arg(&out).arg("--json"));
+    assert_eq!(code, 0, "{stderr}");
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["tables"]["messages"], read["version"], "{stdout}");
+    let (_, text, _) = run(bin().arg("report").arg(&out));
+    let version = read["version"].as_u64().unwrap();
+    assert!(
+        text.contains(&format!("messages at version {version}")),
+        "{text}"
+    );
 }
 
 /// `runs` sealed runs of `rows` rows each into `out` through the library,
