@@ -21,10 +21,16 @@
 //!    one if this one is killed).
 //!
 //! So a SIGKILL at any instant leaves either the old or the new file set
-//! listed, never both and never neither. A glob reader (`parquet/**`)
+//! listed, never both and never neither. In the Delta tables the swap is
+//! one commit per table (`remove` of the inputs, `add` of the merged
+//! files, `dataChange: false`), made by the seal just before the manifest:
+//! a Delta reader sees the old set up to the version before it and the new
+//! one from it on; a compaction killed between its commit and its chain
+//! entry is undone by the next run's repair, before the new files go. A
+//! glob reader of the data files (`parquet/<table>/date=*/*.parquet`)
 //! sees both sets between step 3's seal and the removal that follows it
-//! (milliseconds); readers that must never see that run `compact` when
-//! they are not reading, or read the files the manifests list.
+//! (milliseconds); readers that must never see that read the Delta table,
+//! or run `compact` when they are not reading.
 
 // Reads bytes the API or a file supplies: no panic may be reachable from them.
 #![cfg_attr(
