@@ -7,9 +7,11 @@
 //!
 //! It prints what a job operator would watch over years: the median wall
 //! time of the first and the last 10% of the runs (a run must not get
-//! slower as history grows), the checkpoint's size at both ends, the files
-//! in the folder, `verify` and `verify --since` (one run) times, and the
-//! files before and after `compact`.
+//! slower as history grows), the time a reader takes to open the messages
+//! table's latest Delta snapshot after each run, at both ends too (the
+//! Delta checkpoints keep it flat), the checkpoint's size at both ends, the
+//! files in the folder, `verify` and `verify --since` (one run) times, and
+//! the files before and after `compact`.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -23,6 +25,7 @@ use crate::commands::compact;
 use crate::commands::mock::{SYNTHETIC_ACCOUNT, synthetic_user, synthetic_world};
 use crate::commands::sync::{self, SyncOptions, Target};
 use crate::commands::verify;
+use crate::delta::{Table, TableKind};
 use crate::error::{Error, Result};
 use crate::mock::MockServer;
 use crate::storage::{Location, Storage};
@@ -51,6 +54,13 @@ pub struct LongevityReport {
     pub last_10pct_median_ms: f64,
     /// Their ratio (last / first).
     pub growth: f64,
+    /// Median time to open the messages table's latest Delta snapshot
+    /// after each of the first 10% of the runs, ms.
+    pub snapshot_first_10pct_median_ms: f64,
+    /// After each of the last 10%, ms.
+    pub snapshot_last_10pct_median_ms: f64,
+    /// Their ratio (last / first).
+    pub snapshot_growth: f64,
     /// The checkpoint's size after the first run, bytes.
     pub checkpoint_bytes_first: u64,
     /// After the last run.
@@ -96,6 +106,9 @@ pub async fn run(runs: u64, work_dir: Option<PathBuf>) -> Result<LongevityReport
     let times = &synced.times;
     let first = median(times.get(..tenth).unwrap_or_default());
     let last = median(times.get(times.len() - tenth..).unwrap_or_default());
+    let opens = &synced.snapshot_times;
+    let first_open = median(opens.get(..tenth).unwrap_or_default());
+    let last_open = median(opens.get(opens.len() - tenth..).unwrap_or_default());
     let (files_before, parquet_files_before, partitions) = count_files(&dir);
     let checked = verify_and_compact(&dir, synced.head_before_last.unwrap_or_default())?;
     let (files_after, parquet_files_after, _) = count_files(&dir);
@@ -107,6 +120,9 @@ pub async fn run(runs: u64, work_dir: Option<PathBuf>) -> Result<LongevityReport
         first_10pct_median_ms: first.as_secs_f64() * 1e3,
         last_10pct_median_ms: last.as_secs_f64() * 1e3,
         growth: last.as_secs_f64() / first.as_secs_f64().max(1e-9),
+        snapshot_first_10pct_median_ms: first_open.as_secs_f64() * 1e3,
+        snapshot_last_10pct_median_ms: last_open.as_secs_f64() * 1e3,
+        snapshot_growth: last_open.as_secs_f64() / first_open.as_secs_f64().max(1e-9),
         checkpoint_bytes_first: synced.checkpoint_bytes_first,
         checkpoint_bytes_last,
         files_before,
@@ -150,6 +166,9 @@ async fn start_world() -> Result<(MockServer, ClientConfig, Vec<Target>)> {
 struct Synced {
     /// Each run's wall time.
     times: Vec<Duration>,
+    /// After each run, the time to open the messages table's latest
+    /// snapshot.
+    snapshot_times: Vec<Duration>,
     /// The checkpoint's size after the first run.
     checkpoint_bytes_first: u64,
     /// The chain head before the last run.
@@ -169,6 +188,8 @@ async fn sync_runs(
     let start = chrono::Utc::now() - chrono::Duration::days(days as i64 + 1);
     let checkpoint = dir.join(crate::checkpoint::KEY);
     let mut times = Vec::with_capacity(runs as usize);
+    let mut snapshot_times = Vec::with_capacity(runs as usize);
+    let table = Table::new(Location::Dir(dir.to_owned()).open()?, TableKind::Messages);
     let mut checkpoint_bytes_first = 0;
     let mut head_before_last = None;
     for i in 0..runs {
@@ -187,6 +208,9 @@ async fn sync_runs(
         let began = Instant::now();
         let report = sync::run(options).await?;
         times.push(began.elapsed());
+        let opened = Instant::now();
+        table.snapshot(None)?;
+        snapshot_times.push(opened.elapsed());
         if report.exit_code() != 0 {
             return Err(Error::io(
                 "<longevity>",
@@ -199,6 +223,7 @@ async fn sync_runs(
     }
     Ok(Synced {
         times,
+        snapshot_times,
         checkpoint_bytes_first,
         head_before_last,
     })
@@ -283,7 +308,11 @@ fn count_files(dir: &Path) -> (u64, u64, u64) {
                 stack.push(path);
             } else {
                 files += 1;
-                if path.extension().is_some_and(|e| e == "parquet") {
+                // Data files only: a Delta checkpoint is Parquet too.
+                let name = entry.file_name();
+                if name.to_string_lossy().starts_with("part-")
+                    && path.extension().is_some_and(|e| e == "parquet")
+                {
                     parquet += 1;
                     partitions.insert(d.clone());
                 }
@@ -304,6 +333,13 @@ impl std::fmt::Display for LongevityReport {
             f,
             "  run wall time (median)  first 10%: {:.1} ms   last 10%: {:.1} ms   growth: {:.2}x",
             self.first_10pct_median_ms, self.last_10pct_median_ms, self.growth
+        )?;
+        writeln!(
+            f,
+            "  open latest snapshot    first 10%: {:.2} ms   last 10%: {:.2} ms   growth: {:.2}x (Delta, messages)",
+            self.snapshot_first_10pct_median_ms,
+            self.snapshot_last_10pct_median_ms,
+            self.snapshot_growth
         )?;
         writeln!(
             f,
