@@ -149,7 +149,7 @@ pub fn run(out: &Location) -> Result<RebuildReport> {
             ),
         });
     }
-    let parquet_moved = move_unlisted_parquet(storage, &sealed.parquet)?;
+    let parquet_moved = move_unlisted_parquet(storage, &sealed.parquet, chain.is_empty())?;
     // Every committed Parquet file covers what the last sealed run
     // covered; records after that are written to Parquet by the next run.
     checkpoint.parquet.messages_covered_bytes = sealed.pointer.coverage.jsonl_bytes;
@@ -277,13 +277,28 @@ fn add_send(checkpoint: &mut Checkpoint, row: SendRow) {
 }
 
 /// Moves the Parquet files no sealed manifest lists out of `parquet/`, to
-/// `recovered/<time>/parquet/...`. Returns their former keys.
-fn move_unlisted_parquet(storage: &dyn Backend, listed: &[WrittenFile]) -> Result<Vec<String>> {
+/// `recovered/<time>/parquet/...`, and, when no sealed run is left
+/// (`unchained`), the tables' Delta logs with them: no manifest accounts
+/// for their commits any more, and they name the files moved; the next
+/// run starts the tables afresh. Returns the data files' former keys.
+fn move_unlisted_parquet(
+    storage: &dyn Backend,
+    listed: &[WrittenFile],
+    unchained: bool,
+) -> Result<Vec<String>> {
     let listed: std::collections::HashSet<String> = listed.iter().map(|f| f.path.clone()).collect();
     let unlisted = crate::sinks::parquet::unlisted(storage, &listed)?;
     let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
     for key in &unlisted {
         storage.rename(key, &format!("recovered/{stamp}/{key}"))?;
+    }
+    if unchained {
+        for kind in crate::delta::TableKind::ALL {
+            for object in storage.list(&format!("{}/_delta_log/", kind.root()))? {
+                let key = object.key;
+                storage.rename(&key, &format!("recovered/{stamp}/{key}"))?;
+            }
+        }
     }
     // Temporaries of a killed run go the usual way.
     remove_uncommitted(storage, &listed)?;

@@ -492,8 +492,9 @@ async fn verify_names_every_tampered_object_in_a_bucket() {
 
 /// Four shards of one job run at once into one prefix: together they hold
 /// exactly the ground truth, each conversation in one shard, readable with
-/// one glob; `verify` checks all four; another split of the prefix, or an
-/// unsharded run on it, is refused.
+/// one glob, and each shard's Delta table holds its part; `verify` checks
+/// all four; another split of the prefix, or an unsharded run on it, is
+/// refused.
 #[tokio::test(flavor = "multi_thread")]
 async fn four_shards_of_one_job_form_one_dataset() {
     let moto = Arc::new(tokio::task::spawn_blocking(Moto::start).await.unwrap());
@@ -560,14 +561,26 @@ fs = pafs.S3FileSystem(endpoint_override=endpoint, scheme="http", access_key="te
                        secret_key="test", region="us-east-1")
 root = url[len("s3://"):]
 files = [f.path for f in fs.get_file_info(pafs.FileSelector(root, recursive=True))
-         if f.path.endswith(".parquet") and "/parquet/messages/" in f.path]
+         if f.path.endswith(".parquet") and "/parquet/messages/date=" in f.path]
 table = ds.dataset(files, filesystem=fs, format="parquet").to_table()
 pairs = list(zip(table.column("conversation_user_id").to_pylist(), table.column("message_id").to_pylist()))
 assert len(set(pairs)) == len(pairs), "duplicate rows across shards"
+# Each shard's Delta table, read by delta-rs from the bucket: together the
+# same rows, each once; one commit (version 0) per shard's one run.
+from deltalake import DeltaTable
+options = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+           "AWS_REGION": "us-east-1", "AWS_ALLOW_HTTP": "true"}
+delta = []
+for k in range(4):
+    dt = DeltaTable(f"{url}/shard={k}/parquet/messages", storage_options=options)
+    assert dt.version() == 0, dt.version()
+    t = dt.to_pyarrow_table()
+    delta += zip(t.column("conversation_user_id").to_pylist(), t.column("message_id").to_pylist())
+assert sorted(delta) == sorted(pairs), "the Delta tables differ from the data files"
 print(len(pairs))
 "#;
     let out = run_python(
-        python_with(PYTHON),
+        python_with(&[PYTHON, &["deltalake"]].concat()),
         script,
         &[Path::new(&moto.endpoint()), Path::new(&url)],
     );
@@ -596,7 +609,12 @@ fn the_demo_runs_unchanged_into_a_bucket() {
         .filter(|r| r["record_type"] == "send")
         .count();
     assert_eq!(sends, 2);
-    assert_eq!(crate::files_under(local.path(), "parquet/sends").len(), 1);
+    let data = crate::files_under(local.path(), "parquet/sends");
+    assert_eq!(
+        data.iter().filter(|p| p.contains("/date=")).count(),
+        1,
+        "{data:?}"
+    );
 }
 
 /// Large objects go up as multipart uploads: nothing is visible until the

@@ -111,6 +111,9 @@ pub fn files_per_partition(out: &Path) -> std::collections::BTreeMap<String, usi
         };
         for dir in dirs {
             let dir = dir.unwrap().path();
+            if dir.ends_with("_delta_log") {
+                continue;
+            }
             let n = std::fs::read_dir(&dir)
                 .unwrap()
                 .filter(|e| {
