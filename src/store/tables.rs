@@ -219,7 +219,9 @@ fn convert(
         compaction: None,
         ..*run
     };
-    let mut base = project(&earlier, timestamp).remove(&kind)?;
+    let Some(mut base) = project(&earlier, timestamp).remove(&kind) else {
+        return change;
+    };
     base.info.operation = "CONVERT".to_owned();
     if let Some(own) = change {
         let removed: HashSet<&str> = own.removes.iter().map(|r| r.path.as_str()).collect();
@@ -420,6 +422,50 @@ mod tests {
                 ("date=2026-12-01/part-k-0001.parquet", true)
             ]
         );
+    }
+
+    /// The first commit of a table in an output written before the tables
+    /// adds every file the sealed runs list, but those the converting run
+    /// removes, then the run's own.
+    #[test]
+    fn a_conversion_adds_every_listed_file_in_the_runs_commit() {
+        let earlier = [
+            file("parquet/messages/date=2026-11-01/part-a-0001.parquet", 2),
+            file("parquet/messages/date=2026-11-01/part-b-0001.parquet", 3),
+            file("parquet/sends/date=2026-11-01/part-b-0001.parquet", 1),
+        ];
+        let merged = file("parquet/messages/date=2026-11-01/part-c-0001.parquet", 5);
+        let compaction = Compaction {
+            removed: earlier[..2]
+                .iter()
+                .map(|f| RemovedFile {
+                    run_id: "a".into(),
+                    file: f.clone(),
+                })
+                .collect(),
+            added: vec![merged.clone()],
+        };
+        let files = [merged];
+        let run = RunFiles {
+            run_id: "c",
+            command: "compact",
+            files: &files,
+            compaction: Some(&compaction),
+        };
+        let own = project(&run, 1).remove(&TableKind::Messages);
+        let change = convert(TableKind::Messages, &earlier, own, &run, 1).unwrap();
+        assert_eq!(change.info.operation, "CONVERT");
+        assert_eq!(change.info.run_id, "c");
+        let adds: Vec<&str> = change.adds.iter().map(|a| a.path.as_str()).collect();
+        assert_eq!(adds, ["date=2026-11-01/part-c-0001.parquet"]);
+        assert!(change.removes.is_empty(), "never added, never removed");
+        let sends = convert(TableKind::Sends, &earlier, None, &run, 1).unwrap();
+        assert_eq!(sends.adds.len(), 1);
+        assert!(sends.adds[0].data_change);
+        assert!(convert(TableKind::Messages, &[], None, &run, 1).is_none());
+        // Nothing to convert: the run's own change as it is.
+        let own = project(&run, 1).remove(&TableKind::Messages);
+        assert_eq!(convert(TableKind::Messages, &[], own.clone(), &run, 1), own);
     }
 
     #[test]
