@@ -45,8 +45,9 @@ pub struct BenchArgs {
     bucket: Option<String>,
     /// Instead, the longevity scenario: RUNS syncs of a 20-conversation job,
     /// stamped 5 minutes apart, a few new messages before each; prints the run
-    /// time of the first and last 10%, checkpoint size, verify times and the
-    /// files before and after compact.
+    /// time of the first and last 10%, the time to open the latest Delta
+    /// snapshot at both ends, checkpoint size, verify times and the files
+    /// before and after compact.
     #[arg(long, value_name = "RUNS", conflicts_with = "bucket")]
     longevity: Option<u64>,
     /// Instead, the latency scenario: a sync of --conversations x --messages
