@@ -61,6 +61,9 @@ pub struct LongevityReport {
     pub snapshot_last_10pct_median_ms: f64,
     /// Their ratio (last / first).
     pub snapshot_growth: f64,
+    /// The time to open it after the final `compact` (one live file per
+    /// partition, the log as long as ever), ms.
+    pub snapshot_after_compact_ms: f64,
     /// The checkpoint's size after the first run, bytes.
     pub checkpoint_bytes_first: u64,
     /// After the last run.
@@ -123,6 +126,7 @@ pub async fn run(runs: u64, work_dir: Option<PathBuf>) -> Result<LongevityReport
         snapshot_first_10pct_median_ms: first_open.as_secs_f64() * 1e3,
         snapshot_last_10pct_median_ms: last_open.as_secs_f64() * 1e3,
         snapshot_growth: last_open.as_secs_f64() / first_open.as_secs_f64().max(1e-9),
+        snapshot_after_compact_ms: checked.snapshot_after_compact_s * 1e3,
         checkpoint_bytes_first: synced.checkpoint_bytes_first,
         checkpoint_bytes_last,
         files_before,
@@ -235,6 +239,7 @@ struct Checked {
     since_s: f64,
     compact_s: f64,
     verify_after_compact_s: f64,
+    snapshot_after_compact_s: f64,
 }
 
 /// Verifies the folder (whole, and since `since`), compacts it, verifies it
@@ -256,6 +261,8 @@ fn verify_and_compact(dir: &Path, since: String) -> Result<Checked> {
     })?;
     let (verify_after_compact_s, verified_after) =
         timed(|| verify::run(location.clone(), None, None))?;
+    let table = Table::new(storage, TableKind::Messages);
+    let (snapshot_after_compact_s, _) = timed(|| table.snapshot(None))?;
     for report in [&verified, &verified_since, &verified_after] {
         if !report.ok() {
             return Err(Error::io(
@@ -269,6 +276,7 @@ fn verify_and_compact(dir: &Path, since: String) -> Result<Checked> {
         since_s,
         compact_s,
         verify_after_compact_s,
+        snapshot_after_compact_s,
     })
 }
 
@@ -336,10 +344,11 @@ impl std::fmt::Display for LongevityReport {
         )?;
         writeln!(
             f,
-            "  open latest snapshot    first 10%: {:.2} ms   last 10%: {:.2} ms   growth: {:.2}x (Delta, messages)",
+            "  open latest snapshot    first 10%: {:.2} ms   last 10%: {:.2} ms   growth: {:.2}x   after compact: {:.2} ms (Delta, messages)",
             self.snapshot_first_10pct_median_ms,
             self.snapshot_last_10pct_median_ms,
-            self.snapshot_growth
+            self.snapshot_growth,
+            self.snapshot_after_compact_ms
         )?;
         writeln!(
             f,

@@ -29,6 +29,16 @@ use crate::{
 /// The readers the tests start.
 const READERS: &[&str] = &["deltalake", "polars", "pyarrow"];
 
+/// Runs a reader's Python `script` with `args`; its stdout. It exits
+/// without the interpreter's teardown, which delta-rs's and Polars'
+/// threads can abort ("terminate called without an active exception")
+/// after the script has done its work.
+fn run_readers(script: &str, args: &[&Path]) -> String {
+    let script =
+        format!("{script}\nimport os as _os, sys as _sys\n_sys.stdout.flush()\n_os._exit(0)\n");
+    run_python(python_with(READERS), &script, args)
+}
+
 /// Manifests of `out` in chain order.
 fn manifests(out: &Path) -> Vec<Value> {
     std::fs::read_to_string(out.join("audit/chain.jsonl"))
@@ -86,11 +96,8 @@ print(json.dumps({
     "counts": {str(v): DeltaTable(path, version=v).to_pyarrow_table().num_rows
                for v in range(dt.version() + 1)},
 }, default=str))
-# Polars' and delta-rs's threads can abort the interpreter's teardown.
-sys.stdout.flush()
-os._exit(0)
 "#;
-    let out = run_python(python_with(READERS), script, &[out]);
+    let out = run_readers(script, &[out]);
     serde_json::from_str(&out).unwrap()
 }
 
@@ -275,8 +282,7 @@ print(json.dumps({"files": everything, "read": matching, "rows": rows, "expected
                   "stats": sorted(k for k, v in adds[0].items()
                                  if k.startswith(("min.", "max.", "null_count.")) and v is not None)}))
 "#;
-    let out: Value =
-        serde_json::from_str(&run_python(python_with(READERS), script, &[out])).unwrap();
+    let out: Value = serde_json::from_str(&run_readers(script, &[out])).unwrap();
     assert_eq!(out["files"], 8);
     assert!(
         out["read"].as_u64().unwrap() <= 6,
@@ -318,7 +324,7 @@ for table in ["messages", "sends"]:
     out.append(f"{table}: {len(rows)} rows, {len(set(rows))} distinct, {hashlib.sha256(repr(rows).encode()).hexdigest()}")
 print("\n".join(out))
 "#;
-    run_python(python_with(READERS), script, &[out])
+    run_readers(script, &[out])
 }
 
 /// The last commit of `out`'s messages table: its operation and actions.
@@ -390,10 +396,7 @@ for table in ["messages", "sends"]:
         DeltaTable(path).to_pyarrow_table()
 print("ok")
 "#;
-    assert_eq!(
-        run_python(python_with(READERS), script, &[out]).trim(),
-        "ok"
-    );
+    assert_eq!(run_readers(script, &[out]).trim(), "ok");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -545,10 +548,8 @@ import polars as pl
 path = sys.argv[1] + "/parquet/messages"
 dt = DeltaTable(path)
 print(dt.version(), dt.to_pyarrow_table().num_rows, pl.read_delta(path).height)
-sys.stdout.flush()
-os._exit(0)
 "#;
-    let read = run_python(python_with(READERS), script, &[out]);
+    let read = run_readers(script, &[out]);
     assert_eq!(
         read.split_whitespace().collect::<Vec<_>>(),
         ["999", "1000", "1000"]
