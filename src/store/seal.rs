@@ -105,8 +105,9 @@ impl Store {
     }
 
     /// Ends the run: closes the Parquet file, commits, and writes the audit
-    /// rows file, the manifest, the chain entry, the checkpoint's audit
-    /// pointer and `SHA256SUMS`, in that order.
+    /// rows file, the Delta commit of each table it changed, the manifest,
+    /// the chain entry, the checkpoint's audit pointer and `SHA256SUMS`, in
+    /// that order.
     pub fn seal(mut self, body: ManifestBody) -> Result<Sealed> {
         self.close_tables()?;
         let files = self.listed_files();
