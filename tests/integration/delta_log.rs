@@ -21,6 +21,15 @@ use crate::{python_with, run_python};
 /// Readers of the tables: delta-rs, Polars, and pyarrow for datasets.
 const READERS: &[&str] = &["deltalake", "polars", "pyarrow"];
 
+/// A `python3` with the readers, on one thread where a reader lets it be
+/// said: the tests of pacing and scheduling run beside these on few cores.
+fn readers() -> std::process::Command {
+    let mut cmd = python_with(READERS);
+    cmd.env("POLARS_MAX_THREADS", "1")
+        .env("OMP_NUM_THREADS", "1");
+    cmd
+}
+
 /// Microseconds of 2026-12-01T00:00:00Z.
 const DEC_1: i64 = 1_796_083_200_000_000;
 const HOUR: i64 = 3_600_000_000;
@@ -158,11 +167,7 @@ fn delta_rs_and_polars_read_the_table_its_history_and_versions() {
     let snapshot = table.snapshot(None).unwrap().unwrap();
     assert_eq!(snapshot.files.len(), 15);
 
-    let seen = run_python(
-        python_with(READERS),
-        READ_SCRIPT,
-        &[&out.join("parquet/messages")],
-    );
+    let seen = run_python(readers(), READ_SCRIPT, &[&out.join("parquet/messages")]);
     let seen: Value = serde_json::from_str(seen.trim()).unwrap();
     assert_eq!(seen["version"], 4);
     assert_eq!(seen["rows"], 125);
@@ -331,7 +336,7 @@ fn past_a_hundred_versions_readers_load_the_checkpoint() {
     assert_eq!(hint["numOfAddFiles"], 99);
 
     let seen = run_python(
-        python_with(READERS),
+        readers(),
         CHECKPOINT_SCRIPT,
         &[&out.join("parquet/messages")],
     );
@@ -375,7 +380,7 @@ fn duckdb_with_delta() -> (std::process::Command, std::path::PathBuf) {
 const DUCKDB_SCRIPT: &str = r#"
 import sys, json, duckdb
 table, extensions = sys.argv[1], sys.argv[2]
-con = duckdb.connect()
+con = duckdb.connect(config={"threads": 1})
 con.execute(f"SET extension_directory = '{extensions}'")
 con.execute("LOAD delta")
 rows = con.execute("SELECT count(*), count(DISTINCT message_id), min(date) FROM delta_scan(?)", [table]).fetchone()
@@ -414,11 +419,7 @@ fn a_checkpoint_written_by_delta_rs_reads_back_as_the_same_snapshot() {
 import sys, deltalake
 deltalake.DeltaTable(sys.argv[1]).create_checkpoint()
 "#;
-    run_python(
-        python_with(READERS),
-        script,
-        &[&out.join("parquet/messages")],
-    );
+    run_python(readers(), script, &[&out.join("parquet/messages")]);
     assert_eq!(table.checkpoints().unwrap(), [52]);
     // Replay now starts at delta-rs's checkpoint: the same files, the same
     // statistics, the same protocol and schema.
@@ -490,7 +491,7 @@ fn concurrent_writers_in_a_bucket_land_once_each_and_delta_rs_reads_it() {
     let uri = format!("s3://{bucket}/dm/parquet/messages");
     let endpoint = moto.endpoint();
     let script_args = [Path::new(&uri), Path::new(&endpoint)];
-    let seen = run_python(python_with(READERS), BUCKET_SCRIPT, &script_args);
+    let seen = run_python(readers(), BUCKET_SCRIPT, &script_args);
     let seen: Value = serde_json::from_str(seen.trim()).unwrap();
     assert_eq!(seen["version"], 19);
     assert_eq!(seen["rows"], 80);
@@ -520,7 +521,7 @@ dt = deltalake.DeltaTable(path)
 adds = pa.table(dt.get_add_actions(flatten=True)).to_pylist()
 print(json.dumps({"version": dt.version(), "paths": sorted(a["path"] for a in adds)}))
 "#;
-    let seen = run_python(python_with(READERS), script, &[&root]);
+    let seen = run_python(readers(), script, &[&root]);
     let seen: Value = serde_json::from_str(seen.trim()).unwrap();
     let storage: Storage = Arc::new(LocalDir::new(dir.path()));
     let table = Table::new(storage.clone(), TableKind::Messages);
