@@ -78,6 +78,9 @@ pub struct Checkpoint {
     /// Where compaction stands.
     #[serde(default, skip_serializing_if = "CompactionState::is_empty")]
     pub compaction: CompactionState,
+    /// Where retention (`sync --retain-days`) stands.
+    #[serde(default, skip_serializing_if = "RetentionState::is_empty")]
+    pub retention: RetentionState,
     /// How it was read: `None` when there was none, else the version (if
     /// the storage has versions) the next save must still find.
     #[serde(skip)]
@@ -96,6 +99,21 @@ pub struct CompactionState {
 impl CompactionState {
     fn is_empty(&self) -> bool {
         self.through.is_none()
+    }
+}
+
+/// Where retention stands (`sync --retain-days`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetentionState {
+    /// The UTC date (`YYYY-MM-DD`) of the last run that applied retention:
+    /// it is applied at most once a day.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_day: Option<String>,
+}
+
+impl RetentionState {
+    fn is_empty(&self) -> bool {
+        self.last_day.is_none()
     }
 }
 

@@ -38,7 +38,7 @@ mod writer;
 use std::sync::Arc;
 use std::time::Instant;
 
-pub use options::{DEFAULT_CONCURRENCY, SyncOptions, Target};
+pub use options::{DEFAULT_CONCURRENCY, MAX_RETAIN_DAYS, SyncOptions, Target};
 use report::manifest_body;
 pub use report::{
     ConversationReport, ConversationStatus, InvalidRecord, LaneClosed, LaneScope, PageRecord,

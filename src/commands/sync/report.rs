@@ -350,17 +350,23 @@ pub(super) fn manifest_body(report: &SyncReport, options: &SyncOptions) -> Manif
     if !report.lanes_closed.is_empty() {
         counts["lanes_closed"] = serde_json::to_value(&report.lanes_closed).unwrap_or_default();
     }
+    let mut recorded = serde_json::json!({
+        "base_url": options.api.base_url,
+        "accounts": accounts,
+        "conversations": options.targets.len(),
+        "concurrency": options.concurrency,
+        "max_credits": options.max_credits,
+        "max_empty_pages": options.max_empty_pages,
+    });
+    // Only when set, like `lanes_closed`: `report` reads from it whether
+    // retention is in force.
+    if let Some(days) = options.retain_days {
+        recorded["retain_days"] = days.into();
+    }
     ManifestBody {
         command: "sync",
         exit_code: report.exit_code(),
-        options: serde_json::json!({
-            "base_url": options.api.base_url,
-            "accounts": accounts,
-            "conversations": options.targets.len(),
-            "concurrency": options.concurrency,
-            "max_credits": options.max_credits,
-            "max_empty_pages": options.max_empty_pages,
-        }),
+        options: recorded,
         conversations: serde_json::to_value(&report.conversations).unwrap_or_default(),
         sends: serde_json::json!([]),
         credits: report.credits.clone(),
