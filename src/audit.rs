@@ -42,6 +42,7 @@ use hmac::{KeyInit, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::erasure::Erasure;
 use crate::error::{Error, Result};
 use crate::records::json_str;
 use crate::sinks::{WrittenFile, sha256_hex};
@@ -388,6 +389,11 @@ pub struct Manifest {
     /// it wrote in their place (also in `files`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compaction: Option<Compaction>,
+    /// For an erasure run (`forget`, retention, undo): what it erased and
+    /// why; its Parquet rewrite is in `compaction`, its handoff file's new
+    /// generation a segment at offset 0 in `files`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub erasure: Option<Erasure>,
     /// The SSH key that signs this manifest, when one was set: its
     /// signature is `<manifest>.sig` (see [`crate::sshsig`]). Recorded
     /// here so that the signed bytes name their signer, and a signature
@@ -1187,6 +1193,7 @@ mod tests {
             coverage: Coverage::default(),
             recovered: Vec::new(),
             compaction: None,
+            erasure: None,
             signer: None,
             signature: None,
         }

@@ -21,6 +21,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod commands;
 pub mod dedupe;
+pub mod erasure;
 pub mod error;
 pub mod logging;
 pub mod metrics;

@@ -44,6 +44,7 @@ use crate::api::Endpoint;
 use crate::api::client::Reply;
 use crate::audit::{self, AuditLog, ChainEntry, LogInfo, LogKind};
 use crate::checkpoint::{self, Checkpoint, Conversation};
+use crate::erasure::Erasure;
 use crate::error::{Error, Result};
 use crate::records::{HistoryBatch, SendRow};
 use crate::sinks::WrittenFile;
@@ -139,6 +140,8 @@ pub struct Store {
     failed: Option<Failed>,
     /// The files a `compact` run swapped, sealed into its manifest.
     compaction: Option<audit::Compaction>,
+    /// What an erasure run erased, sealed into its manifest.
+    erasure: Option<Erasure>,
     /// When the store was opened, on the monotonic clock.
     opened: std::time::Instant,
     /// History and send rows appended since the last commit.
@@ -211,6 +214,7 @@ impl Store {
             recovered,
             failed: None,
             compaction: None,
+            erasure: None,
             opened: std::time::Instant::now(),
             uncommitted_history: 0,
             uncommitted_sends: 0,
@@ -244,6 +248,11 @@ impl Store {
     /// removed go once the manifest is sealed.
     pub fn set_compaction(&mut self, compaction: audit::Compaction) {
         self.compaction = Some(compaction);
+    }
+
+    /// Records what an erasure run erased, for its manifest.
+    pub fn set_erasure(&mut self, erasure: Erasure) {
+        self.erasure = Some(erasure);
     }
 
     /// What opening the store repaired.

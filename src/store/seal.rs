@@ -14,6 +14,7 @@ use super::stamp::RunStamp;
 use crate::api::Endpoint;
 use crate::audit::{self, ChainEntry, Compaction, Coverage, LogInfo, Manifest, RecoveredLog};
 use crate::checkpoint::{self, AuditPointer, Checkpoint};
+use crate::erasure::Erasure;
 use crate::error::{Error, Result};
 use crate::sinks::WrittenFile;
 use crate::sinks::jsonl;
@@ -83,6 +84,7 @@ struct Run<'a> {
     repair: &'a Repair,
     recovered: &'a [RecoveredLog],
     compaction: Option<&'a Compaction>,
+    erasure: Option<&'a Erasure>,
 }
 
 impl Store {
@@ -111,6 +113,7 @@ impl Store {
             repair: &self.repair,
             recovered: &self.recovered,
             compaction: self.compaction.as_ref(),
+            erasure: self.erasure.as_ref(),
         };
         let ssh_key = body.ssh_key.clone();
         let manifest = body.into_manifest(run, files.clone(), &audit_rows, page_log, coverage)?;
@@ -207,6 +210,7 @@ impl ManifestBody {
             coverage,
             recovered: run.recovered.to_vec(),
             compaction: run.compaction.cloned(),
+            erasure: run.erasure.cloned(),
             signer: self.ssh_key.as_ref().map(|key| audit::Signer {
                 fingerprint: key.fingerprint().to_owned(),
                 namespace: sshsig::NAMESPACE.to_owned(),
