@@ -109,11 +109,16 @@ pub struct RetentionState {
     /// it is applied at most once a day.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_day: Option<String>,
+    /// The ID of that day's retention run (an erasure run of its own,
+    /// after the sync's): while its manifest is missing, the next sync
+    /// tries again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<String>,
 }
 
 impl RetentionState {
     fn is_empty(&self) -> bool {
-        self.last_day.is_none()
+        self.last_day.is_none() && self.run.is_none()
     }
 }
 
