@@ -70,6 +70,8 @@ pub enum Command {
         html: Option<PathBuf>,
         /// What the manifests' SSH signatures are checked with.
         trust: verify::Trust,
+        /// Show the IDs of the people erasures concerned.
+        erased_ids: bool,
         /// Report as JSON.
         json: bool,
     },
@@ -413,9 +415,10 @@ pub async fn execute(command: Command) -> Result<Report> {
             dir,
             html,
             trust,
+            erased_ids,
             json,
         } => blocking("<report>", move || {
-            report::run(&dir, html.as_deref(), &trust)
+            report::run(&dir, html.as_deref(), &trust, erased_ids)
         })
         .await
         .map(|written| Report::Report { written, json }),
