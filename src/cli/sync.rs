@@ -61,9 +61,9 @@ pub struct SyncArgs {
     #[arg(long)]
     compact: bool,
     /// Erase every message older than DAYS days (by its created_at, or by the time
-    /// in its ID when the API gave none) from every output, at most once a day, as
-    /// part of the run; the run's manifest records what went (see `xquik-dm
-    /// forget`). 1 to 36500.
+    /// in its ID when the API gave none) from every output, at most once a day, in
+    /// an audited erasure run of its own right after the sync's (as `xquik-dm
+    /// forget` does; later syncs do not write them again). 1 to 36500.
     #[arg(long, value_name = "DAYS")]
     retain_days: Option<u32>,
     /// Write the run's outcome to this file in Prometheus text format (replaced
