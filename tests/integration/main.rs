@@ -15,6 +15,7 @@ mod metrics;
 mod pacing;
 mod protocol;
 mod report;
+mod retention;
 mod scheduler;
 mod scripted;
 mod send;
