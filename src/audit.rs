@@ -42,7 +42,7 @@ use hmac::{KeyInit, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::erasure::Erasure;
+use crate::erasure::record::Erasure;
 use crate::error::{Error, Result};
 use crate::records::json_str;
 use crate::sinks::{WrittenFile, sha256_hex};

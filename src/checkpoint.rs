@@ -81,6 +81,10 @@ pub struct Checkpoint {
     /// Where retention (`sync --retain-days`) stands.
     #[serde(default, skip_serializing_if = "RetentionState::is_empty")]
     pub retention: RetentionState,
+    /// The erasures that stay in force: tombstones, the retention
+    /// cut-off, forgotten conversations.
+    #[serde(default, skip_serializing_if = "ErasureState::is_empty")]
+    pub erasure: ErasureState,
     /// How it was read: `None` when there was none, else the version (if
     /// the storage has versions) the next save must still find.
     #[serde(skip)]
@@ -120,6 +124,52 @@ impl RetentionState {
     fn is_empty(&self) -> bool {
         self.last_day.is_none() && self.run.is_none()
     }
+}
+
+/// The erasures that stay in force (see [`crate::erasure`]). Body-free:
+/// IDs, digests and a time. Its size grows with the erasure runs and the
+/// forgotten conversations, not with the messages erased: the tombstones
+/// themselves are the erasure runs' rows files, named here with their
+/// digests so that a changed or removed one is found before a sync could
+/// write an erased message again.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErasureState {
+    /// The rows files whose message IDs no sync writes again, one per
+    /// erasure run that erased by conversation or by ID.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tombstones: Vec<TombstoneFile>,
+    /// Retention: no record created before this instant (RFC 3339 UTC) is
+    /// written again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub erased_before: Option<String>,
+    /// Forgotten conversations (user ID → the run that forgot it): skipped
+    /// by syncs until `forget --undo-user`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub forgotten: BTreeMap<String, String>,
+}
+
+impl ErasureState {
+    fn is_empty(&self) -> bool {
+        self.tombstones.is_empty() && self.erased_before.is_none() && self.forgotten.is_empty()
+    }
+
+    /// Tombstones in all.
+    pub fn tombstone_count(&self) -> u64 {
+        self.tombstones.iter().map(|t| t.rows).sum()
+    }
+}
+
+/// An erasure run's rows file, as a set of tombstones.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TombstoneFile {
+    /// The erasure run.
+    pub run_id: String,
+    /// Its rows file, relative to the output root.
+    pub path: String,
+    /// The rows file's SHA-256, as the run's manifest lists it.
+    pub sha256: String,
+    /// Its lines: the tombstones it holds.
+    pub rows: u64,
 }
 
 /// A run that claimed the output and may have written files.

@@ -13,17 +13,25 @@
 //! (The mechanism and the invariant `verify` checks across erasures are
 //! documented here as they land.)
 
-mod record;
+mod handoff;
+mod parquet;
+pub mod record;
+pub mod tombstones;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
 
 use serde::Serialize;
 
+pub use crate::timestamp::snowflake_millis;
 pub use record::{Erasure, ErasureKind, Generation, MAX_REASON_CHARS};
 
-use crate::audit::{AuditRow, Manifest};
-use crate::error::Result;
+use crate::audit::{AuditRow, Compaction, Manifest, Merkle};
+use crate::error::{Error, Result};
+use crate::sinks::sha256_hex;
 use crate::sshsig::SigningKey;
-use crate::storage::{Location, Storage};
-use crate::store::{RunStamp, Store};
+use crate::storage::{Backend, Location, Storage};
+use crate::store::{ManifestBody, RunStamp, StagedGeneration, Store};
 
 /// What to erase.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -61,16 +69,37 @@ pub struct ErasureReport {
     pub seconds: f64,
 }
 
-/// Checks a reason: required, body-free in practice (short), at most
-/// [`MAX_REASON_CHARS`] characters. Bad input otherwise.
+/// Checks a reason: required, not blank, at most [`MAX_REASON_CHARS`]
+/// characters (it is stored in the manifest, so it must stay short and
+/// body-free). Bad input otherwise.
 pub fn check_reason(reason: &str) -> Result<()> {
-    let _ = reason;
-    todo!()
+    let chars = reason.chars().count();
+    if reason.trim().is_empty() {
+        return Err(Error::invalid(
+            "--reason",
+            "required: say why (a ticket, \"GDPR Art. 17 request\"), never a message's text",
+        ));
+    }
+    if chars > MAX_REASON_CHARS {
+        return Err(Error::invalid(
+            "--reason",
+            format!(
+                "{chars} characters; at most {MAX_REASON_CHARS} (it is stored in the manifest: a reference, never a message's text)"
+            ),
+        ));
+    }
+    if reason.chars().any(char::is_control) {
+        return Err(Error::invalid("--reason", "holds control characters"));
+    }
+    Ok(())
 }
 
 /// Runs the erasure of `selection` as a run of its own on `storage`
 /// (what `forget` and `sync --retain-days` call): opens the store, erases,
-/// seals the manifest (signed with `key` when given).
+/// seals the manifest (signed with `key` when given). Work a killed run
+/// left for the next one to take over is sealed first, in a run of its
+/// own, so that the erasure's manifest lists only what it erased and
+/// wrote.
 pub fn run(
     storage: &Storage,
     stamp: &RunStamp,
@@ -80,35 +109,222 @@ pub fn run(
     retain_days: Option<u32>,
     key: Option<&SigningKey>,
 ) -> Result<ErasureReport> {
-    let _ = (storage, stamp, selection, kind, reason, retain_days, key);
-    todo!()
+    check_reason(reason)?;
+    let started = Instant::now();
+    let command = command_of(kind);
+    let mut store = Store::open(storage, stamp)?;
+    if !store.is_untouched() {
+        let mut body = ManifestBody::empty(command);
+        body.ssh_key = key.cloned();
+        store.seal(body)?;
+        store = Store::open(storage, &RunStamp::now())?;
+    }
+    let mut erasure = erase(&mut store, selection, kind, reason)?;
+    erasure.retain_days = retain_days;
+    store.set_erasure(erasure.clone());
+    let run_id = store.run_id().to_owned();
+    let (removed, added) = store
+        .compaction()
+        .map_or((0, 0), |c| (c.removed.len() as u64, c.added.len() as u64));
+    let mut body = ManifestBody::empty(command);
+    body.options = serde_json::json!({
+        "kind": kind,
+        "users": selection.users.len(),
+        "messages": selection.messages.len(),
+        "undo_users": selection.undo_users.len(),
+        "retain_days": retain_days,
+    });
+    body.counts = serde_json::json!({
+        "erased": erasure.erased,
+        "sends_erased": erasure.sends_erased,
+        "parquet_removed": removed,
+        "parquet_added": added,
+    });
+    body.ssh_key = key.cloned();
+    let sealed = store.seal(body)?;
+    Ok(ErasureReport {
+        out: storage.location(),
+        run_id,
+        manifest: sealed.chain.manifest,
+        erasure,
+        parquet_removed: removed,
+        parquet_added: added,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// The manifest's `command` of an erasure of `kind`.
+fn command_of(kind: ErasureKind) -> &'static str {
+    match kind {
+        ErasureKind::Forget | ErasureKind::UndoForget => "forget",
+        ErasureKind::Retention => "retention",
+    }
 }
 
 /// Erases `selection` inside the open run of `store`, which must not have
-/// appended anything: the handoff file's new generation, the Parquet
-/// rewrite (the store's compaction), the tombstones. The store's manifest
-/// then carries the returned [`Erasure`] when it is sealed.
+/// appended anything: stages the handoff file's new generation, rewrites
+/// the Parquet files that hold erased rows (the store's compaction),
+/// deletes such files under `recovered/`, and writes the erased IDs into
+/// the run's rows file. The store's manifest then carries the returned
+/// [`Erasure`] (set it with [`Store::set_erasure`]); sealing it is the
+/// commit point.
 pub fn erase(
     store: &mut Store,
     selection: &Selection,
     kind: ErasureKind,
     reason: &str,
 ) -> Result<Erasure> {
-    let _ = (store, selection, kind, reason);
-    todo!()
+    check_reason(reason)?;
+    let storage = store.storage().clone();
+    let run_id = store.run_id().to_owned();
+    let (committed, digest) = store.handoff_state();
+    let matcher = handoff::Matcher::new(selection);
+    let staged = handoff::stage(storage.as_ref(), committed, &digest, &matcher, &run_id)?;
+    let mut erased = Vec::new();
+    let mut generation = None;
+    if let Some(staged) = staged {
+        let gone = parquet::Gone::of(&staged.erased);
+        let affected =
+            parquet::affected(storage.as_ref(), parquet::listed(storage.as_ref())?, &gone)?;
+        let dirs: Vec<String> = affected.keys().cloned().collect();
+        // Claimed before a file is written there: a killed erasure's new
+        // files are found by name by the next run.
+        store.claim_dirs(&dirs)?;
+        let compaction = parquet::rewrite_all(&storage, affected, &gone, &run_id)?;
+        check_parquet(storage.as_ref(), &compaction, staged.erased.len() as u64)?;
+        parquet::clean_recovered(storage.as_ref(), &gone)?;
+        store.set_compaction(compaction);
+        generation = Some(Generation {
+            before_bytes: staged.before.0,
+            before_rows: staged.before.1,
+            before_sha256: staged.before.2.clone(),
+            bytes: staged.bytes,
+            rows: staged.history_rows + staged.send_rows,
+            sha256: staged.sha256.clone(),
+        });
+        store.set_generation(StagedGeneration {
+            key: staged.key.clone(),
+            bytes: staged.bytes,
+            rows: staged.history_rows + staged.send_rows,
+            sha256: staged.sha256.clone(),
+            state: staged.state.clone(),
+        })?;
+        erased = staged.erased;
+    }
+    erased.sort_by(|a, b| {
+        (&a.message_id, &a.record_type, &a.user_id).cmp(&(
+            &b.message_id,
+            &b.record_type,
+            &b.user_id,
+        ))
+    });
+    store.record_erased(&erased)?;
+    Ok(record(store, selection, kind, reason, &erased, generation))
+}
+
+/// The manifest's `erasure` object of the records `erased` (sorted).
+fn record(
+    store: &Store,
+    selection: &Selection,
+    kind: ErasureKind,
+    reason: &str,
+    erased: &[AuditRow],
+    handoff: Option<Generation>,
+) -> Erasure {
+    let mut by_conversation: BTreeMap<String, u64> = BTreeMap::new();
+    for r in erased {
+        *by_conversation.entry(r.user_id.clone()).or_default() += 1;
+    }
+    let state = &store.checkpoint().erasure;
+    let tombstones = state.tombstone_count()
+        + if kind == ErasureKind::Retention {
+            0
+        } else {
+            erased.len() as u64
+        };
+    Erasure {
+        kind,
+        reason: reason.to_owned(),
+        erased_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        erased: erased.len() as u64,
+        by_conversation,
+        sends_erased: erased.iter().filter(|r| r.record_type == "send").count() as u64,
+        merkle_root: merkle_root(erased),
+        forgotten_users: dedup(&selection.users),
+        undone_users: dedup(&selection.undo_users),
+        retain_days: None,
+        older_than: selection
+            .older_than
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+        handoff,
+        tombstones,
+    }
+}
+
+/// The Merkle root over the message IDs of `erased`, sorted, each once.
+pub fn merkle_root(erased: &[AuditRow]) -> Option<String> {
+    let ids: BTreeSet<&str> = erased.iter().map(|r| r.message_id.as_str()).collect();
+    let mut merkle = Merkle::default();
+    for id in ids {
+        merkle.push(id.as_bytes());
+    }
+    merkle.root()
+}
+
+fn dedup(users: &[String]) -> Vec<String> {
+    users
+        .iter()
+        .cloned()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}
+
+/// Refuses a Parquet rewrite that did not take out exactly the `erased`
+/// records the handoff file held: the two outputs would disagree.
+fn check_parquet(storage: &dyn Backend, compaction: &Compaction, erased: u64) -> Result<()> {
+    let before: u64 = compaction.removed.iter().map(|r| r.file.rows).sum();
+    let after: u64 = compaction.added.iter().map(|f| f.rows).sum();
+    if before - after.min(before) == erased {
+        return Ok(());
+    }
+    Err(Error::Corrupt {
+        path: storage.describe("parquet"),
+        reason: format!(
+            "the Parquet files hold {} of the {erased} records erased from the handoff file: nothing was erased; run `xquik-dm verify`",
+            before - after.min(before)
+        ),
+    })
 }
 
 /// The erased records of an erasure run, from its rows file, checked
 /// against the manifest's digest (for `load`).
 pub fn erased_ids(storage: &Storage, manifest: &Manifest) -> Result<Vec<AuditRow>> {
-    let _ = (storage, manifest);
-    todo!()
-}
-
-/// The time encoded in a snowflake ID, in milliseconds since the epoch.
-pub fn snowflake_millis(id: &str) -> Option<i64> {
-    let id: u64 = id.parse().ok()?;
-    i64::try_from(id >> 22).ok()?.checked_add(1_288_834_974_657)
+    let info = &manifest.audit_rows;
+    let path = storage.describe(&info.path);
+    let bytes = storage
+        .get(&info.path)?
+        .ok_or_else(|| Error::Corrupt {
+            path: path.clone(),
+            reason: format!("missing: run {}'s rows file", manifest.run_id),
+        })?
+        .bytes;
+    if sha256_hex(&bytes) != info.sha256 {
+        return Err(Error::Corrupt {
+            path,
+            reason: format!("SHA-256 differs from run {}'s manifest", manifest.run_id),
+        });
+    }
+    bytes
+        .split(|b| *b == b'\n')
+        .filter(|line| !line.is_empty())
+        .map(|line| {
+            serde_json::from_slice(line).map_err(|_| Error::Corrupt {
+                path: path.clone(),
+                reason: "holds a line that is not a row".into(),
+            })
+        })
+        .collect()
 }
 
 impl std::fmt::Display for ErasureReport {

@@ -6,6 +6,13 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+/// The key of the handoff file's new generation that the erasure run
+/// `run_id` stages: at the root, next to the file it replaces (it holds
+/// bodies, so never under `state/`).
+pub fn staged_key(run_id: &str) -> String {
+    format!(".xquik-dm-handoff.jsonl.{run_id}.generation")
+}
+
 /// The longest reason accepted, in characters: it is stored in the
 /// manifest, so it must stay short and body-free.
 pub const MAX_REASON_CHARS: usize = 200;

@@ -28,6 +28,7 @@
 //! outputs converge to what an uninterrupted run would have written: the
 //! steps, in order, are the module doc of `recover.rs`.
 
+mod generation;
 mod recover;
 mod seal;
 mod stamp;
@@ -36,6 +37,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
+pub use generation::StagedGeneration;
 pub use recover::Repair;
 pub use seal::{ManifestBody, Sealed};
 pub use stamp::RunStamp;
@@ -44,7 +46,8 @@ use crate::api::Endpoint;
 use crate::api::client::Reply;
 use crate::audit::{self, AuditLog, ChainEntry, LogInfo, LogKind};
 use crate::checkpoint::{self, Checkpoint, Conversation};
-use crate::erasure::Erasure;
+use crate::erasure::record::Erasure;
+use crate::erasure::tombstones::Tombstones;
 use crate::error::{Error, Result};
 use crate::records::{HistoryBatch, SendRow};
 use crate::sinks::WrittenFile;
@@ -142,6 +145,10 @@ pub struct Store {
     compaction: Option<audit::Compaction>,
     /// What an erasure run erased, sealed into its manifest.
     erasure: Option<Erasure>,
+    /// The handoff file's new generation an erasure run staged.
+    generation: Option<StagedGeneration>,
+    /// Erased messages, never written again.
+    tombstones: Tombstones,
     /// When the store was opened, on the monotonic clock.
     opened: std::time::Instant,
     /// History and send rows appended since the last commit.
@@ -196,6 +203,9 @@ impl Store {
         } = recovered;
         let (date, run_id) = (stamp.date.as_str(), stamp.run_id.as_str());
         let backend = storage.as_ref();
+        // Loaded before anything is fetched: damaged tombstones stop the
+        // run before an erased message could be written again.
+        let tombstones = Tombstones::load(backend, &checkpoint.erasure)?;
         Ok(Store {
             storage: storage.clone(),
             _lock: lock,
@@ -215,6 +225,8 @@ impl Store {
             failed: None,
             compaction: None,
             erasure: None,
+            generation: None,
+            tombstones,
             opened: std::time::Instant::now(),
             uncommitted_history: 0,
             uncommitted_sends: 0,
@@ -248,6 +260,12 @@ impl Store {
     /// removed go once the manifest is sealed.
     pub fn set_compaction(&mut self, compaction: audit::Compaction) {
         self.compaction = Some(compaction);
+    }
+
+    /// What this run swapped in Parquet, if anything (a compaction or an
+    /// erasure).
+    pub fn compaction(&self) -> Option<&audit::Compaction> {
+        self.compaction.as_ref()
     }
 
     /// Records what an erasure run erased, for its manifest.
@@ -286,6 +304,14 @@ impl Store {
     pub fn append_history(&mut self, batch: &HistoryBatch) -> Result<()> {
         if batch.is_empty() {
             return Ok(());
+        }
+        if !self.tombstones.is_empty() && batch.rows().any(|r| self.tombstones.erases(&r)) {
+            // An erased message the API still serves is not written again.
+            let mut kept = HistoryBatch::with_capacity(batch.len(), batch.lines().len());
+            for row in batch.rows().filter(|r| !self.tombstones.erases(r)) {
+                kept.push(&row);
+            }
+            return self.append_history(&kept);
         }
         let lines = batch.lines();
         self.jsonl.append(lines, batch.len() as u64)?;

@@ -6,6 +6,7 @@ mod bucket;
 mod cli;
 mod client;
 mod compact;
+mod erasure;
 mod fuzz;
 mod golden;
 mod hostile;

@@ -11,6 +11,7 @@
 //!   the ones the manifests list — nothing missing, nothing extra;
 //! - compactions: the files a compaction removed are those earlier runs
 //!   listed, digest for digest, and it added as many rows per partition;
+//! - erasures: see [`crate::erasure`]'s invariant;
 //! - `SHA256SUMS`, line by line, as `sha256sum -c` would, and each run's
 //!   checksum file against its manifest.
 //!
@@ -24,6 +25,9 @@
 //! 3. [`completeness`] checks what lies beyond them: the handoff file's
 //!    tail and the unlisted files, accounting for an interrupted run;
 //! 4. [`compactions`] checks each compaction against the files it removed;
+//!    [`erasures`] checks each erasure against its rows file, the handoff
+//!    file against the runs' rows minus the erased ones, and the
+//!    checkpoint's tombstones against the erasures;
 //! 5. [`sums`] checks each run's checksum file, then `SHA256SUMS`.
 //!
 //! Step 1 also hands each manifest to [`signatures`], which checks its SSH
@@ -45,6 +49,7 @@
 mod chain;
 mod compactions;
 mod completeness;
+mod erasures;
 mod files;
 mod findings;
 mod signatures;
@@ -290,6 +295,9 @@ pub fn check_trusted(
         interrupted = Some(before_last.map_or(0, |m| m.coverage.jsonl_bytes));
     }
     compactions::check_compactions(manifests, &compacted, chain.start.is_some(), &mut report);
+    let full = chain.start.is_none();
+    let erasures = (full, listed.covered, chain.sealing_interrupted);
+    erasures::check_erasures(dir, manifests, erasures, &mut report);
     sums::check_run_sums(dir, manifests, &chain.signatures, &compacted, &mut report);
     match chain.start {
         Some(_) => since::note_checked(manifests.len(), since, &mut report),

@@ -1,0 +1,148 @@
+//! Tombstones: what keeps erased messages out of later syncs. They are
+//! the erasure runs' rows files (message IDs, body-free), named in the
+//! checkpoint with their digests ([`ErasureState`]), plus retention's
+//! cut-off instant. A run loads them once, when it opens the output,
+//! into a hash set (no scan per message), and checks each file against
+//! its digest: a tombstone file changed or removed stops the run (exit 3,
+//! naming the file) before an erased message could be written again.
+//!
+//! Bounded: the set holds the IDs erased by conversation or by ID (16
+//! bytes each); retention keeps no ID at all, only its cut-off.
+
+// Reads bytes the API or a file supplies: no panic may be reachable from them.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader, Read};
+
+use sha2::{Digest, Sha256};
+
+use crate::audit::AuditRow;
+use crate::checkpoint::{ErasureState, TombstoneFile};
+use crate::error::{Error, Result};
+use crate::records::HistoryRowRef;
+use crate::storage::Backend;
+
+/// The tombstones in force, loaded once per run.
+#[derive(Debug, Default)]
+pub struct Tombstones {
+    /// (conversation, message ID) of erased history records, as numbers.
+    ids: HashSet<(u64, u64)>,
+    /// Those whose IDs do not fit a `u64` (never seen: IDs are 1–20 digits).
+    other: HashSet<(String, String)>,
+    /// Retention's cut-off, in UTC microseconds.
+    before_micros: Option<i64>,
+}
+
+impl Tombstones {
+    /// Loads the tombstones `state` names from `storage`, each file checked
+    /// against its digest and line count.
+    pub fn load(storage: &dyn Backend, state: &ErasureState) -> Result<Tombstones> {
+        let mut tombstones = Tombstones {
+            before_micros: state
+                .erased_before
+                .as_deref()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.timestamp_micros()),
+            ..Tombstones::default()
+        };
+        for file in &state.tombstones {
+            tombstones.load_file(storage, file)?;
+        }
+        Ok(tombstones)
+    }
+
+    fn load_file(&mut self, storage: &dyn Backend, file: &TombstoneFile) -> Result<()> {
+        let path = storage.describe(&file.path);
+        let damaged = |what: &str| Error::Corrupt {
+            path: path.clone(),
+            reason: format!(
+                "the tombstones of erasure run {} {what}: a sync could write erased messages again, so nothing was done; restore audit/ from backup (`xquik-dm verify` names the damage)",
+                file.run_id
+            ),
+        };
+        if storage.size(&file.path)?.is_none() {
+            return Err(damaged("are missing"));
+        }
+        let mut hasher = Sha256::new();
+        let mut lines = 0u64;
+        let reader = HashingReader {
+            inner: storage.reader(&file.path, None)?,
+            hasher: &mut hasher,
+        };
+        for line in BufReader::new(reader).split(b'\n') {
+            let line = line.map_err(|e| Error::io(&path, e))?;
+            let row: AuditRow = serde_json::from_slice(&line)
+                .map_err(|_| damaged("hold a line that is not a row"))?;
+            lines += 1;
+            if row.record_type == "history" {
+                self.insert(row.user_id, row.message_id);
+            }
+        }
+        if hex::encode(hasher.finalize()) != file.sha256 || lines != file.rows {
+            return Err(damaged("differ from the checkpoint's digest"));
+        }
+        Ok(())
+    }
+
+    fn insert(&mut self, user: String, message: String) {
+        match (user.parse::<u64>(), message.parse::<u64>()) {
+            (Ok(u), Ok(m)) => {
+                self.ids.insert((u, m));
+            }
+            _ => {
+                self.other.insert((user, message));
+            }
+        }
+    }
+
+    /// Whether nothing is tombstoned.
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty() && self.other.is_empty() && self.before_micros.is_none()
+    }
+
+    /// IDs held.
+    pub fn len(&self) -> usize {
+        self.ids.len() + self.other.len()
+    }
+
+    /// Whether the history record `row` was erased and must not be written
+    /// again.
+    pub fn erases(&self, row: &HistoryRowRef<'_>) -> bool {
+        if let Some(before) = self.before_micros {
+            let micros = row.created_at.or_else(|| {
+                crate::timestamp::snowflake_millis(row.message_id).and_then(|m| m.checked_mul(1000))
+            });
+            if micros.is_some_and(|t| t < before) {
+                return true;
+            }
+        }
+        match (
+            row.conversation_user_id.parse::<u64>(),
+            row.message_id.parse::<u64>(),
+        ) {
+            (Ok(u), Ok(m)) => self.ids.contains(&(u, m)),
+            _ => self.other.contains(&(
+                row.conversation_user_id.to_owned(),
+                row.message_id.to_owned(),
+            )),
+        }
+    }
+}
+
+/// A reader that hashes what it reads.
+struct HashingReader<'a> {
+    inner: Box<dyn Read + Send>,
+    hasher: &'a mut Sha256,
+}
+
+impl Read for HashingReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(buf.get(..n).unwrap_or_default());
+        Ok(n)
+    }
+}
