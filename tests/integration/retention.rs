@@ -246,3 +246,37 @@ fn bad_windows_exit_2() {
     assert!(stderr.contains("retain-days"), "{stderr}");
     assert!(!out.exists(), "nothing is written for a refused run");
 }
+
+/// The day's retention run is remembered by its ID: when its manifest is
+/// missing (the erasure failed, or was killed and undone), a later sync the
+/// same day applies retention again, and then not again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retention_run_that_did_not_seal_is_tried_again_the_same_day() {
+    let (page, kept) = history();
+    let server = Scripted::start(vec![Answer::json(200, page); 40]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let first = sync::run(options(&server, &out, noon())).await.unwrap();
+    assert_eq!(first.retention.as_ref().unwrap().erasure.erased, 61);
+
+    // As if that erasure had never sealed: the state names a run that is
+    // not in the chain.
+    let path = out.join("state/checkpoint.json");
+    let mut state: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(state["retention"]["last_day"], "2026-06-15");
+    state["retention"]["run"] = "20260615T120000Z-00000000000000aa".into();
+    std::fs::write(&path, serde_json::to_vec(&state).unwrap()).unwrap();
+
+    let retried = sync::run(options(&server, &out, noon() + Duration::hours(1)))
+        .await
+        .unwrap();
+    assert_eq!(retried.exit_code(), 0, "{retried}");
+    let retention = retried.retention.as_ref().expect("retention tried again");
+    assert_eq!(retention.erasure.erased, 0);
+    let then = sync::run(options(&server, &out, noon() + Duration::hours(2)))
+        .await
+        .unwrap();
+    assert!(then.retention.is_none());
+    assert_eq!(erasures(&out).len(), 2);
+    assert_eq!(jsonl_texts(&out), kept);
+}

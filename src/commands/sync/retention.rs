@@ -15,7 +15,8 @@
 //! (`checkpoint.retention`). A later sync the same day finds that run's
 //! manifest and does nothing; if the manifest is missing (the erasure
 //! failed, or was killed and undone by the next run's repair), it tries
-//! again. The check costs one existence check of one key per run.
+//! again. The check costs one existence check of one key per run, and the
+//! read of that one manifest on the runs of the same day.
 //!
 //! Cost: the erasure reads the handoff file once (the IDs and times of
 //! every record; it has to write the file's new generation without the old
@@ -83,16 +84,26 @@ pub(super) async fn plan(
 }
 
 /// Whether the retention run the state names was sealed: its manifest is
-/// there.
+/// there and records a retention. (When the erasure found work of a killed
+/// run to seal first, that run took the planned ID and the erasure another:
+/// then this is false, and the next sync applies retention again.)
 async fn applied(store: &Store, state: &RetentionState) -> Result<bool> {
     let Some(run) = state.run.clone() else {
         return Ok(false);
     };
     let storage = store.storage().clone();
-    tokio::task::spawn_blocking(move || storage.as_ref().size(&audit::manifest_key(&run)))
-        .await
-        .map_err(|e| Error::io("<retention>", std::io::Error::other(e)))?
-        .map(|size| size.is_some())
+    tokio::task::spawn_blocking(move || {
+        let key = audit::manifest_key(&run);
+        if storage.as_ref().size(&key)?.is_none() {
+            return Ok(false);
+        }
+        let (manifest, _) = audit::read_manifest(storage.as_ref(), &key)?;
+        Ok(manifest
+            .erasure
+            .is_some_and(|e| e.kind == ErasureKind::Retention))
+    })
+    .await
+    .map_err(|e| Error::io("<retention>", std::io::Error::other(e)))?
 }
 
 /// The reason the retention run's manifest gives.
