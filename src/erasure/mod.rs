@@ -10,8 +10,59 @@
 //! the counts per conversation, a Merkle root over the erased message IDs,
 //! the reason and the time, never a body.
 //!
-//! (The mechanism and the invariant `verify` checks across erasures are
-//! documented here as they land.)
+//! # The mechanism
+//!
+//! [`run`] opens the store (a killed run's left-over work is sealed first,
+//! in a run of its own) and [`erase`]s:
+//! 1. one pass over the handoff file finds the records the [`Selection`]
+//!    names and checks the old bytes against the whole-file digest the
+//!    checkpoint and `SHA256SUMS` carry; a second copies the kept records
+//!    into the staged new generation (`handoff.rs`), named by the run;
+//! 2. the sealed Parquet files holding an erased row are rewritten without
+//!    it through compaction's [`rewrite`](crate::commands::compact::rewrite)
+//!    (into folders claimed first), and recorded as the run's
+//!    [`Compaction`]; the rows dropped must be exactly the records erased
+//!    (`parquet.rs`); Parquet files under `recovered/` holding an erased
+//!    row are deleted;
+//! 3. the erased records go into the rows file, sorted;
+//! 4. the seal chains the manifest — **the commit point** — then installs
+//!    the new generation (a rename in a folder; in a bucket every old
+//!    segment is deleted and the generation put at offset 0), deletes the
+//!    Parquet files rewritten, and puts the erasure in force in the
+//!    checkpoint: the rows file as tombstones, the retention cut-off, the
+//!    forgotten conversations (`store/generation.rs`).
+//!
+//! A SIGKILL before the commit point leaves the old generation and old
+//! files listed: the next run removes the staged generation and the new
+//! files by their names (repair step 5), and nothing is erased until the
+//! erasure is run again. After it, the next run finishes the install, the
+//! deletions and the checkpoint (repair steps 7 and 8). `state/tmp/` (the
+//! local backend's staging) is swept by every run when it opens the
+//! output. Either way, once the next run is done, every output holds all
+//! the erased bodies or none.
+//!
+//! # The invariant `verify` checks across erasures
+//!
+//! Earlier manifests keep their digests. The handoff file is the last
+//! erasure's generation plus the segments sealed after it, and:
+//! - **rows:** its records, in order, are the sealed runs' rows (their
+//!   rows files, in chain order) minus the records the erasure runs' rows
+//!   files list — so a record removed, added or reordered outside an
+//!   erasure fails (exit 5), whatever generation the file is;
+//! - **bytes:** the generation and every later segment match their
+//!   manifests' digests; the segments of replaced generations tile the
+//!   generation the next erasure replaced, byte and row counts equal to
+//!   what that erasure says it read (their bytes were checked by it, against
+//!   the checkpoint's digest, before it rewrote them);
+//! - **counts:** each erasure's rows file holds exactly `erased` records,
+//!   sorted, as many per conversation and as many sends as its manifest
+//!   says, under its Merkle root; its generation holds the records it
+//!   replaced minus `erased`; its Parquet rewrite dropped exactly `erased`
+//!   rows, and the files it removed are those earlier runs listed, digest
+//!   for digest;
+//! - **in force:** the checkpoint names every erasure's rows file as
+//!   tombstones (with its digest), the forgotten conversations and the
+//!   retention cut-off the erasures imply.
 
 mod handoff;
 mod parquet;

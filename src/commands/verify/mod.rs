@@ -298,6 +298,9 @@ pub fn check_trusted(
     let full = chain.start.is_none();
     let erasures = (full, listed.covered, chain.sealing_interrupted);
     erasures::check_erasures(dir, manifests, erasures, &mut report);
+    if chain.sealing_interrupted {
+        erasures::check_pending_install(dir, manifests.last(), &mut report);
+    }
     sums::check_run_sums(dir, manifests, &chain.signatures, &compacted, &mut report);
     match chain.start {
         Some(_) => since::note_checked(manifests.len(), since, &mut report),
