@@ -359,6 +359,9 @@ async fn erasures_are_reported_without_the_ids_of_the_people_concerned() {
     assert!(page.contains("GDPR Art. 17 request"));
     assert!(page.contains("data-in-force=\"false\""));
     let report: Value = serde_json::from_str(&stdout).unwrap();
+    // The erased records are not counted as written.
+    assert_eq!(report["totals"]["rows"], 50);
+    assert_eq!(report["totals"]["runs"], 2);
     let privacy = &report["privacy"];
     assert_eq!(privacy["retention"]["in_force"], false);
     let erasure = &privacy["erasures"][0];

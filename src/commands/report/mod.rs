@@ -329,7 +329,13 @@ fn run_row(seq: u64, m: &Manifest) -> RunRow {
             4 => "partial",
             _ => "failed",
         },
-        rows: m.audit_rows.rows,
+        // An erasure run's rows file lists the records it erased, not
+        // records written.
+        rows: if m.erasure.is_some() {
+            0
+        } else {
+            m.audit_rows.rows
+        },
         sends: m.counts["sent"].as_u64().unwrap_or(0),
         credits: m.credits.values().sum::<u64>() + recovered,
         pages: m.counts["pages"].as_u64().unwrap_or(0),
