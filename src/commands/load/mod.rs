@@ -327,9 +327,13 @@ async fn load_runs<'a>(
                         bar.set_message(format!("· {} rows inserted", report.rows_inserted));
                     }
                     None => {
-                        for entry in unit {
-                            tracing::info!(run = entry.run_id.as_str(), "run loaded");
-                        }
+                        // A unit of several runs is logged as its last
+                        // one, which carried the records.
+                        let run = unit.last().map_or("", |e| e.run_id.as_str());
+                        let deleted: u64 = loaded.deleted.iter().sum();
+                        let (inserted, present, runs) =
+                            (loaded.inserted, loaded.present, unit.len());
+                        tracing::info!(run, runs, inserted, present, deleted, "run loaded");
                     }
                 }
             }
