@@ -486,3 +486,65 @@ async fn a_database_loaded_before_an_erasure_equals_one_loaded_after_it() {
         assert_eq!(tables(db, dir.path()), loaded_before);
     }
 }
+
+/// An erasure killed right after its commit point (its manifest chained,
+/// its new generation staged, the handoff file still the old one: built as
+/// the erasure tests build it): a load of the runs up to it stops with a
+/// message that says so (exit 5, nothing loaded), and once the next run
+/// has installed the generation, the load equals the JSONL.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_load_waits_for_an_erasure_killed_before_it_installed_its_generation() {
+    let server = MockServer::start(world(&[40, 30], 50)).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (out, killed) = (dir.path().join("out"), dir.path().join("killed"));
+    let users = users(2);
+    sync::run(sync_options(&server, &out, &users))
+        .await
+        .unwrap();
+    crate::copy_dir(&out, &killed);
+    let run_id = forget(&out, &["--user", &users[1]]);
+    std::fs::copy(
+        out.join("audit/chain.jsonl"),
+        killed.join("audit/chain.jsonl"),
+    )
+    .unwrap();
+    for sub in ["audit/runs", "parquet"] {
+        for file in crate::files_under(&out, sub) {
+            if file.contains(&run_id) {
+                std::fs::copy(out.join(&file), killed.join(&file)).unwrap();
+            }
+        }
+    }
+    let staged = format!(".xquik-dm-handoff.jsonl.{run_id}.generation");
+    std::fs::copy(out.join("xquik-dm-handoff.jsonl"), killed.join(&staged)).unwrap();
+    let path = killed.join("state/checkpoint.json");
+    let mut checkpoint: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    checkpoint["run"] = run_id.clone().into();
+    checkpoint["unsealed"] = serde_json::json!([{"run": run_id, "dirs": []}]);
+    std::fs::write(&path, serde_json::to_vec(&checkpoint).unwrap()).unwrap();
+
+    let pg = Postgres::start();
+    let (code, report, stderr) = load(&killed, &pg.url());
+    assert_eq!(code, 5, "{stderr}");
+    assert_eq!(report["runs_loaded"], 0);
+    assert_eq!(report["failure"]["path"], staged.as_str());
+    let reason = report["failure"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("interrupted before it replaced"),
+        "{reason}"
+    );
+    assert_eq!(
+        pg.query(dir.path(), "SELECT count(*) FROM xquik_dm.loaded_runs"),
+        "0"
+    );
+
+    // The next run installs the generation; then everything loads.
+    sync::run(sync_options(&server, &killed, &users[..1]))
+        .await
+        .unwrap();
+    let (code, report, stderr) = load(&killed, &pg.url());
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(report["erasures_applied"], 1);
+    assert_eq!(tables(&pg, dir.path()), expected(&killed));
+    assert_eq!(tables(&pg, dir.path()).0.len(), 40);
+}

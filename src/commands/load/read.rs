@@ -88,6 +88,10 @@ pub(super) fn stream_unit(
             1 => manifest.erasure.is_none(),
             n => i + 1 == n,
         };
+        if rows && let Some(failed) = install_pending(storage, &manifest) {
+            send(Item::Failed(failed));
+            return;
+        }
         if rows && !stream_segments(storage, entry, &manifest.files, &send) {
             return;
         }
@@ -102,6 +106,23 @@ pub(super) fn stream_unit(
             }
         }
     }
+}
+
+/// The failure to report when `manifest` is an erasure that sealed and was
+/// killed before it replaced the handoff file by its new generation (its
+/// staged generation is still there): the file holds the old generation
+/// until the next run installs the new one, so this is not a damaged file.
+fn install_pending(storage: &Storage, manifest: &Manifest) -> Option<Failure> {
+    manifest.erasure.as_ref()?.handoff.as_ref()?;
+    let staged = erasure::record::staged_key(&manifest.run_id);
+    storage.size(&staged).ok()??;
+    Some(failure(
+        &staged,
+        format!(
+            "erasure {} sealed and was interrupted before it replaced the handoff file by its new generation: the next run of sync, send or forget finishes it; load again then",
+            manifest.run_id
+        ),
+    ))
 }
 
 /// The run's manifest, checked against its chain entry, and its Parquet
