@@ -405,3 +405,42 @@ impl std::fmt::Display for ErasureReport {
         writeln!(f, "  manifest: {}", self.manifest)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reason_is_required_short_and_one_line() {
+        assert!(check_reason("ticket 4711").is_ok());
+        assert!(check_reason(&"é".repeat(MAX_REASON_CHARS)).is_ok());
+        for bad in ["", "   ", &"x".repeat(MAX_REASON_CHARS + 1), "two\nlines"] {
+            let err = check_reason(bad).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_merkle_root_is_over_the_sorted_ids_each_once() {
+        let row = |t: &str, m: &str| AuditRow {
+            record_type: t.into(),
+            user_id: "1".into(),
+            message_id: m.into(),
+        };
+        let a = merkle_root(&[row("history", "2"), row("send", "2"), row("history", "1")]);
+        let mut expected = Merkle::default();
+        expected.push(b"1");
+        expected.push(b"2");
+        assert_eq!(a, expected.root());
+        assert_eq!(merkle_root(&[]), None);
+    }
+
+    #[test]
+    fn snowflake_ids_carry_their_time() {
+        // 2022-11-01T00:00:00Z in X's epoch, shifted into an ID.
+        let ms = 1_667_260_800_000_i64;
+        let id = ((ms - 1_288_834_974_657) as u64) << 22 | 12_345;
+        assert_eq!(snowflake_millis(&id.to_string()), Some(ms));
+        assert_eq!(snowflake_millis("not an id"), None);
+    }
+}
