@@ -78,6 +78,7 @@ pub use crate::timestamp::snowflake_millis;
 pub use record::{Erasure, ErasureKind, Generation, MAX_REASON_CHARS};
 
 use crate::audit::{AuditRow, Compaction, Manifest, Merkle};
+use crate::checkpoint::{ErasureState, TombstoneFile};
 use crate::error::{Error, Result};
 use crate::sinks::sha256_hex;
 use crate::sshsig::SigningKey;
@@ -310,6 +311,24 @@ fn record(
         handoff,
         tombstones,
     }
+}
+
+/// The erasures in force after the runs of `manifests` (in chain order):
+/// what the checkpoint must hold, for `verify` and for `rebuild`.
+pub fn state_of<'a>(manifests: impl IntoIterator<Item = &'a Manifest>) -> ErasureState {
+    let mut state = ErasureState::default();
+    for m in manifests {
+        if let Some(erasure) = &m.erasure {
+            let rows = TombstoneFile {
+                run_id: m.run_id.clone(),
+                path: m.audit_rows.path.clone(),
+                sha256: m.audit_rows.sha256.clone(),
+                rows: m.audit_rows.rows,
+            };
+            state.put_in_force(&m.run_id, erasure, rows);
+        }
+    }
+    state
 }
 
 /// The Merkle root over the message IDs of `erased`, sorted, each once.

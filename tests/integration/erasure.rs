@@ -313,6 +313,27 @@ async fn forget_erases_completely_and_stays_erased() {
     );
     assert_search(&folder_texts(&out), &gone, &kept_texts);
     assert_verifies(&out);
+
+    // A removed checkpoint, rebuilt: the erasure stays in force.
+    std::fs::remove_file(out.join("state/checkpoint.json")).unwrap();
+    let rebuilt = bin().args(["rebuild", "--out", &out_s]).output().unwrap();
+    assert!(
+        rebuilt.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rebuilt.stderr)
+    );
+    let report = sync::run(sync_options(&server, &out, &users))
+        .await
+        .unwrap();
+    assert_eq!(report.exit_code(), 0);
+    let again = jsonl_records(&out);
+    assert!(
+        again
+            .iter()
+            .all(|r| !erased_ids.contains(r["message_id"].as_str().unwrap()))
+    );
+    assert_eq!(again.len(), kept.len() + 3);
+    assert_verifies(&out);
     drop(fresh);
     let _ = (KEY, PathBuf::new());
 }

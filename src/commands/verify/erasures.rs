@@ -27,7 +27,7 @@ use sha2::{Digest, Sha256};
 
 use super::findings::VerifyReport;
 use crate::audit::{self, AuditRow, Manifest};
-use crate::checkpoint::{Checkpoint, ErasureState, TombstoneFile};
+use crate::checkpoint::Checkpoint;
 use crate::erasure::merkle_root;
 use crate::erasure::record::{ErasureKind, staged_key};
 use crate::records::RecordKey;
@@ -195,28 +195,7 @@ fn check_rows_minus_erased(
 
 /// The checkpoint keeps in force what the erasures among `manifests` say.
 fn check_state(dir: &dyn Backend, manifests: &[Manifest], report: &mut VerifyReport) {
-    let mut expected = ErasureState::default();
-    for m in manifests {
-        let Some(e) = &m.erasure else { continue };
-        if e.kind == ErasureKind::Retention {
-            if e.older_than.as_ref() > expected.erased_before.as_ref() {
-                expected.erased_before = e.older_than.clone();
-            }
-        } else if m.audit_rows.rows > 0 {
-            expected.tombstones.push(TombstoneFile {
-                run_id: m.run_id.clone(),
-                path: m.audit_rows.path.clone(),
-                sha256: m.audit_rows.sha256.clone(),
-                rows: m.audit_rows.rows,
-            });
-        }
-        for user in &e.forgotten_users {
-            expected.forgotten.insert(user.clone(), m.run_id.clone());
-        }
-        for user in &e.undone_users {
-            expected.forgotten.remove(user);
-        }
-    }
+    let expected = crate::erasure::state_of(manifests);
     let Ok(checkpoint) = Checkpoint::load(dir) else {
         return; // failed with the chain's pointer
     };
