@@ -224,11 +224,27 @@ async fn forget_erases_completely_and_stays_erased() {
     sync::run(sync_options(&server, &out, &users))
         .await
         .unwrap();
+    // A DM sent to the conversation that will be forgotten: its send
+    // record goes too.
+    let dm = xquik_dm::commands::send::SendRequest::validate(
+        ACCOUNT,
+        &users[1],
+        "a send that must be erased, Zürich 7f3e",
+        None,
+        None,
+        None,
+    )
+    .unwrap();
+    let line = xquik_dm::commands::send::BatchLine::Valid(dm);
+    let mut send = crate::send_options(&server, &out, vec![line]);
+    send.batch = false;
+    let sent = xquik_dm::commands::send::run(send).await.unwrap();
+    assert_eq!(sent.exit_code(), 0);
     let before = jsonl_records(&out);
     let of = |user: &str| -> Vec<Value> {
         before
             .iter()
-            .filter(|r| r["conversation_user_id"] == user)
+            .filter(|r| r["conversation_user_id"] == user || r["recipient_user_id"] == user)
             .cloned()
             .collect()
     };
@@ -263,8 +279,9 @@ async fn forget_erases_completely_and_stays_erased() {
     .await
     .unwrap();
     assert_eq!(status, 0, "{stderr}");
-    assert_eq!(report["erasure"]["erased"], 62, "{report}");
-    assert_eq!(report["erasure"]["by_conversation"][&users[1]], 60);
+    assert_eq!(report["erasure"]["erased"], 63, "{report}");
+    assert_eq!(report["erasure"]["sends_erased"], 1);
+    assert_eq!(report["erasure"]["by_conversation"][&users[1]], 61);
     assert_eq!(report["erasure"]["by_conversation"][&users[0]], 2);
     let erased_ids: BTreeSet<String> = of(&users[1])
         .iter()
