@@ -351,6 +351,51 @@ async fn forget_erases_completely_and_stays_erased() {
     );
     assert_eq!(again.len(), kept.len() + 3);
     assert_verifies(&out);
+
+    // An audited undo: the conversation is synced again, what is new in it
+    // is written, what was erased stays erased.
+    let (status, report, stderr) = tokio::task::spawn_blocking({
+        let (out_s, u) = (out_s.clone(), users[1].clone());
+        move || {
+            forget(
+                &out_s,
+                &[
+                    "--undo-user",
+                    &u,
+                    "--reason",
+                    "consent renewed, ticket 4712",
+                ],
+            )
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(status, 0, "{stderr}");
+    assert_eq!(report["erasure"]["kind"], "undo_forget");
+    assert_eq!(report["erasure"]["undone_users"][0], users[1].as_str());
+    assert_eq!(report["erasure"]["erased"], 0);
+    server.append_messages(ACCOUNT, &users[1], 4);
+    let report = sync::run(sync_options(&server, &out, &users))
+        .await
+        .unwrap();
+    let resumed = report
+        .conversations
+        .iter()
+        .find(|c| c.user == users[1])
+        .unwrap();
+    assert_ne!(resumed.reason, "forgotten");
+    let last = jsonl_records(&out);
+    assert_eq!(
+        last.len(),
+        kept.len() + 3 + 4,
+        "only the new messages come back"
+    );
+    assert!(
+        last.iter()
+            .all(|r| !erased_ids.contains(r["message_id"].as_str().unwrap()))
+    );
+    assert_search(&folder_texts(&out), &gone, &kept_texts);
+    assert_verifies(&out);
     drop(fresh);
     let _ = (KEY, PathBuf::new());
 }
