@@ -228,6 +228,12 @@ pub fn erase(
 ) -> Result<Erasure> {
     check_reason(reason)?;
     let storage = store.storage().clone();
+    if !store.is_untouched() {
+        return Err(Error::invalid(
+            "--out",
+            "an erasure runs in a run of its own: this run has appended records (see erasure::run)",
+        ));
+    }
     let run_id = store.run_id().to_owned();
     let (committed, digest) = store.handoff_state();
     let matcher = handoff::Matcher::new(selection);

@@ -240,6 +240,7 @@ async fn forget_erases_completely_and_stays_erased() {
     send.batch = false;
     let sent = xquik_dm::commands::send::run(send).await.unwrap();
     assert_eq!(sent.exit_code(), 0);
+    let head = verify::run(&out, None, None).unwrap().head.unwrap();
     let before = jsonl_records(&out);
     let of = |user: &str| -> Vec<Value> {
         before
@@ -306,6 +307,10 @@ async fn forget_erases_completely_and_stays_erased() {
     );
     assert_readers_see(&out, &kept);
     assert_verifies(&out);
+    // A reviewer who verified up to the head before the erasure checks
+    // only what came after it.
+    let since = verify::run_since(&out, None, None, Some(&head)).unwrap();
+    assert_eq!(since.exit_code(), 0, "{:#?}", since.failures);
     crate::assert_manifests_match_schema(&out);
 
     // The mock still serves every message: a full sync writes none of the
