@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::pagination::StopReason;
 use crate::dedupe::Block;
+use crate::erasure::record::{Erasure, ErasureKind};
 use crate::error::{Error, Result};
 use crate::sinks::WrittenFile;
 use crate::storage::{Backend, Expect};
@@ -156,6 +157,27 @@ impl ErasureState {
     /// Tombstones in all.
     pub fn tombstone_count(&self) -> u64 {
         self.tombstones.iter().map(|t| t.rows).sum()
+    }
+
+    /// Puts in force the sealed erasure of the run `run_id`, whose rows
+    /// file is `rows` (its tombstones, unless it is a retention run, which
+    /// leaves its cut-off instead). Safe to repeat.
+    pub fn put_in_force(&mut self, run_id: &str, erasure: &Erasure, rows: TombstoneFile) {
+        if erasure.kind == ErasureKind::Retention {
+            if let Some(cut) = &erasure.older_than
+                && self.erased_before.as_ref().is_none_or(|b| b < cut)
+            {
+                self.erased_before = Some(cut.clone());
+            }
+        } else if rows.rows > 0 && !self.tombstones.iter().any(|t| t.run_id == run_id) {
+            self.tombstones.push(rows);
+        }
+        for user in &erasure.forgotten_users {
+            self.forgotten.insert(user.clone(), run_id.to_owned());
+        }
+        for user in &erasure.undone_users {
+            self.forgotten.remove(user);
+        }
     }
 }
 

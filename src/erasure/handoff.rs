@@ -15,13 +15,13 @@
 use std::collections::HashSet;
 use std::io::Write;
 
-use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::Selection;
 use super::record::staged_key;
 use crate::audit::AuditRow;
 use crate::error::{Error, Result};
+use crate::records::RecordKey as Record;
 use crate::sinks::jsonl::{self, DigestState};
 use crate::storage::Backend;
 
@@ -44,21 +44,6 @@ pub struct Staged {
     pub state: DigestState,
     /// The records erased, in file order.
     pub erased: Vec<AuditRow>,
-}
-
-/// The fields of a handoff record that decide whether it is erased.
-#[derive(Debug, Deserialize)]
-struct Record {
-    record_type: String,
-    message_id: String,
-    #[serde(default)]
-    conversation_user_id: Option<String>,
-    #[serde(default)]
-    recipient_user_id: Option<String>,
-    #[serde(default)]
-    created_at: Option<String>,
-    #[serde(default)]
-    sent_at: Option<String>,
 }
 
 /// How a selection is asked about one record.
@@ -137,7 +122,7 @@ pub fn stage(
     let path = storage.describe(&key);
     jsonl::for_each_line(storage, 0, committed, |line| {
         let record = parse(storage, line)?;
-        let user = user_of(&record);
+        let user = record.user_id();
         if gone.contains(&(
             record.record_type.as_str(),
             user,
@@ -183,7 +168,7 @@ fn scan(
         hasher.update(b"\n");
         rows += 1;
         let record = parse(storage, line)?;
-        let user = user_of(&record);
+        let user = record.user_id();
         if matcher.erases(&record, user) {
             erased.push(AuditRow {
                 record_type: record.record_type.clone(),
@@ -202,13 +187,4 @@ fn parse(storage: &dyn Backend, line: &[u8]) -> Result<Record> {
         reason: "holds a line that is not a record: nothing was erased; run `xquik-dm verify`"
             .into(),
     })
-}
-
-/// The conversation of a history record, the recipient of a send.
-fn user_of(record: &Record) -> &str {
-    record
-        .conversation_user_id
-        .as_deref()
-        .or(record.recipient_user_id.as_deref())
-        .unwrap_or_default()
 }

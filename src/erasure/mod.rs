@@ -78,6 +78,7 @@ pub use crate::timestamp::snowflake_millis;
 pub use record::{Erasure, ErasureKind, Generation, MAX_REASON_CHARS};
 
 use crate::audit::{AuditRow, Compaction, Manifest, Merkle};
+use crate::checkpoint::{ErasureState, TombstoneFile};
 use crate::error::{Error, Result};
 use crate::sinks::sha256_hex;
 use crate::sshsig::SigningKey;
@@ -227,6 +228,12 @@ pub fn erase(
 ) -> Result<Erasure> {
     check_reason(reason)?;
     let storage = store.storage().clone();
+    if !store.is_untouched() {
+        return Err(Error::invalid(
+            "--out",
+            "an erasure runs in a run of its own: this run has appended records (see erasure::run)",
+        ));
+    }
     let run_id = store.run_id().to_owned();
     let (committed, digest) = store.handoff_state();
     let matcher = handoff::Matcher::new(selection);
@@ -310,6 +317,24 @@ fn record(
         handoff,
         tombstones,
     }
+}
+
+/// The erasures in force after the runs of `manifests` (in chain order):
+/// what the checkpoint must hold, for `verify` and for `rebuild`.
+pub fn state_of<'a>(manifests: impl IntoIterator<Item = &'a Manifest>) -> ErasureState {
+    let mut state = ErasureState::default();
+    for m in manifests {
+        if let Some(erasure) = &m.erasure {
+            let rows = TombstoneFile {
+                run_id: m.run_id.clone(),
+                path: m.audit_rows.path.clone(),
+                sha256: m.audit_rows.sha256.clone(),
+                rows: m.audit_rows.rows,
+            };
+            state.put_in_force(&m.run_id, erasure, rows);
+        }
+    }
+    state
 }
 
 /// The Merkle root over the message IDs of `erased`, sorted, each once.
@@ -403,5 +428,44 @@ impl std::fmt::Display for ErasureReport {
         }
         writeln!(f, "  tombstones: {}", e.tombstones)?;
         writeln!(f, "  manifest: {}", self.manifest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reason_is_required_short_and_one_line() {
+        assert!(check_reason("ticket 4711").is_ok());
+        assert!(check_reason(&"é".repeat(MAX_REASON_CHARS)).is_ok());
+        for bad in ["", "   ", &"x".repeat(MAX_REASON_CHARS + 1), "two\nlines"] {
+            let err = check_reason(bad).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_merkle_root_is_over_the_sorted_ids_each_once() {
+        let row = |t: &str, m: &str| AuditRow {
+            record_type: t.into(),
+            user_id: "1".into(),
+            message_id: m.into(),
+        };
+        let a = merkle_root(&[row("history", "2"), row("send", "2"), row("history", "1")]);
+        let mut expected = Merkle::default();
+        expected.push(b"1");
+        expected.push(b"2");
+        assert_eq!(a, expected.root());
+        assert_eq!(merkle_root(&[]), None);
+    }
+
+    #[test]
+    fn snowflake_ids_carry_their_time() {
+        // 2022-11-01T00:00:00Z in X's epoch, shifted into an ID.
+        let ms = 1_667_260_800_000_i64;
+        let id = ((ms - 1_288_834_974_657) as u64) << 22 | 12_345;
+        assert_eq!(snowflake_millis(&id.to_string()), Some(ms));
+        assert_eq!(snowflake_millis("not an id"), None);
     }
 }

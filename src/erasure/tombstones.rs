@@ -78,9 +78,9 @@ impl Tombstones {
             let row: AuditRow = serde_json::from_slice(&line)
                 .map_err(|_| damaged("hold a line that is not a row"))?;
             lines += 1;
-            if row.record_type == "history" {
-                self.insert(row.user_id, row.message_id);
-            }
+            // An erased send's DM later shows up in its recipient's
+            // history under the same ID: it is a tombstone there too.
+            self.insert(row.user_id, row.message_id);
         }
         if hex::encode(hasher.finalize()) != file.sha256 || lines != file.rows {
             return Err(damaged("differ from the checkpoint's digest"));
@@ -144,5 +144,87 @@ impl Read for HashingReader<'_> {
         let n = self.inner.read(buf)?;
         self.hasher.update(buf.get(..n).unwrap_or_default());
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::records::RecordType;
+    use crate::storage::local::LocalDir;
+
+    fn row<'a>(user: &'a str, id: &'a str, created_at: Option<i64>) -> HistoryRowRef<'a> {
+        HistoryRowRef {
+            record_type: RecordType::History,
+            message_id: id,
+            conversation_user_id: user,
+            account: "acme",
+            sender_id: user,
+            receiver_id: "9",
+            created_at,
+            message_text: None,
+            media_url: None,
+        }
+    }
+
+    /// A rows file of `lines` in `dir`, named in a state.
+    fn state_with(dir: &std::path::Path, lines: &str) -> ErasureState {
+        std::fs::create_dir_all(dir.join("audit/runs")).unwrap();
+        std::fs::write(dir.join("audit/runs/r.rows.jsonl"), lines).unwrap();
+        ErasureState {
+            tombstones: vec![TombstoneFile {
+                run_id: "r".into(),
+                path: "audit/runs/r.rows.jsonl".into(),
+                sha256: crate::sinks::sha256_hex(lines.as_bytes()),
+                rows: lines.lines().count() as u64,
+            }],
+            erased_before: Some("2026-01-01T00:00:00Z".into()),
+            ..ErasureState::default()
+        }
+    }
+
+    #[test]
+    fn tombstoned_ids_and_old_records_are_erased_others_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let lines = concat!(
+            r#"{"record_type":"history","user_id":"5","message_id":"2000000000000000000"}"#,
+            "\n",
+            r#"{"record_type":"send","user_id":"5","message_id":"2000000000000000001"}"#,
+            "\n"
+        );
+        let state = state_with(dir.path(), lines);
+        let t = Tombstones::load(&LocalDir::new(dir.path()), &state).unwrap();
+        assert_eq!(t.len(), 2);
+        let new = Some(1_800_000_000_000_000); // 2027
+        assert!(t.erases(&row("5", "2000000000000000000", new)));
+        assert!(!t.erases(&row("6", "2000000000000000000", new)));
+        assert!(!t.erases(&row("5", "2000000000000000002", new)));
+        // An erased send does not come back as its recipient's history.
+        assert!(t.erases(&row("5", "2000000000000000001", new)));
+        // Retention: before the cut-off by created_at, else by the ID.
+        assert!(t.erases(&row("5", "2000000000000000002", Some(0))));
+        assert!(t.erases(&row("5", "1", None)));
+    }
+
+    #[test]
+    fn a_changed_or_missing_tombstone_file_stops_the_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let line = r#"{"record_type":"history","user_id":"5","message_id":"7"}"#;
+        let state = state_with(dir.path(), &format!("{line}\n{line}\n"));
+        let storage = LocalDir::new(dir.path());
+        std::fs::write(
+            dir.path().join("audit/runs/r.rows.jsonl"),
+            format!("{line}\n"),
+        )
+        .unwrap();
+        let err = Tombstones::load(&storage, &state).unwrap_err();
+        assert_eq!(err.exit_code(), 3);
+        assert!(
+            err.to_string().contains("tombstones of erasure run r"),
+            "{err}"
+        );
+        std::fs::remove_file(dir.path().join("audit/runs/r.rows.jsonl")).unwrap();
+        let err = Tombstones::load(&storage, &state).unwrap_err();
+        assert!(err.to_string().contains("are missing"), "{err}");
     }
 }

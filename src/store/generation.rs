@@ -13,7 +13,7 @@
 use super::Store;
 use crate::audit::{AuditRow, LogInfo};
 use crate::checkpoint::{Checkpoint, TombstoneFile};
-use crate::erasure::record::{Erasure, ErasureKind};
+use crate::erasure::record::Erasure;
 use crate::error::{Error, Result};
 use crate::sinks::WrittenFile;
 use crate::sinks::jsonl::{self, DigestState};
@@ -137,26 +137,12 @@ pub fn apply(
         checkpoint.parquet.messages_covered_bytes = generation.bytes;
         checkpoint.parquet.sends_covered_bytes = generation.bytes;
     }
-    let state = &mut checkpoint.erasure;
-    if erasure.kind == ErasureKind::Retention {
-        if let Some(cut) = &erasure.older_than
-            && state.erased_before.as_ref().is_none_or(|b| b < cut)
-        {
-            state.erased_before = Some(cut.clone());
-        }
-    } else if rows.rows > 0 && !state.tombstones.iter().any(|t| t.run_id == run_id) {
-        state.tombstones.push(TombstoneFile {
-            run_id: run_id.to_owned(),
-            path: rows.path.clone(),
-            sha256: rows.sha256.clone(),
-            rows: rows.rows,
-        });
-    }
-    for user in &erasure.forgotten_users {
-        state.forgotten.insert(user.clone(), run_id.to_owned());
-    }
-    for user in &erasure.undone_users {
-        state.forgotten.remove(user);
-    }
+    let tombstones = TombstoneFile {
+        run_id: run_id.to_owned(),
+        path: rows.path.clone(),
+        sha256: rows.sha256.clone(),
+        rows: rows.rows,
+    };
+    checkpoint.erasure.put_in_force(run_id, erasure, tombstones);
     Ok(())
 }

@@ -66,17 +66,31 @@ fn strings_of(value: &Value, out: &mut String) {
     }
 }
 
+/// The record batches of a Parquet file.
+fn batches(bytes: Vec<u8>) -> impl Iterator<Item = arrow_array::RecordBatch> {
+    parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(
+        bytes,
+    ))
+    .unwrap()
+    .build()
+    .unwrap()
+    .map(Result::unwrap)
+}
+
+/// A text column of a batch.
+fn strings(batch: &arrow_array::RecordBatch, name: &str) -> arrow_array::StringArray {
+    let column = batch.column_by_name(name).unwrap().as_any();
+    column
+        .downcast_ref::<arrow_array::StringArray>()
+        .unwrap()
+        .clone()
+}
+
 /// Every string value of a Parquet file, each after a separator.
 fn parquet_strings(bytes: Vec<u8>) -> String {
     use arrow_array::{Array, StringArray};
-    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     let mut out = String::new();
-    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes))
-        .unwrap()
-        .build()
-        .unwrap();
-    for batch in reader {
-        let batch = batch.unwrap();
+    for batch in batches(bytes) {
         for column in batch.columns() {
             if let Some(strings) = column.as_any().downcast_ref::<StringArray>() {
                 for i in 0..strings.len() {
@@ -91,25 +105,15 @@ fn parquet_strings(bytes: Vec<u8>) -> String {
     out
 }
 
-/// Every file under `dir`, with its decoded texts.
+/// Every file under `dir` (hidden ones too), with its decoded texts.
 pub fn folder_texts(dir: &Path) -> Vec<(String, String)> {
-    let mut found = Vec::new();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                let name = p.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
-                found.push((
-                    name.clone(),
-                    decoded_texts(&name, std::fs::read(&p).unwrap()),
-                ));
-            }
-        }
-    }
-    found
+    crate::files_under(dir, "")
+        .into_iter()
+        .map(|name| {
+            let text = decoded_texts(&name, std::fs::read(dir.join(&name)).unwrap());
+            (name, text)
+        })
+        .collect()
 }
 
 /// The texts of `erased` that say something only they say (no kept text
@@ -220,11 +224,28 @@ async fn forget_erases_completely_and_stays_erased() {
     sync::run(sync_options(&server, &out, &users))
         .await
         .unwrap();
+    // A DM sent to the conversation that will be forgotten: its send
+    // record goes too.
+    let dm = xquik_dm::commands::send::SendRequest::validate(
+        ACCOUNT,
+        &users[1],
+        "a send that must be erased, Zürich 7f3e",
+        None,
+        None,
+        None,
+    )
+    .unwrap();
+    let line = xquik_dm::commands::send::BatchLine::Valid(dm);
+    let mut send = crate::send_options(&server, &out, vec![line]);
+    send.batch = false;
+    let sent = xquik_dm::commands::send::run(send).await.unwrap();
+    assert_eq!(sent.exit_code(), 0);
+    let head = verify::run(&out, None, None).unwrap().head.unwrap();
     let before = jsonl_records(&out);
     let of = |user: &str| -> Vec<Value> {
         before
             .iter()
-            .filter(|r| r["conversation_user_id"] == user)
+            .filter(|r| r["conversation_user_id"] == user || r["recipient_user_id"] == user)
             .cloned()
             .collect()
     };
@@ -259,8 +280,9 @@ async fn forget_erases_completely_and_stays_erased() {
     .await
     .unwrap();
     assert_eq!(status, 0, "{stderr}");
-    assert_eq!(report["erasure"]["erased"], 62, "{report}");
-    assert_eq!(report["erasure"]["by_conversation"][&users[1]], 60);
+    assert_eq!(report["erasure"]["erased"], 63, "{report}");
+    assert_eq!(report["erasure"]["sends_erased"], 1);
+    assert_eq!(report["erasure"]["by_conversation"][&users[1]], 61);
     assert_eq!(report["erasure"]["by_conversation"][&users[0]], 2);
     let erased_ids: BTreeSet<String> = of(&users[1])
         .iter()
@@ -285,6 +307,10 @@ async fn forget_erases_completely_and_stays_erased() {
     );
     assert_readers_see(&out, &kept);
     assert_verifies(&out);
+    // A reviewer who verified up to the head before the erasure checks
+    // only what came after it.
+    let since = verify::run_since(&out, None, None, Some(&head)).unwrap();
+    assert_eq!(since.exit_code(), 0, "{:#?}", since.failures);
     crate::assert_manifests_match_schema(&out);
 
     // The mock still serves every message: a full sync writes none of the
@@ -309,8 +335,94 @@ async fn forget_erases_completely_and_stays_erased() {
     );
     assert_search(&folder_texts(&out), &gone, &kept_texts);
     assert_verifies(&out);
+
+    // A removed checkpoint, rebuilt: the erasure stays in force.
+    std::fs::remove_file(out.join("state/checkpoint.json")).unwrap();
+    let rebuilt = bin().args(["rebuild", "--out", &out_s]).output().unwrap();
+    assert!(
+        rebuilt.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rebuilt.stderr)
+    );
+    let report = sync::run(sync_options(&server, &out, &users))
+        .await
+        .unwrap();
+    assert_eq!(report.exit_code(), 0);
+    let again = jsonl_records(&out);
+    assert!(
+        again
+            .iter()
+            .all(|r| !erased_ids.contains(r["message_id"].as_str().unwrap()))
+    );
+    assert_eq!(again.len(), kept.len() + 3);
+    assert_verifies(&out);
+
+    // An audited undo: the conversation is synced again, what is new in it
+    // is written, what was erased stays erased.
+    let (status, report, stderr) = tokio::task::spawn_blocking({
+        let (out_s, u) = (out_s.clone(), users[1].clone());
+        move || {
+            forget(
+                &out_s,
+                &[
+                    "--undo-user",
+                    &u,
+                    "--reason",
+                    "consent renewed, ticket 4712",
+                ],
+            )
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(status, 0, "{stderr}");
+    assert_eq!(report["erasure"]["kind"], "undo_forget");
+    assert_eq!(report["erasure"]["undone_users"][0], users[1].as_str());
+    assert_eq!(report["erasure"]["erased"], 0);
+    server.append_messages(ACCOUNT, &users[1], 4);
+    let report = sync::run(sync_options(&server, &out, &users))
+        .await
+        .unwrap();
+    let resumed = report
+        .conversations
+        .iter()
+        .find(|c| c.user == users[1])
+        .unwrap();
+    assert_ne!(resumed.reason, "forgotten");
+    let last = jsonl_records(&out);
+    assert_eq!(
+        last.len(),
+        kept.len() + 3 + 4,
+        "only the new messages come back"
+    );
+    assert!(
+        last.iter()
+            .all(|r| !erased_ids.contains(r["message_id"].as_str().unwrap()))
+    );
+    assert_search(&folder_texts(&out), &gone, &kept_texts);
+    assert_verifies(&out);
     drop(fresh);
     let _ = (KEY, PathBuf::new());
+}
+
+/// What forgetting `users[1]` and two messages of `users[0]` erases from
+/// the records `before`: those two message IDs, the records erased and
+/// the records kept.
+fn split(before: Vec<Value>, users: &[String]) -> (Vec<String>, Vec<Value>, Vec<Value>) {
+    let single: Vec<String> = before
+        .iter()
+        .filter(|r| r["conversation_user_id"] == users[0].as_str())
+        .skip(3)
+        .step_by(5)
+        .take(2)
+        .map(|r| r["message_id"].as_str().unwrap().to_owned())
+        .collect();
+    let erases = |r: &Value| {
+        r["conversation_user_id"] == users[1].as_str()
+            || single.iter().any(|m| r["message_id"] == m.as_str())
+    };
+    let (erased, kept) = before.into_iter().partition(erases);
+    (single, erased, kept)
 }
 
 /// A synced folder and what forgetting `users[1]` and two messages of
@@ -334,20 +446,7 @@ impl Case {
         sync::run(sync_options(&server, dir.path(), &users))
             .await
             .unwrap();
-        let before = jsonl_records(dir.path());
-        let single: Vec<String> = before
-            .iter()
-            .filter(|r| r["conversation_user_id"] == users[0].as_str())
-            .skip(3)
-            .step_by(5)
-            .take(2)
-            .map(|r| r["message_id"].as_str().unwrap().to_owned())
-            .collect();
-        let erases = |r: &Value| {
-            r["conversation_user_id"] == users[1].as_str()
-                || single.iter().any(|m| r["message_id"] == m.as_str())
-        };
-        let (erased, kept): (Vec<Value>, Vec<Value>) = before.into_iter().partition(erases);
+        let (single, erased, kept) = split(jsonl_records(dir.path()), &users);
         let (gone, kept_texts) = texts_to_search(&erased, &kept);
         let mut args = vec![
             "--user".to_owned(),
@@ -408,27 +507,11 @@ impl Case {
 
 /// (conversation, message ID) of every row under `parquet/messages/`.
 fn parquet_ids(out: &Path) -> Vec<(String, String)> {
-    use arrow_array::StringArray;
-    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     let mut ids = Vec::new();
     for path in crate::files_under(out, "parquet/messages") {
-        let bytes = std::fs::read(out.join(&path)).unwrap();
-        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes))
-            .unwrap()
-            .build()
-            .unwrap();
-        for batch in reader {
-            let batch = batch.unwrap();
-            let col = |name: &str| {
-                batch
-                    .column_by_name(name)
-                    .unwrap()
-                    .as_any()
-                    .downcast_ref::<StringArray>()
-                    .unwrap()
-                    .clone()
-            };
-            let (users, messages) = (col("conversation_user_id"), col("message_id"));
+        for batch in batches(std::fs::read(out.join(&path)).unwrap()) {
+            let users = strings(&batch, "conversation_user_id");
+            let messages = strings(&batch, "message_id");
             for i in 0..batch.num_rows() {
                 ids.push((users.value(i).to_owned(), messages.value(i).to_owned()));
             }
@@ -690,6 +773,19 @@ async fn an_erasure_killed_after_its_commit_point_is_finished_by_the_next_run() 
     );
 }
 
+/// The binary with `args` and the bucket's environment, asserted to
+/// succeed.
+fn in_bucket(moto: &crate::bucket::Moto, args: &[String]) -> std::process::Output {
+    let mut cmd = bin();
+    cmd.args(args).env("XQUIK_API_KEY", KEY);
+    moto.env(&mut cmd);
+    let output = cmd.output().unwrap();
+    let text = String::from_utf8_lossy(&output.stderr).into_owned()
+        + &String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{args:?}: {text}");
+    output
+}
+
 /// Every object of `bucket`, each saved under its key in `to` (handoff
 /// segments too, one file each): what a search of the bucket looks at.
 fn dump_bucket(moto: &crate::bucket::Moto, bucket: &str, to: &Path) {
@@ -732,87 +828,58 @@ async fn forget_in_a_bucket_leaves_no_erased_byte_in_any_object() {
         .await
         .unwrap();
     let all = users(3);
-    let m = moto.clone();
-    let (url2, base, users2) = (url.clone(), server.base_url(), all.clone());
-    let run_sync = move |m: &crate::bucket::Moto| {
-        let mut cmd = bin();
-        cmd.args(["--base-url", &base, "sync", "--account", ACCOUNT])
-            .args(users2.iter().flat_map(|u| ["--user", u.as_str()]))
-            .args(["--out", &url2])
-            .env("XQUIK_API_KEY", KEY);
-        m.env(&mut cmd);
-        let output = cmd.output().unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+    let sync_args: Vec<String> = [
+        "--base-url",
+        &server.base_url(),
+        "sync",
+        "--account",
+        ACCOUNT,
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .chain(all.iter().flat_map(|u| ["--user".to_owned(), u.clone()]))
+    .chain(["--out".to_owned(), url.clone()])
+    .collect();
+    let run_sync = || {
+        let (m, args) = (moto.clone(), sync_args.clone());
+        tokio::task::spawn_blocking(move || in_bucket(&m, &args))
     };
-    let sync_once = run_sync.clone();
-    tokio::task::spawn_blocking(move || sync_once(&m))
-        .await
-        .unwrap();
+    run_sync().await.unwrap();
     for n in [5, 4] {
         server.append_messages(ACCOUNT, &all[0], n);
         server.append_messages(ACCOUNT, &all[1], n);
-        let (m, s) = (moto.clone(), run_sync.clone());
-        tokio::task::spawn_blocking(move || s(&m)).await.unwrap();
+        run_sync().await.unwrap();
     }
     let before_dir = tempfile::tempdir().unwrap();
     moto.mirror(&bucket, "team/dm", before_dir.path());
-    let before = jsonl_records(before_dir.path());
-    let single: Vec<String> = before
-        .iter()
-        .filter(|r| r["conversation_user_id"] == all[0].as_str())
-        .skip(7)
-        .take(2)
-        .map(|r| r["message_id"].as_str().unwrap().to_owned())
-        .collect();
-    let (erased, kept): (Vec<Value>, Vec<Value>) = before.into_iter().partition(|r| {
-        r["conversation_user_id"] == all[1].as_str()
-            || single.iter().any(|m| r["message_id"] == m.as_str())
-    });
+    let (single, erased, kept) = split(jsonl_records(before_dir.path()), &all);
     let (gone, kept_texts) = texts_to_search(&erased, &kept);
     assert!(gone.len() >= 20, "{}", gone.len());
 
-    let (m, url2, u1) = (moto.clone(), url.clone(), all[1].clone());
-    let (report, verified) = tokio::task::spawn_blocking(move || {
-        let mut cmd = bin();
-        cmd.args([
-            "forget",
-            "--json",
-            "--out",
-            &url2,
-            "--user",
-            &u1,
-            "--message",
-        ])
-        .args(&single)
-        .args(["--reason", "erasure request 77"]);
-        m.env(&mut cmd);
-        let output = cmd.output().unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let mut verify = bin();
-        verify.args(["verify", &url2]);
-        m.env(&mut verify);
-        let verified = verify.output().unwrap();
-        (
-            serde_json::from_slice::<Value>(&output.stdout).unwrap(),
-            verified,
-        )
+    let mut args: Vec<String> = [
+        "forget",
+        "--json",
+        "--out",
+        &url,
+        "--user",
+        &all[1],
+        "--message",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect();
+    args.extend(single);
+    args.extend(["--reason".to_owned(), "erasure request 77".to_owned()]);
+    let (m, url2) = (moto.clone(), url.clone());
+    let report = tokio::task::spawn_blocking(move || {
+        let output = in_bucket(&m, &args);
+        // verify, from a fresh process, on the bucket itself.
+        in_bucket(&m, &["verify".to_owned(), url2]);
+        serde_json::from_slice::<Value>(&output.stdout).unwrap()
     })
     .await
     .unwrap();
     assert_eq!(report["erasure"]["erased"], erased.len(), "{report}");
-    assert!(
-        verified.status.success(),
-        "{}",
-        String::from_utf8_lossy(&verified.stdout)
-    );
 
     let objects = tempfile::tempdir().unwrap();
     dump_bucket(&moto, &bucket, objects.path());
@@ -829,8 +896,7 @@ async fn forget_in_a_bucket_leaves_no_erased_byte_in_any_object() {
     assert_readers_see(after.path(), &kept);
 
     // A later sync (the mock serves everything) writes nothing erased again.
-    let (m, s) = (moto.clone(), run_sync.clone());
-    tokio::task::spawn_blocking(move || s(&m)).await.unwrap();
+    run_sync().await.unwrap();
     let objects = tempfile::tempdir().unwrap();
     dump_bucket(&moto, &bucket, objects.path());
     assert_search(&folder_texts(objects.path()), &gone, &kept_texts);

@@ -23,14 +23,14 @@
 use std::collections::{BTreeMap, HashSet};
 use std::io::BufRead;
 
-use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::findings::VerifyReport;
 use crate::audit::{self, AuditRow, Manifest};
-use crate::checkpoint::{Checkpoint, ErasureState, TombstoneFile};
+use crate::checkpoint::Checkpoint;
 use crate::erasure::merkle_root;
 use crate::erasure::record::{ErasureKind, staged_key};
+use crate::records::RecordKey;
 use crate::sinks::jsonl;
 use crate::storage::Backend;
 
@@ -138,17 +138,6 @@ fn check_record(m: &Manifest, rows: &[AuditRow], report: &mut VerifyReport) {
     }
 }
 
-/// The fields of a handoff record that name it.
-#[derive(Debug, Deserialize)]
-struct Named {
-    record_type: String,
-    message_id: String,
-    #[serde(default)]
-    conversation_user_id: Option<String>,
-    #[serde(default)]
-    recipient_user_id: Option<String>,
-}
-
 /// One record's name, as both sides hash it.
 fn hash_name(hasher: &mut Sha256, record_type: &str, user: &str, message: &str) {
     for part in [record_type, "\0", user, "\0", message, "\n"] {
@@ -188,12 +177,8 @@ fn check_rows_minus_erased(
     }
     let (mut found, mut found_rows) = (Sha256::new(), 0u64);
     let read = jsonl::for_each_line(dir, 0, covered, |line| {
-        if let Ok(r) = serde_json::from_slice::<Named>(line) {
-            let user = r
-                .conversation_user_id
-                .or(r.recipient_user_id)
-                .unwrap_or_default();
-            hash_name(&mut found, &r.record_type, &user, &r.message_id);
+        if let Ok(r) = serde_json::from_slice::<RecordKey>(line) {
+            hash_name(&mut found, &r.record_type, r.user_id(), &r.message_id);
         }
         found_rows += 1;
         Ok(())
@@ -210,28 +195,7 @@ fn check_rows_minus_erased(
 
 /// The checkpoint keeps in force what the erasures among `manifests` say.
 fn check_state(dir: &dyn Backend, manifests: &[Manifest], report: &mut VerifyReport) {
-    let mut expected = ErasureState::default();
-    for m in manifests {
-        let Some(e) = &m.erasure else { continue };
-        if e.kind == ErasureKind::Retention {
-            if e.older_than.as_ref() > expected.erased_before.as_ref() {
-                expected.erased_before = e.older_than.clone();
-            }
-        } else if m.audit_rows.rows > 0 {
-            expected.tombstones.push(TombstoneFile {
-                run_id: m.run_id.clone(),
-                path: m.audit_rows.path.clone(),
-                sha256: m.audit_rows.sha256.clone(),
-                rows: m.audit_rows.rows,
-            });
-        }
-        for user in &e.forgotten_users {
-            expected.forgotten.insert(user.clone(), m.run_id.clone());
-        }
-        for user in &e.undone_users {
-            expected.forgotten.remove(user);
-        }
-    }
+    let expected = crate::erasure::state_of(manifests);
     let Ok(checkpoint) = Checkpoint::load(dir) else {
         return; // failed with the chain's pointer
     };
