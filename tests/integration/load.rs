@@ -548,3 +548,39 @@ async fn a_load_waits_for_an_erasure_killed_before_it_installed_its_generation()
     assert_eq!(tables(&pg, dir.path()), expected(&killed));
     assert_eq!(tables(&pg, dir.path()).0.len(), 40);
 }
+
+/// An erasure run whose rows file was changed after it sealed: the load
+/// stops there (exit 5, the rows file named) and deletes nothing; the runs
+/// before it stay loaded.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tampered_erasure_stops_the_load_and_deletes_nothing() {
+    let server = MockServer::start(world(&[30, 20], 50)).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let users = users(2);
+    sync::run(sync_options(&server, &out, &users))
+        .await
+        .unwrap();
+    let pg = Postgres::start();
+    assert_eq!(load(&out, &pg.url()).0, 0);
+    let loaded = tables(&pg, dir.path());
+    let run_id = forget(&out, &["--user", &users[1]]);
+    let manifest: Value = serde_json::from_slice(
+        &std::fs::read(out.join(format!("audit/runs/{run_id}.manifest.json"))).unwrap(),
+    )
+    .unwrap();
+    let rows = manifest["audit_rows"]["path"].as_str().unwrap().to_owned();
+    let text = std::fs::read_to_string(out.join(&rows)).unwrap();
+    let first = text.lines().next().unwrap().to_owned();
+    std::fs::write(out.join(&rows), text.replacen(&first, "", 1)).unwrap();
+
+    let (code, report, stderr) = load(&out, &pg.url());
+    assert_eq!(code, 5, "{stderr}");
+    assert_eq!(report["failure"]["path"], rows.as_str(), "{report}");
+    assert_eq!(report["runs_loaded"], 0);
+    assert_eq!(tables(&pg, dir.path()), loaded);
+    assert_eq!(
+        pg.query(dir.path(), "SELECT count(*) FROM xquik_dm.loaded_runs"),
+        "1"
+    );
+}

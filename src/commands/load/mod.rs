@@ -446,10 +446,12 @@ async fn load_unit(
     storage: &Storage,
     unit: &[ChainEntry],
 ) -> std::result::Result<Loaded, RunFailure> {
-    let (items, mut incoming) = tokio::sync::mpsc::channel(4096);
+    let (rows, mut incoming) = tokio::sync::mpsc::channel(4096);
+    let (erased, mut erasures) = tokio::sync::mpsc::channel(1);
     let reader = {
         let (storage, unit) = (storage.clone(), unit.to_vec());
-        std::thread::spawn(move || read::stream_unit(&storage, &unit, &items))
+        let outlets = read::Outlets { rows, erased };
+        std::thread::spawn(move || read::stream_unit(&storage, &unit, outlets))
     };
     let tx = client.transaction().await?;
     tx.batch_execute(
@@ -459,20 +461,27 @@ async fn load_unit(
     )
     .await?;
     let copied = copy_records(&tx, &mut incoming).await?;
-    let _ = reader.join();
     let inserted = insert_records(&tx, &copied.sends).await?;
     let total = copied.history + copied.sends.len() as u64;
     let mut loaded = Loaded {
         inserted,
         present: total.saturating_sub(inserted),
         deleted: vec![0; unit.len()],
-        erasures: copied.erased.len() as u64,
+        erasures: 0,
     };
-    for (i, erased) in &copied.erased {
-        if let Some(slot) = loaded.deleted.get_mut(*i) {
-            *slot = delete_erased(&tx, erased).await?;
+    while let Some(item) = erasures.recv().await {
+        let (i, ids) = match item {
+            Item::Erased(i, ids) => (i, ids),
+            // Dropping the transaction rolls back what this unit did.
+            Item::Failed(f) => return Err(RunFailure::Check(f)),
+            Item::History(_) | Item::Send(_) => continue,
+        };
+        loaded.erasures += 1;
+        if let Some(slot) = loaded.deleted.get_mut(i) {
+            *slot = delete_erased(&tx, &ids).await?;
         }
     }
+    let _ = reader.join();
     // Every run of the unit gets its ledger row; the records inserted are
     // the last run's (the carrier's, in a group).
     for (i, entry) in unit.iter().enumerate() {
@@ -501,17 +510,17 @@ async fn load_unit(
 }
 
 /// What the reading side sent, once copied: history rows (in
-/// `load_messages`), the sends (copied at the end: `COPY` takes one table
-/// at a time) and the erased IDs by run.
+/// `load_messages`) and the sends (copied at the end: `COPY` takes one
+/// table at a time).
 struct Copied {
     history: u64,
     sends: Vec<SendRow>,
-    erased: Vec<(usize, Vec<AuditRow>)>,
 }
 
 /// Copies the history records from `incoming` into `load_messages` as
-/// they come; keeps the sends and erased IDs for later. A failed check
-/// ends it; dropping the transaction rolls back what was copied.
+/// they come, until the reading side closes it; keeps the sends for later.
+/// A failed check ends it; dropping the transaction rolls back what was
+/// copied.
 async fn copy_records(
     tx: &tokio_postgres::Transaction<'_>,
     incoming: &mut tokio::sync::mpsc::Receiver<Item>,
@@ -521,7 +530,6 @@ async fn copy_records(
     let mut copied = Copied {
         history: 0,
         sends: Vec::new(),
-        erased: Vec::new(),
     };
     while let Some(item) = incoming.recv().await {
         let r = match item {
@@ -530,11 +538,8 @@ async fn copy_records(
                 copied.sends.push(s);
                 continue;
             }
-            Item::Erased(i, ids) => {
-                copied.erased.push((i, ids));
-                continue;
-            }
             Item::Failed(f) => return Err(RunFailure::Check(f)),
+            Item::Erased(..) => continue,
         };
         copied.history += 1;
         let created = r.created_at.and_then(timestamp);

@@ -65,45 +65,61 @@ pub(super) fn last_generation(storage: &Storage, todo: &[ChainEntry]) -> Option<
     })
 }
 
-/// Streams the transaction of the runs `unit` into `items`: every
-/// manifest checked; the records of the last run's segments when the unit
-/// is a group (the carrier's generation) or a run that is not an erasure;
-/// the erased IDs of every erasure run. Memory holds a few thousand
-/// records, however large the run, and the IDs of one erasure at a time.
-pub(super) fn stream_unit(
-    storage: &Storage,
-    unit: &[ChainEntry],
-    items: &tokio::sync::mpsc::Sender<Item>,
-) {
-    let send = |item: Item| items.blocking_send(item).is_ok();
-    for (i, entry) in unit.iter().enumerate() {
-        let manifest = match checked_manifest(storage, entry) {
-            Ok(m) => m,
-            Err(failed) => {
+/// Where the reading side sends a transaction: its records (`rows`), then,
+/// once `rows` is closed, the erased IDs of each erasure run (`erased`, one
+/// run at a time: its capacity is 1, so memory holds the IDs of at most
+/// two erasures, however many the transaction applies). A failed check
+/// goes to the channel of the phase it happened in.
+pub(super) struct Outlets {
+    pub rows: tokio::sync::mpsc::Sender<Item>,
+    pub erased: tokio::sync::mpsc::Sender<Item>,
+}
+
+/// Streams the transaction of the runs `unit`: every manifest checked; the
+/// records of the last run's segments when the unit is a group (the
+/// carrier's generation) or a run that is not an erasure; then the erased
+/// IDs of every erasure run. Memory holds a few thousand records, however
+/// large the run.
+pub(super) fn stream_unit(storage: &Storage, unit: &[ChainEntry], outlets: Outlets) {
+    let Outlets { rows, erased } = outlets;
+    let mut erasures = Vec::new();
+    {
+        let send = |item: Item| rows.blocking_send(item).is_ok();
+        for (i, entry) in unit.iter().enumerate() {
+            let manifest = match checked_manifest(storage, entry) {
+                Ok(m) => m,
+                Err(failed) => {
+                    send(Item::Failed(failed));
+                    return;
+                }
+            };
+            let source = match unit.len() {
+                1 => manifest.erasure.is_none(),
+                n => i + 1 == n,
+            };
+            if source && let Some(failed) = install_pending(storage, &manifest) {
                 send(Item::Failed(failed));
                 return;
             }
-        };
-        let rows = match unit.len() {
-            1 => manifest.erasure.is_none(),
-            n => i + 1 == n,
-        };
-        if rows && let Some(failed) = install_pending(storage, &manifest) {
-            send(Item::Failed(failed));
-            return;
-        }
-        if rows && !stream_segments(storage, entry, &manifest.files, &send) {
-            return;
-        }
-        if manifest.erasure.is_some() {
-            let item = match erasure::erased_ids(storage, &manifest) {
-                Ok(erased) => Item::Erased(i, erased),
-                Err(e) => Item::Failed(failure(&manifest.audit_rows.path, e.to_string())),
-            };
-            let failed = matches!(item, Item::Failed(_));
-            if !send(item) || failed {
+            if source && !stream_segments(storage, entry, &manifest.files, &send) {
                 return;
             }
+            if manifest.erasure.is_some() {
+                erasures.push((i, manifest));
+            }
+        }
+    }
+    // The records are all sent: closing their channel lets the database
+    // side finish its inserts before the deletions begin.
+    drop(rows);
+    for (i, manifest) in erasures {
+        let item = match erasure::erased_ids(storage, &manifest) {
+            Ok(ids) => Item::Erased(i, ids),
+            Err(e) => Item::Failed(failure(&manifest.audit_rows.path, e.to_string())),
+        };
+        let failed = matches!(item, Item::Failed(_));
+        if erased.blocking_send(item).is_err() || failed {
+            return;
         }
     }
 }
