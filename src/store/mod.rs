@@ -24,6 +24,13 @@
 //!    audit pointer, `SHA256SUMS` — each durable before the next refers to
 //!    it.
 //!
+//! An erasure run (`generation.rs`, driven by [`crate::erasure`]) appends
+//! nothing: it stages the handoff file's new generation, which its seal
+//! installs once the chain entry is written, with the Parquet files it
+//! rewrote as a compaction's. Every run loads the tombstones when it
+//! opens, and [`Store::append_history`] drops the records they name, so
+//! an erased message the API still serves is never written again.
+//!
 //! Opening the store repairs whatever a killed run left, so that the
 //! outputs converge to what an uninterrupted run would have written: the
 //! steps, in order, are the module doc of `recover.rs`.
