@@ -21,7 +21,11 @@
 //! where they still are; segments are hashed as they stream in and the
 //! erased IDs are checked against their manifest (`erasure::erased_ids`).
 //! A failed check ends the stream with [`Item::Failed`], and the database
-//! side rolls the transaction back.
+//! side rolls the transaction back. A carrier that sealed but was killed
+//! before it installed its generation (the file still the old one) stops
+//! the load with that said, not as a damaged file: the next run of the tool
+//! installs it. The erased IDs travel after all the records, one erasure
+//! at a time ([`Outlets`]).
 
 use std::io::BufRead;
 
