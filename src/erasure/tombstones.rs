@@ -15,12 +15,12 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
 )]
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read};
 
 use sha2::{Digest, Sha256};
 
-use crate::audit::AuditRow;
 use crate::checkpoint::{ErasureState, TombstoneFile};
 use crate::error::{Error, Result};
 use crate::records::HistoryRowRef;
@@ -73,14 +73,27 @@ impl Tombstones {
             inner: storage.reader(&file.path, None)?,
             hasher: &mut hasher,
         };
-        for line in BufReader::new(reader).split(b'\n') {
-            let line = line.map_err(|e| Error::io(&path, e))?;
-            let row: AuditRow = serde_json::from_slice(&line)
+        let mut reader = BufReader::with_capacity(1 << 20, reader);
+        let mut line = Vec::with_capacity(128);
+        self.ids.reserve(usize::try_from(file.rows).unwrap_or(0));
+        // Read once per run: the line buffer is reused and the IDs are
+        // borrowed from it (a line is only three short IDs).
+        loop {
+            line.clear();
+            if reader
+                .read_until(b'\n', &mut line)
+                .map_err(|e| Error::io(&path, e))?
+                == 0
+            {
+                break;
+            }
+            let text = line.strip_suffix(b"\n").unwrap_or(&line);
+            let row: RowIds<'_> = serde_json::from_slice(text)
                 .map_err(|_| damaged("hold a line that is not a row"))?;
             lines += 1;
             // An erased send's DM later shows up in its recipient's
             // history under the same ID: it is a tombstone there too.
-            self.insert(row.user_id, row.message_id);
+            self.insert(&row.user_id, &row.message_id);
         }
         if hex::encode(hasher.finalize()) != file.sha256 || lines != file.rows {
             return Err(damaged("differ from the checkpoint's digest"));
@@ -88,13 +101,13 @@ impl Tombstones {
         Ok(())
     }
 
-    fn insert(&mut self, user: String, message: String) {
+    fn insert(&mut self, user: &str, message: &str) {
         match (user.parse::<u64>(), message.parse::<u64>()) {
             (Ok(u), Ok(m)) => {
                 self.ids.insert((u, m));
             }
             _ => {
-                self.other.insert((user, message));
+                self.other.insert((user.to_owned(), message.to_owned()));
             }
         }
     }
@@ -131,6 +144,16 @@ impl Tombstones {
             )),
         }
     }
+}
+
+/// The IDs of a rows-file line ([`crate::audit::AuditRow`]'s), borrowed
+/// from it.
+#[derive(Debug, serde::Deserialize)]
+struct RowIds<'a> {
+    #[serde(borrow)]
+    user_id: Cow<'a, str>,
+    #[serde(borrow)]
+    message_id: Cow<'a, str>,
 }
 
 /// A reader that hashes what it reads.
