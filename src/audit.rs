@@ -42,6 +42,7 @@ use hmac::{KeyInit, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::erasure::record::Erasure;
 use crate::error::{Error, Result};
 use crate::records::json_str;
 use crate::sinks::{WrittenFile, sha256_hex};
@@ -394,6 +395,11 @@ pub struct Manifest {
     /// before the tables were Delta tables).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub delta: BTreeMap<String, DeltaEntry>,
+    /// For an erasure run (`forget`, retention, undo): what it erased and
+    /// why; its Parquet rewrite is in `compaction`, its handoff file's new
+    /// generation a segment at offset 0 in `files`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub erasure: Option<Erasure>,
     /// The SSH key that signs this manifest, when one was set: its
     /// signature is `<manifest>.sig` (see [`crate::sshsig`]). Recorded
     /// here so that the signed bytes name their signer, and a signature
@@ -1243,6 +1249,7 @@ mod tests {
             recovered: Vec::new(),
             compaction: None,
             delta: BTreeMap::new(),
+            erasure: None,
             signer: None,
             signature: None,
         }

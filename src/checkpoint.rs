@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::pagination::StopReason;
 use crate::dedupe::Block;
+use crate::erasure::record::{Erasure, ErasureKind};
 use crate::error::{Error, Result};
 use crate::sinks::WrittenFile;
 use crate::storage::{Backend, Expect};
@@ -84,6 +85,13 @@ pub struct Checkpoint {
     /// run looks at the chain for a table that does not exist yet.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub delta_converted: bool,
+    /// Where retention (`sync --retain-days`) stands.
+    #[serde(default, skip_serializing_if = "RetentionState::is_empty")]
+    pub retention: RetentionState,
+    /// The erasures that stay in force: tombstones, the retention
+    /// cut-off, forgotten conversations.
+    #[serde(default, skip_serializing_if = "ErasureState::is_empty")]
+    pub erasure: ErasureState,
     /// How it was read: `None` when there was none, else the version (if
     /// the storage has versions) the next save must still find.
     #[serde(skip)]
@@ -103,6 +111,93 @@ impl CompactionState {
     fn is_empty(&self) -> bool {
         self.through.is_none()
     }
+}
+
+/// Where retention stands (`sync --retain-days`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetentionState {
+    /// The UTC date (`YYYY-MM-DD`) of the last run that applied retention:
+    /// it is applied at most once a day.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_day: Option<String>,
+    /// The ID of that day's retention run (an erasure run of its own,
+    /// after the sync's): while its manifest is missing, the next sync
+    /// tries again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<String>,
+}
+
+impl RetentionState {
+    fn is_empty(&self) -> bool {
+        self.last_day.is_none() && self.run.is_none()
+    }
+}
+
+/// The erasures that stay in force (see [`crate::erasure`]). Body-free:
+/// IDs, digests and a time. Its size grows with the erasure runs and the
+/// forgotten conversations, not with the messages erased: the tombstones
+/// themselves are the erasure runs' rows files, named here with their
+/// digests so that a changed or removed one is found before a sync could
+/// write an erased message again.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErasureState {
+    /// The rows files whose message IDs no sync writes again, one per
+    /// erasure run that erased by conversation or by ID.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tombstones: Vec<TombstoneFile>,
+    /// Retention: no record created before this instant (RFC 3339 UTC) is
+    /// written again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub erased_before: Option<String>,
+    /// Forgotten conversations (user ID → the run that forgot it): skipped
+    /// by syncs until `forget --undo-user`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub forgotten: BTreeMap<String, String>,
+}
+
+impl ErasureState {
+    fn is_empty(&self) -> bool {
+        self.tombstones.is_empty() && self.erased_before.is_none() && self.forgotten.is_empty()
+    }
+
+    /// Tombstones in all.
+    pub fn tombstone_count(&self) -> u64 {
+        self.tombstones.iter().map(|t| t.rows).sum()
+    }
+
+    /// Puts in force the sealed erasure of the run `run_id`, whose rows
+    /// file is `rows` (its tombstones, unless it is a retention run, which
+    /// leaves its cut-off instead). Safe to repeat.
+    pub fn put_in_force(&mut self, run_id: &str, erasure: &Erasure, rows: TombstoneFile) {
+        if erasure.kind == ErasureKind::Retention {
+            if let Some(cut) = &erasure.older_than
+                && self.erased_before.as_ref().is_none_or(|b| b < cut)
+            {
+                self.erased_before = Some(cut.clone());
+            }
+        } else if rows.rows > 0 && !self.tombstones.iter().any(|t| t.run_id == run_id) {
+            self.tombstones.push(rows);
+        }
+        for user in &erasure.forgotten_users {
+            self.forgotten.insert(user.clone(), run_id.to_owned());
+        }
+        for user in &erasure.undone_users {
+            self.forgotten.remove(user);
+        }
+    }
+}
+
+/// An erasure run's rows file, as a set of tombstones.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TombstoneFile {
+    /// The erasure run.
+    pub run_id: String,
+    /// Its rows file, relative to the output root.
+    pub path: String,
+    /// The rows file's SHA-256, as the run's manifest lists it.
+    pub sha256: String,
+    /// Its lines: the tombstones it holds.
+    pub rows: u64,
 }
 
 /// A run that claimed the output and may have written files.

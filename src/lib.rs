@@ -23,6 +23,7 @@ pub mod cli;
 pub mod commands;
 pub mod dedupe;
 pub mod delta;
+pub mod erasure;
 pub mod error;
 pub mod logging;
 pub mod metrics;

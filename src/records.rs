@@ -427,3 +427,37 @@ pub mod micros_rfc3339_required {
             .ok_or_else(|| serde::de::Error::custom("not an RFC 3339 timestamp"))
     }
 }
+
+/// The fields of a handoff record that name it (its type, conversation or
+/// recipient, and ID) and date it, read from a JSONL line without its body:
+/// what an erasure matches and `verify` compares with the rows files.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RecordKey {
+    /// `history` or `send`.
+    pub record_type: String,
+    /// The message ID.
+    pub message_id: String,
+    /// A history record's conversation.
+    #[serde(default)]
+    pub conversation_user_id: Option<String>,
+    /// A send record's recipient.
+    #[serde(default)]
+    pub recipient_user_id: Option<String>,
+    /// A history record's time (RFC 3339), if any.
+    #[serde(default)]
+    pub created_at: Option<String>,
+    /// A send record's time (RFC 3339).
+    #[serde(default)]
+    pub sent_at: Option<String>,
+}
+
+impl RecordKey {
+    /// The conversation of a history record, the recipient of a send: the
+    /// `user_id` of its rows-file line.
+    pub fn user_id(&self) -> &str {
+        self.conversation_user_id
+            .as_deref()
+            .or(self.recipient_user_id.as_deref())
+            .unwrap_or_default()
+    }
+}

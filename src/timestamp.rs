@@ -199,6 +199,14 @@ pub fn format_micros(micros: i64) -> Option<String> {
         .map(|dt| dt.to_rfc3339_opts(SecondsFormat::AutoSi, true))
 }
 
+/// The time encoded in an X snowflake ID (a message's, when the API gave
+/// no `created_at`), in milliseconds since the epoch: `(id >> 22)` plus
+/// X's epoch, 2010-11-04T01:42:54.657Z.
+pub fn snowflake_millis(id: &str) -> Option<i64> {
+    let id: u64 = id.parse().ok()?;
+    i64::try_from(id >> 22).ok()?.checked_add(1_288_834_974_657)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -80,6 +80,11 @@ pub struct ReportArgs {
     /// (or failed) against it.
     #[arg(long, value_name = "FILE")]
     allowed_signers: Option<PathBuf>,
+    /// Show the IDs of the people erasures concerned (the conversations and
+    /// recipients erased from, the users forgotten) in the page and the JSON.
+    /// Hidden by default: a report is shared more widely than the data.
+    #[arg(long)]
+    erased_ids: bool,
 }
 
 impl ReportArgs {
@@ -92,6 +97,7 @@ impl ReportArgs {
                 signers: load_allowed_signers(self.allowed_signers.as_deref())?,
                 ..Trust::default()
             },
+            erased_ids: self.erased_ids,
             json: self.json,
         })
     }

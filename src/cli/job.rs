@@ -20,6 +20,7 @@ use crate::error::{Error, Result};
 /// concurrency = 8             # optional
 /// max_credits = 50000         # optional
 /// signing_key = "/etc/xquik-dm/id_ed25519"   # optional; --signing-key wins
+/// retain_days = 400           # optional; --retain-days wins
 ///
 /// [[conversations]]
 /// account = "acme_support"
@@ -43,6 +44,8 @@ pub struct JobFile {
     pub rate_post: Option<f64>,
     /// SSH key that signs each run's manifest (`--signing-key`).
     pub signing_key: Option<PathBuf>,
+    /// Erase messages older than this many days (`--retain-days`).
+    pub retain_days: Option<u32>,
     /// Accounts and their conversations.
     #[serde(default)]
     pub conversations: Vec<JobConversations>,

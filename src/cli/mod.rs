@@ -15,6 +15,7 @@
 
 pub mod bench;
 pub mod folder;
+pub mod forget;
 pub mod global;
 pub mod job;
 pub mod lookup;
@@ -30,6 +31,7 @@ use clap::{Parser, Subcommand};
 use crate::audit::AuditKey;
 use crate::cli::bench::{BenchArgs, BenchFetchArgs};
 use crate::cli::folder::{CompactArgs, LoadArgs, RebuildArgs, ReportArgs, VerifyArgs};
+use crate::cli::forget::ForgetArgs;
 use crate::cli::global::{GlobalArgs, Settings, audit_key_from_env};
 use crate::cli::lookup::LookupArgs;
 use crate::cli::mock::{DemoArgs, MockArgs};
@@ -105,6 +107,17 @@ pub enum CommandArgs {
     /// next run finishes or undoes it. Exit status: 0 done, 2 bad input, 3 a
     /// damaged file (named; nothing is compacted).
     Compact(CompactArgs),
+    /// Erase conversations or single messages from every output, with evidence.
+    ///
+    /// Takes the records out of the handoff file (a new generation; the old
+    /// bytes are deleted, every old segment in a bucket), rewrites the Parquet
+    /// files that held them, cleans temporary and recovered files, and records
+    /// the erasure as an audited run: counts per conversation, a Merkle root
+    /// over the erased IDs, the reason and the time, never a body. Erased IDs
+    /// become tombstones no later sync writes again; forgotten conversations are
+    /// skipped until --undo-user. Exit status: 0 done, 2 bad input, 3 a damaged
+    /// file (named; nothing is erased).
+    Forget(ForgetArgs),
     /// Rebuild a lost state/checkpoint.json from the folder's JSONL and audit trail.
     ///
     /// For a folder whose state/ was removed: sync and send refuse to run there
@@ -273,6 +286,7 @@ impl CommandArgs {
             CommandArgs::Report(args) => args.into_command()?,
             CommandArgs::Load(args) => args.into_command(),
             CommandArgs::Compact(args) => args.into_command()?,
+            CommandArgs::Forget(args) => args.into_command(settings)?,
             CommandArgs::Rebuild(args) => args.into_command(),
             CommandArgs::Lookup(args) => args.into_command(settings)?,
             CommandArgs::Mock(args) => args.into_command()?,

@@ -14,7 +14,7 @@ use crate::api::{Account, UserRef};
 use crate::cli::global::Settings;
 use crate::cli::job::JobFile;
 use crate::cli::signing::SigningArgs;
-use crate::commands::sync::{DEFAULT_CONCURRENCY, SyncOptions, Target};
+use crate::commands::sync::{DEFAULT_CONCURRENCY, MAX_RETAIN_DAYS, SyncOptions, Target};
 use crate::commands::{Command, Recorded};
 use crate::error::{Error, Result};
 use crate::shard::Shard;
@@ -60,6 +60,12 @@ pub struct SyncArgs {
     /// compaction (at most once a day; see `xquik-dm compact`).
     #[arg(long)]
     compact: bool,
+    /// Erase every message older than DAYS days (by its created_at, or by the time
+    /// in its ID when the API gave none) from every output, at most once a day, in
+    /// an audited erasure run of its own right after the sync's (as `xquik-dm
+    /// forget` does; later syncs do not write them again). 1 to 36500.
+    #[arg(long, value_name = "DAYS")]
+    retain_days: Option<u32>,
     /// Write the run's outcome to this file in Prometheus text format (replaced
     /// atomically), for the node_exporter textfile collector.
     #[arg(long, value_name = "PATH")]
@@ -110,6 +116,7 @@ impl SyncArgs {
         options.shard = shard;
         options.max_pages = self.max_pages.map(|n| n.max(1));
         options.compact = self.compact || job.is_some_and(|j| j.compact);
+        options.retain_days = retain_days(self.retain_days, job)?;
         Ok(Command::Sync(Recorded {
             options,
             json: self.json,
@@ -155,5 +162,43 @@ impl SyncArgs {
             ));
         }
         Ok(targets)
+    }
+}
+
+/// `--retain-days`, else the job file's `retain_days`: at least a day (a
+/// window of 0 would erase what the run just wrote) and at most a century.
+fn retain_days(flag: Option<u32>, job: Option<&JobFile>) -> Result<Option<u32>> {
+    let Some(days) = flag.or(job.and_then(|j| j.retain_days)) else {
+        return Ok(None);
+    };
+    if !(1..=MAX_RETAIN_DAYS).contains(&days) {
+        return Err(Error::invalid(
+            "--retain-days",
+            format!("must be between 1 and {MAX_RETAIN_DAYS} days, not {days}"),
+        ));
+    }
+    Ok(Some(days))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_retention_window_is_one_day_to_a_century() {
+        assert_eq!(retain_days(None, None).unwrap(), None);
+        assert_eq!(retain_days(Some(30), None).unwrap(), Some(30));
+        for bad in [0, MAX_RETAIN_DAYS + 1] {
+            let err = retain_days(Some(bad), None).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{err}");
+            assert!(err.to_string().contains("--retain-days"), "{err}");
+        }
+        let job = JobFile::parse("retain_days = 400\n").unwrap();
+        assert_eq!(retain_days(None, Some(&job)).unwrap(), Some(400));
+        // The command line wins over the job file.
+        assert_eq!(retain_days(Some(7), Some(&job)).unwrap(), Some(7));
+        let job = JobFile::parse("retain_days = 0\n").unwrap();
+        assert!(retain_days(None, Some(&job)).is_err());
+        assert!(JobFile::parse("retain_days = -3\n").is_err());
     }
 }

@@ -41,6 +41,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Instant;
 
+use arrow_array::{BooleanArray, RecordBatch};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde::Serialize;
 
@@ -231,9 +232,9 @@ fn merge_all(
     let mut partitions = Vec::new();
     for (dir, removed) in merges {
         let added = if dir.starts_with(&format!("parquet/{}/", SendColumns::TABLE)) {
-            merge::<SendColumns>(storage, &dir, &removed, run_id)?
+            rewrite::<SendColumns>(storage, &dir, &removed, run_id, None)?
         } else {
-            merge::<MessageColumns>(storage, &dir, &removed, run_id)?
+            rewrite::<MessageColumns>(storage, &dir, &removed, run_id, None)?
         };
         partitions.push(PartitionReport {
             dir,
@@ -362,14 +363,20 @@ fn listed_by(
     })
 }
 
-/// Merges `removed` (in order) into new files of the run `run_id` in `dir`.
-/// Each input is checked against its manifest first: a file that changed
-/// since its run sealed it stops the compaction, with nothing swapped.
-fn merge<C: Columns>(
+/// Which rows of a batch a rewrite keeps (`true`); an erasure's filter.
+pub type Keep<'a> = &'a dyn Fn(&RecordBatch) -> Result<BooleanArray>;
+
+/// Rewrites `removed` (in order) into new files of the run `run_id` in
+/// `dir`: the one place that rewrites sealed Parquet files, for a
+/// compaction (every row) and an erasure (the rows `keep` keeps). Each
+/// input is checked against its manifest first: a file that changed since
+/// its run sealed it stops the rewrite, with nothing swapped.
+pub fn rewrite<C: Columns>(
     storage: &Storage,
     dir: &str,
     removed: &[RemovedFile],
     run_id: &str,
+    keep: Option<Keep<'_>>,
 ) -> Result<Vec<WrittenFile>> {
     let mut sink = ParquetSink::<C>::in_dir(storage, dir.to_owned(), run_id);
     let mut added = Vec::new();
@@ -377,7 +384,7 @@ fn merge<C: Columns>(
         let path = storage.describe(&r.file.path);
         let corrupt = |reason: String| Error::Corrupt {
             path: path.clone(),
-            reason: format!("{reason}: nothing was compacted; run `xquik-dm verify`"),
+            reason: format!("{reason}: nothing was rewritten; run `xquik-dm verify`"),
         };
         let bytes = storage
             .get(&r.file.path)?
@@ -391,9 +398,16 @@ fn merge<C: Columns>(
             .map_err(|e| corrupt(format!("not readable as Parquet ({e})")))?;
         let mut rows = 0u64;
         for batch in reader {
-            let batch = batch.map_err(|e| corrupt(format!("not readable as Parquet ({e})")))?;
+            let mut batch = batch.map_err(|e| corrupt(format!("not readable as Parquet ({e})")))?;
             rows += batch.num_rows() as u64;
-            sink.push_batch(&batch)?;
+            if let Some(keep) = keep {
+                let mask = keep(&batch)?;
+                batch = arrow_select::filter::filter_record_batch(&batch, &mask)
+                    .map_err(|e| corrupt(format!("rows not filtered ({e})")))?;
+            }
+            if batch.num_rows() > 0 {
+                sink.push_batch(&batch)?;
+            }
             if sink.is_full()
                 && let Some(file) = sink.close()?
             {

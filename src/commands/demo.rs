@@ -195,7 +195,7 @@ fn review(out: &Location, key: &SigningKey, dir: PathBuf) -> Result<(VerifyRepor
     };
     let verify = verify::run_trusted(out.clone(), &trust, None, None)?;
     let html = dir.join("report.html");
-    crate::commands::report::run(out, Some(&html), &trust)?;
+    crate::commands::report::run(out, Some(&html), &trust, false)?;
     let (last, _) = crate::audit::read_chain_tail(out.open()?.as_ref(), 0)?;
     let manifest = last.last().map(|e| e.manifest.clone()).unwrap_or_default();
     let (command, ssh_keygen) = ssh_keygen_check(out, &signers, &manifest);

@@ -6,6 +6,7 @@ pub mod accounts;
 pub mod bench;
 pub mod compact;
 pub mod demo;
+pub mod forget;
 pub mod latency;
 pub mod load;
 pub mod longevity;
@@ -69,6 +70,8 @@ pub enum Command {
         html: Option<PathBuf>,
         /// What the manifests' SSH signatures are checked with.
         trust: verify::Trust,
+        /// Show the IDs of the people erasures concerned.
+        erased_ids: bool,
         /// Report as JSON.
         json: bool,
     },
@@ -80,6 +83,13 @@ pub enum Command {
         min_files: usize,
         /// SSH key that signs the compaction's manifest.
         key: Option<crate::sshsig::SigningKey>,
+        /// Report as JSON.
+        json: bool,
+    },
+    /// `forget`.
+    Forget {
+        /// What to erase, and why.
+        options: forget::ForgetOptions,
         /// Report as JSON.
         json: bool,
     },
@@ -275,6 +285,13 @@ pub enum Report {
         /// Print as JSON.
         json: bool,
     },
+    /// `forget`: what was erased.
+    Forget {
+        /// The report.
+        report: crate::erasure::ErasureReport,
+        /// Print as JSON.
+        json: bool,
+    },
     /// `rebuild`: what the rebuilt checkpoint holds.
     Rebuild {
         /// The report.
@@ -316,6 +333,7 @@ impl Report {
             Report::Latency { report, json } => write_report(out, report, *json),
             Report::Accounts { report, json } => write_report(out, report, *json),
             Report::Rebuild { report, json } => write_report(out, report, *json),
+            Report::Forget { report, json } => write_report(out, report, *json),
             Report::Send { report, json } => write_report(out, report.as_ref(), *json),
             Report::Bench { report, json } => write_report(out, report, *json),
             Report::BenchFetch { messages, pages } => {
@@ -343,6 +361,7 @@ impl Report {
             Report::Demo(report) => report.exit_code(),
             Report::Lookup(_)
             | Report::Compact { .. }
+            | Report::Forget { .. }
             | Report::Text(_)
             | Report::Longevity { .. }
             | Report::Latency { .. }
@@ -396,9 +415,10 @@ pub async fn execute(command: Command) -> Result<Report> {
             dir,
             html,
             trust,
+            erased_ids,
             json,
         } => blocking("<report>", move || {
-            report::run(&dir, html.as_deref(), &trust)
+            report::run(&dir, html.as_deref(), &trust, erased_ids)
         })
         .await
         .map(|written| Report::Report { written, json }),
@@ -424,6 +444,9 @@ pub async fn execute(command: Command) -> Result<Report> {
         })
         .await
         .map(|report| Report::Compact { report, json }),
+        Command::Forget { options, json } => forget::run(options)
+            .await
+            .map(|report| Report::Forget { report, json }),
         Command::Rebuild { out, json } => blocking("<rebuild>", move || rebuild::run(&out))
             .await
             .map(|report| Report::Rebuild { report, json }),

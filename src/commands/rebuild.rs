@@ -8,7 +8,9 @@
 //! already recorded. The audit chain, when it is still there, gives back
 //! which Parquet files are committed and how far the manifests cover the
 //! JSONL; without it, the next sync rebuilds the Parquet data from the JSONL
-//! and seals every record into its manifest. Nothing is deleted: Parquet
+//! and seals every record into its manifest. The erasures the chain holds
+//! stay in force (tombstones, forgotten conversations, the retention
+//! cut-off: [`crate::erasure::state_of`]). Nothing is deleted: Parquet
 //! files no manifest lists are moved to `recovered/<time>/` for the
 //! operator to inspect, never left where a glob would read them twice.
 
@@ -22,7 +24,8 @@ use serde::Serialize;
 
 use crate::audit::{self, ChainEntry};
 use crate::checkpoint::{
-    self, AuditPointer, Backfill, Checkpoint, Conversation, SendState, conversation_key,
+    self, AuditPointer, Backfill, Checkpoint, Conversation, ErasureState, SendState,
+    conversation_key,
 };
 use crate::dedupe::Block;
 use crate::error::{Error, Result};
@@ -156,6 +159,9 @@ pub fn run(out: &Location) -> Result<RebuildReport> {
     checkpoint.parquet.sends_covered_bytes = sealed.pointer.coverage.jsonl_bytes;
     checkpoint.parquet.listed_before = sealed.pointer.coverage.parquet_files;
     checkpoint.audit = sealed.pointer;
+    // Erased messages stay erased: the tombstones, forgotten conversations
+    // and retention cut-off are what the erasure runs say.
+    checkpoint.erasure = sealed.erasure;
     // Which runs were killed is not known: the next run lists the audit
     // folder once to clean up after them.
     checkpoint.unsealed = None;
@@ -177,6 +183,7 @@ pub fn run(out: &Location) -> Result<RebuildReport> {
 struct Sealed {
     pointer: AuditPointer,
     parquet: Vec<WrittenFile>,
+    erasure: ErasureState,
 }
 
 fn sealed_outputs(storage: &dyn Backend, chain: &[ChainEntry]) -> Result<Sealed> {
@@ -191,7 +198,18 @@ fn sealed_outputs(storage: &dyn Backend, chain: &[ChainEntry]) -> Result<Sealed>
         };
     }
     let parquet = audit::listed_parquet(storage, chain)?;
-    Ok(Sealed { pointer, parquet })
+    let mut erasures = Vec::new();
+    for entry in chain {
+        let (manifest, _) = audit::read_manifest(storage, &entry.manifest)?;
+        if manifest.erasure.is_some() {
+            erasures.push(manifest);
+        }
+    }
+    Ok(Sealed {
+        pointer,
+        parquet,
+        erasure: crate::erasure::state_of(&erasures),
+    })
 }
 
 /// A checkpoint with the JSONL part, the conversations and the recorded

@@ -180,6 +180,15 @@ impl JsonlSink {
     }
 }
 
+/// The midstate of `hasher` after `bytes` bytes, to be saved (an
+/// erasure's new generation starts its file digest here).
+pub fn save_state(hasher: &Sha256, bytes: u64) -> DigestState {
+    DigestState {
+        bytes,
+        state: hex::encode(hasher.serialize().as_slice()),
+    }
+}
+
 /// The SHA-256 of the bytes a saved midstate covers; `None` when it does
 /// not parse.
 pub fn digest_of(saved: &DigestState) -> Option<String> {

@@ -165,6 +165,9 @@ impl Backend for Counting {
     fn handoff_len(&self) -> Result<u64> {
         self.inner.handoff_len()
     }
+    fn handoff_install(&self, staged: &str) -> Result<()> {
+        self.inner.handoff_install(staged)
+    }
     fn journal(&self, key: &str) -> Result<Box<dyn Journal>> {
         self.inner.journal(key)
     }

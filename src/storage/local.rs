@@ -356,6 +356,18 @@ impl Backend for LocalDir {
         Ok(self.size(HANDOFF)?.unwrap_or(0))
     }
 
+    fn handoff_install(&self, staged: &str) -> Result<()> {
+        let (from, to) = (self.path(staged), self.path(HANDOFF));
+        if !from.exists() {
+            return Ok(());
+        }
+        // One rename replaces the file atomically: a reader sees the old
+        // generation or the new one, and the old one's blocks are freed
+        // once no descriptor holds them.
+        fs::rename(&from, &to).map_err(|e| Error::io(&to, e))?;
+        fsync_dir(&self.root)
+    }
+
     fn journal(&self, key: &str) -> Result<Box<dyn Journal>> {
         let target = self.path(key);
         create_private_dir(target.parent().unwrap_or(&self.root))?;

@@ -266,6 +266,12 @@ pub trait Backend: Send + Sync + Debug {
     fn handoff_reader(&self, range: Range<u64>) -> Result<Box<dyn Read + Send>>;
     /// The handoff file's length.
     fn handoff_len(&self) -> Result<u64>;
+    /// Replaces the handoff file by the object `staged` (its new
+    /// generation, written with [`Backend::create`]) and deletes every byte
+    /// of the old one (every old segment in a bucket); `staged` goes too.
+    /// Safe to repeat until `staged` is gone, and a no-op after: a repair
+    /// finishes an install that was killed half way.
+    fn handoff_install(&self, staged: &str) -> Result<()>;
     /// Starts the journal that will be published as `key`.
     fn journal(&self, key: &str) -> Result<Box<dyn Journal>>;
     /// The pieces a journal of `key` that was never finished left (a

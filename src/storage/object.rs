@@ -556,6 +556,27 @@ impl Backend for ObjectStore {
         }))
     }
 
+    fn handoff_install(&self, staged: &str) -> Result<()> {
+        let Some(size) = self.size(staged)? else {
+            return Ok(());
+        };
+        // Every old segment goes before the new generation is put at
+        // offset 0; until `staged` is deleted (last), a repeat starts over.
+        for (_, key, _) in self.segments()? {
+            self.delete(&key)?;
+        }
+        if size > 0 {
+            let (bucket, a, b) = (
+                self.bucket.clone(),
+                self.path(staged),
+                self.path(&segment_key(0)),
+            );
+            block(async move { bucket.copy(&a, &b).await })?
+                .map_err(|e| self.error(&segment_key(0), e))?;
+        }
+        self.delete(staged)
+    }
+
     fn handoff_len(&self) -> Result<u64> {
         Ok(self.tiled_segments()?.1)
     }

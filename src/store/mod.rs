@@ -25,10 +25,18 @@
 //!    entry (the commit point of the run), checkpoint audit pointer,
 //!    `SHA256SUMS` — each durable before the next refers to it.
 //!
+//! An erasure run (`generation.rs`, driven by [`crate::erasure`]) appends
+//! nothing: it stages the handoff file's new generation, which its seal
+//! installs once the chain entry is written, with the Parquet files it
+//! rewrote as a compaction's. Every run loads the tombstones when it
+//! opens, and [`Store::append_history`] drops the records they name, so
+//! an erased message the API still serves is never written again.
+//!
 //! Opening the store repairs whatever a killed run left, so that the
 //! outputs converge to what an uninterrupted run would have written: the
 //! steps, in order, are the module doc of `recover.rs`.
 
+mod generation;
 mod recover;
 mod seal;
 mod stamp;
@@ -38,6 +46,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
+pub use generation::StagedGeneration;
 pub use recover::Repair;
 pub use seal::{ManifestBody, Sealed};
 pub use stamp::RunStamp;
@@ -47,6 +56,8 @@ use crate::api::Endpoint;
 use crate::api::client::Reply;
 use crate::audit::{self, AuditLog, ChainEntry, LogInfo, LogKind};
 use crate::checkpoint::{self, Checkpoint, Conversation};
+use crate::erasure::record::Erasure;
+use crate::erasure::tombstones::Tombstones;
 use crate::error::{Error, Result};
 use crate::records::{HistoryBatch, SendRow};
 use crate::sinks::WrittenFile;
@@ -142,6 +153,12 @@ pub struct Store {
     failed: Option<Failed>,
     /// The files a `compact` run swapped, sealed into its manifest.
     compaction: Option<audit::Compaction>,
+    /// What an erasure run erased, sealed into its manifest.
+    erasure: Option<Erasure>,
+    /// The handoff file's new generation an erasure run staged.
+    generation: Option<StagedGeneration>,
+    /// Erased messages, never written again.
+    tombstones: Tombstones,
     /// When the store was opened, on the monotonic clock.
     opened: std::time::Instant,
     /// Delta commits of killed runs this run undid when it opened, for its
@@ -200,6 +217,9 @@ impl Store {
         } = recovered;
         let (date, run_id) = (stamp.date.as_str(), stamp.run_id.as_str());
         let backend = storage.as_ref();
+        // Loaded before anything is fetched: damaged tombstones stop the
+        // run before an erased message could be written again.
+        let tombstones = Tombstones::load(backend, &checkpoint.erasure)?;
         Ok(Store {
             storage: storage.clone(),
             _lock: lock,
@@ -218,6 +238,9 @@ impl Store {
             recovered,
             failed: None,
             compaction: None,
+            erasure: None,
+            generation: None,
+            tombstones,
             opened: std::time::Instant::now(),
             delta_reverted,
             uncommitted_history: 0,
@@ -254,6 +277,17 @@ impl Store {
         self.compaction = Some(compaction);
     }
 
+    /// What this run swapped in Parquet, if anything (a compaction or an
+    /// erasure).
+    pub fn compaction(&self) -> Option<&audit::Compaction> {
+        self.compaction.as_ref()
+    }
+
+    /// Records what an erasure run erased, for its manifest.
+    pub fn set_erasure(&mut self, erasure: Erasure) {
+        self.erasure = Some(erasure);
+    }
+
     /// What opening the store repaired.
     pub fn repair(&self) -> &Repair {
         &self.repair
@@ -285,6 +319,14 @@ impl Store {
     pub fn append_history(&mut self, batch: &HistoryBatch) -> Result<()> {
         if batch.is_empty() {
             return Ok(());
+        }
+        if !self.tombstones.is_empty() && batch.rows().any(|r| self.tombstones.erases(&r)) {
+            // An erased message the API still serves is not written again.
+            let mut kept = HistoryBatch::with_capacity(batch.len(), batch.lines().len());
+            for row in batch.rows().filter(|r| !self.tombstones.erases(r)) {
+                kept.push(&row);
+            }
+            return self.append_history(&kept);
         }
         let lines = batch.lines();
         self.jsonl.append(lines, batch.len() as u64)?;

@@ -13,7 +13,7 @@
 //! manifest. What a run reads and writes here depends on what it does and on
 //! the number of conversations, not on how many runs came before.
 //!
-//! The steps, in order ([`run`] does 1 to 10; step 11 needs this run's own
+//! The steps, in order ([`run`] does 1 to 11; step 12 needs this run's own
 //! files, which [`Store::open`] opens in between):
 //! 1. load the checkpoint and sweep the temporaries a killed write left
 //!    (of the handoff file, `SHA256SUMS` and the checkpoint);
@@ -32,17 +32,27 @@
 //!    reader opens from now on names a file step 6 removes (this run's
 //!    manifest pins both, see `tables.rs`);
 //! 6. remove the killed runs' Parquet files but the committed ones, by the
-//!    names they give them in the folders they claimed;
+//!    names they give them in the folders they claimed, and a killed
+//!    erasure's staged handoff generation, by its name;
 //! 7. repair the killed runs' audit files: manifests, rows files and
 //!    checksum files go, page logs are kept, renamed after this run, for its
 //!    manifest (a checkpoint that names no runs, format 1 or rebuilt, is
 //!    repaired by listing instead: audit files first, then Parquet files);
-//! 8. finish a compaction that sealed but was killed before its checkpoint
-//!    followed;
-//! 9. move the checkpoint's audit pointer to the chain's last run, and
-//!    drop from the checkpoint the Parquet files its manifests list;
-//! 10. cut the JSONL back to its committed length;
-//! 11. take over the committed records that no listed Parquet file or no
+//! 8. finish a compaction (or an erasure's Parquet rewrite) that sealed
+//!    but was killed before its checkpoint followed: the files it merged
+//!    away go;
+//! 9. finish an erasure that sealed but was killed before its checkpoint
+//!    followed: its staged handoff generation replaces the old one (every
+//!    old byte and segment deleted) if it did not yet, the checkpoint
+//!    points at the new generation, and its tombstones, retention cut-off
+//!    and forgotten conversations come into force ([`generation::apply`]);
+//!    a killed erasure that never sealed left a staged generation, which
+//!    step 6 removed with its other files, so that nothing of it is
+//!    erased and its rerun starts over;
+//! 10. move the checkpoint's audit pointer to the chain's last run, and
+//!     drop from the checkpoint the Parquet files its manifests list;
+//! 11. cut the JSONL back to its committed length;
+//! 12. take over the committed records that no listed Parquet file or no
 //!     manifest covers yet into this run's Parquet files and rows file
 //!     ([`take_over_unsealed`]).
 //!
@@ -57,11 +67,13 @@ use std::collections::{BTreeMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
+use super::generation::{self, Sealing};
 use super::stamp::RunStamp;
 use super::tables;
 use crate::audit::{self, AuditLog, AuditRepair, ChainEntry, DeltaRevert, Manifest, RecoveredLog};
 use crate::checkpoint::{self, AuditPointer, Checkpoint, Claim};
 use crate::delta::TableKind;
+use crate::erasure::record::staged_key;
 use crate::error::{Error, Result};
 use crate::records::{HistoryRow, RecordType, SendRow};
 use crate::sinks::jsonl::{self, JsonlSink};
@@ -83,7 +95,7 @@ pub struct Repair {
     pub temporaries_removed: Vec<String>,
 }
 
-/// The repaired output, as steps 1 to 9 leave it for the run.
+/// The repaired output, as steps 1 to 10 leave it for the run.
 #[derive(Debug)]
 pub(super) struct Recovered {
     /// The run's stamp, with a new random part if its ID was taken.
@@ -102,7 +114,7 @@ pub(super) struct Recovered {
     pub delta_reverted: BTreeMap<TableKind, DeltaRevert>,
 }
 
-/// Steps 1 to 10 of the repair, for the run `stamp`, on an output this
+/// Steps 1 to 11 of the repair, for the run `stamp`, on an output this
 /// process holds the lock of.
 pub(super) fn run(shared: &Storage, stamp: &RunStamp) -> Result<Recovered> {
     let storage = shared.as_ref();
@@ -119,7 +131,9 @@ pub(super) fn run(shared: &Storage, stamp: &RunStamp) -> Result<Recovered> {
     let (audit_repair, parquet_removed) =
         remove_killed_runs(storage, &checkpoint, killed, &stamp.run_id)?;
     let (pointer, last) = pointer_from_chain(storage, tail.last())?;
-    finish_compaction(storage, &checkpoint, &pointer, last)?;
+    let ahead = pointer.runs > checkpoint.audit.runs;
+    finish_compaction(storage, ahead, last.as_ref())?;
+    finish_erasure(storage, &mut checkpoint, ahead, last.as_ref())?;
     follow_chain(&mut checkpoint, pointer);
     let (jsonl, jsonl_bytes_cut) = cut_jsonl(storage, &checkpoint)?;
     Ok(Recovered {
@@ -305,6 +319,12 @@ fn remove_killed_runs(
             let mut removed = Vec::new();
             for claim in &killed {
                 removed.extend(parquet::remove_run_files(storage, claim, &committed)?);
+                // A killed erasure's new handoff generation, never installed.
+                let staged = staged_key(&claim.run);
+                if storage.size(&staged)?.is_some() {
+                    storage.delete(&staged)?;
+                    removed.push(staged);
+                }
             }
             let runs: Vec<String> = killed.into_iter().map(|c| c.run).collect();
             Ok((audit::repair_runs(storage, &runs, run_id)?, removed))
@@ -348,24 +368,44 @@ fn pointer_from_chain(
 }
 
 /// Step 8: finishes the compaction of the chain's `last` manifest when the
-/// chain is ahead of `checkpoint` (at `pointer`).
-fn finish_compaction(
-    storage: &dyn Backend,
-    checkpoint: &Checkpoint,
-    pointer: &AuditPointer,
-    last: Option<Manifest>,
-) -> Result<()> {
-    // A compaction sealed but killed before its checkpoint followed may
-    // have left files it merged away (it removes them in between).
-    if pointer.runs > checkpoint.audit.runs
-        && let Some(compaction) = last.and_then(|m| m.compaction)
-    {
-        audit::finish_compaction(storage, &compaction)?;
+/// chain is `ahead` of the checkpoint.
+fn finish_compaction(storage: &dyn Backend, ahead: bool, last: Option<&Manifest>) -> Result<()> {
+    // A compaction (or an erasure's Parquet rewrite) sealed but killed
+    // before its checkpoint followed may have left files it merged away
+    // (it removes them in between).
+    if ahead && let Some(compaction) = last.and_then(|m| m.compaction.as_ref()) {
+        audit::finish_compaction(storage, compaction)?;
     }
     Ok(())
 }
 
-/// Step 9: the checkpoint's audit pointer becomes `pointer`, and the
+/// Step 9: finishes the erasure of the chain's `last` manifest when the
+/// chain is `ahead` of `checkpoint`: its new handoff generation is
+/// installed (the old bytes deleted, every old segment in a bucket) if it
+/// was not yet, the checkpoint points at it, and its tombstones, retention
+/// cut-off and forgotten conversations come into force.
+fn finish_erasure(
+    storage: &dyn Backend,
+    checkpoint: &mut Checkpoint,
+    ahead: bool,
+    last: Option<&Manifest>,
+) -> Result<()> {
+    let Some(manifest) = last.filter(|_| ahead) else {
+        return Ok(());
+    };
+    let Some(erasure) = &manifest.erasure else {
+        return Ok(());
+    };
+    let sealing = Sealing {
+        run_id: &manifest.run_id,
+        erasure,
+        rows: &manifest.audit_rows,
+        state: None,
+    };
+    generation::apply(storage, checkpoint, sealing)
+}
+
+/// Step 10: the checkpoint's audit pointer becomes `pointer`, and the
 /// Parquet files the sealed manifests list leave the checkpoint.
 fn follow_chain(checkpoint: &mut Checkpoint, pointer: AuditPointer) {
     checkpoint.audit = pointer;
@@ -378,7 +418,7 @@ fn follow_chain(checkpoint: &mut Checkpoint, pointer: AuditPointer) {
     parquet.listed_before = parquet.listed_before.max(listed);
 }
 
-/// Step 10: opens the handoff file cut back to the committed length
+/// Step 11: opens the handoff file cut back to the committed length
 /// `checkpoint` records, its segment starting where the sealed manifests'
 /// coverage ends. Returns the sink and the bytes cut.
 fn cut_jsonl(storage: &dyn Backend, checkpoint: &Checkpoint) -> Result<(JsonlSink, u64)> {
@@ -391,7 +431,7 @@ fn cut_jsonl(storage: &dyn Backend, checkpoint: &Checkpoint) -> Result<(JsonlSin
     )
 }
 
-/// Step 11: takes the committed records that an earlier, killed run left
+/// Step 12: takes the committed records that an earlier, killed run left
 /// without Parquet or without a manifest into this run: Parquet rows (into
 /// `messages` and `sends`) for those past their table's covered offset,
 /// audit rows (into `rows`) for those past the audit coverage. Returns the

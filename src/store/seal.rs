@@ -17,12 +17,14 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::Store;
+use super::generation::{self, Sealing};
 use super::recover::Repair;
 use super::stamp::RunStamp;
 use super::tables::{self, RunFiles};
 use crate::api::Endpoint;
 use crate::audit::{self, ChainEntry, Compaction, Coverage, LogInfo, Manifest, RecoveredLog};
 use crate::checkpoint::{self, AuditPointer, Checkpoint};
+use crate::erasure::record::Erasure;
 use crate::error::{Error, Result};
 use crate::sinks::WrittenFile;
 use crate::sinks::jsonl;
@@ -94,6 +96,7 @@ struct Run<'a> {
     compaction: Option<&'a Compaction>,
     /// The Delta commits of the run, by table.
     delta: BTreeMap<String, audit::DeltaEntry>,
+    erasure: Option<&'a Erasure>,
 }
 
 impl Store {
@@ -135,6 +138,7 @@ impl Store {
             recovered: &self.recovered,
             compaction: self.compaction.as_ref(),
             delta,
+            erasure: self.erasure.as_ref(),
         };
         let ssh_key = body.ssh_key.clone();
         let manifest = body.into_manifest(run, files.clone(), &audit_rows, page_log, coverage)?;
@@ -142,14 +146,24 @@ impl Store {
         let entry =
             audit::append_signed_run(storage, &manifest, previous.as_ref(), ssh_key.as_ref())?;
         self.head = Some(entry.clone());
+        let erasure = self.erasure.as_ref().map(|erasure| Sealing {
+            run_id: &self.stamp.run_id,
+            erasure,
+            rows: &audit_rows,
+            state: self.generation.as_ref().map(|g| &g.state),
+        });
         follow_seal(
             storage,
             &mut self.checkpoint,
             &entry,
             coverage,
-            self.compaction.as_ref(),
+            (self.compaction.as_ref(), erasure),
         )?;
-        write_sums(storage, self.jsonl.len(), &self.jsonl.file_digest())?;
+        match &self.generation {
+            // An erasure's new generation is the file now.
+            Some(g) => write_sums(storage, g.bytes, &g.sha256)?,
+            None => write_sums(storage, self.jsonl.len(), &self.jsonl.file_digest())?,
+        }
         Ok(Sealed {
             files,
             chain: entry,
@@ -177,7 +191,12 @@ impl Store {
     /// manifest, the Parquet files no sealed manifest lists yet, and the
     /// files a compaction wrote.
     fn listed_files(&self) -> Vec<WrittenFile> {
-        let mut files: Vec<WrittenFile> = self.jsonl.segment().into_iter().collect();
+        // An erasure appends nothing: its segment is its new generation.
+        let segment = match &self.generation {
+            Some(g) => Some(g.segment()),
+            None => self.jsonl.segment(),
+        };
+        let mut files: Vec<WrittenFile> = segment.into_iter().collect();
         files.extend(self.checkpoint.parquet.files.iter().cloned());
         if let Some(compaction) = &self.compaction {
             files.extend(compaction.added.iter().cloned());
@@ -189,7 +208,10 @@ impl Store {
     fn coverage(&self) -> Coverage {
         let parquet = &self.checkpoint.parquet;
         Coverage {
-            jsonl_bytes: self.jsonl.len(),
+            jsonl_bytes: self
+                .generation
+                .as_ref()
+                .map_or(self.jsonl.len(), |g| g.bytes),
             parquet_files: parquet.listed_before + parquet.files.len() as u64,
         }
     }
@@ -232,6 +254,7 @@ impl ManifestBody {
             recovered: run.recovered.to_vec(),
             compaction: run.compaction.cloned(),
             delta: run.delta,
+            erasure: run.erasure.cloned(),
             signer: self.ssh_key.as_ref().map(|key| audit::Signer {
                 fingerprint: key.fingerprint().to_owned(),
                 namespace: sshsig::NAMESPACE.to_owned(),
@@ -246,13 +269,14 @@ impl ManifestBody {
 }
 
 /// Points `checkpoint` at the sealed run `entry`, whose manifest lists
-/// every file the checkpoint held, finishes its `compaction`, and commits.
+/// every file the checkpoint held, finishes its `compaction` and its
+/// erasure, and commits.
 fn follow_seal(
     storage: &dyn Backend,
     checkpoint: &mut Checkpoint,
     entry: &ChainEntry,
     coverage: Coverage,
-    compaction: Option<&Compaction>,
+    (compaction, erasure): (Option<&Compaction>, Option<Sealing<'_>>),
 ) -> Result<()> {
     checkpoint.audit = AuditPointer {
         runs: entry.seq,
@@ -270,6 +294,9 @@ fn follow_seal(
         // checkpoint follows the chain: until it has, the next run
         // finishes this.
         audit::finish_compaction(storage, compaction)?;
+    }
+    if let Some(erasure) = erasure {
+        generation::apply(storage, checkpoint, erasure)?;
     }
     checkpoint.save(storage)
 }

@@ -776,3 +776,59 @@ async fn a_bucket_loads_into_postgresql() {
         crate::load::expected(local.path())
     );
 }
+
+/// `load --from s3://…` across an erasure in the bucket: a database loaded
+/// before the `forget` and one loaded after it (from scratch) end up equal,
+/// and equal to the JSONL the bucket's segments join into.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bucket_loads_across_an_erasure() {
+    let moto = Arc::new(tokio::task::spawn_blocking(Moto::start).await.unwrap());
+    let bucket = moto.bucket("dm-load-erased");
+    let url = format!("s3://{bucket}/dm");
+    let server = Arc::new(MockServer::start(world(&[50, 40], 50)).await.unwrap());
+    let users = users(2);
+    let (m, s, u, out) = (moto.clone(), server.clone(), users.clone(), url.clone());
+    let (before, after) = tokio::task::spawn_blocking(move || {
+        let cwd = tempfile::tempdir().unwrap();
+        let with_moto = |cmd: &mut Command| -> (i32, String, String) {
+            m.env(cmd);
+            run(cmd)
+        };
+        let (code, _, stderr) = run(&mut sync(&m, &s, &out, &u, cwd.path()));
+        assert_eq!(code, 0, "{stderr}");
+        let before = crate::warehouse::Postgres::start();
+        let load = |pg: &crate::warehouse::Postgres| {
+            let (code, stdout, stderr) =
+                with_moto(bin().args(["load", "--from", &out, "--to", &pg.url()]));
+            assert_eq!(code, 0, "{stderr}");
+            stdout
+        };
+        load(&before);
+        let (code, stdout, stderr) = with_moto(bin().args([
+            "forget",
+            "--out",
+            &out,
+            "--user",
+            &u[1],
+            "--reason",
+            "erasure request 7",
+        ]));
+        assert_eq!(code, 0, "{stdout}{stderr}");
+        s.append_messages(ACCOUNT, &u[0], 6);
+        let (code, _, stderr) = run(&mut sync(&m, &s, &out, &u[..1], cwd.path()));
+        assert_eq!(code, 0, "{stderr}");
+        let stdout = load(&before);
+        assert!(stdout.contains("40 rows deleted"), "{stdout}");
+        let after = crate::warehouse::Postgres::start();
+        load(&after);
+        (before, after)
+    })
+    .await
+    .unwrap();
+    let local = tempfile::tempdir().unwrap();
+    moto.mirror(&bucket, "dm", local.path());
+    let expected = crate::load::expected(local.path());
+    assert_eq!(expected.0.len(), 56);
+    assert_eq!(crate::load::tables(&before, local.path()), expected);
+    assert_eq!(crate::load::tables(&after, local.path()), expected);
+}

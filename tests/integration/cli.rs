@@ -536,6 +536,7 @@ fn help_matches_the_golden_files() {
         "report",
         "load",
         "compact",
+        "forget",
         "rebuild",
         "completions",
         "man",

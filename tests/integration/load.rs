@@ -362,3 +362,225 @@ async fn a_tampered_parquet_file_stops_the_load_too() {
     assert_eq!(report["failure"]["path"], parquet.as_str());
     assert_eq!(report["runs_loaded"], 0);
 }
+
+/// `xquik-dm forget --json --out OUT ARGS…`: the erasure run's ID.
+fn forget(out: &Path, args: &[&str]) -> String {
+    let (code, stdout, stderr) = run(bin()
+        .args(["forget", "--json", "--out"])
+        .arg(out)
+        .args(args)
+        .args(["--reason", "erasure request 12 (ticket)"]));
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    report["run_id"].as_str().unwrap().to_owned()
+}
+
+/// The ledger rows of `runs`: (run ID, rows deleted), in chain order.
+fn ledger_of(pg: &Postgres, cwd: &Path, runs: &[&str]) -> String {
+    let list = runs
+        .iter()
+        .map(|r| format!("'{r}'"))
+        .collect::<Vec<_>>()
+        .join(",");
+    pg.query(
+        cwd,
+        &format!(
+            "SELECT string_agg(run_id || ':' || rows_deleted, ' ' ORDER BY seq) FROM xquik_dm.loaded_runs WHERE run_id IN ({list})"
+        ),
+    )
+}
+
+/// Load, forget (a whole conversation, with its sends), load again: the
+/// erasure is applied once, in one transaction with its ledger row. Then
+/// more runs and a second erasure (a single message), loaded together: the
+/// runs before the last rewrite of the handoff file come from its new
+/// generation. Both databases equal a fresh load of the folder, which
+/// equals the JSONL; a rerun changes nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_loaded_before_an_erasure_equals_one_loaded_after_it() {
+    let server = MockServer::start(world(&[120, 60, 40], 50)).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let users = users(3);
+    let synced = sync::run(sync_options(&server, &out, &users))
+        .await
+        .unwrap();
+    assert_eq!(synced.exit_code(), 0);
+    send_two(&server, &out).await;
+    let pg = Postgres::start();
+    let (code, first, stderr) = load(&out, &pg.url());
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(first["rows_inserted"], 222);
+
+    // The conversation with user 2: its 60 messages and the DM sent to it.
+    let forgotten = forget(&out, &["--user", &users[1]]);
+    let (code, applied, stderr) = load(&out, &pg.url());
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(applied["runs_loaded"], 1);
+    assert_eq!(applied["erasures_applied"], 1);
+    assert_eq!(applied["rows_deleted"], 61);
+    assert_eq!(applied["rows_inserted"], 0);
+    assert_eq!(tables(&pg, dir.path()), expected(&out));
+    assert_eq!(
+        ledger_of(&pg, dir.path(), &[&forgotten]),
+        format!("{forgotten}:61")
+    );
+
+    // More messages, a single message erased, more messages again.
+    let (one, three) = (vec![users[0].clone()], vec![users[2].clone()]);
+    server.append_messages(ACCOUNT, &users[0], 7);
+    sync::run(sync_options(&server, &out, &one)).await.unwrap();
+    let message = jsonl_records(&out)
+        .into_iter()
+        .find(|r| r["record_type"] == "history" && r["conversation_user_id"] == users[0].as_str())
+        .unwrap()["message_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let single = forget(&out, &["--message", &message]);
+    server.append_messages(ACCOUNT, &users[2], 5);
+    sync::run(sync_options(&server, &out, &three))
+        .await
+        .unwrap();
+
+    let (code, later, stderr) = load(&out, &pg.url());
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(later["runs_loaded"], 3);
+    assert_eq!(later["erasures_applied"], 1);
+    assert_eq!(later["rows_deleted"], 1);
+    let (code, _, stderr) = run(bin().arg("verify").arg(&out));
+    assert_eq!(code, 0, "{stderr}");
+    let loaded_before = tables(&pg, dir.path());
+    assert_eq!(loaded_before, expected(&out));
+    assert!(
+        !loaded_before
+            .0
+            .iter()
+            .any(|m| m["message_id"] == message.as_str())
+    );
+
+    // A fresh database: every run at once.
+    let fresh = Postgres::start();
+    let (code, all, stderr) = load(&out, &fresh.url());
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(all["runs_loaded"], 6);
+    assert_eq!(all["erasures_applied"], 2);
+    assert_eq!(tables(&fresh, dir.path()), loaded_before);
+    // Each erasure once in each ledger; the fresh load had nothing to
+    // delete.
+    assert_eq!(
+        ledger_of(&pg, dir.path(), &[&forgotten, &single]),
+        format!("{forgotten}:61 {single}:1")
+    );
+    assert_eq!(
+        ledger_of(&fresh, dir.path(), &[&forgotten, &single]),
+        format!("{forgotten}:0 {single}:0")
+    );
+
+    // A rerun changes nothing.
+    for db in [&pg, &fresh] {
+        let (code, again, _) = load(&out, &db.url());
+        assert_eq!(code, 0);
+        assert_eq!(again["runs_loaded"], 0);
+        assert_eq!(again["runs_already_loaded"], 6);
+        assert_eq!(tables(db, dir.path()), loaded_before);
+    }
+}
+
+/// An erasure killed right after its commit point (its manifest chained,
+/// its new generation staged, the handoff file still the old one: built as
+/// the erasure tests build it): a load of the runs up to it stops with a
+/// message that says so (exit 5, nothing loaded), and once the next run
+/// has installed the generation, the load equals the JSONL.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_load_waits_for_an_erasure_killed_before_it_installed_its_generation() {
+    let server = MockServer::start(world(&[40, 30], 50)).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (out, killed) = (dir.path().join("out"), dir.path().join("killed"));
+    let users = users(2);
+    sync::run(sync_options(&server, &out, &users))
+        .await
+        .unwrap();
+    crate::copy_dir(&out, &killed);
+    let run_id = forget(&out, &["--user", &users[1]]);
+    std::fs::copy(
+        out.join("audit/chain.jsonl"),
+        killed.join("audit/chain.jsonl"),
+    )
+    .unwrap();
+    for sub in ["audit/runs", "parquet"] {
+        for file in crate::files_under(&out, sub) {
+            if file.contains(&run_id) {
+                std::fs::copy(out.join(&file), killed.join(&file)).unwrap();
+            }
+        }
+    }
+    let staged = format!(".xquik-dm-handoff.jsonl.{run_id}.generation");
+    std::fs::copy(out.join("xquik-dm-handoff.jsonl"), killed.join(&staged)).unwrap();
+    let path = killed.join("state/checkpoint.json");
+    let mut checkpoint: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    checkpoint["run"] = run_id.clone().into();
+    checkpoint["unsealed"] = serde_json::json!([{"run": run_id, "dirs": []}]);
+    std::fs::write(&path, serde_json::to_vec(&checkpoint).unwrap()).unwrap();
+
+    let pg = Postgres::start();
+    let (code, report, stderr) = load(&killed, &pg.url());
+    assert_eq!(code, 5, "{stderr}");
+    assert_eq!(report["runs_loaded"], 0);
+    assert_eq!(report["failure"]["path"], staged.as_str());
+    let reason = report["failure"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("interrupted before it replaced"),
+        "{reason}"
+    );
+    assert_eq!(
+        pg.query(dir.path(), "SELECT count(*) FROM xquik_dm.loaded_runs"),
+        "0"
+    );
+
+    // The next run installs the generation; then everything loads.
+    sync::run(sync_options(&server, &killed, &users[..1]))
+        .await
+        .unwrap();
+    let (code, report, stderr) = load(&killed, &pg.url());
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(report["erasures_applied"], 1);
+    assert_eq!(tables(&pg, dir.path()), expected(&killed));
+    assert_eq!(tables(&pg, dir.path()).0.len(), 40);
+}
+
+/// An erasure run whose rows file was changed after it sealed: the load
+/// stops there (exit 5, the rows file named) and deletes nothing; the runs
+/// before it stay loaded.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tampered_erasure_stops_the_load_and_deletes_nothing() {
+    let server = MockServer::start(world(&[30, 20], 50)).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let users = users(2);
+    sync::run(sync_options(&server, &out, &users))
+        .await
+        .unwrap();
+    let pg = Postgres::start();
+    assert_eq!(load(&out, &pg.url()).0, 0);
+    let loaded = tables(&pg, dir.path());
+    let run_id = forget(&out, &["--user", &users[1]]);
+    let manifest: Value = serde_json::from_slice(
+        &std::fs::read(out.join(format!("audit/runs/{run_id}.manifest.json"))).unwrap(),
+    )
+    .unwrap();
+    let rows = manifest["audit_rows"]["path"].as_str().unwrap().to_owned();
+    let text = std::fs::read_to_string(out.join(&rows)).unwrap();
+    let first = text.lines().next().unwrap().to_owned();
+    std::fs::write(out.join(&rows), text.replacen(&first, "", 1)).unwrap();
+
+    let (code, report, stderr) = load(&out, &pg.url());
+    assert_eq!(code, 5, "{stderr}");
+    assert_eq!(report["failure"]["path"], rows.as_str(), "{report}");
+    assert_eq!(report["runs_loaded"], 0);
+    assert_eq!(tables(&pg, dir.path()), loaded);
+    assert_eq!(
+        pg.query(dir.path(), "SELECT count(*) FROM xquik_dm.loaded_runs"),
+        "1"
+    );
+}

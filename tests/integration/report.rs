@@ -324,3 +324,64 @@ fn the_report_of_the_demo_folder() {
     let page = std::fs::read_to_string(&html).unwrap();
     assert!(page.contains("this page contains no message text"));
 }
+
+/// After a `forget`, the report lists the erasure (kind, reason, counts,
+/// time) and says retention is not in force; the forgotten user's ID is
+/// nowhere on the page nor in the JSON unless `--erased-ids` asks for it.
+#[tokio::test(flavor = "multi_thread")]
+async fn erasures_are_reported_without_the_ids_of_the_people_concerned() {
+    let server = MockServer::start(world(&[30, 20], 50)).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let users = users(2);
+    let synced = sync::run(sync_options(&server, &out, &users))
+        .await
+        .unwrap();
+    assert_eq!(synced.exit_code(), 0);
+    let (code, stdout, stderr) = run(bin().args(["forget", "--out"]).arg(&out).args([
+        "--user",
+        &users[1],
+        "--reason",
+        "GDPR Art. 17 request",
+    ]));
+    assert_eq!(code, 0, "{stdout}{stderr}");
+
+    let html = dir.path().join("report.html");
+    let (code, stdout, stderr) = run(bin()
+        .args(["report", "--json", "--html"])
+        .arg(&html)
+        .arg(&out));
+    assert_eq!(code, 0, "{stderr}");
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(!page.contains(&users[1]), "a forgotten ID on the page");
+    assert!(!stdout.contains(&users[1]), "a forgotten ID in the JSON");
+    assert!(page.contains(&users[0]), "the other conversation is shown");
+    assert!(page.contains("GDPR Art. 17 request"));
+    assert!(page.contains("data-in-force=\"false\""));
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    // The erased records are not counted as written.
+    assert_eq!(report["totals"]["rows"], 50);
+    assert_eq!(report["totals"]["runs"], 2);
+    let privacy = &report["privacy"];
+    assert_eq!(privacy["retention"]["in_force"], false);
+    let erasure = &privacy["erasures"][0];
+    assert_eq!(erasure["kind"], "forget");
+    assert_eq!(erasure["erased"], 20);
+    assert_eq!(erasure["conversations"], 1);
+    assert_eq!(erasure["forgotten"], 1);
+    assert_eq!(erasure["seq"], 2);
+    let at = manifests(&out)[1]["erasure"]["erased_at"].clone();
+    assert_eq!(erasure["erased_at"], at);
+
+    let (code, stdout, _) = run(bin()
+        .args(["report", "--json", "--erased-ids", "--html"])
+        .arg(&html)
+        .arg(&out));
+    assert_eq!(code, 0);
+    assert!(std::fs::read_to_string(&html).unwrap().contains(&users[1]));
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        report["privacy"]["erasures"][0]["ids"]["forgotten_users"],
+        serde_json::json!([users[1]])
+    );
+}

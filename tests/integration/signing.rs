@@ -780,6 +780,9 @@ impl Backend for KillAtChain {
     fn handoff_len(&self) -> Result<u64> {
         self.0.handoff_len()
     }
+    fn handoff_install(&self, staged: &str) -> Result<()> {
+        self.0.handoff_install(staged)
+    }
     fn journal(&self, key: &str) -> Result<Box<dyn Journal>> {
         self.0.journal(key)
     }

@@ -15,6 +15,14 @@
 //!   (run ID, manifest SHA-256, rows inserted, rows already there), then
 //!   `COMMIT`. A killed load leaves whole runs loaded or not; a rerun loads
 //!   what is missing.
+//! - An erasure run (`forget`, retention) is applied exactly once, in chain
+//!   order, in one transaction with its ledger row: the records it erased
+//!   (its rows file, checked against its manifest) are deleted from
+//!   `xquik_dm.messages` and `xquik_dm.sends`. Since an erasure rewrites the
+//!   handoff file, the runs not loaded yet that precede the last erasure go
+//!   in one transaction with it, their records read from the file's new
+//!   generation (`read`). So a database loaded before an erasure ends up
+//!   equal to one loaded after it.
 //! - The ledger must agree with the folder: a recorded run whose manifest
 //!   digest the chain no longer holds means the folder was replaced or
 //!   rolled back — exit 5, nothing loaded.
@@ -31,23 +39,22 @@
 //! The password and key contents are never printed.
 
 mod connect;
+mod read;
 mod tls;
 
-use std::io::BufRead;
 use std::time::Instant;
 
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
 
-use crate::audit::{self, ChainEntry};
+use crate::audit::{self, AuditRow, ChainEntry};
 use crate::commands::verify::Failure;
 use crate::error::{Error, Result};
-use crate::records::{HistoryRow, RecordType, SendRow};
-use crate::sinks::sha256_hex;
+use crate::records::SendRow;
 use crate::storage::{Location, Storage};
 use connect::{Session, Target};
+use read::Item;
 
 /// Connection attempts after the first, by default, while the server
 /// cannot be reached (`--retry-connect`).
@@ -84,8 +91,17 @@ CREATE TABLE IF NOT EXISTS xquik_dm.loaded_runs (
     manifest_sha256 text NOT NULL,
     rows_inserted bigint NOT NULL,
     rows_present bigint NOT NULL,
-    loaded_at timestamptz NOT NULL DEFAULT now()
+    loaded_at timestamptz NOT NULL DEFAULT now(),
+    rows_deleted bigint NOT NULL DEFAULT 0
 );
+-- A ledger made before erasures were applied gets the column; checked
+-- first, since ALTER TABLE locks the table even when it changes nothing.
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = 'xquik_dm'
+                   AND table_name = 'loaded_runs' AND column_name = 'rows_deleted') THEN
+        ALTER TABLE xquik_dm.loaded_runs ADD COLUMN rows_deleted bigint NOT NULL DEFAULT 0;
+    END IF;
+END $$;
 ";
 
 /// What a load did.
@@ -99,6 +115,10 @@ pub struct LoadReport {
     pub rows_inserted: u64,
     /// Rows skipped because they were there already.
     pub rows_skipped: u64,
+    /// Erasure runs applied.
+    pub erasures_applied: u64,
+    /// Rows deleted by them.
+    pub rows_deleted: u64,
     /// Wall seconds.
     pub seconds: f64,
     /// The file that failed its check, when one stopped the load.
@@ -142,6 +162,13 @@ impl std::fmt::Display for LoadReport {
             self.rows_skipped,
             self.seconds
         )?;
+        if self.erasures_applied > 0 {
+            writeln!(
+                f,
+                "  applied {} erasure runs: {} rows deleted",
+                self.erasures_applied, self.rows_deleted
+            )?;
+        }
         if let Some(failure) = &self.failure {
             writeln!(
                 f,
@@ -263,42 +290,50 @@ async fn prepare(
     Ok(Ledger::Agrees(ledger.len()))
 }
 
-/// Loads `todo` in chain order, each run in its own transaction. A run
-/// that fails its check ends the load there, in the report; a database
-/// error ends it too, returned with the run it cut.
+/// Loads `todo` in chain order, in transactions of one run each — but for
+/// the runs up to the last erasure that rewrote the handoff file, which go
+/// together (see `read`). A run that fails its check ends the load there,
+/// in the report; a database error ends it too, returned with the first
+/// run of the transaction it cut.
 async fn load_runs<'a>(
     session: &mut Session,
     storage: &Storage,
     todo: &'a [ChainEntry],
     report: &mut LoadReport,
 ) -> std::result::Result<(), (tokio_postgres::Error, Option<&'a ChainEntry>)> {
-    // On a terminal, a bar of the runs to load; otherwise a log line each.
-    let bar = {
-        use std::io::IsTerminal;
-        std::io::stderr().is_terminal().then(|| {
-            let bar = indicatif::ProgressBar::new(todo.len() as u64);
-            if let Ok(style) =
-                indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} runs {msg}")
-            {
-                bar.set_style(style);
-            }
-            bar
-        })
+    let carrier = {
+        let (storage, pending) = (storage.clone(), todo.to_vec());
+        tokio::task::spawn_blocking(move || read::last_generation(&storage, &pending))
+            .await
+            .unwrap_or(None)
     };
+    let (grouped, single) = todo.split_at(carrier.map_or(0, |k| k + 1));
+    let units = std::iter::once(grouped)
+        .filter(|group| !group.is_empty())
+        .chain(single.chunks(1));
+    let bar = progress_bar(todo.len() as u64);
     let mut outcome = Ok(());
-    for entry in todo {
-        match load_run(&mut session.client, storage, entry).await {
-            Ok((inserted, present)) => {
-                report.runs_loaded += 1;
-                report.rows_inserted += inserted;
-                report.rows_skipped += present;
+    for unit in units {
+        match load_unit(&mut session.client, storage, unit).await {
+            Ok(loaded) => {
+                report.runs_loaded += unit.len() as u64;
+                report.rows_inserted += loaded.inserted;
+                report.rows_skipped += loaded.present;
+                report.rows_deleted += loaded.deleted.iter().sum::<u64>();
+                report.erasures_applied += loaded.erasures;
                 match &bar {
                     Some(bar) => {
-                        bar.inc(1);
+                        bar.inc(unit.len() as u64);
                         bar.set_message(format!("· {} rows inserted", report.rows_inserted));
                     }
                     None => {
-                        tracing::info!(run = entry.run_id.as_str(), inserted, present, "run loaded")
+                        // A unit of several runs is logged as its last
+                        // one, which carried the records.
+                        let run = unit.last().map_or("", |e| e.run_id.as_str());
+                        let deleted: u64 = loaded.deleted.iter().sum();
+                        let (inserted, present, runs) =
+                            (loaded.inserted, loaded.present, unit.len());
+                        tracing::info!(run, runs, inserted, present, deleted, "run loaded");
                     }
                 }
             }
@@ -307,7 +342,7 @@ async fn load_runs<'a>(
                 break;
             }
             Err(RunFailure::Db(e)) => {
-                outcome = Err((e, Some(entry)));
+                outcome = Err((e, unit.first()));
                 break;
             }
         }
@@ -316,6 +351,21 @@ async fn load_runs<'a>(
         bar.finish_and_clear();
     }
     outcome
+}
+
+/// On a terminal, a bar of the runs to load; otherwise `None` (a log line
+/// each).
+fn progress_bar(runs: u64) -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new(runs);
+        if let Ok(style) =
+            indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} runs {msg}")
+        {
+            bar.set_style(style);
+        }
+        bar
+    })
 }
 
 /// Why a run was not loaded.
@@ -329,127 +379,6 @@ enum RunFailure {
 impl From<tokio_postgres::Error> for RunFailure {
     fn from(e: tokio_postgres::Error) -> Self {
         RunFailure::Db(e)
-    }
-}
-
-/// One record of a run on its way to the database, or the check that
-/// failed.
-enum Item {
-    History(HistoryRow),
-    Send(SendRow),
-    Failed(Failure),
-}
-
-fn failure(path: &str, reason: String) -> Failure {
-    Failure {
-        path: path.to_owned(),
-        reason,
-    }
-}
-
-/// Reads the run's manifest (checked against its chain entry) and its
-/// handoff segments line by line into `items`, hashing as it goes; a
-/// segment that does not match the manifest's size and SHA-256 ends with
-/// [`Item::Failed`], and the run is rolled back. Runs on a thread of its
-/// own (the storage reads block); memory holds a few thousand records,
-/// however large the run.
-fn stream_segments(storage: &Storage, entry: &ChainEntry, items: &tokio::sync::mpsc::Sender<Item>) {
-    let send = |item: Item| items.blocking_send(item).is_ok();
-    let (manifest, bytes) = match audit::read_manifest(storage.as_ref(), &entry.manifest) {
-        Ok(m) => m,
-        Err(e) => {
-            send(Item::Failed(failure(&entry.manifest, e.to_string())));
-            return;
-        }
-    };
-    if sha256_hex(&bytes) != entry.sha256 {
-        send(Item::Failed(failure(
-            &entry.manifest,
-            "SHA-256 differs from its chain entry".into(),
-        )));
-        return;
-    }
-    // The run's Parquet files too, where they still are (a later
-    // compaction may have merged them; the rows come from the JSONL).
-    for f in manifest.files.iter().filter(|f| f.offset.is_none()) {
-        let checked = match storage.size(&f.path) {
-            Ok(None) => continue,
-            Ok(Some(_)) => audit::digest(storage.as_ref(), &f.path),
-            Err(e) => Err(e),
-        };
-        let reason = match checked {
-            Ok((sha, bytes)) if sha == f.sha256 && bytes == f.bytes => continue,
-            Ok(_) => format!("SHA-256 differs from run {}'s manifest", entry.run_id),
-            Err(e) => e.to_string(),
-        };
-        send(Item::Failed(failure(&f.path, reason)));
-        return;
-    }
-    for f in manifest.files.iter().filter(|f| f.offset.is_some()) {
-        let (offset, length) = (f.offset.unwrap_or(0), f.length.unwrap_or(f.bytes));
-        let reader = match storage.handoff_reader(offset..offset.saturating_add(length)) {
-            Ok(r) => r,
-            Err(e) => {
-                send(Item::Failed(failure(&f.path, e.to_string())));
-                return;
-            }
-        };
-        let mut reader = std::io::BufReader::with_capacity(1 << 20, reader);
-        let mut hasher = Sha256::new();
-        let (mut read, mut line, mut n) = (0u64, Vec::new(), 0u64);
-        loop {
-            line.clear();
-            match reader.read_until(b'\n', &mut line) {
-                Ok(0) => break,
-                Ok(_) => {}
-                Err(e) => {
-                    send(Item::Failed(failure(&f.path, e.to_string())));
-                    return;
-                }
-            }
-            hasher.update(&line);
-            read += line.len() as u64;
-            n += 1;
-            let record = line.strip_suffix(b"\n").unwrap_or(&line);
-            let item = parse_record(record).unwrap_or_else(|what| {
-                Item::Failed(failure(
-                    &f.path,
-                    format!("record {n} of run {}'s segment is {what}", entry.run_id),
-                ))
-            });
-            let failed = matches!(item, Item::Failed(_));
-            if !send(item) || failed {
-                return;
-            }
-        }
-        if read != length || hex::encode(hasher.finalize()) != f.sha256 {
-            send(Item::Failed(failure(
-                &f.path,
-                format!(
-                    "bytes {offset}..{} differ from run {}'s manifest",
-                    offset + length,
-                    entry.run_id
-                ),
-            )));
-            return;
-        }
-    }
-}
-
-/// One JSONL record as the row it is.
-fn parse_record(line: &[u8]) -> std::result::Result<Item, &'static str> {
-    #[derive(serde::Deserialize)]
-    struct Tag {
-        record_type: RecordType,
-    }
-    let tag: Tag = serde_json::from_slice(line).map_err(|_| "not a record")?;
-    match tag.record_type {
-        RecordType::History => serde_json::from_slice(line)
-            .map(Item::History)
-            .map_err(|_| "not a history record"),
-        RecordType::Send => serde_json::from_slice(line)
-            .map(Item::Send)
-            .map_err(|_| "not a send record"),
     }
 }
 
@@ -478,6 +407,10 @@ const SEND_COLUMNS: [Type; 9] = [
     Type::TEXT_ARRAY,
 ];
 
+/// The columns of the erased IDs: record type, conversation (history) or
+/// recipient (send), message ID.
+const ERASED_COLUMNS: [Type; 3] = [Type::TEXT, Type::TEXT, Type::TEXT];
+
 /// A binary `COPY` into the temporary table `table`.
 async fn copy_into(
     tx: &tokio_postgres::Transaction<'_>,
@@ -494,38 +427,121 @@ fn timestamp(micros: i64) -> Option<chrono::DateTime<chrono::Utc>> {
     chrono::DateTime::from_timestamp_micros(micros)
 }
 
-/// Loads one run's rows and its ledger row in one transaction. Returns
-/// (rows inserted, rows already there).
-async fn load_run(
+/// What one transaction did.
+struct Loaded {
+    /// Rows inserted.
+    inserted: u64,
+    /// Rows that were there already.
+    present: u64,
+    /// Rows deleted, by the position of the erasure run in the unit.
+    deleted: Vec<u64>,
+    /// Erasure runs applied.
+    erasures: u64,
+}
+
+/// Loads the runs `unit` (see `read`) in one transaction: their records,
+/// the deletions of their erasures and a ledger row each.
+async fn load_unit(
     client: &mut tokio_postgres::Client,
     storage: &Storage,
-    entry: &ChainEntry,
-) -> std::result::Result<(u64, u64), RunFailure> {
-    let (items, mut incoming) = tokio::sync::mpsc::channel(4096);
+    unit: &[ChainEntry],
+) -> std::result::Result<Loaded, RunFailure> {
+    let (rows, mut incoming) = tokio::sync::mpsc::channel(4096);
+    let (erased, mut erasures) = tokio::sync::mpsc::channel(1);
     let reader = {
-        let (storage, entry) = (storage.clone(), entry.clone());
-        std::thread::spawn(move || stream_segments(&storage, &entry, &items))
+        let (storage, unit) = (storage.clone(), unit.to_vec());
+        let outlets = read::Outlets { rows, erased };
+        std::thread::spawn(move || read::stream_unit(&storage, &unit, outlets))
     };
     let tx = client.transaction().await?;
     tx.batch_execute(
         "CREATE TEMP TABLE load_messages (LIKE xquik_dm.messages) ON COMMIT DROP;
-         CREATE TEMP TABLE load_sends (LIKE xquik_dm.sends) ON COMMIT DROP;",
+         CREATE TEMP TABLE load_sends (LIKE xquik_dm.sends) ON COMMIT DROP;
+         CREATE TEMP TABLE load_erased (record_type text, user_id text, message_id text) ON COMMIT DROP;",
     )
     .await?;
-    let writer = copy_into(&tx, "load_messages", &MESSAGE_COLUMNS).await?;
+    let copied = copy_records(&tx, &mut incoming).await?;
+    let inserted = insert_records(&tx, &copied.sends).await?;
+    let total = copied.history + copied.sends.len() as u64;
+    let mut loaded = Loaded {
+        inserted,
+        present: total.saturating_sub(inserted),
+        deleted: vec![0; unit.len()],
+        erasures: 0,
+    };
+    while let Some(item) = erasures.recv().await {
+        let (i, ids) = match item {
+            Item::Erased(i, ids) => (i, ids),
+            // Dropping the transaction rolls back what this unit did.
+            Item::Failed(f) => return Err(RunFailure::Check(f)),
+            Item::History(_) | Item::Send(_) => continue,
+        };
+        loaded.erasures += 1;
+        if let Some(slot) = loaded.deleted.get_mut(i) {
+            *slot = delete_erased(&tx, &ids).await?;
+        }
+    }
+    let _ = reader.join();
+    // Every run of the unit gets its ledger row; the records inserted are
+    // the last run's (the carrier's, in a group).
+    for (i, entry) in unit.iter().enumerate() {
+        let last = i + 1 == unit.len();
+        let counts = [
+            if last { loaded.inserted } else { 0 },
+            if last { loaded.present } else { 0 },
+            loaded.deleted.get(i).copied().unwrap_or(0),
+        ]
+        .map(|n| i64::try_from(n).unwrap_or(i64::MAX));
+        tx.execute(
+            "INSERT INTO xquik_dm.loaded_runs (seq, run_id, manifest_sha256, rows_inserted, rows_present, rows_deleted) VALUES ($1, $2, $3, $4, $5, $6)",
+            &[
+                &i64::try_from(entry.seq).unwrap_or(i64::MAX),
+                &entry.run_id,
+                &entry.sha256,
+                &counts[0],
+                &counts[1],
+                &counts[2],
+            ],
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(loaded)
+}
+
+/// What the reading side sent, once copied: history rows (in
+/// `load_messages`) and the sends (copied at the end: `COPY` takes one
+/// table at a time).
+struct Copied {
+    history: u64,
+    sends: Vec<SendRow>,
+}
+
+/// Copies the history records from `incoming` into `load_messages` as
+/// they come, until the reading side closes it; keeps the sends for later.
+/// A failed check ends it; dropping the transaction rolls back what was
+/// copied.
+async fn copy_records(
+    tx: &tokio_postgres::Transaction<'_>,
+    incoming: &mut tokio::sync::mpsc::Receiver<Item>,
+) -> std::result::Result<Copied, RunFailure> {
+    let writer = copy_into(tx, "load_messages", &MESSAGE_COLUMNS).await?;
     futures_util::pin_mut!(writer);
-    let (mut history, mut sends) = (0u64, Vec::new());
+    let mut copied = Copied {
+        history: 0,
+        sends: Vec::new(),
+    };
     while let Some(item) = incoming.recv().await {
         let r = match item {
             Item::History(r) => r,
             Item::Send(s) => {
-                sends.push(s);
+                copied.sends.push(s);
                 continue;
             }
-            // Dropping the transaction rolls back what this run copied.
             Item::Failed(f) => return Err(RunFailure::Check(f)),
+            Item::Erased(..) => continue,
         };
-        history += 1;
+        copied.history += 1;
         let created = r.created_at.and_then(timestamp);
         let values: [&(dyn ToSql + Sync); 8] = [
             &r.message_id,
@@ -540,10 +556,18 @@ async fn load_run(
         writer.as_mut().write(&values).await?;
     }
     writer.finish().await?;
-    let _ = reader.join();
-    let writer = copy_into(&tx, "load_sends", &SEND_COLUMNS).await?;
+    Ok(copied)
+}
+
+/// Copies `sends` into `load_sends`, then inserts both temporary tables
+/// into the real ones; returns the rows inserted (the rest were there).
+async fn insert_records(
+    tx: &tokio_postgres::Transaction<'_>,
+    sends: &[SendRow],
+) -> std::result::Result<u64, tokio_postgres::Error> {
+    let writer = copy_into(tx, "load_sends", &SEND_COLUMNS).await?;
     futures_util::pin_mut!(writer);
-    for s in &sends {
+    for s in sends {
         let sent = timestamp(s.sent_at);
         let values: [&(dyn ToSql + Sync); 9] = [
             &s.message_id,
@@ -559,32 +583,49 @@ async fn load_run(
         writer.as_mut().write(&values).await?;
     }
     writer.finish().await?;
-    let inserted_messages = tx
+    let messages = tx
         .execute(
             "INSERT INTO xquik_dm.messages SELECT * FROM load_messages ON CONFLICT DO NOTHING",
             &[],
         )
         .await?;
-    let inserted_sends = tx
+    let sends = tx
         .execute(
             "INSERT INTO xquik_dm.sends SELECT * FROM load_sends ON CONFLICT DO NOTHING",
             &[],
         )
         .await?;
-    let total = history + sends.len() as u64;
-    let inserted = inserted_messages + inserted_sends;
-    let present = total.saturating_sub(inserted);
-    tx.execute(
-        "INSERT INTO xquik_dm.loaded_runs (seq, run_id, manifest_sha256, rows_inserted, rows_present) VALUES ($1, $2, $3, $4, $5)",
-        &[
-            &i64::try_from(entry.seq).unwrap_or(i64::MAX),
-            &entry.run_id,
-            &entry.sha256,
-            &i64::try_from(inserted).unwrap_or(i64::MAX),
-            &i64::try_from(present).unwrap_or(i64::MAX),
-        ],
-    )
-    .await?;
-    tx.commit().await?;
-    Ok((inserted, present))
+    Ok(messages + sends)
+}
+
+/// Deletes the records one erasure run erased: history rows by
+/// (conversation, message ID), send rows by message ID. Returns the rows
+/// deleted (fewer than erased when a record was never loaded).
+async fn delete_erased(
+    tx: &tokio_postgres::Transaction<'_>,
+    erased: &[AuditRow],
+) -> std::result::Result<u64, tokio_postgres::Error> {
+    let writer = copy_into(tx, "load_erased", &ERASED_COLUMNS).await?;
+    futures_util::pin_mut!(writer);
+    for row in erased {
+        let values: [&(dyn ToSql + Sync); 3] = [&row.record_type, &row.user_id, &row.message_id];
+        writer.as_mut().write(&values).await?;
+    }
+    writer.finish().await?;
+    let messages = tx
+        .execute(
+            "DELETE FROM xquik_dm.messages m USING load_erased e
+             WHERE e.record_type = 'history' AND m.conversation_user_id = e.user_id AND m.message_id = e.message_id",
+            &[],
+        )
+        .await?;
+    let sends = tx
+        .execute(
+            "DELETE FROM xquik_dm.sends s USING load_erased e
+             WHERE e.record_type = 'send' AND s.message_id = e.message_id",
+            &[],
+        )
+        .await?;
+    tx.execute("TRUNCATE load_erased", &[]).await?;
+    Ok(messages + sends)
 }

@@ -25,10 +25,13 @@
 //!   page's rows with the conversation state they commit with;
 //! - `shared`: what the tasks share (stops, credits, counters);
 //! - `report`: the outcome — per conversation and for the run — and the
-//!   manifest's content.
+//!   manifest's content;
+//! - `retention`: `--retain-days`, an erasure run after the sync's, at most
+//!   once a day.
 
 mod options;
 mod report;
+mod retention;
 mod scan;
 mod schedule;
 mod shared;
@@ -38,7 +41,7 @@ mod writer;
 use std::sync::Arc;
 use std::time::Instant;
 
-pub use options::{DEFAULT_CONCURRENCY, SyncOptions, Target};
+pub use options::{DEFAULT_CONCURRENCY, MAX_RETAIN_DAYS, SyncOptions, Target};
 use report::manifest_body;
 pub use report::{
     ConversationReport, ConversationStatus, InvalidRecord, LaneClosed, LaneScope, PageRecord,
@@ -59,6 +62,9 @@ pub async fn run(options: SyncOptions) -> Result<SyncReport> {
         return Err(Error::invalid("--user", "name at least one conversation"));
     }
     let started = Instant::now();
+    let mut options = options;
+    let stamp = options.stamp.clone().unwrap_or_else(RunStamp::now);
+    options.stamp = Some(stamp.clone());
     let (run, mut store, storage) = set_up(options).await?;
     let run_id = store.run_id().to_owned();
     let repair = store.repair().clone();
@@ -66,14 +72,22 @@ pub async fn run(options: SyncOptions) -> Result<SyncReport> {
 
     let (tx, writer) = writer::spawn(store, run.clone())?;
     schedule::run_conversations(&run, resolved, &mut reports, tx, started).await;
-    let store = writer::join(writer).await?;
+    let mut store = writer::join(writer).await?;
 
     let mut report = SyncReport::of_run(&run, run_id, repair, reports);
     report::LaneClosed::log(&report.lanes_closed);
+    let due = match run.options.retain_days {
+        Some(days) => retention::plan(&mut store, days, &stamp, started.elapsed()).await?,
+        None => None,
+    };
     let body = manifest_body(&report, &run.options);
     let sealed = store.seal_async(body).await?;
     report.files = sealed.files;
     report.manifest = sealed.chain.manifest;
+    if let Some(due) = due {
+        let key = run.options.signing_key.clone();
+        retain_after(storage.clone(), due, key, &mut report).await;
+    }
     if run.options.compact {
         let key = run.options.signing_key.clone();
         compact_after(storage, key, &mut report).await?;
@@ -122,6 +136,25 @@ fn shard_of(mut options: SyncOptions) -> Result<(SyncOptions, Storage)> {
     options.out = options.out.join(&shard.dir());
     let storage = options.out.open()?;
     Ok((options, storage))
+}
+
+/// `--retain-days`: the retention erasure `due`, a run of its own after
+/// this one is sealed. A failure is put in the report; the run stays
+/// sealed, and the next sync tries again.
+async fn retain_after(
+    storage: Storage,
+    due: retention::Due,
+    key: Option<SigningKey>,
+    report: &mut SyncReport,
+) {
+    match retention::apply(storage, due, key).await {
+        Ok(erased) => report.retention = Some(erased),
+        Err(e) => {
+            tracing::error!(error = %e, "retention after the run failed; the run is sealed");
+            report.retention_exit = e.exit_code();
+            report.retention_error = Some(e.to_string());
+        }
+    }
 }
 
 /// `--compact`: compacts the partitions of the dates that closed since the

@@ -16,6 +16,9 @@ use crate::store::RunStamp;
 /// about 90 are needed to keep the pace, twice that to keep it steady.
 pub const DEFAULT_CONCURRENCY: usize = 256;
 
+/// The longest retention window `--retain-days` takes: a century.
+pub const MAX_RETAIN_DAYS: u32 = 36_500;
+
 /// One conversation to sync.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
@@ -57,6 +60,9 @@ pub struct SyncOptions {
     /// Compact the partitions of dates that closed since the last
     /// compaction, after the run (`--compact`).
     pub compact: bool,
+    /// Erase the messages older than this many days, at most once a day,
+    /// inside the run (`--retain-days`).
+    pub retain_days: Option<u32>,
     /// The run's ID and start time; `None` for now. The longevity bench
     /// sets it to simulate a job running every five minutes for days.
     pub stamp: Option<RunStamp>,
@@ -77,6 +83,7 @@ impl SyncOptions {
             commit_interval: Duration::from_secs(1),
             progress: false,
             compact: false,
+            retain_days: None,
             stamp: None,
             audit_key: None,
             signing_key: None,

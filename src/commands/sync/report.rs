@@ -13,6 +13,7 @@ use super::shared::Run;
 use crate::api::Endpoint;
 use crate::api::pagination::StopReason;
 use crate::commands::compact::CompactReport;
+use crate::erasure::ErasureReport;
 use crate::error::ErrorClass;
 use crate::sinks::WrittenFile;
 use crate::storage::Location;
@@ -234,6 +235,15 @@ pub struct SyncReport {
     pub compaction_error: Option<String>,
     #[serde(skip)]
     pub(super) compaction_exit: u8,
+    /// The retention erasure that followed the run (`--retain-days`), when
+    /// it was due (at most once a day).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retention: Option<ErasureReport>,
+    /// Why that erasure failed (the run itself is sealed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retention_error: Option<String>,
+    #[serde(skip)]
+    pub(super) retention_exit: u8,
     /// Requests answered 429, by account.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub rate_limited: BTreeMap<String, u64>,
@@ -255,8 +265,12 @@ impl SyncReport {
     /// person must fix with nothing else left to do; 4 partial.
     pub fn exit_code(&self) -> u8 {
         match self.fetch_exit_code() {
-            // A failed compaction after a complete run says what it needs.
-            0 => self.compaction_exit,
+            // A failed retention or compaction after a complete run says
+            // what it needs.
+            0 => match self.retention_exit {
+                0 => self.compaction_exit,
+                code => code,
+            },
             code => code,
         }
     }
@@ -325,6 +339,9 @@ impl SyncReport {
             compaction: None,
             compaction_error: None,
             compaction_exit: 0,
+            retention: None,
+            retention_error: None,
+            retention_exit: 0,
             rate_limited: run.client.pacer().refusals(),
             lanes_closed: LaneClosed::all_of(run.client.pacer()),
         }
@@ -350,17 +367,23 @@ pub(super) fn manifest_body(report: &SyncReport, options: &SyncOptions) -> Manif
     if !report.lanes_closed.is_empty() {
         counts["lanes_closed"] = serde_json::to_value(&report.lanes_closed).unwrap_or_default();
     }
+    let mut recorded = serde_json::json!({
+        "base_url": options.api.base_url,
+        "accounts": accounts,
+        "conversations": options.targets.len(),
+        "concurrency": options.concurrency,
+        "max_credits": options.max_credits,
+        "max_empty_pages": options.max_empty_pages,
+    });
+    // Only when set, like `lanes_closed`: `report` reads from it whether
+    // retention is in force.
+    if let Some(days) = options.retain_days {
+        recorded["retain_days"] = days.into();
+    }
     ManifestBody {
         command: "sync",
         exit_code: report.exit_code(),
-        options: serde_json::json!({
-            "base_url": options.api.base_url,
-            "accounts": accounts,
-            "conversations": options.targets.len(),
-            "concurrency": options.concurrency,
-            "max_credits": options.max_credits,
-            "max_empty_pages": options.max_empty_pages,
-        }),
+        options: recorded,
         conversations: serde_json::to_value(&report.conversations).unwrap_or_default(),
         sends: serde_json::json!([]),
         credits: report.credits.clone(),
@@ -467,6 +490,19 @@ impl SyncReport {
         }
         for lane in &self.lanes_closed {
             writeln!(f, "  lane closed    {lane}")?;
+        }
+        if let Some(r) = &self.retention {
+            let e = &r.erasure;
+            writeln!(
+                f,
+                "  retention      {} records older than {} days erased ({})",
+                e.erased,
+                e.retain_days.unwrap_or_default(),
+                r.manifest
+            )?;
+        }
+        if let Some(e) = &self.retention_error {
+            writeln!(f, "  retention      failed: {e}")?;
         }
         if let Some(c) = &self.compaction {
             writeln!(

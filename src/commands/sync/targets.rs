@@ -37,6 +37,11 @@ pub(super) async fn resolve_targets(
         {
             continue; // the same conversation named twice
         }
+        if store.checkpoint().erasure.forgotten.contains_key(&user_id) {
+            // Erased by `forget`: not fetched again until `forget --undo-user`.
+            failed.push(forgotten(target, &user_id));
+            continue;
+        }
         let key = conversation_key(target.account.as_str(), &user_id);
         let state = store
             .checkpoint()
@@ -103,6 +108,16 @@ async fn user_id_of(
             }
             Err(unresolved(target, "lookup_failed", Some(e)))
         }
+    }
+}
+
+/// The report of a forgotten conversation, skipped: nothing is left to do
+/// for it, by an operator's decision.
+fn forgotten(target: &Target, user_id: &str) -> ConversationReport {
+    ConversationReport {
+        status: ConversationStatus::Complete,
+        user: user_id.to_owned(),
+        ..unresolved(target, "forgotten", None)
     }
 }
 

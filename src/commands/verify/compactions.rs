@@ -1,5 +1,6 @@
 //! Compactions: the files a compaction removed are those earlier runs
-//! listed, digest for digest, and it added as many rows per partition.
+//! listed, digest for digest, and it added as many rows per partition (an
+//! erasure's rewrite: as many rows in all but the erased ones).
 //!
 //! [`Compacted`] gathers what the checked compactions removed; the file
 //! checks ([`super::files`]) mark each removed file they find an earlier
@@ -69,6 +70,23 @@ pub(super) fn check_compactions(
             if !m.files.contains(a) {
                 report.fail(&key, format!("{} is added but not among its files", a.path));
             }
+        }
+        if let Some(erasure) = &m.erasure {
+            // An erasure's rewrite drops exactly the erased rows.
+            let (before, after) = rows
+                .values()
+                .fold((0u64, 0u64), |(b, a), (rb, ra)| (b + rb, a + ra));
+            if before.checked_sub(after) != Some(erasure.erased) {
+                report.fail(
+                    &key,
+                    format!(
+                        "its Parquet rewrite dropped {} rows but it erased {}",
+                        before.saturating_sub(after),
+                        erasure.erased
+                    ),
+                );
+            }
+            rows.clear();
         }
         for (dir, (before, after)) in rows {
             if before != after {

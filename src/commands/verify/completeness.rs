@@ -68,7 +68,7 @@ pub(super) fn check_completeness(
             listed: &listed.paths,
             pending: &pending,
             chained,
-            interrupted: interrupted_run.is_some(),
+            interrupted: interrupted_run,
             last_sealed: manifests.last().map(|m| m.run_id.as_str()),
         };
         unlisted.check(dir, report);
@@ -172,8 +172,8 @@ struct Unlisted<'a> {
     pending: &'a BTreeMap<&'a str, &'a WrittenFile>,
     /// Every run the chain holds.
     chained: &'a BTreeSet<String>,
-    /// Whether the checkpoint names a run the chain does not hold.
-    interrupted: bool,
+    /// The run the checkpoint names when the chain does not hold it.
+    interrupted: Option<&'a str>,
     /// The last sealed run.
     last_sealed: Option<&'a str>,
 }
@@ -196,9 +196,13 @@ impl Unlisted<'_> {
                 report.notes.push(format!(
                     "unsealed: {rel} is committed; the next sync seals it"
                 ));
-            } else if self.interrupted
-                && run_of(&rel)
-                    .is_some_and(|run| !self.chained.contains(run) && after_last_sealed(run))
+            } else if let Some(interrupted) = self.interrupted
+                && run_of(&rel).is_some_and(|run| {
+                    // Named after the interrupted run itself (its ID may
+                    // sort before the last sealed one's when both
+                    // started in the same second), or after a later one.
+                    !self.chained.contains(run) && (run == interrupted || after_last_sealed(run))
+                })
             {
                 report.notes.push(format!(
                     "{rel} was left by an interrupted run; the next sync removes it"

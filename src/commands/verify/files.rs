@@ -21,6 +21,7 @@ use std::io::BufRead;
 use super::compactions::Compacted;
 use super::findings::VerifyReport;
 use crate::audit::{self, Coverage, LogInfo, LogKind, Manifest, Merkle};
+use crate::erasure::record::Generation;
 use crate::error::Result;
 use crate::sinks::WrittenFile;
 use crate::storage::Backend;
@@ -43,6 +44,15 @@ pub(super) fn check_files(
     compacted: &Compacted,
     report: &mut VerifyReport,
 ) -> Listed {
+    // The handoff file is the generation the last erasure wrote, and what
+    // later runs appended: the segments of earlier generations are no
+    // longer its bytes. They are checked as far as numbers go (they tile
+    // the generation the next erasure replaced, row for row), and their
+    // bytes through that erasure, which checked them before it rewrote
+    // them.
+    let generation = manifests
+        .iter()
+        .rposition(|m| m.erasure.as_ref().is_some_and(|e| e.handoff.is_some()));
     let mut walk = Walk {
         dir,
         manifests,
@@ -51,9 +61,19 @@ pub(super) fn check_files(
             covered: start.map_or(0, |c| c.jsonl_bytes),
             paths: BTreeSet::new(),
         },
+        generation,
+        // With `--since`, the rows before its head are not counted.
+        generation_rows: start.map_or(Some(0), |_| None),
+        replaced: 0,
     };
     for (index, m) in manifests.iter().enumerate() {
         walk.check_run(index, m, report);
+    }
+    if walk.replaced > 0 {
+        report.notes.push(format!(
+            "{} segments of the handoff file were replaced by an erasure's new generation; their rows are checked as the earlier runs' rows minus the erased IDs",
+            walk.replaced
+        ));
     }
     walk.listed
 }
@@ -64,6 +84,14 @@ struct Walk<'a> {
     manifests: &'a [Manifest],
     compacted: &'a Compacted<'a>,
     listed: Listed,
+    /// The index of the last manifest that wrote a new generation of the
+    /// handoff file.
+    generation: Option<usize>,
+    /// Records in the segments since the last generation started, when
+    /// every one of them is checked.
+    generation_rows: Option<u64>,
+    /// Segments of replaced generations met.
+    replaced: u64,
 }
 
 impl Walk<'_> {
@@ -101,7 +129,15 @@ impl Walk<'_> {
         report: &mut VerifyReport,
     ) {
         let digest = match (f.offset, f.length) {
-            (Some(offset), Some(length)) => self.segment(m, f, offset, length, report),
+            (Some(offset), Some(length)) => {
+                let digest = self.segment(m, f, offset, length, report);
+                if self.generation.is_some_and(|g| index < g) {
+                    // A replaced generation's bytes: see `check_files`.
+                    self.replaced += 1;
+                    return;
+                }
+                digest
+            }
             _ => {
                 if let Some(&(by, removed)) = self.compacted.removed.get(f.path.as_str()) {
                     return self.merged_away(index, m, f, (by, removed), report);
@@ -138,6 +174,12 @@ impl Walk<'_> {
         length: u64,
         report: &mut VerifyReport,
     ) -> Result<(String, u64)> {
+        if offset == 0
+            && let Some(generation) = m.erasure.as_ref().and_then(|e| e.handoff.as_ref())
+        {
+            self.new_generation(m, f, generation, report);
+        }
+        self.generation_rows = self.generation_rows.map(|r| r.saturating_add(f.rows));
         let covered = self.listed.covered;
         if offset != covered {
             report.fail(
@@ -148,6 +190,45 @@ impl Walk<'_> {
         // Numbers from a file: never trusted not to overflow.
         self.listed.covered = offset.saturating_add(length);
         audit::handoff_digest(self.dir, offset..self.listed.covered)
+    }
+
+    /// An erasure's new generation: the one it replaced must be what the
+    /// segments before it tile, row for row, and it must hold that many
+    /// records but the erased ones. The generation starts the file again.
+    fn new_generation(
+        &mut self,
+        m: &Manifest,
+        f: &WrittenFile,
+        g: &Generation,
+        report: &mut VerifyReport,
+    ) {
+        let key = format!("{}/{}.manifest.json", audit::RUNS_DIR, m.run_id);
+        let erased = m.erasure.as_ref().map_or(0, |e| e.erased);
+        let rows = self.generation_rows.unwrap_or(g.before_rows);
+        if g.before_bytes != self.listed.covered || g.before_rows != rows {
+            report.fail(
+                &key,
+                format!(
+                    "its erasure replaced a handoff file of {} bytes and {} records, but the segments before it hold {} and {rows}",
+                    g.before_bytes, g.before_rows, self.listed.covered
+                ),
+            );
+        }
+        if g.rows.checked_add(erased) != Some(g.before_rows)
+            || g.bytes != f.bytes
+            || g.rows != f.rows
+            || g.sha256 != f.sha256
+        {
+            report.fail(
+                &key,
+                format!(
+                    "its erasure's counts do not match: {} records before, {erased} erased, {} after",
+                    g.before_rows, g.rows
+                ),
+            );
+        }
+        self.listed.covered = 0;
+        self.generation_rows = Some(0);
     }
 
     /// Checks a file that the compaction of run `by` says it removed

@@ -11,6 +11,7 @@
 //!   the ones the manifests list — nothing missing, nothing extra;
 //! - compactions: the files a compaction removed are those earlier runs
 //!   listed, digest for digest, and it added as many rows per partition;
+//! - erasures: see [`crate::erasure`]'s invariant;
 //! - `SHA256SUMS`, line by line, as `sha256sum -c` would, and each run's
 //!   checksum file against its manifest;
 //! - the Delta tables: every commit a manifest pins is there unchanged,
@@ -27,6 +28,9 @@
 //! 3. [`completeness`] checks what lies beyond them: the handoff file's
 //!    tail and the unlisted files, accounting for an interrupted run;
 //! 4. [`compactions`] checks each compaction against the files it removed;
+//!    [`erasures`] checks each erasure against its rows file, the handoff
+//!    file against the runs' rows minus the erased ones, and the
+//!    checkpoint's tombstones against the erasures;
 //! 5. [`sums`] checks each run's checksum file, then `SHA256SUMS`;
 //! 6. [`delta`] checks each table's Delta log against the manifests: the
 //!    commits they pin, byte for byte, nothing else, and the files.
@@ -51,6 +55,7 @@ mod chain;
 mod compactions;
 mod completeness;
 mod delta;
+mod erasures;
 mod files;
 mod findings;
 mod signatures;
@@ -297,6 +302,12 @@ pub fn check_trusted(
         interrupted = Some(before_last.map_or(0, |m| m.coverage.jsonl_bytes));
     }
     compactions::check_compactions(manifests, &compacted, chain.start.is_some(), &mut report);
+    let full = chain.start.is_none();
+    let erasures = (full, listed.covered, chain.sealing_interrupted);
+    erasures::check_erasures(dir, manifests, erasures, &mut report);
+    if chain.sealing_interrupted {
+        erasures::check_pending_install(dir, manifests.last(), &mut report);
+    }
     sums::check_run_sums(dir, manifests, &chain.signatures, &compacted, &mut report);
     match chain.start {
         Some(_) => since::note_checked(manifests.len(), since, &mut report),

@@ -14,15 +14,22 @@
 //!   are more runs than a chart can show one by one);
 //! - where does each conversation stand? (messages held, newest message,
 //!   the last run that touched it, its state and the recorded reason);
-//! - what was sent? (IDs, status, media references — never text).
+//! - what was sent? (IDs, status, media references — never text);
+//! - what was erased, when and why, and is retention in force? (`privacy`:
+//!   counts, reasons and times; the IDs of the people concerned only with
+//!   `--erased-ids`).
 //!
 //! Large histories stay usable: tables show the most recent rows and say
 //! how many more the JSON holds.
+
+mod privacy;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use serde::Serialize;
+
+pub use privacy::{ErasedIds, ErasureRow, Privacy, Retention};
 
 use crate::audit::{self, Manifest};
 use crate::checkpoint::Checkpoint;
@@ -63,6 +70,8 @@ pub struct Report {
     /// Each Delta table's latest version, by table (`messages`, `sends`);
     /// a table with no log yet is left out.
     pub tables: BTreeMap<String, u64>,
+    /// Erasures and retention.
+    pub privacy: Privacy,
 }
 
 /// `verify`'s outcome.
@@ -197,8 +206,9 @@ pub struct SendRow {
     pub error: Option<String>,
 }
 
-/// Builds the report of `location`.
-pub fn build(location: &Location, trust: &verify::Trust) -> Result<Report> {
+/// Builds the report of `location`; the IDs of the people erasures
+/// concerned are in it only when `erased_ids`.
+pub fn build(location: &Location, trust: &verify::Trust, erased_ids: bool) -> Result<Report> {
     location.require_existing("DIR")?;
     let shared = location.open()?;
     let storage = shared.as_ref();
@@ -209,6 +219,7 @@ pub fn build(location: &Location, trust: &verify::Trust) -> Result<Report> {
     let (chain, _) = audit::read_chain(storage)?;
     let mut runs = Vec::with_capacity(chain.len());
     let mut last_touch: BTreeMap<String, String> = BTreeMap::new();
+    let mut privacy = Privacy::new(erased_ids);
     for entry in &chain {
         // A manifest that cannot be read is among verify's failures; the
         // timeline shows the runs that can.
@@ -220,6 +231,7 @@ pub fn build(location: &Location, trust: &verify::Trust) -> Result<Report> {
                 last_touch.insert(format!("{account}/{user}"), manifest.run_id.clone());
             }
         }
+        privacy.add(entry.seq, &manifest);
         let mut row = run_row(entry.seq, &manifest);
         row.signature = signature_state(&manifest, trust, &verified.failures);
         runs.push(row);
@@ -232,7 +244,7 @@ pub fn build(location: &Location, trust: &verify::Trust) -> Result<Report> {
             let newest = c.written.as_ref().map(|b| b.newest.clone());
             ConversationRow {
                 account: c.account.clone(),
-                user_id: c.user_id.clone(),
+                user_id: privacy.shown(&c.user_id),
                 messages: c.messages_written,
                 newest_message_at: newest.as_deref().and_then(snowflake_time),
                 newest_message_id: newest,
@@ -247,7 +259,7 @@ pub fn build(location: &Location, trust: &verify::Trust) -> Result<Report> {
         .values()
         .map(|s| SendRow {
             account: s.account.clone(),
-            recipient_user_id: s.recipient_user_id.clone(),
+            recipient_user_id: privacy.shown(&s.recipient_user_id),
             status: s.status.clone(),
             message_id: s.message_id.clone(),
             media_id: s.media_id.clone(),
@@ -298,6 +310,7 @@ pub fn build(location: &Location, trust: &verify::Trust) -> Result<Report> {
         conversations,
         sends,
         tables: table_versions(&shared)?,
+        privacy,
     })
 }
 
@@ -332,7 +345,13 @@ fn run_row(seq: u64, m: &Manifest) -> RunRow {
             4 => "partial",
             _ => "failed",
         },
-        rows: m.audit_rows.rows,
+        // An erasure run's rows file lists the records it erased, not
+        // records written.
+        rows: if m.erasure.is_some() {
+            0
+        } else {
+            m.audit_rows.rows
+        },
         sends: m.counts["sent"].as_u64().unwrap_or(0),
         credits: m.credits.values().sum::<u64>() + recovered,
         pages: m.counts["pages"].as_u64().unwrap_or(0),
@@ -367,7 +386,7 @@ fn snowflake_time(id: &str) -> Option<String> {
 }
 
 /// HTML-escapes text.
-fn esc(text: &str) -> String {
+pub(crate) fn esc(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
@@ -400,6 +419,7 @@ impl Report {
         self.html_runs(&mut h);
         self.html_conversations(&mut h);
         self.html_sends(&mut h);
+        self.privacy.html(&mut h);
         h.push_str("</body></html>\n");
         h
     }
@@ -720,6 +740,24 @@ impl std::fmt::Display for Written {
                 count("failed")
             )?;
         }
+        let p = &r.privacy;
+        match p.retention.retain_days.filter(|_| p.retention.in_force) {
+            Some(days) => writeln!(
+                f,
+                "  retention in force: {days} days; {} retention runs, the last at {}",
+                p.retention.runs,
+                p.retention.last_applied_at.as_deref().unwrap_or("never")
+            )?,
+            None => writeln!(f, "  retention not in force")?,
+        }
+        if !p.erasures.is_empty() {
+            writeln!(
+                f,
+                "  erasures: {} runs, {} records erased",
+                p.erasures.len(),
+                p.erased
+            )?;
+        }
         if let Some(path) = &self.html {
             writeln!(f, "  HTML page: {}", path.display())?;
         }
@@ -728,13 +766,15 @@ impl std::fmt::Display for Written {
 }
 
 /// `xquik-dm report`: builds the report, writes the page if asked.
-/// SSH signatures are checked with `trust`.
+/// SSH signatures are checked with `trust`; the IDs of the people erasures
+/// concerned are shown only when `erased_ids`.
 pub fn run(
     location: &Location,
     html: Option<&std::path::Path>,
     trust: &verify::Trust,
+    erased_ids: bool,
 ) -> Result<Written> {
-    let report = build(location, trust)?;
+    let report = build(location, trust, erased_ids)?;
     if let Some(path) = html {
         std::fs::write(path, report.html()).map_err(|e| crate::error::Error::io(path, e))?;
     }
