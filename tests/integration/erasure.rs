@@ -737,8 +737,9 @@ async fn an_erasure_killed_after_its_commit_point_is_finished_by_the_next_run() 
             std::fs::copy(from.join(&file), to.join(&file)).unwrap();
         }
     }
+    // Its Parquet files and its Delta commits (made before its manifest).
     for file in crate::files_under(from, "parquet") {
-        if file.contains(&run_id) {
+        if file.contains(&run_id) || file.contains("_delta_log/") {
             std::fs::copy(from.join(&file), to.join(&file)).unwrap();
         }
     }
