@@ -439,14 +439,26 @@ impl Checkpoint {
     /// the one this was read as. Call only once the data it describes is
     /// durable.
     pub fn save(&mut self, storage: &dyn Backend) -> Result<()> {
-        let bytes = serde_json::to_vec_pretty(self)
-            .map_err(|e| Error::io(storage.describe(KEY), std::io::Error::other(e)))?;
+        let bytes = self.to_bytes(storage)?;
+        self.save_bytes(storage, &bytes)
+    }
+
+    /// The bytes [`Checkpoint::save`] writes: what the seal lists in
+    /// `SHA256SUMS` before it saves them.
+    pub fn to_bytes(&self, storage: &dyn Backend) -> Result<Vec<u8>> {
+        serde_json::to_vec_pretty(self)
+            .map_err(|e| Error::io(storage.describe(KEY), std::io::Error::other(e)))
+    }
+
+    /// Saves `bytes`, which [`Checkpoint::to_bytes`] made of this
+    /// checkpoint.
+    pub fn save_bytes(&mut self, storage: &dyn Backend, bytes: &[u8]) -> Result<()> {
         let expect = match &self.read_as {
             None => Expect::Missing,
             Some(None) => Expect::Any,
             Some(Some(version)) => Expect::Version(version),
         };
-        let version = storage.replace(KEY, &bytes, expect)?;
+        let version = storage.replace(KEY, bytes, expect)?;
         self.read_as = Some(version);
         Ok(())
     }

@@ -138,6 +138,18 @@ pub enum Error {
         recipient: String,
     },
 
+    /// The recipient's conversation was forgotten (`forget --user`): a DM to
+    /// them would put a new body about them into the output.
+    #[error(
+        "{recipient}: this conversation was forgotten by an erasure run ({run}); run `xquik-dm forget --undo-user` first if the person's consent allows it"
+    )]
+    RecipientForgotten {
+        /// The recipient as given.
+        recipient: String,
+        /// The erasure run that forgot them.
+        run: String,
+    },
+
     /// Another run holds the output folder.
     #[error("{}: another xquik-dm run is using this output folder; wait for it to finish (scheduled runs must not overlap)", path.display())]
     Locked {
@@ -202,6 +214,7 @@ impl Error {
             Error::WriteFailed { .. }
             | Error::Corrupt { .. }
             | Error::RecipientRefuses { .. }
+            | Error::RecipientForgotten { .. }
             | Error::Storage { .. } => ErrorClass::NeedsPerson,
             Error::Decode { .. } | Error::Io { .. } => ErrorClass::Internal,
         }

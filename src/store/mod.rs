@@ -22,8 +22,8 @@
 //! 4. `seal` ends the run: last commit, audit rows file, one Delta commit
 //!    per table the run changed (`tables.rs`), the run's checksum file,
 //!    manifest (pinning each Delta commit by version and SHA-256), chain
-//!    entry (the commit point of the run), checkpoint audit pointer,
-//!    `SHA256SUMS` — each durable before the next refers to it.
+//!    entry (the commit point of the run), `SHA256SUMS`, checkpoint audit
+//!    pointer — each durable before the next refers to it.
 //!
 //! An erasure run (`generation.rs`, driven by [`crate::erasure`]) appends
 //! nothing: it stages the handoff file's new generation, which its seal

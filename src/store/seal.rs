@@ -1,9 +1,9 @@
 //! The end of a run: [`Store::seal`] closes the run's Parquet files and
 //! commits, then writes the audit rows file, the run's Delta commit per
 //! table it changed, the manifest (with its SSH signature first, when a key
-//! is set), the chain entry (the commit point of the run), the checkpoint's
-//! audit pointer and `SHA256SUMS`, each durable before the next refers to
-//! it.
+//! is set), the chain entry (the commit point of the run), `SHA256SUMS`
+//! (naming the checkpoint about to be saved) and the checkpoint's audit
+//! pointer, each durable before the next refers to it.
 //!
 //! The Delta commits come after the Parquet files are listed in the
 //! checkpoint (a killed run's files are then kept and taken over, never
@@ -15,6 +15,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use super::Store;
 use super::generation::{self, Sealing};
@@ -109,7 +110,7 @@ impl Store {
 
     /// Ends the run: closes the Parquet file, commits, and writes the audit
     /// rows file, the Delta commit of each table it changed, the manifest,
-    /// the chain entry, the checkpoint's audit pointer and `SHA256SUMS`, in
+    /// the chain entry, `SHA256SUMS` and the checkpoint's audit pointer, in
     /// that order.
     pub fn seal(mut self, body: ManifestBody) -> Result<Sealed> {
         self.close_tables()?;
@@ -159,11 +160,20 @@ impl Store {
             coverage,
             (self.compaction.as_ref(), erasure),
         )?;
-        match &self.generation {
+        // `SHA256SUMS` first, naming the checkpoint about to be saved: a
+        // kill between the two leaves the checkpoint naming the run before,
+        // which `verify` and the next run know as a seal to complete. The
+        // other order would leave a checkpoint that names this run beside
+        // the `SHA256SUMS` of the run before, which nothing could tell from
+        // an edited checkpoint.
+        let bytes = self.checkpoint.to_bytes(storage)?;
+        let sums = match &self.generation {
             // An erasure's new generation is the file now.
-            Some(g) => write_sums(storage, g.bytes, &g.sha256)?,
-            None => write_sums(storage, self.jsonl.len(), &self.jsonl.file_digest())?,
-        }
+            Some(g) => (g.bytes, g.sha256.clone()),
+            None => (self.jsonl.len(), self.jsonl.file_digest()),
+        };
+        write_sums(storage, sums, &hex::encode(Sha256::digest(&bytes)))?;
+        self.checkpoint.save_bytes(storage, &bytes)?;
         Ok(Sealed {
             files,
             chain: entry,
@@ -269,8 +279,8 @@ impl ManifestBody {
 }
 
 /// Points `checkpoint` at the sealed run `entry`, whose manifest lists
-/// every file the checkpoint held, finishes its `compaction` and its
-/// erasure, and commits.
+/// every file the checkpoint held, and finishes its `compaction` and its
+/// erasure; the caller saves it.
 fn follow_seal(
     storage: &dyn Backend,
     checkpoint: &mut Checkpoint,
@@ -298,7 +308,7 @@ fn follow_seal(
     if let Some(erasure) = erasure {
         generation::apply(storage, checkpoint, erasure)?;
     }
-    checkpoint.save(storage)
+    Ok(())
 }
 
 /// Rewrites `SHA256SUMS`, which lists the files that change: the handoff
@@ -306,12 +316,19 @@ fn follow_seal(
 /// file that never changes is listed in the checksum file of the run that
 /// wrote it (see [`audit::append_run`]), so nothing here grows with the
 /// history.
-fn write_sums(storage: &dyn Backend, jsonl_len: u64, jsonl_digest: &str) -> Result<()> {
+fn write_sums(
+    storage: &dyn Backend,
+    (jsonl_len, jsonl_digest): (u64, String),
+    checkpoint_digest: &str,
+) -> Result<()> {
     let mut files = vec![checkpoint::KEY.to_owned()];
     if jsonl_len > 0 {
         files.push(jsonl::FILE_NAME.to_owned());
     }
-    let known = BTreeMap::from([(jsonl::FILE_NAME.to_owned(), jsonl_digest.to_owned())]);
+    let known = BTreeMap::from([
+        (jsonl::FILE_NAME.to_owned(), jsonl_digest),
+        (checkpoint::KEY.to_owned(), checkpoint_digest.to_owned()),
+    ]);
     audit::write_sums(storage, &files, &known)
 }
 

@@ -202,6 +202,76 @@ print(json.dumps({"duckdb": sorted(map(list, duck)), "pyarrow": sorted([r["conve
     }
 }
 
+/// Asserts what delta-rs and Polars read of `out`'s Delta tables after the
+/// erasure run `run`: the messages table's latest snapshot is exactly the
+/// history records of `kept` (and the sends table holds no erased send),
+/// the erasure is one DELETE commit naming its run, and the snapshot before
+/// it can no longer be read: its files are physically gone.
+fn assert_delta_tables_see(out: &Path, kept: &[Value], run: &str) {
+    let script = r#"
+import json, os, sys
+import polars as pl
+from deltalake import DeltaTable
+root = sys.argv[1] + "/parquet/"
+dt = DeltaTable(root + "messages")
+cols = ["conversation_user_id", "message_id", "message_text"]
+rows = sorted(map(list, zip(*[dt.to_pyarrow_table(columns=cols).column(c).to_pylist() for c in cols])))
+polars = sorted(map(list, pl.read_delta(root + "messages").select(cols).rows()))
+last = dt.history(1)[0]
+try:
+    DeltaTable(root + "messages", version=dt.version() - 1).to_pyarrow_table()
+    before = "readable"
+except Exception as e:
+    before = type(e).__name__
+sends = DeltaTable(root + "sends").to_pyarrow_table(columns=["message_id"]).column("message_id").to_pylist()
+print(json.dumps({"rows": rows, "polars": polars, "operation": last.get("operation"),
+                  "run": last.get("runId"), "before": before, "sends": sends}))
+sys.stdout.flush()
+os._exit(0)
+"#;
+    let text = crate::run_python(
+        crate::python_with(&["deltalake", "polars", "pyarrow"]),
+        script,
+        &[out],
+    );
+    let read: Value = serde_json::from_str(text.trim()).unwrap();
+    let mut expected: Vec<Value> = kept
+        .iter()
+        .filter(|r| r["record_type"] == "history")
+        .map(|r| {
+            serde_json::json!([
+                r["conversation_user_id"],
+                r["message_id"],
+                r["message_text"]
+            ])
+        })
+        .collect();
+    expected.sort_by_key(|v| v.to_string());
+    for reader in ["rows", "polars"] {
+        let mut rows = read[reader].as_array().unwrap().clone();
+        rows.sort_by_key(|v| v.to_string());
+        assert_eq!(rows.len(), expected.len(), "{reader} row count");
+        assert!(
+            rows == expected,
+            "{reader} does not read exactly the remaining rows"
+        );
+    }
+    assert_eq!(read["operation"], "DELETE", "{read}");
+    assert_eq!(read["run"], run);
+    assert_ne!(read["before"], "readable", "time travel reads erased data");
+    let kept_sends: BTreeSet<&str> = kept
+        .iter()
+        .filter(|r| r["record_type"] == "send")
+        .filter_map(|r| r["message_id"].as_str())
+        .collect();
+    for id in read["sends"].as_array().unwrap() {
+        assert!(
+            kept_sends.contains(id.as_str().unwrap()),
+            "erased send {id}"
+        );
+    }
+}
+
 /// The verify report of `out`, asserted clean.
 fn assert_verifies(out: &Path) {
     let report = verify::run(out, None, None).unwrap();
@@ -306,6 +376,7 @@ async fn forget_erases_completely_and_stays_erased() {
         "the handoff file lost or reordered a kept record"
     );
     assert_readers_see(&out, &kept);
+    assert_delta_tables_see(&out, &kept, report["run_id"].as_str().unwrap());
     assert_verifies(&out);
     // A reviewer who verified up to the head before the erasure checks
     // only what came after it.
@@ -334,6 +405,34 @@ async fn forget_erases_completely_and_stays_erased() {
             .all(|r| !erased_ids.contains(r["message_id"].as_str().unwrap()))
     );
     assert_search(&folder_texts(&out), &gone, &kept_texts);
+    assert_verifies(&out);
+
+    // A DM to the forgotten person is refused before any request: it
+    // would put a new body about them into the output.
+    let dm = xquik_dm::commands::send::SendRequest::validate(
+        ACCOUNT,
+        &users[1],
+        "a DM to someone forgotten",
+        None,
+        None,
+        None,
+    )
+    .unwrap();
+    let line = xquik_dm::commands::send::BatchLine::Valid(dm);
+    let mut send = crate::send_options(&server, &out, vec![line]);
+    send.batch = false;
+    let refused = xquik_dm::commands::send::run(send).await.unwrap();
+    assert_eq!(refused.exit_code(), 3);
+    let outcome = &refused.sends[0];
+    assert_eq!(
+        outcome.status,
+        xquik_dm::commands::send::SendStatus::Refused
+    );
+    assert!(
+        outcome.error.as_deref().unwrap().contains("forgotten"),
+        "{outcome:?}"
+    );
+    assert_eq!(jsonl_records(&out).len(), kept.len() + 3);
     assert_verifies(&out);
 
     // A removed checkpoint, rebuilt: the erasure stays in force.
@@ -719,11 +818,13 @@ fn forget_refuses_bad_input_with_exit_2() {
     );
 }
 
-/// The state an erasure killed right after its commit point leaves (its
-/// manifest chained; the checkpoint, the handoff file and the Parquet files
-/// still the old ones; its new generation staged, its new files written),
-/// built from a finished erasure: the next run of any command finishes it
-/// (repair step 8) — here a sync, which then writes nothing erased again.
+/// The states an erasure killed after its commit point leaves (its
+/// manifest chained, the checkpoint still the old one), built from a
+/// finished erasure, at each moment of its seal: its new generation staged
+/// and its new Parquet files written beside the old ones; the generation
+/// installed and the old files gone; and `SHA256SUMS` rewritten too. Each
+/// verifies, and the next run of any command finishes it (repair) — here a
+/// sync, which then writes nothing erased again.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_erasure_killed_after_its_commit_point_is_finished_by_the_next_run() {
     let (case, server) = Case::new(&[60, 45, 30]).await;
@@ -732,50 +833,65 @@ async fn an_erasure_killed_after_its_commit_point_is_finished_by_the_next_run() 
     let (status, report, stderr) = forget(&out, &case.args());
     assert_eq!(status, 0, "{stderr}");
     let run_id = report["run_id"].as_str().unwrap().to_owned();
-    let killed = case.copy();
-    let (from, to) = (done.path(), killed.path());
-    // What the erasure had written by its commit point.
-    std::fs::copy(from.join("audit/chain.jsonl"), to.join("audit/chain.jsonl")).unwrap();
-    for file in crate::files_under(from, "audit/runs") {
-        if file.contains(&run_id) {
-            std::fs::copy(from.join(&file), to.join(&file)).unwrap();
+    let staged = format!(".xquik-dm-handoff.jsonl.{run_id}.generation");
+    for moment in ["staged", "installed", "sums written"] {
+        let killed = case.copy();
+        let (from, to) = (done.path(), killed.path());
+        // What the erasure had written by its commit point: its manifest
+        // and chain entry, its Parquet files and its Delta commits (made
+        // before its manifest).
+        std::fs::copy(from.join("audit/chain.jsonl"), to.join("audit/chain.jsonl")).unwrap();
+        for file in crate::files_under(from, "audit/runs") {
+            if file.contains(&run_id) {
+                std::fs::copy(from.join(&file), to.join(&file)).unwrap();
+            }
         }
-    }
-    // Its Parquet files and its Delta commits (made before its manifest).
-    for file in crate::files_under(from, "parquet") {
-        if file.contains(&run_id) || file.contains("_delta_log/") {
-            std::fs::copy(from.join(&file), to.join(&file)).unwrap();
+        for file in crate::files_under(from, "parquet") {
+            if file.contains(&run_id) || file.contains("_delta_log/") {
+                std::fs::copy(from.join(&file), to.join(&file)).unwrap();
+            }
         }
+        if moment == "staged" {
+            std::fs::copy(from.join("xquik-dm-handoff.jsonl"), to.join(&staged)).unwrap();
+        } else {
+            // Installed: the new generation is the file, the files it
+            // rewrote are gone.
+            std::fs::copy(
+                from.join("xquik-dm-handoff.jsonl"),
+                to.join("xquik-dm-handoff.jsonl"),
+            )
+            .unwrap();
+            for file in crate::files_under(to, "parquet") {
+                if !from.join(&file).exists() {
+                    std::fs::remove_file(to.join(&file)).unwrap();
+                }
+            }
+        }
+        if moment == "sums written" {
+            std::fs::copy(from.join("SHA256SUMS"), to.join("SHA256SUMS")).unwrap();
+        }
+        // The checkpoint names the erasure run, which had claimed the output.
+        let path = to.join("state/checkpoint.json");
+        let mut checkpoint: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        checkpoint["run"] = run_id.clone().into();
+        checkpoint["unsealed"] = serde_json::json!([{"run": run_id, "dirs": []}]);
+        std::fs::write(&path, serde_json::to_vec(&checkpoint).unwrap()).unwrap();
+        let report = verify::run(to, None, None).unwrap();
+        assert!(
+            report
+                .notes
+                .iter()
+                .any(|n| n.contains("interrupted after it sealed")),
+            "{moment}: {:#?} {:#?}",
+            report.notes,
+            report.failures
+        );
+        assert_eq!(report.exit_code(), 0, "{moment}: {:#?}", report.failures);
+        let all = users(3);
+        sync::run(sync_options(&server, to, &all)).await.unwrap();
+        case.assert_erased(to);
+        assert!(!to.join(&staged).exists(), "{moment}");
     }
-    std::fs::copy(
-        from.join("xquik-dm-handoff.jsonl"),
-        to.join(format!(".xquik-dm-handoff.jsonl.{run_id}.generation")),
-    )
-    .unwrap();
-    // The checkpoint names the erasure run, which had claimed the output.
-    let path = to.join("state/checkpoint.json");
-    let mut checkpoint: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    checkpoint["run"] = run_id.clone().into();
-    checkpoint["unsealed"] = serde_json::json!([{"run": run_id, "dirs": []}]);
-    std::fs::write(&path, serde_json::to_vec(&checkpoint).unwrap()).unwrap();
-    let report = verify::run(to, None, None).unwrap();
-    assert!(
-        report
-            .notes
-            .iter()
-            .any(|n| n.contains("interrupted after it sealed")),
-        "{:#?} {:#?}",
-        report.notes,
-        report.failures
-    );
-    assert_eq!(report.exit_code(), 0, "{:#?}", report.failures);
-    let all = users(3);
-    sync::run(sync_options(&server, to, &all)).await.unwrap();
-    case.assert_erased(to);
-    assert!(
-        !to.join(format!(".xquik-dm-handoff.jsonl.{run_id}.generation"))
-            .exists()
-    );
 }
 
 /// The binary with `args` and the bucket's environment, asserted to
@@ -986,4 +1102,3 @@ async fn a_hundred_thousand_tombstones_keep_syncs_working() {
     );
     assert_verifies(out);
 }
-

@@ -3,6 +3,7 @@
 //! named; no message body ever reaches `audit/` or `state/`.
 
 use crate::copy_dir;
+use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -494,4 +495,57 @@ async fn verify_since_checks_only_the_runs_after_a_verified_head() {
     // A head that is not in the chain is a failure, not a pass.
     let report = verify::run_since(dir.path(), None, None, Some("00")).unwrap();
     assert_eq!(report.exit_code(), 5, "{report}");
+}
+
+/// A sync killed after its seal wrote `SHA256SUMS` and before its
+/// checkpoint followed (the checkpoint still points at the run before, and
+/// lists the run's Parquet files): verify passes with a note, and the next
+/// run completes the seal.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_killed_between_its_checksums_and_its_checkpoint_verifies() {
+    let (dir, server) = two_runs(None).await;
+    let chain = std::fs::read_to_string(dir.path().join("audit/chain.jsonl")).unwrap();
+    let entries: Vec<Value> = chain
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let (first, last) = (&entries[0], &entries[1]);
+    let manifest = |entry: &Value| -> Value {
+        let path = dir.path().join(entry["manifest"].as_str().unwrap());
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+    };
+    let (before, sealed) = (manifest(first), manifest(last));
+    let path = dir.path().join("state/checkpoint.json");
+    let mut checkpoint: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    checkpoint["audit"] = serde_json::json!({
+        "runs": 1,
+        "last_manifest": first["manifest"],
+        "last_digest": first["sha256"],
+        "coverage": before["coverage"],
+    });
+    checkpoint["run"] = last["run_id"].clone();
+    checkpoint["unsealed"] = serde_json::json!([{"run": last["run_id"], "dirs": []}]);
+    checkpoint["parquet"]["files"] = sealed["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["path"].as_str().unwrap().ends_with(".parquet"))
+        .cloned()
+        .collect();
+    checkpoint["parquet"]["listed_before"] = before["coverage"]["parquet_files"].clone();
+    std::fs::write(&path, serde_json::to_vec_pretty(&checkpoint).unwrap()).unwrap();
+    let report = verify::run(dir.path(), None, None).unwrap();
+    assert_eq!(report.exit_code(), 0, "{report}");
+    assert!(
+        report
+            .notes
+            .iter()
+            .any(|n| n.contains("interrupted after it sealed")),
+        "{report}"
+    );
+    let rerun = sync::run(sync_options(&server, dir.path(), &users(3)))
+        .await
+        .unwrap();
+    assert_eq!(rerun.exit_code(), 0);
+    assert!(verify::run(dir.path(), None, None).unwrap().ok());
 }

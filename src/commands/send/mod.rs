@@ -357,6 +357,13 @@ impl Session {
         {
             return Ok(already_sent(outcome, state, &base_key));
         }
+        if let Some(run) = self.store.checkpoint().erasure.forgotten.get(&recipient_id) {
+            let e = Error::RecipientForgotten {
+                recipient: request.to.to_string(),
+                run: run.clone(),
+            };
+            return Err((outcome.fail(SendStatus::Refused, &e), e));
+        }
         if can_dm == Some(false) && !options.ignore_can_dm {
             let e = Error::RecipientRefuses {
                 recipient: request.to.to_string(),

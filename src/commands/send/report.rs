@@ -20,7 +20,8 @@ pub enum SendStatus {
     AlreadySent,
     /// Refused before any request.
     Invalid,
-    /// Refused by the `canDm: false` preflight.
+    /// Refused by the `canDm: false` preflight, or because the recipient's
+    /// conversation is forgotten.
     Refused,
     /// The API refused it or it failed.
     Failed,

@@ -312,7 +312,8 @@ pub fn check_trusted(
     match chain.start {
         Some(_) => since::note_checked(manifests.len(), since, &mut report),
         None => {
-            sums::check_sums(dir, interrupted, &mut report);
+            let sealing = manifests.last().filter(|_| chain.sealing_interrupted);
+            sums::check_sums(dir, (interrupted, sealing), &mut report);
             delta::check_delta(storage, manifests, &mut report);
         }
     }

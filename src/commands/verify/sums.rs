@@ -22,8 +22,15 @@ use crate::storage::Backend;
 /// With `interrupted` (where the sealed part of the handoff file ends), the
 /// files an interrupted run changed after the last seal are checked as
 /// that seal left them: the handoff file up to its sealed end; the
-/// checkpoint, which every commit replaces, is only noted.
-pub(super) fn check_sums(dir: &dyn Backend, interrupted: Option<u64>, report: &mut VerifyReport) {
+/// checkpoint, which every commit replaces, is only noted. With `sealing`
+/// (the last run, which sealed and was killed before its checkpoint
+/// followed), `SHA256SUMS` may also be the one that run wrote just before
+/// (see [`sealed_handoff_matches`]).
+pub(super) fn check_sums(
+    dir: &dyn Backend,
+    (interrupted, sealing): (Option<u64>, Option<&Manifest>),
+    report: &mut VerifyReport,
+) {
     let sums = match audit::read_sums(dir, audit::SUMS) {
         Ok(s) => s,
         Err(e) => return report.fail(audit::SUMS, e.to_string()),
@@ -33,7 +40,12 @@ pub(super) fn check_sums(dir: &dyn Backend, interrupted: Option<u64>, report: &m
         // The handoff file is one object in a folder and a series of
         // segments in a bucket; either way its digest is the whole file's.
         let actual = match (rel.as_str(), interrupted) {
-            (jsonl::FILE_NAME, Some(sealed)) => audit::handoff_digest(dir, 0..sealed),
+            (jsonl::FILE_NAME, Some(sealed)) => {
+                if !sealed_handoff_matches(dir, &digest, sealed, sealing) {
+                    report.fail(&rel, "SHA-256 differs from SHA256SUMS");
+                }
+                continue;
+            }
             (jsonl::FILE_NAME, None) => dir
                 .handoff_len()
                 .and_then(|len| audit::handoff_digest(dir, 0..len)),
@@ -51,6 +63,34 @@ pub(super) fn check_sums(dir: &dyn Backend, interrupted: Option<u64>, report: &m
             Err(e) => report.fail(&rel, e.to_string()),
         }
     }
+}
+
+/// Whether `digest`, `SHA256SUMS`'s line for the handoff file, is one an
+/// interrupted run can have left: the file up to `sealed`, as the last
+/// complete seal listed it; or, when the last run sealed and was killed
+/// before its checkpoint followed, what that run's seal had written just
+/// before — the file as it sealed it, or the generation an erasure replaced
+/// when its new one was installed and `SHA256SUMS` not yet rewritten. The
+/// file's bytes themselves are checked against the manifests elsewhere.
+fn sealed_handoff_matches(
+    dir: &dyn Backend,
+    digest: &str,
+    sealed: u64,
+    sealing: Option<&Manifest>,
+) -> bool {
+    let prefix = |end: u64| audit::handoff_digest(dir, 0..end).is_ok_and(|(sha, _)| sha == digest);
+    if prefix(sealed) {
+        return true;
+    }
+    let Some(last) = sealing else {
+        return false;
+    };
+    let replaced = last
+        .erasure
+        .as_ref()
+        .and_then(|e| e.handoff.as_ref())
+        .is_some_and(|g| g.before_sha256 == digest);
+    replaced || prefix(last.coverage.jsonl_bytes)
 }
 
 /// Checks each run's checksum file as `sha256sum -c` would: it lists the
