@@ -39,19 +39,6 @@ fn run_readers(script: &str, args: &[&Path]) -> String {
     run_python(python_with(READERS), &script, args)
 }
 
-/// Manifests of `out` in chain order.
-fn manifests(out: &Path) -> Vec<Value> {
-    std::fs::read_to_string(out.join("audit/chain.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|line| {
-            let entry: Value = serde_json::from_str(line).unwrap();
-            let path = out.join(entry["manifest"].as_str().unwrap());
-            serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
-        })
-        .collect()
-}
-
 /// `verify` of `out`: exit code and output.
 fn verify(out: &Path) -> (i32, String) {
     let (code, stdout, stderr) = run(bin().arg("verify").arg(out));
@@ -188,7 +175,7 @@ async fn delta_rs_and_polars_read_every_run_exactly_as_the_jsonl_holds_it() {
 
     // One commit per run, naming it; time travel to a run's version gives
     // the rows up to that run.
-    let manifests = manifests(&out);
+    let manifests = crate::chain_manifests(&out);
     let runs: Vec<&str> = manifests
         .iter()
         .map(|m| m["run_id"].as_str().unwrap())
@@ -490,7 +477,7 @@ fn a_commit_the_chain_does_not_hold_is_reverted_by_the_next_run() {
     assert!(report.contains("has not sealed"), "{report}");
 
     runs_through_the_library(out, 1, 0);
-    let manifest = manifests(out).pop().unwrap();
+    let manifest = crate::chain_manifests(out).pop().unwrap();
     let entry = &manifest["delta"]["messages"];
     assert_eq!(entry["reverted"]["commits"][0]["version"], orphan);
     assert_eq!(entry["reverted"]["restore"]["version"], orphan + 1);

@@ -281,6 +281,19 @@ pub fn python_with(modules: &[&str]) -> std::process::Command {
     cmd
 }
 
+/// Every manifest of `out`, parsed, in chain order.
+pub fn chain_manifests(out: &Path) -> Vec<Value> {
+    std::fs::read_to_string(out.join("audit/chain.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let entry: Value = serde_json::from_str(line).unwrap();
+            let path = out.join(entry["manifest"].as_str().unwrap());
+            serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+        })
+        .collect()
+}
+
 /// Runs a Python script with arguments; returns its stdout, failing the
 /// test with its stderr if it fails.
 pub fn run_python(mut cmd: std::process::Command, script: &str, args: &[&Path]) -> String {

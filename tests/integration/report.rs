@@ -18,19 +18,6 @@ use crate::{
     ACCOUNT, KEY, debian_tool, python_with, run_python, sync_options, user_id, users, world,
 };
 
-/// Every manifest of `out`, parsed here, in chain order.
-fn manifests(out: &Path) -> Vec<Value> {
-    let chain = std::fs::read_to_string(out.join("audit/chain.jsonl")).unwrap();
-    chain
-        .lines()
-        .map(|line| {
-            let entry: Value = serde_json::from_str(line).unwrap();
-            let path = out.join(entry["manifest"].as_str().unwrap());
-            serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
-        })
-        .collect()
-}
-
 fn credits_of(m: &Value) -> u64 {
     let own: u64 = m["credits"]
         .as_object()
@@ -159,7 +146,7 @@ async fn the_report_shows_the_manifests_names_a_tampered_file_and_holds_no_body(
     let page = std::fs::read_to_string(&html).unwrap();
 
     // Every number is the manifests'.
-    let manifests = manifests(&out);
+    let manifests = crate::chain_manifests(&out);
     let sum = |f: &dyn Fn(&Value) -> u64| manifests.iter().map(f).sum::<u64>();
     let totals = &report["totals"];
     assert_eq!(totals["runs"], manifests.len() as u64);
@@ -309,7 +296,7 @@ fn the_report_of_the_demo_folder() {
     let (code, stdout, stderr) = report_of(&out, &html);
     assert_eq!(code, 0, "{stderr}");
     let report: Value = serde_json::from_str(&stdout).unwrap();
-    let manifests = manifests(&out);
+    let manifests = crate::chain_manifests(&out);
     assert_eq!(report["verify"]["ok"], true);
     assert_eq!(report["totals"]["runs"], manifests.len() as u64);
     assert_eq!(
