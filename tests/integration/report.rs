@@ -357,7 +357,7 @@ async fn erasures_are_reported_without_the_ids_of_the_people_concerned() {
     assert_eq!(erasure["conversations"], 1);
     assert_eq!(erasure["forgotten"], 1);
     assert_eq!(erasure["seq"], 2);
-    let at = manifests(&out)[1]["erasure"]["erased_at"].clone();
+    let at = crate::chain_manifests(&out)[1]["erasure"]["erased_at"].clone();
     assert_eq!(erasure["erased_at"], at);
 
     let (code, stdout, _) = run(bin()
