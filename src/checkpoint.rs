@@ -153,6 +153,27 @@ pub struct ErasureState {
     /// by syncs until `forget --undo-user`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub forgotten: BTreeMap<String, String>,
+    /// The tombstones as one sorted binary file, read by every run instead
+    /// of the rows files (see [`crate::erasure::tombstones`]); a cache of
+    /// them, which the rows files stand in for when it is missing, stale or
+    /// damaged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<TombstoneIndex>,
+}
+
+/// The tombstones' index file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TombstoneIndex {
+    /// The file, relative to the output root (`state/tombstones-<run>.bin`).
+    pub path: String,
+    /// Its SHA-256.
+    pub sha256: String,
+    /// The (conversation, message) ID pairs it holds.
+    pub ids: u64,
+    /// SHA-256 over the digests of the rows files it was built from, in
+    /// order: it indexes exactly [`ErasureState::tombstones`] while this
+    /// matches them.
+    pub source: String,
 }
 
 impl ErasureState {

@@ -28,6 +28,7 @@ use crate::checkpoint::{
     conversation_key,
 };
 use crate::dedupe::Block;
+use crate::erasure::tombstones;
 use crate::error::{Error, Result};
 use crate::records::{HistoryRow, RecordType, SendRow};
 use crate::sinks::WrittenFile;
@@ -162,10 +163,12 @@ pub fn run(out: &Location) -> Result<RebuildReport> {
     // Erased messages stay erased: the tombstones, forgotten conversations
     // and retention cut-off are what the erasure runs say.
     checkpoint.erasure = sealed.erasure;
+    tombstones::refresh_index(storage, &mut checkpoint.erasure)?;
     // Which runs were killed is not known: the next run lists the audit
     // folder once to clean up after them.
     checkpoint.unsealed = None;
     checkpoint.save(storage)?;
+    tombstones::remove_stale_indexes(storage, &checkpoint.erasure)?;
     Ok(RebuildReport {
         out: out.clone(),
         jsonl_bytes: committed,

@@ -2,10 +2,19 @@
 //! the erasure runs' rows files (message IDs, body-free), named in the
 //! checkpoint with their digests ([`ErasureState`]), plus retention's
 //! cut-off instant. A run loads them once, when it opens the output, into
-//! a sorted array (a binary search per record: no scan per message), and
-//! checks each file against its digest: a tombstone file changed or
-//! removed stops the run (exit 3, naming the file) before an erased
-//! message could be written again.
+//! a sorted array (a binary search per record: no scan per message).
+//!
+//! Each erasure's seal also writes the index, `state/tombstones-<run>.bin`:
+//! every (conversation, message) ID pair of the rows files as two
+//! big-endian `u64`s, sorted and unique, named in the checkpoint with its
+//! digest and the digests of the rows files it was built from. Every run
+//! reads that one file (16 bytes per ID, already sorted: no JSON to parse,
+//! no sort), checked against its digest. The rows files stay the evidence:
+//! when the index is missing, stale or damaged, the run reads them instead,
+//! each checked against its digest, and a rows file changed or removed then
+//! stops the run (exit 3, naming the file) before an erased message could
+//! be written again. `verify` checks the index against the rows files, and
+//! the rows files against their runs' manifests.
 //!
 //! Bounded: the set holds the IDs erased by conversation or by ID (16
 //! bytes each); retention keeps no ID at all, only its cut-off.
@@ -22,10 +31,15 @@ use std::io::{BufRead, BufReader, Read};
 
 use sha2::{Digest, Sha256};
 
-use crate::checkpoint::{ErasureState, TombstoneFile};
+use crate::checkpoint::{ErasureState, TombstoneFile, TombstoneIndex};
 use crate::error::{Error, Result};
 use crate::records::HistoryRowRef;
-use crate::storage::Backend;
+use crate::storage::{Backend, Expect};
+
+/// Where the index files live: `state/tombstones-<run>.bin`.
+const INDEX_PREFIX: &str = "state/tombstones-";
+/// Bytes per ID pair in the index.
+const PAIR: usize = 16;
 
 /// The tombstones in force, loaded once per run.
 #[derive(Debug, Default)]
@@ -41,18 +55,41 @@ pub struct Tombstones {
 }
 
 impl Tombstones {
-    /// Loads the tombstones `state` names from `storage`, each file checked
-    /// against its digest and line count.
+    /// Loads the tombstones `state` names from `storage`: from its index
+    /// when that is current and intact, else from the rows files, each
+    /// checked against its digest and line count.
     pub fn load(storage: &dyn Backend, state: &ErasureState) -> Result<Tombstones> {
-        let mut tombstones = Tombstones {
-            before_micros: state
-                .erased_before
-                .as_deref()
-                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-                .map(|t| t.timestamp_micros()),
-            ..Tombstones::default()
-        };
-        for file in &state.tombstones {
+        let before_micros = state
+            .erased_before
+            .as_deref()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.timestamp_micros());
+        if let Some(index) = &state.index
+            && index.source == source_of(&state.tombstones)
+        {
+            match read_index(storage, index) {
+                Ok(ids) => {
+                    return Ok(Tombstones {
+                        ids,
+                        before_micros,
+                        ..Tombstones::default()
+                    });
+                }
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "the tombstones' index is unusable; reading the erasure runs' rows files instead"
+                ),
+            }
+        }
+        let mut tombstones = Tombstones::from_rows_files(storage, &state.tombstones)?;
+        tombstones.before_micros = before_micros;
+        Ok(tombstones)
+    }
+
+    /// The ID tombstones of the rows files `files`, each checked.
+    fn from_rows_files(storage: &dyn Backend, files: &[TombstoneFile]) -> Result<Tombstones> {
+        let mut tombstones = Tombstones::default();
+        for file in files {
             tombstones.load_file(storage, file)?;
         }
         tombstones.ids.sort_unstable();
@@ -149,6 +186,123 @@ impl Tombstones {
             )),
         }
     }
+}
+
+/// Makes `state`'s index current: unless it already indexes exactly the
+/// rows files `state` names, writes the index of their tombstones (each
+/// file checked) as `state/tombstones-<run>.bin`, named after the last
+/// erasure run among them, and names it in `state`. No index when there
+/// are no ID tombstones, or when some ID is not a number (never seen: the
+/// rows files then serve). Called when an erasure comes into force, before
+/// the checkpoint naming it is saved, and by `rebuild`.
+pub fn refresh_index(storage: &dyn Backend, state: &mut ErasureState) -> Result<()> {
+    let source = source_of(&state.tombstones);
+    if state.index.as_ref().is_some_and(|i| i.source == source) {
+        return Ok(());
+    }
+    state.index = None;
+    let Some(last) = state.tombstones.last() else {
+        return Ok(());
+    };
+    let tombstones = Tombstones::from_rows_files(storage, &state.tombstones)?;
+    if tombstones.ids.is_empty() || !tombstones.other.is_empty() {
+        return Ok(());
+    }
+    let mut bytes = Vec::with_capacity(tombstones.ids.len() * PAIR);
+    for (user, message) in &tombstones.ids {
+        bytes.extend_from_slice(&user.to_be_bytes());
+        bytes.extend_from_slice(&message.to_be_bytes());
+    }
+    let path = format!("{INDEX_PREFIX}{}.bin", last.run_id);
+    storage.replace(&path, &bytes, Expect::Any)?;
+    state.index = Some(TombstoneIndex {
+        path,
+        sha256: hex::encode(Sha256::digest(&bytes)),
+        ids: tombstones.ids.len() as u64,
+        source,
+    });
+    Ok(())
+}
+
+/// Deletes the index files `state` does not name: those of earlier
+/// erasures, once the checkpoint names the new one.
+pub fn remove_stale_indexes(storage: &dyn Backend, state: &ErasureState) -> Result<()> {
+    let current = state.index.as_ref().map(|i| i.path.as_str());
+    for listed in storage.list("state/")? {
+        let key = listed.key;
+        if key.starts_with(INDEX_PREFIX) && key.ends_with(".bin") && Some(key.as_str()) != current {
+            storage.delete(&key)?;
+        }
+    }
+    Ok(())
+}
+
+/// What is wrong with `state`'s index, if anything (for `verify`): it must
+/// index exactly the rows files `state` names, and hold exactly their ID
+/// pairs. Damaged rows files are `verify`'s to name by their digests.
+pub fn index_problem(storage: &dyn Backend, state: &ErasureState) -> Option<String> {
+    let index = state.index.as_ref()?;
+    if index.source != source_of(&state.tombstones) {
+        return Some(format!(
+            "{}: was built from other rows files than the checkpoint's tombstones",
+            index.path
+        ));
+    }
+    let ids = match read_index(storage, index) {
+        Ok(ids) => ids,
+        Err(e) => return Some(e.to_string()),
+    };
+    let rows = Tombstones::from_rows_files(storage, &state.tombstones).ok()?;
+    (rows.ids != ids).then(|| {
+        format!(
+            "{}: holds other IDs than the erasure runs' rows files ({} against {})",
+            index.path,
+            ids.len(),
+            rows.ids.len()
+        )
+    })
+}
+
+/// The digest of the rows files `files` stand for, as an index records it.
+fn source_of(files: &[TombstoneFile]) -> String {
+    let mut hasher = Sha256::new();
+    for file in files {
+        hasher.update(file.sha256.as_bytes());
+        hasher.update(b"\n");
+    }
+    hex::encode(hasher.finalize())
+}
+
+/// The ID pairs of the index `index` names, checked: its digest, its
+/// length, and that they are strictly ascending (what a binary search
+/// needs).
+fn read_index(storage: &dyn Backend, index: &TombstoneIndex) -> Result<Vec<(u64, u64)>> {
+    let damaged = |reason: &str| Error::Corrupt {
+        path: storage.describe(&index.path),
+        reason: reason.to_owned(),
+    };
+    let bytes = storage
+        .get(&index.path)?
+        .ok_or_else(|| damaged("is missing"))?
+        .bytes;
+    if bytes.len() as u64 != index.ids.saturating_mul(PAIR as u64)
+        || hex::encode(Sha256::digest(&bytes)) != index.sha256
+    {
+        return Err(damaged("differs from the checkpoint's digest"));
+    }
+    let mut ids = Vec::with_capacity(bytes.len() / PAIR);
+    for pair in bytes.chunks_exact(PAIR) {
+        let (user, message) = pair.split_at(PAIR / 2);
+        let number = |half: &[u8]| half.try_into().map(u64::from_be_bytes);
+        let (Ok(user), Ok(message)) = (number(user), number(message)) else {
+            return Err(damaged("holds a partial ID pair"));
+        };
+        if ids.last().is_some_and(|last| *last >= (user, message)) {
+            return Err(damaged("is not sorted"));
+        }
+        ids.push((user, message));
+    }
+    Ok(ids)
 }
 
 /// The IDs of a rows-file line ([`crate::audit::AuditRow`]'s), borrowed
@@ -254,5 +408,54 @@ mod tests {
         std::fs::remove_file(dir.path().join("audit/runs/r.rows.jsonl")).unwrap();
         let err = Tombstones::load(&storage, &state).unwrap_err();
         assert!(err.to_string().contains("are missing"), "{err}");
+    }
+
+    #[test]
+    fn the_index_holds_what_the_rows_files_hold_and_falls_back_to_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let lines: String = (0..50u64)
+            .rev()
+            .map(|i| {
+                format!(
+                    r#"{{"record_type":"history","user_id":"{}","message_id":"{}"}}"#,
+                    i % 3,
+                    1_000 + i
+                ) + "\n"
+            })
+            .collect();
+        let mut state = state_with(dir.path(), &lines);
+        let storage = LocalDir::new(dir.path());
+        let from_rows = Tombstones::load(&storage, &state).unwrap();
+        refresh_index(&storage, &mut state).unwrap();
+        let index = state.index.clone().unwrap();
+        assert_eq!(index.path, "state/tombstones-r.bin");
+        assert_eq!(index.ids, 50);
+        assert_eq!(index_problem(&storage, &state), None);
+        // The rows file gone: the index alone serves.
+        std::fs::remove_file(dir.path().join("audit/runs/r.rows.jsonl")).unwrap();
+        let from_index = Tombstones::load(&storage, &state).unwrap();
+        assert_eq!(from_index.ids, from_rows.ids);
+        assert!(from_index.erases(&row("1", "1001", None)));
+        // A damaged index: the rows file serves (here missing: exit 3).
+        std::fs::write(dir.path().join(&index.path), [0u8; 16]).unwrap();
+        let err = Tombstones::load(&storage, &state).unwrap_err();
+        assert_eq!(err.exit_code(), 3);
+        std::fs::write(dir.path().join("audit/runs/r.rows.jsonl"), &lines).unwrap();
+        let fallback = Tombstones::load(&storage, &state).unwrap();
+        assert_eq!(fallback.ids, from_rows.ids);
+        assert!(index_problem(&storage, &state).is_some());
+        // Stale (built from other rows files): not used, and named.
+        refresh_index(&storage, &mut state).unwrap();
+        state.tombstones[0].sha256 = "0".repeat(64);
+        assert!(
+            index_problem(&storage, &state)
+                .unwrap()
+                .contains("other rows files")
+        );
+        // An earlier index is removed once a newer one is named.
+        std::fs::write(dir.path().join("state/tombstones-old.bin"), b"").unwrap();
+        remove_stale_indexes(&storage, &state).unwrap();
+        assert!(!dir.path().join("state/tombstones-old.bin").exists());
+        assert!(dir.path().join(&index.path).exists());
     }
 }

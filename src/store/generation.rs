@@ -145,5 +145,5 @@ pub fn apply(
         rows: rows.rows,
     };
     checkpoint.erasure.put_in_force(run_id, erasure, tombstones);
-    Ok(())
+    crate::erasure::tombstones::refresh_index(storage, &mut checkpoint.erasure)
 }

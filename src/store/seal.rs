@@ -174,6 +174,10 @@ impl Store {
         };
         write_sums(storage, sums, &hex::encode(Sha256::digest(&bytes)))?;
         self.checkpoint.save_bytes(storage, &bytes)?;
+        if self.erasure.is_some() {
+            // The checkpoint names the new index now.
+            crate::erasure::tombstones::remove_stale_indexes(storage, &self.checkpoint.erasure)?;
+        }
         Ok(Sealed {
             files,
             chain: entry,

@@ -577,12 +577,7 @@ impl Case {
 
     /// Asserts the erasure is complete in `out` and nothing else was lost.
     fn assert_erased(&self, out: &Path) {
-        assert_eq!(
-            jsonl_records(out),
-            self.kept,
-            "the handoff file is not the kept records"
-        );
-        assert_search(&folder_texts(out), &self.gone, &self.kept_texts);
+        self.assert_still_erased(out);
         let mut ids = parquet_ids(out);
         ids.sort();
         let mut kept: Vec<(String, String)> = self
@@ -601,6 +596,19 @@ impl Case {
             "the Parquet files do not hold exactly the kept rows"
         );
         assert_verifies(out);
+    }
+}
+
+impl Case {
+    /// Asserts the handoff file holds exactly the kept records and no file
+    /// of `out` an erased text.
+    fn assert_still_erased(&self, out: &Path) {
+        assert_eq!(
+            jsonl_records(out),
+            self.kept,
+            "the handoff file is not the kept records"
+        );
+        assert_search(&folder_texts(out), &self.gone, &self.kept_texts);
     }
 }
 
@@ -719,29 +727,63 @@ async fn tampering_after_an_erasure_is_caught() {
     let found = failures(dir.path());
     assert!(found.iter().any(|f| f.contains("erasure")), "{found:?}");
 
-    // A tombstone removed from the state: the next sync refuses (exit 3,
-    // naming the file) before it could write the message again, and
-    // verify fails.
+    // A tombstone removed from its rows file: the next sync still keeps
+    // the message out (it reads the index), and verify names the file.
+    let drop_tombstone = |dir: &Path| {
+        let path = dir.join(&rows_key);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let kept: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("\"history\""))
+            .skip(1)
+            .collect();
+        std::fs::write(&path, kept.join("\n") + "\n").unwrap();
+    };
+    let sync_exit = |dir: &Path| {
+        let mut cmd = crate::protocol::sync(&server, dir, &users(2));
+        let output = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        (output.status.code(), stderr)
+    };
+    let index = |dir: &Path| -> PathBuf {
+        let found = crate::files_under(dir, "state");
+        let name = found.iter().find(|f| f.contains("tombstones-")).unwrap();
+        dir.join(name)
+    };
     let dir = copy();
-    let path = dir.path().join(&rows_key);
-    let text = std::fs::read_to_string(&path).unwrap();
-    let kept: Vec<&str> = text
-        .lines()
-        .filter(|l| l.contains("\"history\""))
-        .skip(1)
-        .collect();
-    std::fs::write(&path, kept.join("\n") + "\n").unwrap();
-    let mut cmd = crate::protocol::sync(&server, dir.path(), &users(2));
-    let output = tokio::task::spawn_blocking(move || cmd.output().unwrap())
-        .await
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(3), "{stderr}");
+    drop_tombstone(dir.path());
+    let (code, stderr) = tokio::task::block_in_place(|| sync_exit(dir.path()));
+    assert_eq!(code, Some(0), "{stderr}");
+    case.assert_still_erased(dir.path());
+    let found = failures(dir.path());
+    assert!(found.iter().any(|f| f.contains(".rows.jsonl")), "{found:?}");
+
+    // The same with the index gone too: the sync reads the rows file, finds
+    // it changed and refuses (exit 3, naming it) before it could write the
+    // message again.
+    let dir = copy();
+    drop_tombstone(dir.path());
+    std::fs::remove_file(index(dir.path())).unwrap();
+    let (code, stderr) = tokio::task::block_in_place(|| sync_exit(dir.path()));
+    assert_eq!(code, Some(3), "{stderr}");
     assert!(
         stderr.contains("tombstones") && stderr.contains(".rows.jsonl"),
         "{stderr}"
     );
     failures(dir.path());
+
+    // A damaged index: the sync reads the rows files instead (nothing
+    // comes back), and verify names the index.
+    let dir = copy();
+    let path = index(dir.path());
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes.truncate(bytes.len() - 16);
+    std::fs::write(&path, bytes).unwrap();
+    let found = failures(dir.path());
+    assert!(found.iter().any(|f| f.contains("tombstones-")), "{found:?}");
+    let (code, stderr) = tokio::task::block_in_place(|| sync_exit(dir.path()));
+    assert_eq!(code, Some(0), "{stderr}");
+    case.assert_still_erased(dir.path());
 
     // The tombstones dropped from the checkpoint: verify names it.
     let dir = copy();

@@ -214,6 +214,15 @@ fn check_state(dir: &dyn Backend, manifests: &[Manifest], report: &mut VerifyRep
             ),
         );
     }
+    if let Some(problem) = crate::erasure::tombstones::index_problem(dir, state) {
+        let path = state.index.as_ref().map_or("", |i| i.path.as_str());
+        report.fail(
+            path,
+            format!(
+                "the tombstones' index is damaged ({problem}); a sync reads the rows files instead"
+            ),
+        );
+    }
     if state.forgotten != expected.forgotten || state.erased_before != expected.erased_before {
         report.fail(
             crate::checkpoint::KEY,
