@@ -275,34 +275,61 @@ fn source_of(files: &[TombstoneFile]) -> String {
 
 /// The ID pairs of the index `index` names, checked: its digest, its
 /// length, and that they are strictly ascending (what a binary search
-/// needs).
+/// needs). Read in chunks, hashed and decoded as they come: memory holds
+/// the pairs once, not the file beside them.
 fn read_index(storage: &dyn Backend, index: &TombstoneIndex) -> Result<Vec<(u64, u64)>> {
+    let path = storage.describe(&index.path);
     let damaged = |reason: &str| Error::Corrupt {
-        path: storage.describe(&index.path),
+        path: path.clone(),
         reason: reason.to_owned(),
     };
-    let bytes = storage
-        .get(&index.path)?
-        .ok_or_else(|| damaged("is missing"))?
-        .bytes;
-    if bytes.len() as u64 != index.ids.saturating_mul(PAIR as u64)
-        || hex::encode(Sha256::digest(&bytes)) != index.sha256
-    {
+    if storage.size(&index.path)? != Some(index.ids.saturating_mul(PAIR as u64)) {
+        return Err(damaged(
+            "is missing, or differs from the checkpoint's length",
+        ));
+    }
+    let mut hasher = Sha256::new();
+    let mut reader = HashingReader {
+        inner: storage.reader(&index.path, None)?,
+        hasher: &mut hasher,
+    };
+    let mut ids: Vec<(u64, u64)> = Vec::with_capacity(usize::try_from(index.ids).unwrap_or(0));
+    let mut chunk = vec![0u8; PAIR * 4096];
+    loop {
+        let n = read_full(&mut reader, &mut chunk).map_err(|e| Error::io(&path, e))?;
+        let pairs = chunk.get(..n).unwrap_or_default();
+        for pair in pairs.chunks_exact(PAIR) {
+            let (user, message) = pair.split_at(PAIR / 2);
+            let number = |half: &[u8]| half.try_into().map(u64::from_be_bytes);
+            let (Ok(user), Ok(message)) = (number(user), number(message)) else {
+                return Err(damaged("holds a partial ID pair"));
+            };
+            if ids.last().is_some_and(|last| *last >= (user, message)) {
+                return Err(damaged("is not sorted"));
+            }
+            ids.push((user, message));
+        }
+        if n < chunk.len() {
+            break;
+        }
+    }
+    if ids.len() as u64 != index.ids || hex::encode(hasher.finalize()) != index.sha256 {
         return Err(damaged("differs from the checkpoint's digest"));
     }
-    let mut ids = Vec::with_capacity(bytes.len() / PAIR);
-    for pair in bytes.chunks_exact(PAIR) {
-        let (user, message) = pair.split_at(PAIR / 2);
-        let number = |half: &[u8]| half.try_into().map(u64::from_be_bytes);
-        let (Ok(user), Ok(message)) = (number(user), number(message)) else {
-            return Err(damaged("holds a partial ID pair"));
-        };
-        if ids.last().is_some_and(|last| *last >= (user, message)) {
-            return Err(damaged("is not sorted"));
-        }
-        ids.push((user, message));
-    }
     Ok(ids)
+}
+
+/// Fills `buf` from `reader` as far as it goes; the bytes read (less than
+/// `buf.len()` only at the end).
+fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while let Some(rest) = buf.get_mut(filled..).filter(|r| !r.is_empty()) {
+        match reader.read(rest)? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    Ok(filled)
 }
 
 /// The IDs of a rows-file line ([`crate::audit::AuditRow`]'s), borrowed
