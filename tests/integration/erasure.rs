@@ -1144,3 +1144,136 @@ async fn a_hundred_thousand_tombstones_keep_syncs_working() {
     );
     assert_verifies(out);
 }
+
+/// Copies every object under `from/` to `to/` in `bucket`: a fresh copy of
+/// an output, since an output does not depend on where it lives.
+fn copy_prefix(moto: &crate::bucket::Moto, bucket: &str, from: &str, to: &str) {
+    let script = r#"
+import sys, boto3
+endpoint, bucket, src, dst = sys.argv[1:5]
+s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="test",
+                  aws_secret_access_key="test", region_name="us-east-1")
+for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=src + "/"):
+    for obj in page.get("Contents", []):
+        key = dst + obj["Key"][len(src):]
+        s3.copy_object(Bucket=bucket, Key=key, CopySource={"Bucket": bucket, "Key": obj["Key"]})
+"#;
+    crate::run_python(
+        crate::python_with(&["moto[server]:moto", "boto3", "pyarrow"]),
+        script,
+        &[
+            Path::new(&moto.endpoint()),
+            Path::new(bucket),
+            Path::new(from),
+            Path::new(to),
+        ],
+    );
+}
+
+/// SIGKILL at random moments of `forget` in a bucket (7 times, at least 5
+/// of them before it finished), each on a fresh copy of the same output:
+/// after each kill `verify` passes on the bucket; after each rerun no
+/// object holds an erased text, one handoff segment is left, and the
+/// handoff file holds exactly the kept records.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_forget_in_a_bucket_is_finished_by_the_rerun() {
+    let moto = std::sync::Arc::new(
+        tokio::task::spawn_blocking(crate::bucket::Moto::start)
+            .await
+            .unwrap(),
+    );
+    let bucket = moto.bucket("dm-erasure-kills");
+    let server = xquik_dm::mock::MockServer::start(world(&[90, 70, 40], 20))
+        .await
+        .unwrap();
+    let all = users(3);
+    let sync_args = |prefix: &str| -> Vec<String> {
+        [
+            "--base-url",
+            &server.base_url(),
+            "sync",
+            "--account",
+            ACCOUNT,
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .chain(all.iter().flat_map(|u| ["--user".to_owned(), u.clone()]))
+        .chain(["--out".to_owned(), format!("s3://{bucket}/{prefix}")])
+        .collect()
+    };
+    for n in [0, 5] {
+        server.append_messages(ACCOUNT, &all[0], n);
+        let (m, args) = (moto.clone(), sync_args("base"));
+        tokio::task::spawn_blocking(move || in_bucket(&m, &args))
+            .await
+            .unwrap();
+    }
+    let before = tempfile::tempdir().unwrap();
+    moto.mirror(&bucket, "base", before.path());
+    let (single, erased, kept) = split(jsonl_records(before.path()), &all);
+    let (gone, kept_texts) = texts_to_search(&erased, &kept);
+    let (user, bucket_name) = (all[1].clone(), bucket.clone());
+    let forget_args = move |prefix: &str| -> Vec<String> {
+        let mut args: Vec<String> = ["forget", "--out", &format!("s3://{bucket_name}/{prefix}")]
+            .into_iter()
+            .map(str::to_owned)
+            .chain(["--user".to_owned(), user.clone(), "--message".to_owned()])
+            .collect();
+        args.extend(single.iter().cloned());
+        args.extend(["--reason".to_owned(), "erasure request 78".to_owned()]);
+        args
+    };
+    let moto2 = moto.clone();
+    let (bucket2, kept2) = (bucket.clone(), kept.clone());
+    tokio::task::spawn_blocking(move || {
+        let moto = moto2;
+        let started = std::time::Instant::now();
+        copy_prefix(&moto, &bucket2, "base", "timing");
+        let copied = started.elapsed();
+        in_bucket(&moto, &forget_args("timing"));
+        let full = (started.elapsed() - copied).as_millis().max(50) as u64;
+        let mut rng = fastrand::Rng::with_seed(17);
+        let mut killed = 0;
+        for i in 0..7 {
+            let prefix = format!("kill-{i}");
+            copy_prefix(&moto, &bucket2, "base", &prefix);
+            let mut cmd = bin();
+            cmd.args(forget_args(&prefix))
+                .env("XQUIK_API_KEY", KEY)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            moto.env(&mut cmd);
+            let mut child = cmd.spawn().unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(rng.u64(0..full * 9 / 10)));
+            let _ = child.kill();
+            killed += u32::from(!child.wait().unwrap().success());
+            in_bucket(
+                &moto,
+                &["verify".to_owned(), format!("s3://{bucket2}/{prefix}")],
+            );
+            in_bucket(&moto, &forget_args(&prefix));
+            let objects = tempfile::tempdir().unwrap();
+            dump_bucket(&moto, &bucket2, objects.path());
+            let files: Vec<(String, String)> = folder_texts(objects.path())
+                .into_iter()
+                .filter(|(n, _)| n.starts_with(&format!("{prefix}/")))
+                .collect();
+            let segments = files
+                .iter()
+                .filter(|(n, _)| n.contains("xquik-dm-handoff/part-"))
+                .count();
+            assert_eq!(segments, 1, "kill {i}: the old segments are not all gone");
+            assert_search(&files, &gone, &kept_texts);
+            let after = tempfile::tempdir().unwrap();
+            moto.mirror(&bucket2, &prefix, after.path());
+            assert_eq!(jsonl_records(after.path()), kept2, "kill {i}");
+            in_bucket(
+                &moto,
+                &["verify".to_owned(), format!("s3://{bucket2}/{prefix}")],
+            );
+        }
+        assert!(killed >= 5, "only {killed} of 7 forgets were interrupted");
+    })
+    .await
+    .unwrap();
+}
