@@ -109,6 +109,7 @@ fn run(storage: &Storage, run: u64, rows: u64, per_file: u64, at: i64) -> u64 {
             run_id,
             operation: "WRITE".into(),
             timestamp: at,
+            part: None,
         },
         adds,
         removes: Vec::new(),
@@ -270,6 +271,7 @@ fn run_at_day(storage: &Storage, r: u64, at: i64) {
             run_id,
             operation: "WRITE".into(),
             timestamp: at,
+            part: None,
         },
         adds: vec![add_of(storage, &f.path, f.rows, f.bytes)],
         removes: Vec::new(),
@@ -307,6 +309,7 @@ fn compact_first_two(storage: &Storage, at: i64) {
             run_id: "c0050".into(),
             operation: "OPTIMIZE".into(),
             timestamp: at,
+            part: None,
         },
         adds: vec![Add {
             data_change: false,
@@ -553,6 +556,7 @@ print(json.dumps({"version": dt.version(), "paths": sorted(a["path"] for a in ad
                 run_id: "r-after".into(),
                 operation: "WRITE".into(),
                 timestamp: now(),
+                part: None,
             },
             adds: vec![Add {
                 path: "date=2026-12-03/part-x.parquet".into(),
