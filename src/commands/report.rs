@@ -200,7 +200,7 @@ pub struct SendRow {
 /// Builds the report of `location`.
 pub fn build(location: &Location, trust: &verify::Trust) -> Result<Report> {
     location.require_existing("DIR")?;
-    let shared = location.open()?;
+    let shared = crate::shard::open(location)?;
     let storage = shared.as_ref();
     if location.as_dir().is_none() {
         storage.prepare()?;

@@ -17,6 +17,14 @@
 //!
 //! The log is replayed once, in version order, alongside the manifests in
 //! chain order: the cost is the log's length, once.
+//!
+//! A shard of a prefix with one table per prefix ([`crate::shard`]) shares
+//! the table: its check considers only the commits that name its folder
+//! (`commitInfo.part`) and the files in it, exactly as above; what concerns
+//! the table as a whole — dense versions, every commit naming one of the
+//! prefix's shards — is checked once per prefix ([`check_shared_tables`]).
+//! Together: every commit belongs to a shard's sealed run, and each
+//! shard's folder in every snapshot holds what its manifests list.
 
 // Reads bytes the API or a file supplies: no panic may be reachable from them.
 #![cfg_attr(
@@ -32,7 +40,7 @@ use crate::checkpoint::Checkpoint;
 use crate::delta::{Action, Table, TableKind};
 use crate::sinks::sha256_hex;
 use crate::storage::Storage;
-use crate::store::{RunFiles, project};
+use crate::store::{RunFiles, in_part, is_in_part, project};
 
 /// Checks both tables of `storage` against `manifests` (the whole chain,
 /// in order).
@@ -58,6 +66,9 @@ type Files = BTreeMap<String, u64>;
 /// The log of one table, replayed version by version.
 struct Replay<'a> {
     table: &'a Table,
+    /// The folder of the root's files when it shares the table (`shard-K`):
+    /// only its commits and files are replayed.
+    part: Option<String>,
     /// The next version to apply.
     next: u64,
     /// The files live after the versions applied.
@@ -79,7 +90,8 @@ fn check_table(
     if versions.is_empty() && !pinned {
         return Ok(());
     }
-    let mut replay = Replay::start(table, versions, report)?;
+    let part = table.storage().table_part().map(str::to_owned);
+    let mut replay = Replay::start(table, versions, part.clone(), report)?;
     let mut expected = Files::new();
     let mut listed = Files::new();
     for m in manifests {
@@ -92,7 +104,8 @@ fn check_table(
             replay.compare(&expected, &reverted.restore, report);
         }
         let timestamp = 0;
-        if let Some(change) = project(&RunFiles::of(m), timestamp).remove(&table.kind()) {
+        let change = project(&RunFiles::of(m), timestamp).remove(&table.kind());
+        if let Some(change) = change.map(|c| in_part(c, part.as_deref())) {
             for add in &change.adds {
                 listed.insert(add.path.clone(), add.size);
                 expected.insert(add.path.clone(), add.size);
@@ -114,27 +127,26 @@ impl<'a> Replay<'a> {
     /// The replay from the oldest version kept: from nothing when version 0
     /// is there, else from the newest checkpoint that the kept commits
     /// follow without a gap.
+    /// With `part`, only the commits that name it and the files in it
+    /// are replayed, and the versions' density is left to the check of the
+    /// whole table.
     fn start(
         table: &'a Table,
         versions: Vec<u64>,
+        part: Option<String>,
         report: &mut VerifyReport,
     ) -> Result<Replay<'a>, String> {
         let mut replay = Replay {
             table,
+            part,
             next: 0,
             live: Files::new(),
             versions,
         };
-        let first = replay.versions.first().copied().unwrap_or(0);
-        if first > 0 {
-            let checkpoints = table.checkpoints().map_err(|e| e.to_string())?;
-            let Some(base) = checkpoints.into_iter().rfind(|c| *c + 1 >= first) else {
-                report.fail(
-                    commit_path(table, first - 1),
-                    "missing: the log starts after it, and no checkpoint stands in for it",
-                );
-                return Ok(replay);
-            };
+        let Some(base) = base_checkpoint(table, &replay.versions, report)? else {
+            return Ok(replay);
+        };
+        if let Some(base) = base {
             let snapshot = table
                 .snapshot(Some(base))
                 .map_err(|e| e.to_string())?
@@ -142,18 +154,16 @@ impl<'a> Replay<'a> {
             replay.live = snapshot
                 .files
                 .values()
+                .filter(|a| is_in_part(&a.path, replay.part.as_deref()))
                 .map(|a| (a.path.clone(), a.size))
                 .collect();
             replay.next = base + 1;
         }
-        for pair in replay.versions.windows(2) {
-            if let [a, b] = pair
-                && b - a > 1
-            {
-                report.fail(
-                    commit_path(table, a + 1),
-                    format!("missing: versions {a} and {b} are there, not the ones between"),
-                );
+        match replay.part.as_deref() {
+            None => check_dense(table, &replay.versions, report),
+            Some(part) => {
+                let all = std::mem::take(&mut replay.versions);
+                replay.versions = of_part(table, all, part, report);
             }
         }
         Ok(replay)
@@ -214,7 +224,23 @@ impl<'a> Replay<'a> {
         listed: Option<&Files>,
         report: &mut VerifyReport,
     ) {
+        let part = self.part.as_deref();
         for action in actions {
+            let named = match &action {
+                Action::Add(add) => Some(add.path.as_str()),
+                Action::Remove(remove) => Some(remove.path.as_str()),
+                _ => None,
+            };
+            if let Some(named) = named.filter(|p| !is_in_part(p, part)) {
+                report.fail(
+                    path,
+                    format!(
+                        "names {named}, outside the folder {} of the shard that made it",
+                        part.unwrap_or_default()
+                    ),
+                );
+                continue;
+            }
             match action {
                 Action::Add(add) => {
                     if let Some(listed) = listed
@@ -293,6 +319,114 @@ impl<'a> Replay<'a> {
                 _ => report.fail(&path, "no manifest accounts for this commit"),
             }
             self.next = version + 1;
+        }
+    }
+}
+
+/// Where a replay of `table` starts: `Some(None)` from version 0, `Some(Some(c))`
+/// from the checkpoint `c` that the oldest kept commit follows; `None` (a
+/// failure reported) when no checkpoint stands in for the commits cleaned
+/// up before the oldest one.
+fn base_checkpoint(
+    table: &Table,
+    versions: &[u64],
+    report: &mut VerifyReport,
+) -> Result<Option<Option<u64>>, String> {
+    let first = versions.first().copied().unwrap_or(0);
+    if first == 0 {
+        return Ok(Some(None));
+    }
+    let checkpoints = table.checkpoints().map_err(|e| e.to_string())?;
+    let Some(base) = checkpoints.into_iter().rfind(|c| *c + 1 >= first) else {
+        report.fail(
+            commit_path(table, first - 1),
+            "missing: the log starts after it, and no checkpoint stands in for it",
+        );
+        return Ok(None);
+    };
+    Ok(Some(Some(base)))
+}
+
+/// Fails every gap between the `versions` present.
+fn check_dense(table: &Table, versions: &[u64], report: &mut VerifyReport) {
+    for pair in versions.windows(2) {
+        if let [a, b] = pair
+            && b - a > 1
+        {
+            report.fail(
+                commit_path(table, a + 1),
+                format!("missing: versions {a} and {b} are there, not the ones between"),
+            );
+        }
+    }
+}
+
+/// The folder a commit's `commitInfo` names (`None`: none, or no
+/// `commitInfo`), read from the commit file of `version`.
+fn part_of(table: &Table, version: u64) -> Result<Option<String>, String> {
+    let actions = table
+        .read_commit(version)
+        .map_err(|e| e.to_string())?
+        .map(|(_, actions)| actions)
+        .unwrap_or_default();
+    Ok(actions.into_iter().find_map(|a| match a {
+        Action::CommitInfo(info) => info.part,
+        _ => None,
+    }))
+}
+
+/// Of `versions`, those whose commit names the folder `part`.
+fn of_part(table: &Table, versions: Vec<u64>, part: &str, report: &mut VerifyReport) -> Vec<u64> {
+    versions
+        .into_iter()
+        .filter(|v| match part_of(table, *v) {
+            Ok(named) => named.as_deref() == Some(part),
+            Err(reason) => {
+                report.fail(commit_path(table, *v), reason);
+                false
+            }
+        })
+        .collect()
+}
+
+/// The checks of the prefix `storage`'s shared tables as a whole, once per
+/// prefix of `shards` shards (each shard's own commits and files are
+/// checked with the shard): versions dense from the oldest kept, and every
+/// commit naming the folder of one of the shards.
+pub(super) fn check_shared_tables(storage: &Storage, shards: u32, report: &mut VerifyReport) {
+    let parts: HashSet<String> = (0..shards)
+        .map(|index| crate::shard::Shard { index, count: shards }.table_part())
+        .collect();
+    for kind in TableKind::ALL {
+        let table = Table::new(storage.clone(), kind);
+        let versions = match table.versions() {
+            Ok(versions) => versions,
+            Err(e) => {
+                report.fail(format!("{}/_delta_log", kind.root()), e.to_string());
+                continue;
+            }
+        };
+        let from = match base_checkpoint(&table, &versions, report) {
+            Ok(Some(base)) => base.map_or(0, |b| b + 1),
+            Ok(None) => 0,
+            Err(reason) => {
+                report.fail(format!("{}/_delta_log", kind.root()), reason);
+                continue;
+            }
+        };
+        check_dense(&table, &versions, report);
+        for version in versions.into_iter().filter(|v| *v >= from) {
+            match part_of(&table, version) {
+                Ok(Some(part)) if parts.contains(&part) => {}
+                Ok(named) => report.fail(
+                    commit_path(&table, version),
+                    format!(
+                        "names no shard of the {shards} ({}): no shard accounts for this commit",
+                        named.as_deref().unwrap_or("no shard at all")
+                    ),
+                ),
+                Err(reason) => report.fail(commit_path(&table, version), reason),
+            }
         }
     }
 }
