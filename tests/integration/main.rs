@@ -20,6 +20,7 @@ mod report;
 mod scheduler;
 mod scripted;
 mod send;
+mod shards;
 mod signing;
 mod sync;
 mod verify;

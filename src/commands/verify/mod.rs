@@ -203,7 +203,7 @@ fn check_shard(
     report
         .failures
         .extend(shard.failures.into_iter().map(|f| Failure {
-            path: format!("{dir}/{}", f.path),
+            path: in_prefix(location, storage.as_ref(), &dir, &f.path),
             reason: f.reason,
         }));
     report
@@ -211,6 +211,16 @@ fn check_shard(
         .extend(shard.notes.into_iter().map(|n| format!("{dir}: {n}")));
     report.shard_heads.insert(dir, shard.head);
     Ok(found_head)
+}
+
+/// The shard `storage`'s `key` as a path relative to the prefix `location`:
+/// its own files are in its folder `dir`, its tables' files (when it shares
+/// them) in the prefix's tables.
+fn in_prefix(location: &Location, storage: &dyn Backend, dir: &str, key: &str) -> String {
+    let full = storage.describe(key).to_string_lossy().into_owned();
+    let root = format!("{}/", location.to_string().trim_end_matches('/'));
+    full.strip_prefix(&root)
+        .map_or_else(|| format!("{dir}/{key}"), str::to_owned)
 }
 
 /// Checks that a sharded prefix holds its shards and its registry, and,

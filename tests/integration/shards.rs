@@ -1,0 +1,252 @@
+//! Shards of one job sharing the prefix's Delta table, in a folder: a
+//! shard killed between its Delta commit and its chain entry, and shards
+//! SIGKILLed at random moments while the others commit, are repaired by
+//! their reruns in their own folder of the table only; the other shards'
+//! commits and files stay as they were; delta-rs and Polars read every row
+//! once; `verify` of the prefix exits 0. (Four concurrent shards into a
+//! bucket: `bucket.rs`.)
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::Value;
+use xquik_dm::api::{Account, UserRef};
+use xquik_dm::delta::{Action, Table, TableKind};
+use xquik_dm::mock::MockServer;
+use xquik_dm::shard::Shard;
+use xquik_dm::storage::local::LocalDir;
+use xquik_dm::storage::{Location, Storage};
+use xquik_dm::store::{ManifestBody, RunStamp, Store};
+
+use crate::delta::{assert_consistent, kill_after, one_more_row, run_readers, verify_ok};
+use crate::{ACCOUNT, jsonl_records, users, world};
+
+/// Shards of the job.
+const SHARDS: u32 = 4;
+
+/// `sync --shard K/4` of `people` into the prefix `out`.
+fn shard_sync(server: &MockServer, out: &Path, people: &[String], k: u32) -> std::process::Command {
+    let mut cmd = crate::protocol::sync(server, out, people);
+    cmd.args(["--shard", &format!("{k}/{SHARDS}")]);
+    cmd
+}
+
+/// Starts the shards `ks` at once.
+fn start(server: &MockServer, out: &Path, people: &[String], ks: &[u32]) -> Vec<Child> {
+    ks.iter()
+        .map(|k| {
+            shard_sync(server, out, people, *k)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect()
+}
+
+/// Waits for `children`, which must all succeed.
+fn finish(children: Vec<Child>) {
+    for child in children {
+        let output = child.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+/// The prefix's messages table, read through the library.
+fn table(out: &Path) -> Table {
+    let prefix: Storage = Arc::new(LocalDir::new(out));
+    Table::new(prefix, TableKind::Messages)
+}
+
+/// Every commit file of the table: version -> bytes.
+fn commits(out: &Path) -> BTreeMap<u64, Vec<u8>> {
+    let table = table(out);
+    table
+        .versions()
+        .unwrap()
+        .into_iter()
+        .map(|v| (v, table.read_commit(v).unwrap().unwrap().0))
+        .collect()
+}
+
+/// The folder a commit's `commitInfo` names.
+fn part(out: &Path, version: u64) -> Option<String> {
+    let (_, actions) = table(out).read_commit(version).unwrap().unwrap();
+    actions.into_iter().find_map(|a| match a {
+        Action::CommitInfo(info) => info.part,
+        _ => None,
+    })
+}
+
+/// The latest snapshot's files in the folders of shards other than `k`.
+fn others_files(out: &Path, k: u32) -> BTreeSet<String> {
+    let own = format!("shard-{k}/");
+    let snapshot = table(out).snapshot(None).unwrap().unwrap();
+    snapshot
+        .files
+        .into_keys()
+        .filter(|p| !p.starts_with(&own))
+        .collect()
+}
+
+/// Every history record of every shard's JSONL, as (user, message) pairs.
+fn jsonl_pairs(out: &Path) -> Vec<(String, String)> {
+    let mut pairs: Vec<(String, String)> = (0..SHARDS)
+        .flat_map(|k| jsonl_records(&out.join(format!("shard={k}"))))
+        .filter(|r| r["record_type"] == "history")
+        .map(|r| {
+            (
+                r["conversation_user_id"].as_str().unwrap().to_owned(),
+                r["message_id"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    pairs.sort();
+    pairs
+}
+
+/// What delta-rs and Polars read of the prefix's one messages table:
+/// (user, message) pairs, sorted, each reader's.
+fn table_pairs(out: &Path) -> Value {
+    let script = r#"
+import json, sys
+import polars as pl
+from deltalake import DeltaTable
+path = sys.argv[1] + "/parquet/messages"
+t = DeltaTable(path).to_pyarrow_table()
+rs = sorted(zip(t.column("conversation_user_id").to_pylist(), t.column("message_id").to_pylist()))
+df = pl.read_delta(path)
+pol = sorted(zip(df["conversation_user_id"].to_list(), df["message_id"].to_list()))
+print(json.dumps({"delta_rs": rs, "polars": pol, "columns": sorted(df.columns)}))
+"#;
+    serde_json::from_str(&run_readers(script, &[out])).unwrap()
+}
+
+/// The readers read every row of every shard exactly once, and nothing
+/// else; the log's versions are dense and the prefix verifies.
+fn assert_one_table(out: &Path) {
+    let expected = jsonl_pairs(out);
+    let unique: BTreeSet<_> = expected.iter().collect();
+    assert_eq!(unique.len(), expected.len(), "a row in two shards");
+    let read = table_pairs(out);
+    for reader in ["delta_rs", "polars"] {
+        let pairs: Vec<(String, String)> = serde_json::from_value(read[reader].clone()).unwrap();
+        assert_eq!(pairs, expected, "{reader}");
+    }
+    let columns: Vec<String> = serde_json::from_value(read["columns"].clone()).unwrap();
+    assert!(!columns.iter().any(|c| c.starts_with("shard")), "{columns:?}");
+    let versions = table(out).versions().unwrap();
+    let dense: Vec<u64> = (0..versions.len() as u64).collect();
+    assert_eq!(versions, dense, "versions dense");
+    for k in 0..SHARDS {
+        let own_root = out.join(format!("shard={k}/parquet/messages"));
+        assert!(!own_root.exists(), "a table of shard {k}'s own");
+    }
+    verify_ok(out);
+}
+
+/// The users of the job, by the shard they belong to.
+fn by_shard(people: &[String]) -> BTreeMap<u32, Vec<String>> {
+    let account = Account::parse(ACCOUNT).unwrap();
+    let mut shards: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+    for user in people {
+        let k = Shard::of(&account, &UserRef::Id(user.clone()), SHARDS);
+        shards.entry(k).or_default().push(user.clone());
+    }
+    assert_eq!(shards.len(), SHARDS as usize, "a shard with no users");
+    shards
+}
+
+/// Shard 1 is killed after its Delta commit and before its chain entry
+/// (through the library); the other shards commit after it; shard 1 is
+/// then SIGKILLed at random moments while the others run, and rerun. Its
+/// reruns revert only its own commits: the others' commit files and their
+/// files in the latest snapshot stay as they were; every row is read once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_shard_is_repaired_in_its_own_folder_of_the_shared_table() {
+    let sizes: Vec<u64> = (0..12).map(|i| 60 + i * 17).collect();
+    let server = Arc::new(MockServer::start(world(&sizes, 20)).await.unwrap());
+    let people = users(sizes.len());
+    let s = server.clone();
+    tokio::task::spawn_blocking(move || {
+        let groups = by_shard(&people);
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path();
+        let started = Instant::now();
+        finish(start(&s, out, &people, &[0, 1, 2, 3]));
+        let full = started.elapsed().as_millis().max(50) as u64;
+        assert_one_table(out);
+
+        // Shard 1's run dies between its commit and its chain entry.
+        let shard1 = xquik_dm::shard::open(&Location::Dir(out.join("shard=1"))).unwrap();
+        assert_eq!(shard1.table_part(), Some("shard-1"));
+        let killing: Storage = Arc::new(crate::signing::KillAtChain(shard1));
+        // Named after its start, as the binary names its runs: after the
+        // shard's last sealed run.
+        let stamp = RunStamp::now();
+        let mut store = Store::open(&killing, &stamp).unwrap();
+        one_more_row(&mut store);
+        assert!(store.seal(ManifestBody::empty("sync")).is_err());
+        let orphan = table(out).latest_version().unwrap().unwrap();
+        assert_eq!(part(out, orphan).as_deref(), Some("shard-1"));
+        // The other shards commit after it.
+        for k in [0, 2, 3] {
+            s.append_messages(ACCOUNT, &groups[&k][0], 30);
+        }
+        finish(start(&s, out, &people, &[0, 2, 3]));
+        let after = table(out).latest_version().unwrap().unwrap();
+        assert_eq!(after, orphan + 3, "the other shards' commits follow it");
+        assert_consistent(out);
+        verify_ok(out);
+
+        let before = commits(out);
+        let others = others_files(out, 1);
+        let mut rng = fastrand::Rng::with_seed(15);
+        let mut interrupted = 0;
+        for round in 0..4 {
+            s.append_messages(ACCOUNT, &groups[&1][round % groups[&1].len()], 200);
+            let running = start(&s, out, &people, &[0, 2, 3]);
+            interrupted += usize::from(kill_after(shard_sync(&s, out, &people, 1), &mut rng, full));
+            finish(running);
+            assert_consistent(out);
+            verify_ok(out);
+        }
+        assert!(interrupted > 0, "no run of shard 1 was interrupted");
+        let (code, _, stderr) = crate::cli::run(&mut shard_sync(&s, out, &people, 1));
+        assert_eq!(code, 0, "{stderr}");
+
+        // The first rerun that sealed reverted the orphan commit first (and
+        // the restoring commits of reruns killed before it), all of them
+        // shard 1's.
+        let manifests = crate::chain_manifests(&out.join("shard=1"));
+        let reverting: Vec<&Value> = manifests
+            .iter()
+            .filter(|m| !m["delta"]["messages"]["reverted"].is_null())
+            .collect();
+        let first = &reverting[0]["delta"]["messages"]["reverted"];
+        assert_eq!(first["commits"][0]["version"], orphan);
+        for m in &reverting {
+            for commit in m["delta"]["messages"]["reverted"]["commits"].as_array().unwrap() {
+                let v = commit["version"].as_u64().unwrap();
+                assert_eq!(part(out, v).as_deref(), Some("shard-1"), "reverted {v}");
+            }
+        }
+        let now = commits(out);
+        for (version, bytes) in &before {
+            assert_eq!(now.get(version), Some(bytes), "commit {version} changed");
+        }
+        let mut kept = others_files(out, 1);
+        kept.retain(|p| others.contains(p));
+        assert_eq!(kept, others, "another shard's file left the table");
+        assert_one_table(out);
+    })
+    .await
+    .unwrap();
+}
