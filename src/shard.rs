@@ -128,14 +128,15 @@ impl Shard {
     /// This shard's output root in `prefix`, split as `split` says: with
     /// one table per prefix, its tables' keys mapped into the prefix's.
     pub fn storage(&self, prefix: &Location, split: Split) -> Result<Storage> {
-        let own = prefix.join(&self.dir()).open()?;
+        let own_location = prefix.join(&self.dir());
+        let own = own_location.open()?;
         if !split.one_table {
             return Ok(own);
         }
         let roots = TableKind::ALL.map(TableKind::root);
         Ok(std::sync::Arc::new(SharedTables::new(
             own,
-            prefix.open()?,
+            prefix.open_staged_in(&own_location)?,
             &self.dir(),
             &self.table_part(),
             &roots,

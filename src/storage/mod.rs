@@ -68,6 +68,18 @@ impl Location {
         }
     }
 
+    /// [`Location::open`], but a folder stages its new files in the folder
+    /// `staging`'s staging folder (a bucket stages nothing): a sharded
+    /// prefix opened for a shard ([`shared_tables`]).
+    pub fn open_staged_in(&self, staging: &Location) -> Result<Storage> {
+        match (self, staging) {
+            (Location::Dir(dir), Location::Dir(other)) => {
+                Ok(Arc::new(local::LocalDir::new(dir).staging_in(other)))
+            }
+            _ => self.open(),
+        }
+    }
+
     /// The location of the folder or prefix `sub` inside this one.
     pub fn join(&self, sub: &str) -> Location {
         match self {

@@ -259,8 +259,9 @@ mod tests {
     use crate::storage::local::LocalDir;
 
     fn shard(dir: &std::path::Path, k: u32) -> SharedTables {
-        let prefix: Storage = Arc::new(LocalDir::new(dir));
-        let own: Storage = Arc::new(LocalDir::new(&dir.join(format!("shard={k}"))));
+        let own_dir = dir.join(format!("shard={k}"));
+        let prefix: Storage = Arc::new(LocalDir::new(dir).staging_in(&own_dir));
+        let own: Storage = Arc::new(LocalDir::new(&own_dir));
         SharedTables::new(
             own,
             prefix,
@@ -316,6 +317,9 @@ mod tests {
             assert_eq!(keys(s, "").len(), 3);
         }
         assert!(dir.path().join("parquet/messages/shard-1/date=2026-12-01").is_dir());
+        // Staged in each shard's own root, never in the prefix's.
+        assert!(!dir.path().join("state").exists());
+        assert!(dir.path().join("shard=1/state/tmp").is_dir());
         a.rename(expected[1], "recovered/t/parquet/x.parquet").unwrap();
         assert!(dir.path().join("shard=0/recovered/t/parquet/x.parquet").is_file());
         assert_eq!(keys(&a, "parquet/messages/date=2026-12-01/"), Vec::<String>::new());

@@ -246,7 +246,70 @@ async fn a_killed_shard_is_repaired_in_its_own_folder_of_the_shared_table() {
         kept.retain(|p| others.contains(p));
         assert_eq!(kept, others, "another shard's file left the table");
         assert_one_table(out);
+        compact_a_shard(out);
+        extra_commits_fail_verify(out);
     })
     .await
     .unwrap();
+}
+
+/// `compact` of shard 1's folder merges its files of a closed date in its
+/// folder of the table, one commit naming it; the other shards' files stay.
+fn compact_a_shard(out: &Path) {
+    let shard1 = xquik_dm::shard::open(&Location::Dir(out.join("shard=1"))).unwrap();
+    crate::compact::past_runs_into(&shard1, 1, 3, 20);
+    let others = others_files(out, 1);
+    let before = table(out).latest_version().unwrap().unwrap();
+    let (code, stdout, stderr) = crate::cli::run(
+        crate::cli::bin()
+            .args(["compact", "--json", "--out"])
+            .arg(out.join("shard=1")),
+    );
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let after = table(out).latest_version().unwrap().unwrap();
+    assert_eq!(after, before + 1, "one commit: {stdout}");
+    let (_, actions) = table(out).read_commit(after).unwrap().unwrap();
+    let mut removed = 0;
+    for action in actions {
+        match action {
+            Action::CommitInfo(info) => {
+                assert_eq!((info.operation.as_str(), info.part.as_deref()), ("OPTIMIZE", Some("shard-1")));
+            }
+            Action::Add(a) => assert!(a.path.starts_with("shard-1/date=") && !a.data_change),
+            Action::Remove(r) => {
+                assert!(r.path.starts_with("shard-1/date="));
+                removed += 1;
+            }
+            _ => {}
+        }
+    }
+    assert!(removed >= 2, "nothing merged: {stdout}");
+    assert_eq!(others_files(out, 1), others);
+    assert_one_table(out);
+}
+
+/// A commit no shard's sealed run made fails `verify` of the prefix, named:
+/// one naming no shard (the table's check), one naming a shard that does
+/// not account for it (that shard's check).
+fn extra_commits_fail_verify(out: &Path) {
+    let log = out.join("parquet/messages/_delta_log");
+    let next = table(out).latest_version().unwrap().unwrap() + 1;
+    for (part, reason) in [
+        (None, "names no shard of the 4"),
+        (Some("shard-2"), "no manifest accounts for this commit"),
+    ] {
+        let mut info = serde_json::json!({"timestamp": 1, "operation": "WRITE", "runId": "x"});
+        if let Some(part) = part {
+            info["part"] = part.into();
+        }
+        let name = format!("{next:020}.json");
+        let line = serde_json::json!({ "commitInfo": info });
+        std::fs::write(log.join(&name), format!("{line}\n")).unwrap();
+        let (code, report) = crate::delta::verify(out);
+        assert_eq!(code, 5, "{report}");
+        let named = format!("parquet/messages/_delta_log/{name}: {reason}");
+        assert!(report.contains(&named), "{named} not in:\n{report}");
+        std::fs::remove_file(log.join(&name)).unwrap();
+    }
+    verify_ok(out);
 }
