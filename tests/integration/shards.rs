@@ -313,3 +313,29 @@ fn extra_commits_fail_verify(out: &Path) {
     }
     verify_ok(out);
 }
+
+/// A prefix registered before the shared tables (a `shards.json` without
+/// `"tables"`) keeps a table per shard, in each shard's root, where its
+/// sealed manifests list its files; it still verifies.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_prefix_registered_before_keeps_a_table_per_shard() {
+    let sizes: Vec<u64> = (0..8).map(|i| 30 + i * 7).collect();
+    let server = Arc::new(MockServer::start(world(&sizes, 20)).await.unwrap());
+    let people = users(sizes.len());
+    tokio::task::spawn_blocking(move || {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path();
+        std::fs::write(out.join("shards.json"), r#"{"shards":4}"#).unwrap();
+        finish(start(&server, out, &people, &[0, 1, 2, 3]));
+        assert!(!out.join("parquet").exists());
+        for k in 0..SHARDS {
+            let own = out.join(format!("shard={k}/parquet/messages"));
+            assert!(own.join("_delta_log").is_dir(), "shard {k}");
+        }
+        verify_ok(out);
+        let registry = std::fs::read_to_string(out.join("shards.json")).unwrap();
+        assert_eq!(registry, r#"{"shards":4}"#);
+    })
+    .await
+    .unwrap();
+}

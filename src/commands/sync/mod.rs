@@ -111,7 +111,7 @@ async fn set_up(options: SyncOptions) -> Result<(Arc<Run>, Store, Storage)> {
 /// prefix's ([`crate::shard`]).
 fn shard_of(mut options: SyncOptions) -> Result<(SyncOptions, Storage)> {
     let Some(shard) = options.shard else {
-        let storage = options.out.open()?;
+        let storage = crate::shard::open(&options.out)?;
         return Ok((options, storage));
     };
     let root = options.out.open()?;
