@@ -83,10 +83,7 @@ impl LocalDir {
     /// `state/tmp/`, on the same file system as its final place (a hard
     /// link publishes it), named `.<key with / as ~>.<pid>.tmp`.
     fn staging(&self, key: &str) -> Result<PathBuf> {
-        let dir = self
-            .staging
-            .clone()
-            .unwrap_or_else(|| self.path(STAGING));
+        let dir = self.staging.clone().unwrap_or_else(|| self.path(STAGING));
         create_private_dir(&dir)?;
         Ok(dir.join(format!(
             ".{}.{}.tmp",

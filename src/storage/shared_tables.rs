@@ -77,7 +77,9 @@ impl SharedTables {
     /// Where `key` lives.
     fn route(&self, key: &str) -> Route {
         for root in &self.roots {
-            let Some(rest) = key.strip_prefix(root.as_str()).and_then(|r| r.strip_prefix('/'))
+            let Some(rest) = key
+                .strip_prefix(root.as_str())
+                .and_then(|r| r.strip_prefix('/'))
             else {
                 continue;
             };
@@ -108,7 +110,7 @@ impl SharedTables {
     /// The shard's key of a key the prefix listed under a table `root`:
     /// the log's as it is, the shard's folder's without the folder, any
     /// other shard's none.
-    fn from_prefix(&self, root: &str, key: String) -> Option<String> {
+    fn shard_key(&self, root: &str, key: String) -> Option<String> {
         let rest = key.strip_prefix(root)?.strip_prefix('/')?;
         if rest.starts_with(&format!("{LOG_DIR}/")) {
             return Some(key);
@@ -131,7 +133,7 @@ impl SharedTables {
         let mut found = Vec::new();
         for folder in folders {
             for listed in self.prefix.list(&folder)? {
-                if let Some(key) = self.from_prefix(root, listed.key) {
+                if let Some(key) = self.shard_key(root, listed.key) {
                     found.push(Listed {
                         key,
                         size: listed.size,
@@ -186,10 +188,11 @@ impl Backend for SharedTables {
         // The shard's own root holds no table files (a copy there is none
         // of the tables'): only its other keys.
         let own = self.own.list(prefix)?.into_iter().filter(|l| {
-            !self
-                .roots
-                .iter()
-                .any(|r| l.key.strip_prefix(r.as_str()).is_some_and(|k| k.starts_with('/')))
+            !self.roots.iter().any(|r| {
+                l.key
+                    .strip_prefix(r.as_str())
+                    .is_some_and(|k| k.starts_with('/'))
+            })
         });
         found.extend(own);
         found.sort_by(|a, b| a.key.cmp(&b.key));
@@ -221,7 +224,9 @@ impl Backend for SharedTables {
             (Route::Own(from), Route::Own(to)) => self.own.rename(&from, &to),
             // Across the two roots (a data file moved aside into the
             // shard's `recovered/`): the prefix holds both.
-            _ => self.prefix.rename(&self.in_prefix(from), &self.in_prefix(to)),
+            _ => self
+                .prefix
+                .rename(&self.in_prefix(from), &self.in_prefix(to)),
         }
     }
     fn delete(&self, key: &str) -> Result<()> {
@@ -283,7 +288,11 @@ mod tests {
             s.route("parquet/sends/_delta_log/00000000000000000000.json"),
             Route::Prefix("parquet/sends/_delta_log/00000000000000000000.json".into())
         );
-        for own in ["state/checkpoint.json", "parquet/other/x", "parquet/messagesx/y"] {
+        for own in [
+            "state/checkpoint.json",
+            "parquet/other/x",
+            "parquet/messagesx/y",
+        ] {
             assert_eq!(s.route(own), Route::Own(own.into()));
         }
         assert_eq!(s.in_prefix("recovered/x"), "shard=2/recovered/x");
@@ -297,12 +306,18 @@ mod tests {
         let (a, b) = (shard(dir.path(), 0), shard(dir.path(), 1));
         for s in [&a, &b] {
             s.prepare().unwrap();
-            s.put_new("parquet/messages/date=2026-12-01/part-r-0001.parquet", b"PAR1")
-                .unwrap();
+            s.put_new(
+                "parquet/messages/date=2026-12-01/part-r-0001.parquet",
+                b"PAR1",
+            )
+            .unwrap();
             s.put_new("state/x.json", b"{}").unwrap();
         }
-        a.put_new("parquet/messages/_delta_log/00000000000000000000.json", b"{}\n")
-            .unwrap();
+        a.put_new(
+            "parquet/messages/_delta_log/00000000000000000000.json",
+            b"{}\n",
+        )
+        .unwrap();
         let keys = |s: &SharedTables, p: &str| -> Vec<String> {
             s.list(p).unwrap().into_iter().map(|l| l.key).collect()
         };
@@ -316,13 +331,25 @@ mod tests {
             assert_eq!(keys(s, "parquet/messages/date=2026-12-01/"), expected[1..]);
             assert_eq!(keys(s, "").len(), 3);
         }
-        assert!(dir.path().join("parquet/messages/shard-1/date=2026-12-01").is_dir());
+        assert!(
+            dir.path()
+                .join("parquet/messages/shard-1/date=2026-12-01")
+                .is_dir()
+        );
         // Staged in each shard's own root, never in the prefix's.
         assert!(!dir.path().join("state").exists());
         assert!(dir.path().join("shard=1/state/tmp").is_dir());
-        a.rename(expected[1], "recovered/t/parquet/x.parquet").unwrap();
-        assert!(dir.path().join("shard=0/recovered/t/parquet/x.parquet").is_file());
-        assert_eq!(keys(&a, "parquet/messages/date=2026-12-01/"), Vec::<String>::new());
+        a.rename(expected[1], "recovered/t/parquet/x.parquet")
+            .unwrap();
+        assert!(
+            dir.path()
+                .join("shard=0/recovered/t/parquet/x.parquet")
+                .is_file()
+        );
+        assert_eq!(
+            keys(&a, "parquet/messages/date=2026-12-01/"),
+            Vec::<String>::new()
+        );
         assert_eq!(keys(&b, "parquet/messages/date=2026-12-01/"), expected[1..]);
         assert_eq!(a.table_part(), Some("shard-0"));
     }

@@ -18,6 +18,11 @@
 //!   runs killed between their commit and their chain entry, at the end of
 //!   the log, and writes one commit that restores the snapshot the chain
 //!   accounts for, named after the repairing run.
+//!
+//! A shard of a prefix with one table per prefix ([`crate::shard`]) commits
+//! its changes [`in_part`]: its paths in its folder of the table, its
+//! `commitInfo` naming the folder; its repair passes over the other
+//! shards' commits and restores only its own folder.
 
 use std::collections::{BTreeMap, HashSet};
 

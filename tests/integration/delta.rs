@@ -360,7 +360,11 @@ fn a_compaction_is_one_commit_and_the_table_reads_the_same() {
 
 /// Kills `cmd` after a random part of `full` milliseconds; whether it was
 /// still running.
-pub(crate) fn kill_after(mut cmd: std::process::Command, rng: &mut fastrand::Rng, full: u64) -> bool {
+pub(crate) fn kill_after(
+    mut cmd: std::process::Command,
+    rng: &mut fastrand::Rng,
+    full: u64,
+) -> bool {
     let mut child = cmd
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -141,7 +141,10 @@ fn assert_one_table(out: &Path) {
         assert_eq!(pairs, expected, "{reader}");
     }
     let columns: Vec<String> = serde_json::from_value(read["columns"].clone()).unwrap();
-    assert!(!columns.iter().any(|c| c.starts_with("shard")), "{columns:?}");
+    assert!(
+        !columns.iter().any(|c| c.starts_with("shard")),
+        "{columns:?}"
+    );
     let versions = table(out).versions().unwrap();
     let dense: Vec<u64> = (0..versions.len() as u64).collect();
     assert_eq!(versions, dense, "versions dense");
@@ -233,7 +236,10 @@ async fn a_killed_shard_is_repaired_in_its_own_folder_of_the_shared_table() {
         let first = &reverting[0]["delta"]["messages"]["reverted"];
         assert_eq!(first["commits"][0]["version"], orphan);
         for m in &reverting {
-            for commit in m["delta"]["messages"]["reverted"]["commits"].as_array().unwrap() {
+            for commit in m["delta"]["messages"]["reverted"]["commits"]
+                .as_array()
+                .unwrap()
+            {
                 let v = commit["version"].as_u64().unwrap();
                 assert_eq!(part(out, v).as_deref(), Some("shard-1"), "reverted {v}");
             }
@@ -273,7 +279,10 @@ fn compact_a_shard(out: &Path) {
     for action in actions {
         match action {
             Action::CommitInfo(info) => {
-                assert_eq!((info.operation.as_str(), info.part.as_deref()), ("OPTIMIZE", Some("shard-1")));
+                assert_eq!(
+                    (info.operation.as_str(), info.part.as_deref()),
+                    ("OPTIMIZE", Some("shard-1"))
+                );
             }
             Action::Add(a) => assert!(a.path.starts_with("shard-1/date=") && !a.data_change),
             Action::Remove(r) => {

@@ -395,7 +395,13 @@ fn of_part(table: &Table, versions: Vec<u64>, part: &str, report: &mut VerifyRep
 /// commit naming the folder of one of the shards.
 pub(super) fn check_shared_tables(storage: &Storage, shards: u32, report: &mut VerifyReport) {
     let parts: HashSet<String> = (0..shards)
-        .map(|index| crate::shard::Shard { index, count: shards }.table_part())
+        .map(|index| {
+            crate::shard::Shard {
+                index,
+                count: shards,
+            }
+            .table_part()
+        })
         .collect();
     for kind in TableKind::ALL {
         let table = Table::new(storage.clone(), kind);

@@ -65,8 +65,8 @@ pub use findings::{Failure, VerifyReport};
 use self::compactions::Compacted;
 use crate::audit::{self, AuditKey};
 use crate::error::{Error, Result};
-use crate::sshsig::AllowedSigners;
 use crate::shard::Split;
+use crate::sshsig::AllowedSigners;
 use crate::storage::{Backend, Location, Storage};
 
 /// What the manifests' authenticity is checked with.
