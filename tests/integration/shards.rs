@@ -348,3 +348,48 @@ async fn a_prefix_registered_before_keeps_a_table_per_shard() {
     .await
     .unwrap();
 }
+
+/// A shard whose audit trail and checkpoint are gone is rebuilt from its
+/// own folder: its data files move aside into its own root, the shared
+/// log stays, and its next run reverts its commits the chain no longer
+/// holds; the other shards' files stay in the table and the prefix
+/// verifies.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_shard_rebuilt_without_its_audit_trail_leaves_the_others_alone() {
+    let sizes: Vec<u64> = (0..8).map(|i| 30 + i * 7).collect();
+    let server = Arc::new(MockServer::start(world(&sizes, 20)).await.unwrap());
+    let people = users(sizes.len());
+    tokio::task::spawn_blocking(move || {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path();
+        finish(start(&server, out, &people, &[0, 1, 2, 3]));
+        let others = others_files(out, 2);
+        let shard2 = out.join("shard=2");
+        std::fs::remove_dir_all(shard2.join("audit")).unwrap();
+        std::fs::remove_file(shard2.join("state/checkpoint.json")).unwrap();
+        std::fs::remove_file(shard2.join("SHA256SUMS")).ok();
+        let (code, stdout, stderr) =
+            crate::cli::run(crate::cli::bin().args(["rebuild", "--out"]).arg(&shard2));
+        assert_eq!(code, 0, "{stdout}{stderr}");
+        assert!(
+            !files_in(&out.join("parquet/messages/shard-2")),
+            "moved aside"
+        );
+        assert!(shard2.join("recovered").is_dir());
+        assert!(
+            out.join("parquet/messages/_delta_log").is_dir(),
+            "the log stays"
+        );
+        let (code, _, stderr) = crate::cli::run(&mut shard_sync(&server, out, &people, 2));
+        assert_eq!(code, 0, "{stderr}");
+        assert_eq!(others_files(out, 2), others);
+        assert_one_table(out);
+    })
+    .await
+    .unwrap();
+}
+
+/// Whether a folder holds any file, at any depth.
+fn files_in(dir: &Path) -> bool {
+    !crate::files_under(dir, "").is_empty()
+}
