@@ -127,9 +127,10 @@ impl<'a> Replay<'a> {
     /// The replay from the oldest version kept: from nothing when version 0
     /// is there, else from the newest checkpoint that the kept commits
     /// follow without a gap.
+    ///
     /// With `part`, only the commits that name it and the files in it
-    /// are replayed, and the versions' density is left to the check of the
-    /// whole table.
+    /// are replayed, and the log's gaps are left to the check of the whole
+    /// table (which reports them once).
     fn start(
         table: &'a Table,
         versions: Vec<u64>,
@@ -143,22 +144,7 @@ impl<'a> Replay<'a> {
             live: Files::new(),
             versions,
         };
-        let Some(base) = base_checkpoint(table, &replay.versions, report)? else {
-            return Ok(replay);
-        };
-        if let Some(base) = base {
-            let snapshot = table
-                .snapshot(Some(base))
-                .map_err(|e| e.to_string())?
-                .ok_or_else(|| format!("checkpoint {base} cannot be read"))?;
-            replay.live = snapshot
-                .files
-                .values()
-                .filter(|a| is_in_part(&a.path, replay.part.as_deref()))
-                .map(|a| (a.path.clone(), a.size))
-                .collect();
-            replay.next = base + 1;
-        }
+        let start = base_checkpoint(table, &replay.versions)?;
         match replay.part.as_deref() {
             None => check_dense(table, &replay.versions, report),
             Some(part) => {
@@ -166,6 +152,27 @@ impl<'a> Replay<'a> {
                 replay.versions = of_part(table, all, part, report);
             }
         }
+        let base = match start {
+            Start::Zero => return Ok(replay),
+            Start::Checkpoint(base) => base,
+            Start::Gap(first) => {
+                if replay.part.is_none() {
+                    report_gap(table, first, report);
+                }
+                return Ok(replay);
+            }
+        };
+        let snapshot = table
+            .snapshot(Some(base))
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("checkpoint {base} cannot be read"))?;
+        replay.live = snapshot
+            .files
+            .values()
+            .filter(|a| is_in_part(&a.path, replay.part.as_deref()))
+            .map(|a| (a.path.clone(), a.size))
+            .collect();
+        replay.next = base + 1;
         Ok(replay)
     }
 
@@ -323,28 +330,37 @@ impl<'a> Replay<'a> {
     }
 }
 
-/// Where a replay of `table` starts: `Some(None)` from version 0, `Some(Some(c))`
-/// from the checkpoint `c` that the oldest kept commit follows; `None` (a
-/// failure reported) when no checkpoint stands in for the commits cleaned
-/// up before the oldest one.
-fn base_checkpoint(
-    table: &Table,
-    versions: &[u64],
-    report: &mut VerifyReport,
-) -> Result<Option<Option<u64>>, String> {
+/// Where a replay of a table starts.
+enum Start {
+    /// From version 0.
+    Zero,
+    /// From this checkpoint, which the oldest kept commit follows.
+    Checkpoint(u64),
+    /// Nowhere: the log starts at this version, and no checkpoint stands
+    /// in for the commits before it.
+    Gap(u64),
+}
+
+/// Where a replay of `table`, whose commit files are `versions`, starts.
+fn base_checkpoint(table: &Table, versions: &[u64]) -> Result<Start, String> {
     let first = versions.first().copied().unwrap_or(0);
     if first == 0 {
-        return Ok(Some(None));
+        return Ok(Start::Zero);
     }
     let checkpoints = table.checkpoints().map_err(|e| e.to_string())?;
-    let Some(base) = checkpoints.into_iter().rfind(|c| *c + 1 >= first) else {
-        report.fail(
-            commit_path(table, first - 1),
-            "missing: the log starts after it, and no checkpoint stands in for it",
-        );
-        return Ok(None);
-    };
-    Ok(Some(Some(base)))
+    Ok(match checkpoints.into_iter().rfind(|c| *c + 1 >= first) {
+        Some(base) => Start::Checkpoint(base),
+        None => Start::Gap(first),
+    })
+}
+
+/// Fails the commit before `first`, the oldest kept, which no checkpoint
+/// stands in for.
+fn report_gap(table: &Table, first: u64, report: &mut VerifyReport) {
+    report.fail(
+        commit_path(table, first.saturating_sub(1)),
+        "missing: the log starts after it, and no checkpoint stands in for it",
+    );
 }
 
 /// Fails every gap between the `versions` present.
@@ -412,9 +428,13 @@ pub(super) fn check_shared_tables(storage: &Storage, shards: u32, report: &mut V
                 continue;
             }
         };
-        let from = match base_checkpoint(&table, &versions, report) {
-            Ok(Some(base)) => base.map_or(0, |b| b + 1),
-            Ok(None) => 0,
+        let from = match base_checkpoint(&table, &versions) {
+            Ok(Start::Zero) => 0,
+            Ok(Start::Checkpoint(base)) => base + 1,
+            Ok(Start::Gap(first)) => {
+                report_gap(&table, first, report);
+                0
+            }
             Err(reason) => {
                 report.fail(format!("{}/_delta_log", kind.root()), reason);
                 continue;
