@@ -281,6 +281,52 @@ mod tests {
         assert_eq!(pinned, PINNED);
     }
 
+    /// A folder named `shard=K` opens with the prefix's tables only when
+    /// the prefix is registered with one table per prefix and has shard K.
+    #[test]
+    fn a_shard_folder_shares_the_prefix_tables_only_when_registered_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let part = |name: &str| {
+            let location = Location::Dir(dir.path().join(name));
+            open(&location).unwrap().table_part().map(str::to_owned)
+        };
+        assert_eq!(part("shard=1"), None, "no registry");
+        std::fs::write(dir.path().join(REGISTRY), r#"{"shards":4}"#).unwrap();
+        assert_eq!(part("shard=1"), None, "a table per shard");
+        std::fs::write(
+            dir.path().join(REGISTRY),
+            r#"{"shards":4,"tables":"prefix"}"#,
+        )
+        .unwrap();
+        assert_eq!(part("shard=1").as_deref(), Some("shard-1"));
+        for other in ["shard=01", "shard=4", "shard-1", "out"] {
+            assert_eq!(part(other), None, "{other}");
+        }
+        let url = Location::parse("s3://bucket/dm/shard=2/");
+        let (prefix, name) = url.split_last().unwrap();
+        assert_eq!(
+            (prefix.to_string().as_str(), name.as_str()),
+            ("s3://bucket/dm", "shard=2")
+        );
+    }
+
+    #[test]
+    fn a_new_prefix_is_registered_with_one_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = crate::storage::local::LocalDir::new(dir.path());
+        let shard = Shard::parse("1/4").unwrap();
+        let split = shard.register(&root).unwrap();
+        assert_eq!(
+            split,
+            Split {
+                shards: 4,
+                one_table: true
+            }
+        );
+        assert_eq!(self::split(&root).unwrap(), Some(split));
+        assert!(Shard::parse("1/3").unwrap().register(&root).is_err());
+    }
+
     /// The shards of the first eight test users of 4, as first computed:
     /// a change here would move conversations between shards of existing
     /// prefixes.
