@@ -187,18 +187,7 @@ async fn a_killed_shard_is_repaired_in_its_own_folder_of_the_shared_table() {
         let full = started.elapsed().as_millis().max(50) as u64;
         assert_one_table(out);
 
-        // Shard 1's run dies between its commit and its chain entry.
-        let shard1 = xquik_dm::shard::open(&Location::Dir(out.join("shard=1"))).unwrap();
-        assert_eq!(shard1.table_part(), Some("shard-1"));
-        let killing: Storage = Arc::new(crate::signing::KillAtChain(shard1));
-        // Named after its start, as the binary names its runs: after the
-        // shard's last sealed run.
-        let stamp = RunStamp::now();
-        let mut store = Store::open(&killing, &stamp).unwrap();
-        one_more_row(&mut store);
-        assert!(store.seal(ManifestBody::empty("sync")).is_err());
-        let orphan = table(out).latest_version().unwrap().unwrap();
-        assert_eq!(part(out, orphan).as_deref(), Some("shard-1"));
+        let orphan = kill_shard_1_at_its_chain_entry(out);
         // The other shards commit after it.
         for k in [0, 2, 3] {
             s.append_messages(ACCOUNT, &groups[&k][0], 30);
@@ -225,38 +214,63 @@ async fn a_killed_shard_is_repaired_in_its_own_folder_of_the_shared_table() {
         let (code, _, stderr) = crate::cli::run(&mut shard_sync(&s, out, &people, 1));
         assert_eq!(code, 0, "{stderr}");
 
-        // The first rerun that sealed reverted the orphan commit first (and
-        // the restoring commits of reruns killed before it), all of them
-        // shard 1's.
-        let manifests = crate::chain_manifests(&out.join("shard=1"));
-        let reverting: Vec<&Value> = manifests
-            .iter()
-            .filter(|m| !m["delta"]["messages"]["reverted"].is_null())
-            .collect();
-        let first = &reverting[0]["delta"]["messages"]["reverted"];
-        assert_eq!(first["commits"][0]["version"], orphan);
-        for m in &reverting {
-            for commit in m["delta"]["messages"]["reverted"]["commits"]
-                .as_array()
-                .unwrap()
-            {
-                let v = commit["version"].as_u64().unwrap();
-                assert_eq!(part(out, v).as_deref(), Some("shard-1"), "reverted {v}");
-            }
-        }
-        let now = commits(out);
-        for (version, bytes) in &before {
-            assert_eq!(now.get(version), Some(bytes), "commit {version} changed");
-        }
-        let mut kept = others_files(out, 1);
-        kept.retain(|p| others.contains(p));
-        assert_eq!(kept, others, "another shard's file left the table");
+        assert_only_shard_1_reverted(out, orphan, &before, &others);
         assert_one_table(out);
         compact_a_shard(out);
         extra_commits_fail_verify(out);
     })
     .await
     .unwrap();
+}
+
+/// Runs shard 1 through the library until its Delta commit, and kills it
+/// before its chain entry; returns the version of its orphan commit.
+fn kill_shard_1_at_its_chain_entry(out: &Path) -> u64 {
+    let shard1 = xquik_dm::shard::open(&Location::Dir(out.join("shard=1"))).unwrap();
+    assert_eq!(shard1.table_part(), Some("shard-1"));
+    let killing: Storage = Arc::new(crate::signing::KillAtChain(shard1));
+    // Named after its start, as the binary names its runs: after the
+    // shard's last sealed run.
+    let stamp = RunStamp::now();
+    let mut store = Store::open(&killing, &stamp).unwrap();
+    one_more_row(&mut store);
+    assert!(store.seal(ManifestBody::empty("sync")).is_err());
+    let orphan = table(out).latest_version().unwrap().unwrap();
+    assert_eq!(part(out, orphan).as_deref(), Some("shard-1"));
+    orphan
+}
+
+/// Shard 1's reruns reverted its `orphan` commit (the first rerun that
+/// sealed, first; with it the restoring commits of reruns killed before
+/// it), and only shard 1's commits; every commit file of `before` is
+/// unchanged, and every file of the other shards (`others`) still in the
+/// table.
+fn assert_only_shard_1_reverted(
+    out: &Path,
+    orphan: u64,
+    before: &BTreeMap<u64, Vec<u8>>,
+    others: &BTreeSet<String>,
+) {
+    let manifests = crate::chain_manifests(&out.join("shard=1"));
+    let reverting: Vec<&Value> = manifests
+        .iter()
+        .map(|m| &m["delta"]["messages"]["reverted"])
+        .filter(|r| !r.is_null())
+        .collect();
+    assert_eq!(reverting[0]["commits"][0]["version"], orphan);
+    for reverted in &reverting {
+        for commit in reverted["commits"].as_array().unwrap() {
+            let v = commit["version"].as_u64().unwrap();
+            assert_eq!(part(out, v).as_deref(), Some("shard-1"), "reverted {v}");
+        }
+    }
+    let now = commits(out);
+    for (version, bytes) in before {
+        assert_eq!(now.get(version), Some(bytes), "commit {version} changed");
+    }
+    let mut kept = others_files(out, 1);
+    kept.retain(|p| others.contains(p));
+    assert_eq!(&kept, others, "another shard's file left the table");
 }
 
 /// `compact` of shard 1's folder merges its files of a closed date in its
