@@ -24,7 +24,10 @@
 //! the table as a whole — dense versions, every commit naming one of the
 //! prefix's shards — is checked once per prefix ([`check_shared_tables`]).
 //! Together: every commit belongs to a shard's sealed run, and each
-//! shard's folder in every snapshot holds what its manifests list.
+//! shard's folder in every snapshot holds what its manifests list. The
+//! prefix's check reads every commit once and hands each shard the folder
+//! each commit names ([`Parts`]): a shard then reads only its own commits,
+//! and the log is read about twice, not once per shard.
 
 // Reads bytes the API or a file supplies: no panic may be reachable from them.
 #![cfg_attr(
@@ -42,9 +45,19 @@ use crate::sinks::sha256_hex;
 use crate::storage::Storage;
 use crate::store::{RunFiles, in_part, is_in_part, project};
 
+/// The folder each commit of a prefix's shared tables names (`None`: none),
+/// by table and version: read once per prefix, for every shard's check.
+pub(super) type Parts = BTreeMap<TableKind, BTreeMap<u64, Option<String>>>;
+
 /// Checks both tables of `storage` against `manifests` (the whole chain,
-/// in order).
-pub(super) fn check_delta(storage: &Storage, manifests: &[Manifest], report: &mut VerifyReport) {
+/// in order); `parts`, when the prefix's check read them, saves a shard
+/// from reading every commit again to find its own.
+pub(super) fn check_delta(
+    storage: &Storage,
+    manifests: &[Manifest],
+    parts: Option<&Parts>,
+    report: &mut VerifyReport,
+) {
     let in_progress: HashSet<String> = Checkpoint::load(storage.as_ref())
         .ok()
         .and_then(|c| c.unsealed)
@@ -54,7 +67,8 @@ pub(super) fn check_delta(storage: &Storage, manifests: &[Manifest], report: &mu
         .collect();
     for kind in TableKind::ALL {
         let table = Table::new(storage.clone(), kind);
-        if let Err(reason) = check_table(&table, manifests, &in_progress, report) {
+        let known = parts.and_then(|p| p.get(&kind));
+        if let Err(reason) = check_table(&table, manifests, &in_progress, known, report) {
             report.fail(format!("{}/_delta_log", kind.root()), reason);
         }
     }
@@ -82,6 +96,7 @@ fn check_table(
     table: &Table,
     manifests: &[Manifest],
     in_progress: &HashSet<String>,
+    known: Option<&BTreeMap<u64, Option<String>>>,
     report: &mut VerifyReport,
 ) -> Result<(), String> {
     let versions = table.versions().map_err(|e| e.to_string())?;
@@ -91,7 +106,7 @@ fn check_table(
         return Ok(());
     }
     let part = table.storage().table_part().map(str::to_owned);
-    let mut replay = Replay::start(table, versions, part.clone(), report)?;
+    let mut replay = Replay::start(table, versions, part.clone(), known, report)?;
     let mut expected = Files::new();
     let mut listed = Files::new();
     for m in manifests {
@@ -135,6 +150,7 @@ impl<'a> Replay<'a> {
         table: &'a Table,
         versions: Vec<u64>,
         part: Option<String>,
+        known: Option<&BTreeMap<u64, Option<String>>>,
         report: &mut VerifyReport,
     ) -> Result<Replay<'a>, String> {
         let mut replay = Replay {
@@ -149,7 +165,7 @@ impl<'a> Replay<'a> {
             None => check_dense(table, &replay.versions, report),
             Some(part) => {
                 let all = std::mem::take(&mut replay.versions);
-                replay.versions = of_part(table, all, part, report);
+                replay.versions = of_part(table, all, part, known, report);
             }
         }
         let base = match start {
@@ -391,11 +407,22 @@ fn part_of(table: &Table, version: u64) -> Result<Option<String>, String> {
     }))
 }
 
-/// Of `versions`, those whose commit names the folder `part`.
-fn of_part(table: &Table, versions: Vec<u64>, part: &str, report: &mut VerifyReport) -> Vec<u64> {
+/// Of `versions`, those whose commit names the folder `part`, as `known`
+/// says or as read.
+fn of_part(
+    table: &Table,
+    versions: Vec<u64>,
+    part: &str,
+    known: Option<&BTreeMap<u64, Option<String>>>,
+    report: &mut VerifyReport,
+) -> Vec<u64> {
+    let named = |v: u64| match known.and_then(|k| k.get(&v)) {
+        Some(named) => Ok(named.clone()),
+        None => part_of(table, v),
+    };
     versions
         .into_iter()
-        .filter(|v| match part_of(table, *v) {
+        .filter(|v| match named(*v) {
             Ok(named) => named.as_deref() == Some(part),
             Err(reason) => {
                 report.fail(commit_path(table, *v), reason);
@@ -408,8 +435,14 @@ fn of_part(table: &Table, versions: Vec<u64>, part: &str, report: &mut VerifyRep
 /// The checks of the prefix `storage`'s shared tables as a whole, once per
 /// prefix of `shards` shards (each shard's own commits and files are
 /// checked with the shard): versions dense from the oldest kept, and every
-/// commit naming the folder of one of the shards.
-pub(super) fn check_shared_tables(storage: &Storage, shards: u32, report: &mut VerifyReport) {
+/// commit naming the folder of one of the shards. Returns the folder each
+/// commit names, for the shards' checks.
+pub(super) fn check_shared_tables(
+    storage: &Storage,
+    shards: u32,
+    report: &mut VerifyReport,
+) -> Parts {
+    let mut found = Parts::new();
     let parts: HashSet<String> = (0..shards)
         .map(|index| {
             crate::shard::Shard {
@@ -441,8 +474,13 @@ pub(super) fn check_shared_tables(storage: &Storage, shards: u32, report: &mut V
             }
         };
         check_dense(&table, &versions, report);
+        let named = found.entry(kind).or_default();
         for version in versions.into_iter().filter(|v| *v >= from) {
-            match part_of(&table, version) {
+            let part = part_of(&table, version);
+            if let Ok(part) = &part {
+                named.insert(version, part.clone());
+            }
+            match part {
                 Ok(Some(part)) if parts.contains(&part) => {}
                 Ok(named) => report.fail(
                     commit_path(&table, version),
@@ -455,6 +493,7 @@ pub(super) fn check_shared_tables(storage: &Storage, shards: u32, report: &mut V
             }
         }
     }
+    found
 }
 
 /// What differs between the table's files and the manifests'.

@@ -65,7 +65,7 @@ pub use findings::{Failure, VerifyReport};
 use self::compactions::Compacted;
 use crate::audit::{self, AuditKey};
 use crate::error::{Error, Result};
-use crate::shard::Split;
+use crate::shard::{Shard, Split};
 use crate::sshsig::AllowedSigners;
 use crate::storage::{Backend, Location, Storage};
 
@@ -150,12 +150,24 @@ fn check_shards(
     // A sharded prefix: every shard is an output root of its own, each
     // with its own chain; all of them must verify.
     let mut report = VerifyReport::new(location.clone());
+    let parts = split
+        .one_table
+        .then(|| delta::check_shared_tables(storage, split.shards, &mut report));
     let mut found_head = false;
     for index in 0..split.shards {
-        found_head |= check_shard(location, index, split, trust, expect_head, &mut report)?;
-    }
-    if split.one_table {
-        delta::check_shared_tables(storage, split.shards, &mut report);
+        let shard = Shard {
+            index,
+            count: split.shards,
+        };
+        found_head |= check_shard(
+            location,
+            shard,
+            split,
+            trust,
+            expect_head,
+            parts.as_ref(),
+            &mut report,
+        )?;
     }
     check_prefix_keys(storage.as_ref(), split, &mut report)?;
     if let Some(expected) = expect_head
@@ -171,25 +183,24 @@ fn check_shards(
     Ok(report)
 }
 
-/// Verifies shard `index` of `shards` and adds what it found to `report`,
-/// its paths and notes prefixed with the shard's folder; returns whether
-/// `expect_head` is in its chain.
+/// Verifies `shard` of the prefix `location`, split as `split`, and adds
+/// what it found to `report`, its paths relative to the prefix and its
+/// notes prefixed with the shard's folder; returns whether `expect_head` is
+/// in its chain. `parts` (shared tables) is what the prefix's check read of
+/// the log.
 fn check_shard(
     location: &Location,
-    index: u32,
+    shard: Shard,
     split: Split,
     trust: &Trust,
     expect_head: Option<&str>,
+    parts: Option<&delta::Parts>,
     report: &mut VerifyReport,
 ) -> Result<bool> {
     let mut found_head = false;
-    let shard = crate::shard::Shard {
-        index,
-        count: split.shards,
-    };
     let dir = shard.dir();
     let storage = shard.storage(location, split)?;
-    let shard = check_trusted(&storage, trust, None, None);
+    let shard = check_root(&storage, trust, None, None, parts);
     if let Some(expected) = expect_head
         && audit::read_chain(storage.as_ref())
             .is_ok_and(|(chain, _)| chain.iter().any(|e| e.sha256 == expected))
@@ -285,6 +296,18 @@ pub fn check_trusted(
     expect_head: Option<&str>,
     since: Option<&str>,
 ) -> VerifyReport {
+    check_root(storage, trust, expect_head, since, None)
+}
+
+/// [`check_trusted`]; a shard of a prefix with shared tables is given what
+/// the prefix's check read of their logs (`parts`).
+fn check_root(
+    storage: &Storage,
+    trust: &Trust,
+    expect_head: Option<&str>,
+    since: Option<&str>,
+    parts: Option<&delta::Parts>,
+) -> VerifyReport {
     let dir = storage.as_ref();
     let mut report = VerifyReport::new(dir.location());
     if dir.is_locked() {
@@ -332,7 +355,7 @@ pub fn check_trusted(
         Some(_) => since::note_checked(manifests.len(), since, &mut report),
         None => {
             sums::check_sums(dir, interrupted, &mut report);
-            delta::check_delta(storage, manifests, &mut report);
+            delta::check_delta(storage, manifests, parts, &mut report);
         }
     }
     report
