@@ -362,7 +362,7 @@ fn past_a_hundred_versions_readers_load_the_checkpoint() {
 /// extension package from PyPI with its DuckDB in a folder of their own
 /// (other tests use the newest DuckDB). Returns the command and the
 /// extension directory to point DuckDB at.
-fn duckdb_with_delta() -> (std::process::Command, std::path::PathBuf) {
+pub(crate) fn duckdb_with_delta() -> (std::process::Command, std::path::PathBuf) {
     const PACKAGES: [&str; 2] = ["duckdb==1.4.4", "duckdb-ext-delta==1.4.4.20260205"];
     let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("pydeps-duckdb-delta");
     let extensions = target.join("duckdb_ext/extensions");

@@ -2,7 +2,7 @@
 //! shard killed between its Delta commit and its chain entry, and shards
 //! SIGKILLed at random moments while the others commit, are repaired by
 //! their reruns in their own folder of the table only; the other shards'
-//! commits and files stay as they were; delta-rs and Polars read every row
+//! commits and files stay as they were; delta-rs, Polars and DuckDB read every row
 //! once; `verify` of the prefix exits 0. (Four concurrent shards into a
 //! bucket: `bucket.rs`.)
 
@@ -155,6 +155,29 @@ fn assert_one_table(out: &Path) {
     verify_ok(out);
 }
 
+/// DuckDB's `delta_scan` (the Delta kernel) reads the shared table: every
+/// row of every shard once.
+fn assert_duckdb_reads_every_row_once(out: &Path) {
+    let script = r#"
+import sys, json, duckdb
+table, extensions = sys.argv[1], sys.argv[2]
+con = duckdb.connect(config={"threads": 1})
+con.execute(f"SET extension_directory = '{extensions}'")
+con.execute("LOAD delta")
+rows = con.execute("SELECT count(*), count(DISTINCT (conversation_user_id, message_id)) FROM delta_scan(?)", [table]).fetchone()
+print(json.dumps(rows))
+"#;
+    let (python, extensions) = crate::delta_log::duckdb_with_delta();
+    let seen = crate::run_python(
+        python,
+        script,
+        &[&out.join("parquet/messages"), &extensions],
+    );
+    let seen: (usize, usize) = serde_json::from_str(seen.trim()).unwrap();
+    let expected = jsonl_pairs(out).len();
+    assert_eq!(seen, (expected, expected));
+}
+
 /// The users of the job, by the shard they belong to.
 fn by_shard(people: &[String]) -> BTreeMap<u32, Vec<String>> {
     let account = Account::parse(ACCOUNT).unwrap();
@@ -216,6 +239,7 @@ async fn a_killed_shard_is_repaired_in_its_own_folder_of_the_shared_table() {
 
         assert_only_shard_1_reverted(out, orphan, &before, &others);
         assert_one_table(out);
+        assert_duckdb_reads_every_row_once(out);
         compact_a_shard(out);
         extra_commits_fail_verify(out);
     })
