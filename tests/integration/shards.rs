@@ -2,9 +2,9 @@
 //! shard killed between its Delta commit and its chain entry, and shards
 //! SIGKILLed at random moments while the others commit, are repaired by
 //! their reruns in their own folder of the table only; the other shards'
-//! commits and files stay as they were; delta-rs, Polars and DuckDB read every row
-//! once; `verify` of the prefix exits 0. (Four concurrent shards into a
-//! bucket: `bucket.rs`.)
+//! commits and files stay as they were; delta-rs, Polars and DuckDB read
+//! every row once; `verify` of the prefix exits 0. (Four concurrent shards
+//! into a bucket: `bucket.rs`.)
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
