@@ -6,13 +6,30 @@
 //! lowercased), modulo N — so N copies of one
 //! job, whatever order they list the conversations in, split the work with
 //! no overlap. Shard K of a prefix is an output root of its own,
-//! `<prefix>/shard=K/`, with its own state and audit chain; all shards form
-//! one dataset (`<prefix>/*/parquet/messages/date=*/*.parquet`), and each
-//! shard's two Delta tables are its own (`<prefix>/shard=K/parquet/messages`):
-//! a table per prefix would put every shard's files under one root that
-//! no shard's repair, compaction or `verify` could account for alone. The prefix's
-//! `shards.json` records N, so that a run with another N (or none) is
-//! refused instead of splitting the same conversations differently.
+//! `<prefix>/shard=K/`, with its own state, lock and audit chain. The
+//! prefix's `shards.json` records N, so that a run with another N (or none)
+//! is refused instead of splitting the same conversations differently.
+//!
+//! **One Delta table per prefix.** All shards append to the prefix's tables,
+//! `<prefix>/parquet/messages` and `<prefix>/parquet/sends`, so readers
+//! need no union. Shard K's data files live in its own folder of each table,
+//! `<prefix>/parquet/messages/shard-K/date=D/part-<run>-<n>.parquet` (an
+//! `add.path` of `shard-K/date=D/...`; the partition column stays `date`),
+//! and its commits name it (`commitInfo.part`). Its root is opened through
+//! [`SharedTables`], which maps its keys `parquet/<table>/...` to that
+//! folder (the log to the shared `_delta_log/`): the shard's recovery,
+//! compaction and `verify` see only its own files, as in an unsharded root;
+//! its repair reverts only its own commits, and `verify` accounts for the
+//! log shard by shard. Commits race through the create-only put and retry
+//! at the next free version. The folder is `shard-K`, not `shard=K`: Polars
+//! reads a `key=value` folder of a Delta file's path as a Hive column the
+//! table does not have, and refuses it. Glob readers read
+//! `<prefix>/parquet/messages/shard-*/date=*/*.parquet`.
+//!
+//! A prefix registered before the shared tables (a `shards.json` without
+//! `"tables": "prefix"`) keeps a table per shard, in each shard's root
+//! (`<prefix>/shard=K/parquet/messages`): its files are there, listed by
+//! its manifests, and moving them would rewrite sealed history.
 
 // Reads bytes the API or a file supplies: no panic may be reachable from them.
 #![cfg_attr(
@@ -24,8 +41,10 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::api::{Account, UserRef};
+use crate::delta::TableKind;
 use crate::error::{Error, Result};
-use crate::storage::{Backend, Expect};
+use crate::storage::shared_tables::SharedTables;
+use crate::storage::{Backend, Expect, Location, Storage};
 
 /// The prefix's record of how it is split.
 pub const REGISTRY: &str = "shards.json";
@@ -39,11 +58,28 @@ pub struct Shard {
     pub count: u32,
 }
 
+/// How a prefix is split, as its `shards.json` records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Split {
+    /// How many shards.
+    pub shards: u32,
+    /// Whether the shards share one Delta table per prefix (every prefix
+    /// registered since the shared tables); `false`: a table per shard.
+    pub one_table: bool,
+}
+
 /// The content of `shards.json`.
 #[derive(Debug, Serialize, Deserialize)]
 struct Registry {
     shards: u32,
+    /// [`ONE_TABLE`] for a prefix whose shards share its tables; missing in
+    /// a prefix registered before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tables: Option<String>,
 }
+
+/// The registry's `tables` of a prefix with one table per prefix.
+const ONE_TABLE: &str = "prefix";
 
 impl Shard {
     /// Reads `K/N` (0 ≤ K < N ≤ 4096).
@@ -84,14 +120,39 @@ impl Shard {
         format!("shard={}", self.index)
     }
 
+    /// This shard's folder under each shared table's root.
+    pub fn table_part(&self) -> String {
+        format!("shard-{}", self.index)
+    }
+
+    /// This shard's output root in `prefix`, split as `split` says: with
+    /// one table per prefix, its tables' keys mapped into the prefix's.
+    pub fn storage(&self, prefix: &Location, split: Split) -> Result<Storage> {
+        let own_location = prefix.join(&self.dir());
+        let own = own_location.open()?;
+        if !split.one_table {
+            return Ok(own);
+        }
+        let roots = TableKind::ALL.map(TableKind::root);
+        Ok(std::sync::Arc::new(SharedTables::new(
+            own,
+            prefix.open_staged_in(&own_location)?,
+            &self.dir(),
+            &self.table_part(),
+            &roots,
+        )))
+    }
+
     /// Records (or checks) in the prefix `root` that it is split into
-    /// `count` shards. A prefix that holds unsharded output, or was split
-    /// into another number of shards, is refused (bad input, exit 2).
-    pub fn register(&self, root: &dyn Backend) -> Result<()> {
+    /// `count` shards, and returns the split. A prefix that holds unsharded
+    /// output, or was split into another number of shards, is refused (bad
+    /// input, exit 2). A new prefix gets one table per prefix.
+    pub fn register(&self, root: &dyn Backend) -> Result<Split> {
         let refuse = |why: String| Error::invalid("--shard", format!("{}: {why}", root.location()));
-        if let Some(n) = registered(root)? {
+        if let Some(split) = split(root)? {
+            let n = split.shards;
             return if n == self.count {
-                Ok(())
+                Ok(split)
             } else {
                 Err(refuse(format!(
                     "this prefix is split into {n} shards; run every shard with --shard K/{n} (a new split needs a new prefix)"
@@ -103,10 +164,16 @@ impl Shard {
                 "this prefix holds unsharded output; use a new prefix for a sharded job".into(),
             ));
         }
-        let bytes = serde_json::to_vec(&Registry { shards: self.count })
-            .map_err(|e| Error::io(REGISTRY, e.into()))?;
+        let registry = Registry {
+            shards: self.count,
+            tables: Some(ONE_TABLE.to_owned()),
+        };
+        let bytes = serde_json::to_vec(&registry).map_err(|e| Error::io(REGISTRY, e.into()))?;
         match root.replace(REGISTRY, &bytes, Expect::Missing) {
-            Ok(_) => Ok(()),
+            Ok(_) => Ok(Split {
+                shards: self.count,
+                one_table: true,
+            }),
             // Another shard of the same job registered first: it must have
             // registered the same split.
             Err(Error::Conflict { .. }) => self.register(root),
@@ -117,6 +184,11 @@ impl Shard {
 
 /// How many shards the prefix `root` is split into; `None` when it is not.
 pub fn registered(root: &dyn Backend) -> Result<Option<u32>> {
+    Ok(split(root)?.map(|s| s.shards))
+}
+
+/// How the prefix `root` is split; `None` when it is not.
+pub fn split(root: &dyn Backend) -> Result<Option<Split>> {
     let Some(stored) = root.get(REGISTRY)? else {
         return Ok(None);
     };
@@ -124,7 +196,35 @@ pub fn registered(root: &dyn Backend) -> Result<Option<u32>> {
         path: root.describe(REGISTRY),
         reason: "not a shard registry: restore it from backup".into(),
     })?;
-    Ok(Some(registry.shards))
+    Ok(Some(Split {
+        shards: registry.shards,
+        one_table: registry.tables.as_deref() == Some(ONE_TABLE),
+    }))
+}
+
+/// Opens the output root `location`: a shard's folder of a prefix with one
+/// table per prefix (`<prefix>/shard=K`) with its tables mapped into the
+/// prefix's, any other as it is. Only a folder named `shard=K` costs a
+/// look at its parent's registry.
+pub fn open(location: &Location) -> Result<Storage> {
+    let Some((prefix, name)) = location.split_last() else {
+        return location.open();
+    };
+    let index = name
+        .strip_prefix("shard=")
+        .and_then(|k| k.parse::<u32>().ok())
+        .filter(|k| format!("shard={k}") == name);
+    let Some(index) = index else {
+        return location.open();
+    };
+    match split(prefix.open()?.as_ref())? {
+        Some(split) if split.one_table && index < split.shards => Shard {
+            index,
+            count: split.shards,
+        }
+        .storage(&prefix, split),
+        _ => location.open(),
+    }
 }
 
 #[cfg(test)]
@@ -179,6 +279,52 @@ mod tests {
         );
         let pinned: Vec<u32> = (0..8).map(|i| Shard::of(&account, &users[i], 4)).collect();
         assert_eq!(pinned, PINNED);
+    }
+
+    /// A folder named `shard=K` opens with the prefix's tables only when
+    /// the prefix is registered with one table per prefix and has shard K.
+    #[test]
+    fn a_shard_folder_shares_the_prefix_tables_only_when_registered_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let part = |name: &str| {
+            let location = Location::Dir(dir.path().join(name));
+            open(&location).unwrap().table_part().map(str::to_owned)
+        };
+        assert_eq!(part("shard=1"), None, "no registry");
+        std::fs::write(dir.path().join(REGISTRY), r#"{"shards":4}"#).unwrap();
+        assert_eq!(part("shard=1"), None, "a table per shard");
+        std::fs::write(
+            dir.path().join(REGISTRY),
+            r#"{"shards":4,"tables":"prefix"}"#,
+        )
+        .unwrap();
+        assert_eq!(part("shard=1").as_deref(), Some("shard-1"));
+        for other in ["shard=01", "shard=4", "shard-1", "out"] {
+            assert_eq!(part(other), None, "{other}");
+        }
+        let url = Location::parse("s3://bucket/dm/shard=2/");
+        let (prefix, name) = url.split_last().unwrap();
+        assert_eq!(
+            (prefix.to_string().as_str(), name.as_str()),
+            ("s3://bucket/dm", "shard=2")
+        );
+    }
+
+    #[test]
+    fn a_new_prefix_is_registered_with_one_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = crate::storage::local::LocalDir::new(dir.path());
+        let shard = Shard::parse("1/4").unwrap();
+        let split = shard.register(&root).unwrap();
+        assert_eq!(
+            split,
+            Split {
+                shards: 4,
+                one_table: true
+            }
+        );
+        assert_eq!(self::split(&root).unwrap(), Some(split));
+        assert!(Shard::parse("1/3").unwrap().register(&root).is_err());
     }
 
     /// The shards of the first eight test users of 4, as first computed:

@@ -15,6 +15,7 @@ OPTIONS (
 
 -- 2. A copy into a native table. The URI names data files only
 --    (date=*): parquet/messages/_delta_log/ holds Parquet checkpoints too.
+--    A sharded prefix (sync --shard K/N): parquet/messages/shard-*/date=*.
 CREATE TABLE IF NOT EXISTS DATASET.dm_messages (
     message_id STRING NOT NULL,
     conversation_user_id STRING NOT NULL,

@@ -7,6 +7,8 @@
 -- (`date=*/*.parquet`): the Delta log's checkpoints under _delta_log/ are
 -- Parquet too. The hive partition column `date` is the UTC date of the run
 -- that wrote the file (not the message date: use created_at for that).
+-- A sharded prefix (sync --shard K/N) holds one table whose data files are in
+-- a folder per shard: glob '{{OUT}}/parquet/messages/shard-*/date=*/*.parquet'.
 CREATE OR REPLACE TABLE dm_messages AS
 SELECT
     message_id,

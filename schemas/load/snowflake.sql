@@ -30,6 +30,7 @@ REFRESH_ON_CREATE = TRUE;
 --    files only (date=*/...): parquet/messages/_delta_log/ holds Parquet
 --    checkpoints too, which are not rows.
 --   PUT file://DIR/parquet/messages/date=*/*.parquet @xquik_dm_stage AUTO_COMPRESS = FALSE;
+--    (A sharded prefix, sync --shard K/N: DIR/parquet/messages/shard-*/date=*/*.parquet.)
 CREATE TABLE IF NOT EXISTS dm_messages (
     message_id VARCHAR NOT NULL,
     conversation_user_id VARCHAR NOT NULL,

@@ -111,7 +111,7 @@ pub enum Scope {
 /// files, its manifest signed with `key` when one is given.
 pub fn run(out: &Location, min_files: usize, key: Option<&SigningKey>) -> Result<CompactReport> {
     out.require_existing("--out")?;
-    let storage = out.open()?;
+    let storage = crate::shard::open(out)?;
     compact(
         &storage,
         &RunStamp::now(),

@@ -288,7 +288,7 @@ pub enum Report {
     /// `forget`: what was erased.
     Forget {
         /// The report.
-        report: crate::erasure::ErasureReport,
+        report: forget::ForgetReport,
         /// Print as JSON.
         json: bool,
     },

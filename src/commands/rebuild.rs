@@ -121,7 +121,7 @@ impl std::fmt::Display for RebuildReport {
 /// Rebuilds the missing checkpoint of `out`.
 pub fn run(out: &Location) -> Result<RebuildReport> {
     out.require_existing("--out")?;
-    let storage = out.open()?;
+    let storage = crate::shard::open(out)?;
     let storage = storage.as_ref();
     let _lock = storage.lock("rebuild")?;
     if Checkpoint::exists(storage)? {
@@ -301,7 +301,9 @@ fn add_send(checkpoint: &mut Checkpoint, row: SendRow) {
 /// `recovered/<time>/parquet/...`, and, when no sealed run is left
 /// (`unchained`), the tables' Delta logs with them: no manifest accounts
 /// for their commits any more, and they name the files moved; the next
-/// run starts the tables afresh. Returns the data files' former keys.
+/// run starts the tables afresh. A shard's tables are shared: their logs
+/// stay, and until the shard's next run reverts its commits, its folder of
+/// the table names the files moved. Returns the data files' former keys.
 fn move_unlisted_parquet(
     storage: &dyn Backend,
     listed: &[WrittenFile],
@@ -313,7 +315,11 @@ fn move_unlisted_parquet(
     for key in &unlisted {
         storage.rename(key, &format!("recovered/{stamp}/{key}"))?;
     }
-    if unchained {
+    // A shard's tables are shared with the other shards: their logs stay,
+    // and the next run's repair reverts this shard's commits that no
+    // sealed run accounts for any more (which, with no checkpoint naming
+    // the killed runs, is every commit of this shard's no chain holds).
+    if unchained && storage.table_part().is_none() {
         for kind in crate::delta::TableKind::ALL {
             for object in storage.list(&format!("{}/_delta_log/", kind.root()))? {
                 let key = object.key;

@@ -88,6 +88,10 @@ pub struct CommitInfo {
     pub operation: String,
     /// Milliseconds since the epoch.
     pub timestamp: i64,
+    /// The folder under the table root that holds the files of the output
+    /// root that made the commit, when roots share the table (`shard-K`,
+    /// a shard of a prefix with one table per prefix); `None` otherwise.
+    pub part: Option<String>,
 }
 
 /// The `protocol` action: the reader and writer versions a client needs.
@@ -201,6 +205,9 @@ struct CommitInfoWire {
     /// The run that made the commit (a field of this tool's own).
     #[serde(default)]
     run_id: String,
+    /// The shard's folder of the root that made it (this tool's own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    part: Option<String>,
 }
 
 /// The `stats` string of an `add`, parsed.
@@ -352,6 +359,7 @@ impl Action {
                     run_id: wire.run_id,
                     operation: wire.operation,
                     timestamp: wire.timestamp,
+                    part: wire.part,
                 })
             }
             "protocol" => Action::Protocol(serde_json::from_value(body).map_err(shape)?),
@@ -374,6 +382,7 @@ fn commit_info_wire(info: &CommitInfo) -> CommitInfoWire {
         operation_parameters: parameters,
         engine_info: Some(concat!("xquik-dm/", env!("CARGO_PKG_VERSION")).to_owned()),
         run_id: info.run_id.clone(),
+        part: info.part.clone(),
     }
 }
 

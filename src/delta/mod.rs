@@ -52,7 +52,10 @@
 //! reset them).
 //!
 //! **Concurrency.** Separate processes (shards) race only through the
-//! create-only put. Within one process the puts of log files are serialised
+//! create-only put. Shards of a prefix share its tables
+//! ([`crate::shard`]): each writes into its own folder of the table
+//! (`shard-K/date=D/...`, the partition column stays `date`) and names it
+//! in `commitInfo.part` ([`CommitInfo::part`]). Within one process the puts of log files are serialised
 //! (a folder stages a new file under a name made of its key and the process
 //! ID, which two threads would share).
 //!

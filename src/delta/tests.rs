@@ -47,6 +47,7 @@ fn write(run: &str, files: u64, at: i64) -> Change {
             run_id: run.to_owned(),
             operation: "WRITE".to_owned(),
             timestamp: at,
+            part: None,
         },
         adds: (1..=files).map(|n| add(run, n)).collect(),
         removes: Vec::new(),
@@ -124,6 +125,7 @@ fn a_compaction_replaces_files_in_one_commit_and_time_travel_sees_before() {
             run_id: "c1".into(),
             operation: "OPTIMIZE".into(),
             timestamp: now(),
+            part: None,
         },
         adds: vec![Add {
             data_change: false,
@@ -155,6 +157,7 @@ fn a_compaction_replaces_files_in_one_commit_and_time_travel_sees_before() {
             run_id: "r2".into(),
             operation: "DELETE".into(),
             timestamp: now(),
+            part: None,
         },
         Some(&before),
     );

@@ -177,4 +177,7 @@ impl Backend for Counting {
     fn sweep_temporaries(&self, names: &[&str]) -> Result<Vec<String>> {
         self.inner.sweep_temporaries(names)
     }
+    fn table_part(&self) -> Option<&str> {
+        self.inner.table_part()
+    }
 }

@@ -50,6 +50,9 @@ const STAGING: &str = "state/tmp";
 #[derive(Debug, Clone)]
 pub struct LocalDir {
     root: PathBuf,
+    /// Where new immutable files are staged, when not in `root`'s own
+    /// `state/tmp/` (see [`LocalDir::staging_in`]).
+    staging: Option<PathBuf>,
 }
 
 impl LocalDir {
@@ -57,7 +60,19 @@ impl LocalDir {
     pub fn new(root: &Path) -> LocalDir {
         LocalDir {
             root: root.to_owned(),
+            staging: None,
         }
+    }
+
+    /// This folder, staging its new immutable files in the `state/tmp/` of
+    /// the folder `other` (inside it, so on the same file system): a
+    /// sharded prefix, whose tables a shard writes into, stages them in the
+    /// shard's own root, where the shard's sweep (under the shard's lock)
+    /// removes what a killed run of that shard left, and never what
+    /// another shard is writing.
+    pub fn staging_in(mut self, other: &Path) -> LocalDir {
+        self.staging = Some(other.join(STAGING));
+        self
     }
 
     fn path(&self, key: &str) -> PathBuf {
@@ -68,7 +83,7 @@ impl LocalDir {
     /// `state/tmp/`, on the same file system as its final place (a hard
     /// link publishes it), named `.<key with / as ~>.<pid>.tmp`.
     fn staging(&self, key: &str) -> Result<PathBuf> {
-        let dir = self.path(STAGING);
+        let dir = self.staging.clone().unwrap_or_else(|| self.path(STAGING));
         create_private_dir(&dir)?;
         Ok(dir.join(format!(
             ".{}.{}.tmp",

@@ -16,10 +16,14 @@
 //! exception is the handoff file, which object storage cannot append to; it
 //! is a [`HandoffLog`], which a backend keeps as one file or as immutable
 //! segments whose concatenation is that file.
+//!
+//! [`shared_tables::SharedTables`] wraps a shard's root so that its Delta
+//! tables are the prefix's, shared with the other shards.
 
 pub mod counting;
 pub mod local;
 pub mod object;
+pub mod shared_tables;
 
 use std::fmt::Debug;
 use std::io::{Read, Write};
@@ -64,6 +68,18 @@ impl Location {
         }
     }
 
+    /// [`Location::open`], but a folder stages its new files in the folder
+    /// `staging`'s staging folder (a bucket stages nothing): a sharded
+    /// prefix opened for a shard ([`shared_tables`]).
+    pub fn open_staged_in(&self, staging: &Location) -> Result<Storage> {
+        match (self, staging) {
+            (Location::Dir(dir), Location::Dir(other)) => {
+                Ok(Arc::new(local::LocalDir::new(dir).staging_in(other)))
+            }
+            _ => self.open(),
+        }
+    }
+
     /// The location of the folder or prefix `sub` inside this one.
     pub fn join(&self, sub: &str) -> Location {
         match self {
@@ -73,6 +89,33 @@ impl Location {
                 let path = format!("{}/{sub}", url.path().trim_end_matches('/'));
                 url.set_path(&path);
                 Location::Url(url)
+            }
+        }
+    }
+
+    /// The folder or prefix this one is in, and this one's name in it;
+    /// `None` at the top.
+    pub fn split_last(&self) -> Option<(Location, String)> {
+        match self {
+            Location::Dir(dir) => {
+                let name = dir.file_name()?.to_str()?.to_owned();
+                let parent = dir.parent()?;
+                let parent = if parent.as_os_str().is_empty() {
+                    PathBuf::from(".")
+                } else {
+                    parent.to_owned()
+                };
+                Some((Location::Dir(parent), name))
+            }
+            Location::Url(url) => {
+                let path = url.path().trim_end_matches('/');
+                let (parent, name) = path.rsplit_once('/')?;
+                if name.is_empty() {
+                    return None;
+                }
+                let mut up = url.clone();
+                up.set_path(parent);
+                Some((Location::Url(up), name.to_owned()))
             }
         }
     }
@@ -280,6 +323,13 @@ pub trait Backend: Send + Sync + Debug {
     /// Removes the temporary files a killed run left of the objects named
     /// `names` at the root and in `state/`. Returns what was removed.
     fn sweep_temporaries(&self, names: &[&str]) -> Result<Vec<String>>;
+    /// The folder, under each Delta table's root, that holds this root's
+    /// data files when the root shares its tables with other roots (a shard
+    /// of a prefix with one table per prefix: `shard-K`, see
+    /// [`shared_tables`]); `None` when the tables are the root's own.
+    fn table_part(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// Lines of the audit chain as read by [`Backend::chain_read`].

@@ -50,7 +50,7 @@ pub use generation::StagedGeneration;
 pub use recover::Repair;
 pub use seal::{ManifestBody, Sealed};
 pub use stamp::RunStamp;
-pub use tables::{RunFiles, locate, project};
+pub use tables::{RunFiles, in_part, is_in_part, locate, project};
 
 use crate::api::Endpoint;
 use crate::api::client::Reply;

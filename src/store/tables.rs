@@ -18,6 +18,11 @@
 //!   runs killed between their commit and their chain entry, at the end of
 //!   the log, and writes one commit that restores the snapshot the chain
 //!   accounts for, named after the repairing run.
+//!
+//! A shard of a prefix with one table per prefix ([`crate::shard`]) commits
+//! its changes [`in_part`]: its paths in its folder of the table, its
+//! `commitInfo` naming the folder; its repair passes over the other
+//! shards' commits and restores only its own folder.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -73,6 +78,7 @@ pub fn project(run: &RunFiles<'_>, timestamp: i64) -> BTreeMap<TableKind, Change
         run_id: run.run_id.to_owned(),
         operation: operation(run.command).to_owned(),
         timestamp,
+        part: None,
     };
     for file in run.files.iter().filter(|f| f.offset.is_none()) {
         let Some((kind, path, date)) = locate(&file.path) else {
@@ -123,6 +129,33 @@ fn operation(command: &str) -> &'static str {
         "forget" => "DELETE",
         _ => "WRITE",
     }
+}
+
+/// `change` as the output root whose files are in the folder `part` of the
+/// table makes it (a shard of a prefix with one table per prefix, see
+/// [`crate::shard`]): its paths in that folder, its `commitInfo` naming it.
+/// As it is when `part` is `None`.
+pub fn in_part(mut change: Change, part: Option<&str>) -> Change {
+    let Some(part) = part else {
+        return change;
+    };
+    for add in &mut change.adds {
+        add.path = format!("{part}/{}", add.path);
+    }
+    for remove in &mut change.removes {
+        remove.path = format!("{part}/{}", remove.path);
+    }
+    change.info.part = Some(part.to_owned());
+    change
+}
+
+/// Whether the table file `path` is in the folder `part` (any file is,
+/// when there is no folder).
+pub fn is_in_part(path: &str, part: Option<&str>) -> bool {
+    part.is_none_or(|p| {
+        path.strip_prefix(p)
+            .is_some_and(|rest| rest.starts_with('/'))
+    })
 }
 
 /// The table of a Parquet file's key (`parquet/<table>/date=D/<name>`),
@@ -185,6 +218,7 @@ pub(super) fn commit_run(
         let Some(change) = change.filter(|c| !c.adds.is_empty() || !c.removes.is_empty()) else {
             continue;
         };
+        let change = in_part(change, storage.table_part());
         let committed = table.commit(&change)?;
         let entry = entries.entry(kind.name().to_owned()).or_insert(DeltaEntry {
             version: None,
@@ -240,18 +274,26 @@ pub(super) type Killed<'a> = &'a dyn Fn(&str) -> bool;
 /// after `run_id`, that restores the snapshot before them (removes what
 /// they added, adds back what they removed). Returns, by table, the
 /// commits undone and the restoring one, for this run's manifest.
+///
+/// A shard that shares the table (`table_part`) considers only its own
+/// commits and files: other shards' commits, which may follow or
+/// interleave with its killed run's, are passed over and left as they are,
+/// and the restore touches only files in its folder, which no other shard
+/// writes. Its walk back ends at its own last sealed commit, or at the
+/// oldest commit kept when it has none.
 pub(super) fn revert_killed(
     storage: &Storage,
     killed: Killed<'_>,
     run_id: &str,
 ) -> Result<BTreeMap<TableKind, DeltaRevert>> {
     let mut reverted = BTreeMap::new();
+    let part = storage.table_part();
     for kind in TableKind::ALL {
         let table = Table::new(storage.clone(), kind);
         let Some(latest) = table.latest_version()? else {
             continue;
         };
-        let commits = killed_commits(&table, latest, killed)?;
+        let commits = killed_commits(&table, latest, killed, part)?;
         let Some(first) = commits.first().map(|c| c.version) else {
             continue;
         };
@@ -264,8 +306,9 @@ pub(super) fn revert_killed(
             run_id: run_id.to_owned(),
             operation: "RESTORE".to_owned(),
             timestamp: chrono::Utc::now().timestamp_millis(),
+            part: part.map(str::to_owned),
         };
-        let committed = table.commit(&restore(info, now.as_ref(), before.as_ref()))?;
+        let committed = table.commit(&restore(info, now.as_ref(), before.as_ref(), part))?;
         let restore = DeltaCommit {
             version: committed.version,
             sha256: committed.sha256,
@@ -276,41 +319,55 @@ pub(super) fn revert_killed(
 }
 
 /// The commits at the end of `table`'s log, from `latest` back, whose
-/// `commitInfo` names a `killed` run, oldest first.
-fn killed_commits(table: &Table, latest: u64, killed: Killed<'_>) -> Result<Vec<DeltaCommit>> {
+/// `commitInfo` names a `killed` run, oldest first; of those in the folder
+/// `part` only, passing over the others' (see [`revert_killed`]).
+fn killed_commits(
+    table: &Table,
+    latest: u64,
+    killed: Killed<'_>,
+    part: Option<&str>,
+) -> Result<Vec<DeltaCommit>> {
     let mut found = Vec::new();
     let mut version = Some(latest);
     while let Some(v) = version {
+        version = v.checked_sub(1);
         let Some((bytes, actions)) = table.read_commit(v)? else {
             break;
         };
-        let run = actions.iter().find_map(|a| match a {
-            Action::CommitInfo(info) => Some(info.run_id.as_str()),
+        let info = actions.iter().find_map(|a| match a {
+            Action::CommitInfo(info) => Some(info),
             _ => None,
         });
-        if !run.is_some_and(killed) {
+        if info.is_some_and(|i| i.part.as_deref() != part) {
+            continue;
+        }
+        if !info.is_some_and(|i| killed(&i.run_id)) {
             break;
         }
         found.push(DeltaCommit {
             version: v,
             sha256: crate::sinks::sha256_hex(&bytes),
         });
-        version = v.checked_sub(1);
     }
     found.reverse();
     Ok(found)
 }
 
 /// The change from the snapshot `now` back to `before` (no table when
-/// `None`): what `now` has beyond it is removed, what it lost is added
-/// back with its statistics.
-fn restore(info: CommitInfo, now: Option<&Snapshot>, before: Option<&Snapshot>) -> Change {
+/// `None`), of the files in the folder `part`: what `now` has beyond it is
+/// removed, what it lost is added back with its statistics.
+fn restore(
+    info: CommitInfo,
+    now: Option<&Snapshot>,
+    before: Option<&Snapshot>,
+    part: Option<&str>,
+) -> Change {
     let empty = BTreeMap::new();
     let now_files = now.map_or(&empty, |s| &s.files);
     let before_files = before.map_or(&empty, |s| &s.files);
     let removes = now_files
         .values()
-        .filter(|a| !before_files.contains_key(&a.path))
+        .filter(|a| is_in_part(&a.path, part) && !before_files.contains_key(&a.path))
         .map(|a| Remove {
             path: a.path.clone(),
             date: a.date.clone(),
@@ -321,7 +378,7 @@ fn restore(info: CommitInfo, now: Option<&Snapshot>, before: Option<&Snapshot>) 
         .collect();
     let adds = before_files
         .values()
-        .filter(|a| !now_files.contains_key(&a.path))
+        .filter(|a| is_in_part(&a.path, part) && !now_files.contains_key(&a.path))
         .map(|a| Add {
             modification_time: info.timestamp,
             data_change: true,

@@ -491,10 +491,11 @@ async fn verify_names_every_tampered_object_in_a_bucket() {
 }
 
 /// Four shards of one job run at once into one prefix: together they hold
-/// exactly the ground truth, each conversation in one shard, readable with
-/// one glob, and each shard's Delta table holds its part; `verify` checks
-/// all four; another split of the prefix, or an unsharded run on it, is
-/// refused.
+/// exactly the ground truth, each conversation in one shard, in one Delta
+/// table at `<prefix>/parquet/messages` (delta-rs and Polars read every row
+/// once; one commit per shard, versions dense, each naming its shard) and
+/// readable with one glob; `verify` checks all four and the table; another
+/// split of the prefix, or an unsharded run on it, is refused.
 #[tokio::test(flavor = "multi_thread")]
 async fn four_shards_of_one_job_form_one_dataset() {
     let moto = Arc::new(tokio::task::spawn_blocking(Moto::start).await.unwrap());
@@ -560,23 +561,35 @@ endpoint, url = sys.argv[1], sys.argv[2]
 fs = pafs.S3FileSystem(endpoint_override=endpoint, scheme="http", access_key="test",
                        secret_key="test", region="us-east-1")
 root = url[len("s3://"):]
-files = [f.path for f in fs.get_file_info(pafs.FileSelector(root, recursive=True))
-         if f.path.endswith(".parquet") and "/parquet/messages/date=" in f.path]
+every = [f.path for f in fs.get_file_info(pafs.FileSelector(root, recursive=True))]
+assert not [p for p in every if "/shard=" in p and "/parquet/" in p], "a table of a shard's own"
+# The README's glob: the shards' folders of the one table.
+files = [p for p in every if p.endswith(".parquet") and "/parquet/messages/shard-" in p and "/date=" in p]
 table = ds.dataset(files, filesystem=fs, format="parquet").to_table()
-pairs = list(zip(table.column("conversation_user_id").to_pylist(), table.column("message_id").to_pylist()))
+pairs = sorted(zip(table.column("conversation_user_id").to_pylist(), table.column("message_id").to_pylist()))
 assert len(set(pairs)) == len(pairs), "duplicate rows across shards"
-# Each shard's Delta table, read by delta-rs from the bucket: together the
-# same rows, each once; one commit (version 0) per shard's one run.
+# The one Delta table, read by delta-rs and Polars from the bucket: the
+# same rows, each once; one commit per shard's one run, versions dense.
+import json, polars as pl
 from deltalake import DeltaTable
 options = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
            "AWS_REGION": "us-east-1", "AWS_ALLOW_HTTP": "true"}
-delta = []
-for k in range(4):
-    dt = DeltaTable(f"{url}/shard={k}/parquet/messages", storage_options=options)
-    assert dt.version() == 0, dt.version()
-    t = dt.to_pyarrow_table()
-    delta += zip(t.column("conversation_user_id").to_pylist(), t.column("message_id").to_pylist())
-assert sorted(delta) == sorted(pairs), "the Delta tables differ from the data files"
+dt = DeltaTable(f"{url}/parquet/messages", storage_options=options)
+assert dt.version() == 3, dt.version()
+t = dt.to_pyarrow_table()
+delta = sorted(zip(t.column("conversation_user_id").to_pylist(), t.column("message_id").to_pylist()))
+assert delta == pairs, "the Delta table differs from the data files"
+df = pl.read_delta(f"{url}/parquet/messages", storage_options=options)
+assert sorted(zip(df["conversation_user_id"].to_list(), df["message_id"].to_list())) == pairs, "polars"
+assert "date" in df.columns and not [c for c in df.columns if c.startswith("shard")], df.columns
+log = sorted(p for p in every if "/parquet/messages/_delta_log/" in p and p.endswith(".json"))
+assert [p.rsplit("/", 1)[1] for p in log] == [f"{v:020}.json" for v in range(4)], log
+parts = []
+for p in log:
+    with fs.open_input_stream(p) as f:
+        info = json.loads(f.read().decode().splitlines()[0])["commitInfo"]
+    parts.append(info["part"])
+assert sorted(parts) == [f"shard-{k}" for k in range(4)], parts
 print(len(pairs))
 # delta-rs's threads can abort the interpreter's teardown.
 import os
@@ -584,7 +597,7 @@ sys.stdout.flush()
 os._exit(0)
 "#;
     let out = run_python(
-        python_with(&[PYTHON, &["deltalake"]].concat()),
+        python_with(&[PYTHON, &["deltalake", "polars"]].concat()),
         script,
         &[Path::new(&moto.endpoint()), Path::new(&url)],
     );

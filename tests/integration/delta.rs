@@ -33,19 +33,19 @@ const READERS: &[&str] = &["deltalake", "polars", "pyarrow"];
 /// without the interpreter's teardown, which delta-rs's and Polars'
 /// threads can abort ("terminate called without an active exception")
 /// after the script has done its work.
-fn run_readers(script: &str, args: &[&Path]) -> String {
+pub(crate) fn run_readers(script: &str, args: &[&Path]) -> String {
     let script =
         format!("{script}\nimport os as _os, sys as _sys\n_sys.stdout.flush()\n_os._exit(0)\n");
     run_python(python_with(READERS), &script, args)
 }
 
 /// `verify` of `out`: exit code and output.
-fn verify(out: &Path) -> (i32, String) {
+pub(crate) fn verify(out: &Path) -> (i32, String) {
     let (code, stdout, stderr) = run(bin().arg("verify").arg(out));
     (code, format!("{stdout}{stderr}"))
 }
 
-fn verify_ok(out: &Path) {
+pub(crate) fn verify_ok(out: &Path) {
     let (code, report) = verify(out);
     assert_eq!(code, 0, "{report}");
 }
@@ -360,7 +360,11 @@ fn a_compaction_is_one_commit_and_the_table_reads_the_same() {
 
 /// Kills `cmd` after a random part of `full` milliseconds; whether it was
 /// still running.
-fn kill_after(mut cmd: std::process::Command, rng: &mut fastrand::Rng, full: u64) -> bool {
+pub(crate) fn kill_after(
+    mut cmd: std::process::Command,
+    rng: &mut fastrand::Rng,
+    full: u64,
+) -> bool {
     let mut child = cmd
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -373,7 +377,7 @@ fn kill_after(mut cmd: std::process::Command, rng: &mut fastrand::Rng, full: u64
 
 /// delta-rs opens the latest snapshot of both tables and reads every file
 /// it names (which all exist).
-fn assert_consistent(out: &Path) {
+pub(crate) fn assert_consistent(out: &Path) {
     let script = r#"
 import sys
 from deltalake import DeltaTable
@@ -493,7 +497,7 @@ fn a_commit_the_chain_does_not_hold_is_reverted_by_the_next_run() {
 }
 
 /// Appends one history row to `store` and commits it.
-fn one_more_row(store: &mut Store) {
+pub(crate) fn one_more_row(store: &mut Store) {
     let row = xquik_dm::records::HistoryRow {
         record_type: xquik_dm::records::RecordType::History,
         message_id: "1999999999999999999".into(),

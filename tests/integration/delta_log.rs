@@ -109,6 +109,7 @@ fn run(storage: &Storage, run: u64, rows: u64, per_file: u64, at: i64) -> u64 {
             run_id,
             operation: "WRITE".into(),
             timestamp: at,
+            part: None,
         },
         adds,
         removes: Vec::new(),
@@ -270,6 +271,7 @@ fn run_at_day(storage: &Storage, r: u64, at: i64) {
             run_id,
             operation: "WRITE".into(),
             timestamp: at,
+            part: None,
         },
         adds: vec![add_of(storage, &f.path, f.rows, f.bytes)],
         removes: Vec::new(),
@@ -307,6 +309,7 @@ fn compact_first_two(storage: &Storage, at: i64) {
             run_id: "c0050".into(),
             operation: "OPTIMIZE".into(),
             timestamp: at,
+            part: None,
         },
         adds: vec![Add {
             data_change: false,
@@ -359,7 +362,7 @@ fn past_a_hundred_versions_readers_load_the_checkpoint() {
 /// extension package from PyPI with its DuckDB in a folder of their own
 /// (other tests use the newest DuckDB). Returns the command and the
 /// extension directory to point DuckDB at.
-fn duckdb_with_delta() -> (std::process::Command, std::path::PathBuf) {
+pub(crate) fn duckdb_with_delta() -> (std::process::Command, std::path::PathBuf) {
     const PACKAGES: [&str; 2] = ["duckdb==1.4.4", "duckdb-ext-delta==1.4.4.20260205"];
     let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("pydeps-duckdb-delta");
     let extensions = target.join("duckdb_ext/extensions");
@@ -553,6 +556,7 @@ print(json.dumps({"version": dt.version(), "paths": sorted(a["path"] for a in ad
                 run_id: "r-after".into(),
                 operation: "WRITE".into(),
                 timestamp: now(),
+                part: None,
             },
             adds: vec![Add {
                 path: "date=2026-12-03/part-x.parquet".into(),

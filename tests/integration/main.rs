@@ -22,6 +22,7 @@ mod retention;
 mod scheduler;
 mod scripted;
 mod send;
+mod shards;
 mod signing;
 mod sync;
 mod verify;

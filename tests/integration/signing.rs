@@ -792,6 +792,9 @@ impl Backend for KillAtChain {
     fn sweep_temporaries(&self, names: &[&str]) -> Result<Vec<String>> {
         self.0.sweep_temporaries(names)
     }
+    fn table_part(&self) -> Option<&str> {
+        self.0.table_part()
+    }
 }
 
 /// Runs sealed before signing and a folder never signed still verify as

@@ -201,7 +201,7 @@ fn env_var(name: &str) -> Option<String> {
 pub async fn run(from: &Location, to: &str, retry_connect: u32) -> Result<LoadReport> {
     let started = Instant::now();
     from.require_existing("--from")?;
-    let storage = from.open()?;
+    let storage = crate::shard::open(from)?;
     if from.as_dir().is_none() {
         storage.prepare()?;
     }

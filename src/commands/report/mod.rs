@@ -210,7 +210,7 @@ pub struct SendRow {
 /// concerned are in it only when `erased_ids`.
 pub fn build(location: &Location, trust: &verify::Trust, erased_ids: bool) -> Result<Report> {
     location.require_existing("DIR")?;
-    let shared = location.open()?;
+    let shared = crate::shard::open(location)?;
     let storage = shared.as_ref();
     if location.as_dir().is_none() {
         storage.prepare()?;

@@ -164,7 +164,7 @@ impl Session {
     async fn open(options: &SendOptions) -> Result<Session> {
         let stamp = RunStamp::now();
         let client = Client::new(options.api.clone())?;
-        let storage = options.out.open()?;
+        let storage = crate::shard::open(&options.out)?;
         let store = Store::open_async(&storage, &stamp).await?;
         Ok(Session {
             client,

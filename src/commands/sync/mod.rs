@@ -121,20 +121,21 @@ async fn set_up(options: SyncOptions) -> Result<(Arc<Run>, Store, Storage)> {
 
 /// The options and output root of this run: for a shard, only its
 /// conversations, in its own root under the prefix (registered there first,
-/// so that a prefix is never split two ways).
+/// so that a prefix is never split two ways), its Delta tables the
+/// prefix's ([`crate::shard`]).
 fn shard_of(mut options: SyncOptions) -> Result<(SyncOptions, Storage)> {
     let Some(shard) = options.shard else {
-        let storage = options.out.open()?;
+        let storage = crate::shard::open(&options.out)?;
         return Ok((options, storage));
     };
     let root = options.out.open()?;
     root.prepare()?;
-    shard.register(root.as_ref())?;
+    let split = shard.register(root.as_ref())?;
     options
         .targets
         .retain(|t| shard.contains(&t.account, &t.user));
+    let storage = shard.storage(&options.out, split)?;
     options.out = options.out.join(&shard.dir());
-    let storage = options.out.open()?;
     Ok((options, storage))
 }
 

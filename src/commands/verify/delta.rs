@@ -17,6 +17,17 @@
 //!
 //! The log is replayed once, in version order, alongside the manifests in
 //! chain order: the cost is the log's length, once.
+//!
+//! A shard of a prefix with one table per prefix ([`crate::shard`]) shares
+//! the table: its check considers only the commits that name its folder
+//! (`commitInfo.part`) and the files in it, exactly as above; what concerns
+//! the table as a whole — dense versions, every commit naming one of the
+//! prefix's shards — is checked once per prefix ([`check_shared_tables`]).
+//! Together: every commit belongs to a shard's sealed run, and each
+//! shard's folder in every snapshot holds what its manifests list. The
+//! prefix's check reads every commit once and hands each shard the folder
+//! each commit names ([`Parts`]): a shard then reads only its own commits,
+//! and the log is read about twice, not once per shard.
 
 // Reads bytes the API or a file supplies: no panic may be reachable from them.
 #![cfg_attr(
@@ -32,11 +43,21 @@ use crate::checkpoint::Checkpoint;
 use crate::delta::{Action, Table, TableKind};
 use crate::sinks::sha256_hex;
 use crate::storage::Storage;
-use crate::store::{RunFiles, project};
+use crate::store::{RunFiles, in_part, is_in_part, project};
+
+/// The folder each commit of a prefix's shared tables names (`None`: none),
+/// by table and version: read once per prefix, for every shard's check.
+pub(super) type Parts = BTreeMap<TableKind, BTreeMap<u64, Option<String>>>;
 
 /// Checks both tables of `storage` against `manifests` (the whole chain,
-/// in order).
-pub(super) fn check_delta(storage: &Storage, manifests: &[Manifest], report: &mut VerifyReport) {
+/// in order); `parts`, when the prefix's check read them, saves a shard
+/// from reading every commit again to find its own.
+pub(super) fn check_delta(
+    storage: &Storage,
+    manifests: &[Manifest],
+    parts: Option<&Parts>,
+    report: &mut VerifyReport,
+) {
     let in_progress: HashSet<String> = Checkpoint::load(storage.as_ref())
         .ok()
         .and_then(|c| c.unsealed)
@@ -46,7 +67,8 @@ pub(super) fn check_delta(storage: &Storage, manifests: &[Manifest], report: &mu
         .collect();
     for kind in TableKind::ALL {
         let table = Table::new(storage.clone(), kind);
-        if let Err(reason) = check_table(&table, manifests, &in_progress, report) {
+        let known = parts.and_then(|p| p.get(&kind));
+        if let Err(reason) = check_table(&table, manifests, &in_progress, known, report) {
             report.fail(format!("{}/_delta_log", kind.root()), reason);
         }
     }
@@ -58,6 +80,9 @@ type Files = BTreeMap<String, u64>;
 /// The log of one table, replayed version by version.
 struct Replay<'a> {
     table: &'a Table,
+    /// The folder of the root's files when it shares the table (`shard-K`):
+    /// only its commits and files are replayed.
+    part: Option<String>,
     /// The next version to apply.
     next: u64,
     /// The files live after the versions applied.
@@ -71,6 +96,7 @@ fn check_table(
     table: &Table,
     manifests: &[Manifest],
     in_progress: &HashSet<String>,
+    known: Option<&BTreeMap<u64, Option<String>>>,
     report: &mut VerifyReport,
 ) -> Result<(), String> {
     let versions = table.versions().map_err(|e| e.to_string())?;
@@ -79,7 +105,8 @@ fn check_table(
     if versions.is_empty() && !pinned {
         return Ok(());
     }
-    let mut replay = Replay::start(table, versions, report)?;
+    let part = table.storage().table_part().map(str::to_owned);
+    let mut replay = Replay::start(table, versions, part.clone(), known, report)?;
     let mut expected = Files::new();
     let mut listed = Files::new();
     for m in manifests {
@@ -92,7 +119,8 @@ fn check_table(
             replay.compare(&expected, &reverted.restore, report);
         }
         let timestamp = 0;
-        if let Some(change) = project(&RunFiles::of(m), timestamp).remove(&table.kind()) {
+        let change = project(&RunFiles::of(m), timestamp).remove(&table.kind());
+        if let Some(change) = change.map(|c| in_part(c, part.as_deref())) {
             for add in &change.adds {
                 listed.insert(add.path.clone(), add.size);
                 expected.insert(add.path.clone(), add.size);
@@ -114,48 +142,53 @@ impl<'a> Replay<'a> {
     /// The replay from the oldest version kept: from nothing when version 0
     /// is there, else from the newest checkpoint that the kept commits
     /// follow without a gap.
+    ///
+    /// With `part`, only the commits that name it and the files in it
+    /// are replayed, and the log's gaps are left to the check of the whole
+    /// table (which reports them once).
     fn start(
         table: &'a Table,
         versions: Vec<u64>,
+        part: Option<String>,
+        known: Option<&BTreeMap<u64, Option<String>>>,
         report: &mut VerifyReport,
     ) -> Result<Replay<'a>, String> {
         let mut replay = Replay {
             table,
+            part,
             next: 0,
             live: Files::new(),
             versions,
         };
-        let first = replay.versions.first().copied().unwrap_or(0);
-        if first > 0 {
-            let checkpoints = table.checkpoints().map_err(|e| e.to_string())?;
-            let Some(base) = checkpoints.into_iter().rfind(|c| *c + 1 >= first) else {
-                report.fail(
-                    commit_path(table, first - 1),
-                    "missing: the log starts after it, and no checkpoint stands in for it",
-                );
-                return Ok(replay);
-            };
-            let snapshot = table
-                .snapshot(Some(base))
-                .map_err(|e| e.to_string())?
-                .ok_or_else(|| format!("checkpoint {base} cannot be read"))?;
-            replay.live = snapshot
-                .files
-                .values()
-                .map(|a| (a.path.clone(), a.size))
-                .collect();
-            replay.next = base + 1;
-        }
-        for pair in replay.versions.windows(2) {
-            if let [a, b] = pair
-                && b - a > 1
-            {
-                report.fail(
-                    commit_path(table, a + 1),
-                    format!("missing: versions {a} and {b} are there, not the ones between"),
-                );
+        let start = base_checkpoint(table, &replay.versions)?;
+        match replay.part.as_deref() {
+            None => check_dense(table, &replay.versions, report),
+            Some(part) => {
+                let all = std::mem::take(&mut replay.versions);
+                replay.versions = of_part(table, all, part, known, report);
             }
         }
+        let base = match start {
+            Start::Zero => return Ok(replay),
+            Start::Checkpoint(base) => base,
+            Start::Gap(first) => {
+                if replay.part.is_none() {
+                    report_gap(table, first, report);
+                }
+                return Ok(replay);
+            }
+        };
+        let snapshot = table
+            .snapshot(Some(base))
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("checkpoint {base} cannot be read"))?;
+        replay.live = snapshot
+            .files
+            .values()
+            .filter(|a| is_in_part(&a.path, replay.part.as_deref()))
+            .map(|a| (a.path.clone(), a.size))
+            .collect();
+        replay.next = base + 1;
         Ok(replay)
     }
 
@@ -214,7 +247,23 @@ impl<'a> Replay<'a> {
         listed: Option<&Files>,
         report: &mut VerifyReport,
     ) {
+        let part = self.part.as_deref();
         for action in actions {
+            let named = match &action {
+                Action::Add(add) => Some(add.path.as_str()),
+                Action::Remove(remove) => Some(remove.path.as_str()),
+                _ => None,
+            };
+            if let Some(named) = named.filter(|p| !is_in_part(p, part)) {
+                report.fail(
+                    path,
+                    format!(
+                        "names {named}, outside the folder {} of the shard that made it",
+                        part.unwrap_or_default()
+                    ),
+                );
+                continue;
+            }
             match action {
                 Action::Add(add) => {
                     if let Some(listed) = listed
@@ -295,6 +344,156 @@ impl<'a> Replay<'a> {
             self.next = version + 1;
         }
     }
+}
+
+/// Where a replay of a table starts.
+enum Start {
+    /// From version 0.
+    Zero,
+    /// From this checkpoint, which the oldest kept commit follows.
+    Checkpoint(u64),
+    /// Nowhere: the log starts at this version, and no checkpoint stands
+    /// in for the commits before it.
+    Gap(u64),
+}
+
+/// Where a replay of `table`, whose commit files are `versions`, starts.
+fn base_checkpoint(table: &Table, versions: &[u64]) -> Result<Start, String> {
+    let first = versions.first().copied().unwrap_or(0);
+    if first == 0 {
+        return Ok(Start::Zero);
+    }
+    let checkpoints = table.checkpoints().map_err(|e| e.to_string())?;
+    Ok(match checkpoints.into_iter().rfind(|c| *c + 1 >= first) {
+        Some(base) => Start::Checkpoint(base),
+        None => Start::Gap(first),
+    })
+}
+
+/// Fails the commit before `first`, the oldest kept, which no checkpoint
+/// stands in for.
+fn report_gap(table: &Table, first: u64, report: &mut VerifyReport) {
+    report.fail(
+        commit_path(table, first.saturating_sub(1)),
+        "missing: the log starts after it, and no checkpoint stands in for it",
+    );
+}
+
+/// Fails every gap between the `versions` present.
+fn check_dense(table: &Table, versions: &[u64], report: &mut VerifyReport) {
+    for pair in versions.windows(2) {
+        if let [a, b] = pair
+            && b - a > 1
+        {
+            report.fail(
+                commit_path(table, a + 1),
+                format!("missing: versions {a} and {b} are there, not the ones between"),
+            );
+        }
+    }
+}
+
+/// The folder a commit's `commitInfo` names (`None`: none, or no
+/// `commitInfo`), read from the commit file of `version`.
+fn part_of(table: &Table, version: u64) -> Result<Option<String>, String> {
+    let actions = table
+        .read_commit(version)
+        .map_err(|e| e.to_string())?
+        .map(|(_, actions)| actions)
+        .unwrap_or_default();
+    Ok(actions.into_iter().find_map(|a| match a {
+        Action::CommitInfo(info) => info.part,
+        _ => None,
+    }))
+}
+
+/// Of `versions`, those whose commit names the folder `part`, as `known`
+/// says or as read.
+fn of_part(
+    table: &Table,
+    versions: Vec<u64>,
+    part: &str,
+    known: Option<&BTreeMap<u64, Option<String>>>,
+    report: &mut VerifyReport,
+) -> Vec<u64> {
+    let named = |v: u64| match known.and_then(|k| k.get(&v)) {
+        Some(named) => Ok(named.clone()),
+        None => part_of(table, v),
+    };
+    versions
+        .into_iter()
+        .filter(|v| match named(*v) {
+            Ok(named) => named.as_deref() == Some(part),
+            Err(reason) => {
+                report.fail(commit_path(table, *v), reason);
+                false
+            }
+        })
+        .collect()
+}
+
+/// The checks of the prefix `storage`'s shared tables as a whole, once per
+/// prefix of `shards` shards (each shard's own commits and files are
+/// checked with the shard): versions dense from the oldest kept, and every
+/// commit naming the folder of one of the shards. Returns the folder each
+/// commit names, for the shards' checks.
+pub(super) fn check_shared_tables(
+    storage: &Storage,
+    shards: u32,
+    report: &mut VerifyReport,
+) -> Parts {
+    let mut found = Parts::new();
+    let parts: HashSet<String> = (0..shards)
+        .map(|index| {
+            crate::shard::Shard {
+                index,
+                count: shards,
+            }
+            .table_part()
+        })
+        .collect();
+    for kind in TableKind::ALL {
+        let table = Table::new(storage.clone(), kind);
+        let versions = match table.versions() {
+            Ok(versions) => versions,
+            Err(e) => {
+                report.fail(format!("{}/_delta_log", kind.root()), e.to_string());
+                continue;
+            }
+        };
+        let from = match base_checkpoint(&table, &versions) {
+            Ok(Start::Zero) => 0,
+            Ok(Start::Checkpoint(base)) => base + 1,
+            Ok(Start::Gap(first)) => {
+                report_gap(&table, first, report);
+                0
+            }
+            Err(reason) => {
+                report.fail(format!("{}/_delta_log", kind.root()), reason);
+                continue;
+            }
+        };
+        check_dense(&table, &versions, report);
+        let named = found.entry(kind).or_default();
+        for version in versions.into_iter().filter(|v| *v >= from) {
+            let part = part_of(&table, version);
+            if let Ok(part) = &part {
+                named.insert(version, part.clone());
+            }
+            match part {
+                Ok(Some(part)) if parts.contains(&part) => {}
+                Ok(named) => report.fail(
+                    commit_path(&table, version),
+                    format!(
+                        "names no shard of the {shards} ({}): no shard accounts for this commit",
+                        named.as_deref().unwrap_or("no shard at all")
+                    ),
+                ),
+                Err(reason) => report.fail(commit_path(&table, version), reason),
+            }
+        }
+    }
+    found
 }
 
 /// What differs between the table's files and the manifests'.

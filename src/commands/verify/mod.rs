@@ -42,7 +42,10 @@
 //! With `--since` ([`since`]), steps 1 to 5 start after a chain head
 //! verified before, and `SHA256SUMS`, the unlisted files and the Delta logs
 //! are left to the full verify. A sharded prefix ([`run_since`]) is verified shard by
-//! shard, each shard an output root of its own. [`findings`] holds the
+//! shard, each shard an output root of its own; when the shards share one
+//! Delta table per prefix, each shard's check accounts for its own commits
+//! and files, and the table as a whole (dense versions, every commit a
+//! shard's) is checked once for the prefix. [`findings`] holds the
 //! report itself, which every step writes into and none reads back.
 
 // Reads bytes the API or a file supplies: no panic may be reachable from them.
@@ -67,6 +70,7 @@ pub use findings::{Failure, VerifyReport};
 use self::compactions::Compacted;
 use crate::audit::{self, AuditKey};
 use crate::error::{Error, Result};
+use crate::shard::{Shard, Split};
 use crate::sshsig::AllowedSigners;
 use crate::storage::{Backend, Location, Storage};
 
@@ -122,13 +126,13 @@ pub fn run_trusted(
 ) -> Result<VerifyReport> {
     let location = location.into();
     location.require_existing("DIR")?;
-    let storage = location.open()?;
+    let storage = crate::shard::open(&location)?;
     if location.as_dir().is_none() {
         // A bucket that is missing or refuses reading is bad input, not a
         // list of failures.
         storage.prepare()?;
     }
-    let Some(shards) = crate::shard::registered(storage.as_ref())? else {
+    let Some(split) = crate::shard::split(storage.as_ref())? else {
         return Ok(check_trusted(&storage, trust, expect_head, since));
     };
     if since.is_some() {
@@ -137,25 +141,40 @@ pub fn run_trusted(
             "a chain head belongs to one shard: verify that shard's folder (<prefix>/shard=K)",
         ));
     }
-    check_shards(&location, storage.as_ref(), shards, trust, expect_head)
+    check_shards(&location, &storage, split, trust, expect_head)
 }
 
-/// Verifies a sharded prefix of `shards` shards, whose root is `storage`.
+/// Verifies a prefix split as `split`, whose root is `storage`.
 fn check_shards(
     location: &Location,
-    storage: &dyn Backend,
-    shards: u32,
+    storage: &Storage,
+    split: Split,
     trust: &Trust,
     expect_head: Option<&str>,
 ) -> Result<VerifyReport> {
     // A sharded prefix: every shard is an output root of its own, each
     // with its own chain; all of them must verify.
     let mut report = VerifyReport::new(location.clone());
+    let parts = split
+        .one_table
+        .then(|| delta::check_shared_tables(storage, split.shards, &mut report));
     let mut found_head = false;
-    for index in 0..shards {
-        found_head |= check_shard(location, index, shards, trust, expect_head, &mut report)?;
+    for index in 0..split.shards {
+        let shard = Shard {
+            index,
+            count: split.shards,
+        };
+        found_head |= check_shard(
+            location,
+            shard,
+            split,
+            trust,
+            expect_head,
+            parts.as_ref(),
+            &mut report,
+        )?;
     }
-    check_prefix_keys(storage, shards, &mut report)?;
+    check_prefix_keys(storage.as_ref(), split, &mut report)?;
     if let Some(expected) = expect_head
         && !found_head
     {
@@ -169,25 +188,24 @@ fn check_shards(
     Ok(report)
 }
 
-/// Verifies shard `index` of `shards` and adds what it found to `report`,
-/// its paths and notes prefixed with the shard's folder; returns whether
-/// `expect_head` is in its chain.
+/// Verifies `shard` of the prefix `location`, split as `split`, and adds
+/// what it found to `report`, its paths relative to the prefix and its
+/// notes prefixed with the shard's folder; returns whether `expect_head` is
+/// in its chain. `parts` (shared tables) is what the prefix's check read of
+/// the log.
 fn check_shard(
     location: &Location,
-    index: u32,
-    shards: u32,
+    shard: Shard,
+    split: Split,
     trust: &Trust,
     expect_head: Option<&str>,
+    parts: Option<&delta::Parts>,
     report: &mut VerifyReport,
 ) -> Result<bool> {
     let mut found_head = false;
-    let dir = crate::shard::Shard {
-        index,
-        count: shards,
-    }
-    .dir();
-    let storage = location.join(&dir).open()?;
-    let shard = check_trusted(&storage, trust, None, None);
+    let dir = shard.dir();
+    let storage = shard.storage(location, split)?;
+    let shard = check_root(&storage, trust, None, None, parts);
     if let Some(expected) = expect_head
         && audit::read_chain(storage.as_ref())
             .is_ok_and(|(chain, _)| chain.iter().any(|e| e.sha256 == expected))
@@ -201,7 +219,7 @@ fn check_shard(
     report
         .failures
         .extend(shard.failures.into_iter().map(|f| Failure {
-            path: format!("{dir}/{}", f.path),
+            path: in_prefix(location, storage.as_ref(), &dir, &f.path),
             reason: f.reason,
         }));
     report
@@ -211,18 +229,41 @@ fn check_shard(
     Ok(found_head)
 }
 
-/// Checks that a sharded prefix holds its shards and its registry, nothing
-/// else.
-fn check_prefix_keys(storage: &dyn Backend, shards: u32, report: &mut VerifyReport) -> Result<()> {
-    for listed in storage.list("")? {
-        // Exactly `shard=<k>/` as the tool names it: `shard=00/` is not
-        // shard 0, and a glob would read it all the same.
-        let in_shard = listed
-            .key
-            .strip_prefix("shard=")
+/// The shard `storage`'s `key` as a path relative to the prefix `location`:
+/// its own files are in its folder `dir`, its tables' files (when it shares
+/// them) in the prefix's tables.
+fn in_prefix(location: &Location, storage: &dyn Backend, dir: &str, key: &str) -> String {
+    let full = storage.describe(key).to_string_lossy().into_owned();
+    let root = format!("{}/", location.to_string().trim_end_matches('/'));
+    full.strip_prefix(&root)
+        .map_or_else(|| format!("{dir}/{key}"), str::to_owned)
+}
+
+/// Checks that a sharded prefix holds its shards and its registry, and,
+/// with one table per prefix, its tables' logs and the shards' folders in
+/// them (what is in those, the shards' checks account for): nothing else.
+fn check_prefix_keys(storage: &dyn Backend, split: Split, report: &mut VerifyReport) -> Result<()> {
+    let shards = split.shards;
+    // Exactly `<name><k>/` as the tool names it: `shard=00/` is not shard
+    // 0, and a glob would read it all the same.
+    let in_folder = |key: &str, name: &str| {
+        key.strip_prefix(name)
             .and_then(|rest| rest.split_once('/'))
             .and_then(|(k, _)| k.parse::<u32>().ok().filter(|n| n.to_string() == k))
-            .is_some_and(|k| k < shards);
+            .is_some_and(|k| k < shards)
+    };
+    let in_table = |key: &str| {
+        split.one_table
+            && crate::delta::TableKind::ALL.into_iter().any(|kind| {
+                key.strip_prefix(kind.root())
+                    .and_then(|rest| rest.strip_prefix('/'))
+                    .is_some_and(|rest| {
+                        rest.starts_with("_delta_log/") || in_folder(rest, "shard-")
+                    })
+            })
+    };
+    for listed in storage.list("")? {
+        let in_shard = in_folder(&listed.key, "shard=") || in_table(&listed.key);
         if !in_shard && listed.key != crate::shard::REGISTRY {
             report.fail(
                 &listed.key,
@@ -259,6 +300,18 @@ pub fn check_trusted(
     trust: &Trust,
     expect_head: Option<&str>,
     since: Option<&str>,
+) -> VerifyReport {
+    check_root(storage, trust, expect_head, since, None)
+}
+
+/// [`check_trusted`]; a shard of a prefix with shared tables is given what
+/// the prefix's check read of their logs (`parts`).
+fn check_root(
+    storage: &Storage,
+    trust: &Trust,
+    expect_head: Option<&str>,
+    since: Option<&str>,
+    parts: Option<&delta::Parts>,
 ) -> VerifyReport {
     let dir = storage.as_ref();
     let mut report = VerifyReport::new(dir.location());
@@ -314,7 +367,7 @@ pub fn check_trusted(
         None => {
             let sealing = manifests.last().filter(|_| chain.sealing_interrupted);
             sums::check_sums(dir, (interrupted, sealing), &mut report);
-            delta::check_delta(storage, manifests, &mut report);
+            delta::check_delta(storage, manifests, parts, &mut report);
         }
     }
     report
