@@ -47,7 +47,7 @@ pub struct ForgetOptions {
 #[serde(untagged)]
 pub enum ForgetReport {
     /// An output root's erasure run.
-    One(ErasureReport),
+    One(Box<ErasureReport>),
     /// A sharded prefix's: each shard's erasure run, in shard order.
     Shards {
         /// The prefix.
@@ -75,7 +75,9 @@ pub async fn run(options: ForgetOptions) -> Result<ForgetReport> {
     let Some(shards) = crate::shard::registered(options.out.open()?.as_ref())? else {
         let storage = crate::shard::open(&options.out)?;
         let users = resolve_all(&options, &[storage.clone()]).await?;
-        return erase(&options, storage, users).await.map(ForgetReport::One);
+        return erase(&options, storage, users)
+            .await
+            .map(|r| ForgetReport::One(Box::new(r)));
     };
     let roots: Vec<Storage> = (0..shards)
         .map(|k| crate::shard::open(&options.out.join(&format!("shard={k}"))))
