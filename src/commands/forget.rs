@@ -74,7 +74,7 @@ pub async fn run(options: ForgetOptions) -> Result<ForgetReport> {
     options.out.require_existing("--out")?;
     let Some(shards) = crate::shard::registered(options.out.open()?.as_ref())? else {
         let storage = crate::shard::open(&options.out)?;
-        let users = resolve_all(&options, &[storage.clone()]).await?;
+        let users = resolve_all(&options, std::slice::from_ref(&storage)).await?;
         return erase(&options, storage, users)
             .await
             .map(|r| ForgetReport::One(Box::new(r)));
