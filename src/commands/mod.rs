@@ -274,7 +274,7 @@ pub enum Report {
     /// `report`: the audit trail at a glance.
     Report {
         /// What was built and written.
-        written: report::Written,
+        written: Box<report::Written>,
         /// Print the report as JSON.
         json: bool,
     },
@@ -421,7 +421,10 @@ pub async fn execute(command: Command) -> Result<Report> {
             report::run(&dir, html.as_deref(), &trust, erased_ids)
         })
         .await
-        .map(|written| Report::Report { written, json }),
+        .map(|written| Report::Report {
+            written: Box::new(written),
+            json,
+        }),
         Command::Load {
             from,
             to,
