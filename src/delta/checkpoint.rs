@@ -25,7 +25,7 @@ use crate::error::{Error, Result};
 
 mod read;
 
-pub(crate) use read::read;
+pub(crate) use read::{Rows, read_rows};
 
 /// One nullable child column of a struct column, being built.
 type Children = Vec<(&'static str, ArrayRef)>;

@@ -221,7 +221,7 @@ fn after_commit(log: &Log, version: u64, hint: Option<&LastCheckpoint>, now: i64
 /// Writes the checkpoint of `version`, points `_last_checkpoint` at it and
 /// cleans the log up.
 pub(crate) fn checkpoint_and_clean(log: &Log, version: u64, now: i64) -> Result<()> {
-    let Some(snapshot) = snapshot::load(log, Some(version))? else {
+    let Some(snapshot) = snapshot::load(log, Some(version), checkpoint::Rows::All)? else {
         return Ok(());
     };
     // A commit does not re-read the protocol (that costs the checkpoint's

@@ -347,7 +347,7 @@ fn a_checkpoint_reads_back_as_the_snapshot_it_was_written_from() {
     table.commit(&change).unwrap();
     let snapshot = table.snapshot(None).unwrap().unwrap();
     table.checkpoint_at(1, now()).unwrap();
-    let back = checkpoint::read(&table.log, 1).unwrap();
+    let back = checkpoint::read_rows(&table.log, 1, checkpoint::Rows::All).unwrap();
     assert_eq!(back, snapshot.to_actions(now() - 7 * DAY));
     // A path that needs escaping round-trips.
     let odd = Add {
@@ -356,7 +356,7 @@ fn a_checkpoint_reads_back_as_the_snapshot_it_was_written_from() {
     };
     let bytes = checkpoint::encode(&[Action::Add(odd.clone())]).unwrap();
     storage.put_new(&table.checkpoint_key(9), &bytes).unwrap();
-    assert_eq!(checkpoint::read(&table.log, 9).unwrap(), [Action::Add(odd)]);
+    assert_eq!(checkpoint::read_rows(&table.log, 9, checkpoint::Rows::All).unwrap(), [Action::Add(odd)]);
 }
 
 #[test]

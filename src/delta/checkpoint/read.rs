@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Int32Type, Int64Type};
 use arrow_array::{Array, MapArray, RecordBatch, StructArray};
+use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::schema::types::SchemaDescriptor;
 
 use crate::delta::actions::{Action, Add, FileStats, Format, Metadata, Protocol, Remove};
 use crate::delta::log::Log;
@@ -185,13 +187,44 @@ fn batch_actions(batch: &RecordBatch, actions: &mut Vec<Action>) -> Result<(), S
     Ok(())
 }
 
-/// The actions of the checkpoint of `version`.
-pub(crate) fn read(log: &Log, version: u64) -> Result<Vec<Action>> {
+/// The top-level columns a reader needs: all but `remove` and `txn`.
+fn live_columns(schema: &SchemaDescriptor) -> ProjectionMask {
+    let fields = schema.root_schema().get_fields();
+    let wanted = fields
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| !matches!(f.name(), "remove" | "txn"))
+        .map(|(i, _)| i);
+    ProjectionMask::roots(schema, wanted)
+}
+
+/// Which rows of a checkpoint to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Rows {
+    /// Every action: what the next checkpoint carries forward.
+    All,
+    /// The live files, metadata and protocol, without the tombstones: what
+    /// a reader needs. A checkpoint is already reconciled, so none of its
+    /// `remove` rows cancels one of its `add` rows; the `remove` column is
+    /// not even decoded (a week of compactions' tombstones would otherwise
+    /// be most of the cost of opening a table, see `cleanup`).
+    Live,
+}
+
+/// The `rows` of the checkpoint of `version`.
+pub(crate) fn read_rows(log: &Log, version: u64, rows: Rows) -> Result<Vec<Action>> {
     let key = log.checkpoint_key(version);
     let Some(stored) = log.storage.get(&key)? else {
         return Err(log.corrupt(&key, "missing, though the log names this checkpoint"));
     };
     let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(stored.bytes))
+        .map(|builder| match rows {
+            Rows::All => builder,
+            Rows::Live => {
+                let mask = live_columns(builder.parquet_schema());
+                builder.with_projection(mask)
+            }
+        })
         .and_then(|builder| builder.build())
         .map_err(|e| log.corrupt(&key, format!("not a readable Parquet checkpoint ({e})")))?;
     let mut actions = Vec::new();
