@@ -71,6 +71,9 @@ pub struct LongevityReport {
     pub snapshot_last_10pct_median_ms: f64,
     /// Their ratio (last / first).
     pub snapshot_growth: f64,
+    /// The median time to open it after the runs of each tenth of the
+    /// runs, in order, ms: where between the ends it grows, if it does.
+    pub snapshot_tenths_ms: Vec<f64>,
     /// The time to open it after the final `compact` (one live file per
     /// partition), ms.
     pub snapshot_after_compact_ms: f64,
@@ -158,6 +161,10 @@ pub async fn run(runs: u64, work_dir: Option<PathBuf>) -> Result<LongevityReport
     let opens = &synced.snapshot_times;
     let first_open = median(opens.get(..tenth).unwrap_or_default());
     let last_open = median(opens.get(opens.len() - tenth..).unwrap_or_default());
+    let snapshot_tenths_ms = (0..10)
+        .map(|d| median(opens.get(d * tenth..(d + 1) * tenth).unwrap_or_default()))
+        .map(|t| t.as_secs_f64() * 1e3)
+        .collect();
     let (files_before, parquet_files_before, partitions) = count_files(&dir);
     let delta = DeltaLog::of(&Table::new(
         Location::Dir(dir.clone()).open()?,
@@ -177,6 +184,7 @@ pub async fn run(runs: u64, work_dir: Option<PathBuf>) -> Result<LongevityReport
         snapshot_first_10pct_median_ms: first_open.as_secs_f64() * 1e3,
         snapshot_last_10pct_median_ms: last_open.as_secs_f64() * 1e3,
         snapshot_growth: last_open.as_secs_f64() / first_open.as_secs_f64().max(1e-9),
+        snapshot_tenths_ms,
         snapshot_after_compact_ms: checked.snapshot_after_compact_s * 1e3,
         delta,
         checkpoint_bytes_first: synced.checkpoint_bytes_first,
@@ -420,6 +428,12 @@ impl std::fmt::Display for LongevityReport {
             self.snapshot_growth,
             self.snapshot_after_compact_ms
         )?;
+        let tenths: Vec<String> = self
+            .snapshot_tenths_ms
+            .iter()
+            .map(|ms| format!("{ms:.2}"))
+            .collect();
+        writeln!(f, "  open, by tenth of runs  {} ms", tenths.join(" "))?;
         let log = &self.delta;
         writeln!(
             f,

@@ -356,7 +356,10 @@ fn a_checkpoint_reads_back_as_the_snapshot_it_was_written_from() {
     };
     let bytes = checkpoint::encode(&[Action::Add(odd.clone())]).unwrap();
     storage.put_new(&table.checkpoint_key(9), &bytes).unwrap();
-    assert_eq!(checkpoint::read_rows(&table.log, 9, checkpoint::Rows::All).unwrap(), [Action::Add(odd)]);
+    assert_eq!(
+        checkpoint::read_rows(&table.log, 9, checkpoint::Rows::All).unwrap(),
+        [Action::Add(odd)]
+    );
 }
 
 #[test]
@@ -691,4 +694,48 @@ fn the_newest_version_is_found_by_probing_from_the_checkpoint_hint() {
     storage.delete(&table.commit_key(100)).unwrap();
     let err = table.latest_version().unwrap_err();
     assert!(err.to_string().contains("_last_checkpoint"), "{err}");
+}
+
+#[test]
+fn a_reader_skips_the_tombstones_of_a_checkpoint_and_the_next_checkpoint_keeps_them() {
+    let (_dir, storage) = folder();
+    let table = Table::new(storage.clone(), TableKind::Messages);
+    table.commit(&write("r1", 3, now())).unwrap();
+    let mut change = write("c1", 1, now());
+    change.removes = vec![add("r1", 2).to_remove(now(), false)];
+    table.commit(&change).unwrap();
+    table.checkpoint_at(1, now()).unwrap();
+    let bytes = storage
+        .get(&table.checkpoint_key(1))
+        .unwrap()
+        .unwrap()
+        .bytes;
+    let file = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+        bytes::Bytes::from(bytes),
+    )
+    .unwrap();
+    let groups: Vec<i64> = file
+        .metadata()
+        .row_groups()
+        .iter()
+        .map(|g| g.num_rows())
+        .collect();
+    assert_eq!(
+        groups,
+        [5, 1],
+        "protocol, metaData, three adds; the tombstone"
+    );
+    let all = checkpoint::read_rows(&table.log, 1, checkpoint::Rows::All).unwrap();
+    let live = checkpoint::read_rows(&table.log, 1, checkpoint::Rows::Live).unwrap();
+    assert_eq!(all.len(), 6);
+    assert_eq!(live, all[..5]);
+    let snapshot = table.snapshot(None).unwrap().unwrap();
+    assert_eq!(snapshot.files.len(), 3);
+    assert!(snapshot.removed.is_empty());
+    // The checkpoint writer reads them, and keeps them within the retention.
+    table.commit(&write("r2", 1, now())).unwrap();
+    table.checkpoint_at(2, now()).unwrap();
+    let next = checkpoint::read_rows(&table.log, 2, checkpoint::Rows::All).unwrap();
+    let kept = next.iter().filter(|a| matches!(a, Action::Remove(_)));
+    assert_eq!(kept.count(), 1);
 }

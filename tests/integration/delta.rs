@@ -631,7 +631,10 @@ fn listed_messages(manifests: &[Value]) -> Vec<String> {
             listed.insert(f["path"].as_str().unwrap().to_owned());
         }
         for removed in m["compaction"]["removed"].as_array().into_iter().flatten() {
-            assert!(listed.remove(removed["path"].as_str().unwrap()), "{removed}");
+            assert!(
+                listed.remove(removed["path"].as_str().unwrap()),
+                "{removed}"
+            );
         }
     }
     listed
@@ -670,8 +673,7 @@ async fn an_output_written_before_the_tables_becomes_a_table_on_its_next_run() {
     assert!(before.iter().any(|m| m["command"] == "compact"));
     assert!(!out.join("parquet/messages/_delta_log").exists());
     let checkpoint: Value =
-        serde_json::from_slice(&std::fs::read(out.join("state/checkpoint.json")).unwrap())
-            .unwrap();
+        serde_json::from_slice(&std::fs::read(out.join("state/checkpoint.json")).unwrap()).unwrap();
     assert!(checkpoint.get("delta_converted").is_none(), "{checkpoint}");
     verify_ok(&out);
 
