@@ -337,14 +337,21 @@ fn a_checkpoint_every_hundred_versions_keeps_replay_short() {
     assert_eq!(table.latest_version().unwrap(), Some(204));
 }
 
-#[test]
-fn a_checkpoint_reads_back_as_the_snapshot_it_was_written_from() {
-    let (_dir, storage) = folder();
+/// A table of three files, one of which a compaction then removed: two
+/// versions, one tombstone.
+fn table_with_a_tombstone(storage: &Storage) -> Table {
     let table = Table::new(storage.clone(), TableKind::Messages);
     table.commit(&write("r1", 3, now())).unwrap();
     let mut change = write("c1", 1, now());
     change.removes = vec![add("r1", 2).to_remove(now(), false)];
     table.commit(&change).unwrap();
+    table
+}
+
+#[test]
+fn a_checkpoint_reads_back_as_the_snapshot_it_was_written_from() {
+    let (_dir, storage) = folder();
+    let table = table_with_a_tombstone(&storage);
     let snapshot = table.snapshot(None).unwrap().unwrap();
     table.checkpoint_at(1, now()).unwrap();
     let back = checkpoint::read_rows(&table.log, 1, checkpoint::Rows::All).unwrap();
@@ -699,11 +706,7 @@ fn the_newest_version_is_found_by_probing_from_the_checkpoint_hint() {
 #[test]
 fn a_reader_skips_the_tombstones_of_a_checkpoint_and_the_next_checkpoint_keeps_them() {
     let (_dir, storage) = folder();
-    let table = Table::new(storage.clone(), TableKind::Messages);
-    table.commit(&write("r1", 3, now())).unwrap();
-    let mut change = write("c1", 1, now());
-    change.removes = vec![add("r1", 2).to_remove(now(), false)];
-    table.commit(&change).unwrap();
+    let table = table_with_a_tombstone(&storage);
     table.checkpoint_at(1, now()).unwrap();
     let bytes = storage
         .get(&table.checkpoint_key(1))
