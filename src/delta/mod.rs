@@ -20,7 +20,8 @@
 //!   plus the commits after it ([`Snapshot`], time travel);
 //! - `checkpoint`: classic single-file Parquet checkpoints
 //!   (`<v:020>.checkpoint.parquet`, Spark's layout) every
-//!   [`CHECKPOINT_INTERVAL`] versions, and `_last_checkpoint`;
+//!   [`CHECKPOINT_INTERVAL`] versions and after a commit that removes as
+//!   many files (a day's compaction), and `_last_checkpoint`;
 //! - `cleanup`: log retention per `delta.logRetentionDuration` (default 30
 //!   days), below a kept checkpoint only;
 //! - `stats`: `numRecords` and min/max/null counts of the ID and time
@@ -152,7 +153,8 @@ impl Table {
     /// retried at the next free one (at most [`MAX_ATTEMPTS`]), unless the
     /// winner removed a file this change removes too
     /// ([`crate::Error::DeltaConflict`]). A commit that crosses a multiple
-    /// of [`CHECKPOINT_INTERVAL`] then writes a checkpoint and cleans the log.
+    /// of [`CHECKPOINT_INTERVAL`], or removes that many files or more, then
+    /// writes a checkpoint and cleans the log.
     ///
     /// The commit's `commitInfo.timestamp` is its time (the wall clock when
     /// it is unset): the tombstones' and the log's retentions are counted

@@ -742,3 +742,29 @@ fn a_reader_skips_the_tombstones_of_a_checkpoint_and_the_next_checkpoint_keeps_t
     let kept = next.iter().filter(|a| matches!(a, Action::Remove(_)));
     assert_eq!(kept.count(), 1);
 }
+
+#[test]
+fn a_commit_that_removes_an_intervals_worth_of_files_is_checkpointed_at_once() {
+    let (_dir, storage) = folder();
+    let table = Table::new(storage, TableKind::Messages);
+    let files = CHECKPOINT_INTERVAL;
+    table.commit(&write("r1", files, now())).unwrap();
+    let before = table.snapshot(None).unwrap().unwrap();
+    let mut compact = write("c1", 1, now());
+    compact.removes = before
+        .files
+        .values()
+        .map(|a| a.to_remove(now(), false))
+        .collect();
+    assert_eq!(table.commit(&compact).unwrap().version, 1);
+    // No reader parses those removes again: it starts from version 1.
+    assert_eq!(table.checkpoints().unwrap(), [1]);
+    let after = table.snapshot(None).unwrap().unwrap();
+    assert_eq!(after.files.len(), 1);
+    assert!(after.removed.is_empty());
+    // A smaller removal waits for the interval.
+    let mut small = write("c2", 1, now());
+    small.removes = vec![add("c1", 1).to_remove(now(), false)];
+    table.commit(&small).unwrap();
+    assert_eq!(table.checkpoints().unwrap(), [1]);
+}
