@@ -43,11 +43,12 @@ pub struct BenchArgs {
     /// credentials and endpoint from the environment), beside the folder.
     #[arg(long, value_name = "URL")]
     bucket: Option<String>,
-    /// Instead, the longevity scenario: RUNS syncs of a 20-conversation job,
-    /// stamped 5 minutes apart, a few new messages before each; prints the run
-    /// time of the first and last 10%, the time to open the latest Delta
-    /// snapshot at both ends, checkpoint size, verify times and the files
-    /// before and after compact.
+    /// Instead, the longevity scenario: RUNS `sync --compact` runs of a
+    /// 20-conversation job, stamped 5 minutes apart (a compaction per
+    /// simulated day), a few new messages before each; prints the run time of
+    /// the first and last 10%, the time to open the latest Delta snapshot at
+    /// both ends, the Delta log kept, checkpoint size, verify times and the
+    /// files before and after a final compact.
     #[arg(long, value_name = "RUNS", conflicts_with = "bucket")]
     longevity: Option<u64>,
     /// Instead, the latency scenario: a sync of --conversations x --messages

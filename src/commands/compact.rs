@@ -123,9 +123,13 @@ pub fn run(out: &Location, min_files: usize, key: Option<&SigningKey>) -> Result
 
 /// The automatic compaction after a sync (`sync --compact`): when a date
 /// has closed since the last compaction, the partitions of the dates since
-/// then are compacted, in a run of its own. `None` when no date closed.
-pub fn auto(storage: &Storage, key: Option<&SigningKey>) -> Result<Option<CompactReport>> {
-    let stamp = RunStamp::now();
+/// then are compacted, in a run of its own stamped `stamp` (the sync's
+/// clock as it ends). `None` when no date closed.
+pub fn auto(
+    storage: &Storage,
+    stamp: &RunStamp,
+    key: Option<&SigningKey>,
+) -> Result<Option<CompactReport>> {
     let through = crate::checkpoint::Checkpoint::load(storage.as_ref())?
         .compaction
         .through;
@@ -133,7 +137,7 @@ pub fn auto(storage: &Storage, key: Option<&SigningKey>) -> Result<Option<Compac
     if through.as_deref().is_some_and(|t| t >= yesterday.as_str()) {
         return Ok(None);
     }
-    compact(storage, &stamp, &Scope::After(through), MIN_FILES, key).map(Some)
+    compact(storage, stamp, &Scope::After(through), MIN_FILES, key).map(Some)
 }
 
 /// Compacts the closed partitions in `scope` as the run `stamp`, its

@@ -25,7 +25,7 @@ use crate::error::{Error, Result};
 
 mod read;
 
-pub(crate) use read::read;
+pub(crate) use read::{Rows, read_rows};
 
 /// One nullable child column of a struct column, being built.
 type Children = Vec<(&'static str, ArrayRef)>;
@@ -269,8 +269,40 @@ fn txn_column(rows: usize) -> Result<ArrayRef> {
     )
 }
 
-/// The checkpoint file's bytes for `actions` (a snapshot's).
+/// The checkpoint file's bytes for `actions` (a snapshot's): the live
+/// rows (protocol, metaData, adds) in the first row group, the tombstones
+/// in one of their own, which a reader skips without decoding it (see
+/// `read::Rows::Live`). Row order within a checkpoint has no meaning in
+/// the protocol.
 pub(crate) fn encode(actions: &[Action]) -> Result<Vec<u8>> {
+    let (mut rows, tombstones): (Vec<Action>, Vec<Action>) = actions
+        .iter()
+        .cloned()
+        .partition(|a| !matches!(a, Action::Remove(_)));
+    let live = rows.len();
+    rows.extend(tombstones);
+    let batch = batch_of(&rows)?;
+    let properties = WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .build();
+    let mut bytes = Vec::new();
+    let mut writer = ArrowWriter::try_new(&mut bytes, batch.schema(), Some(properties))
+        .map_err(|e| Error::io("delta checkpoint", std::io::Error::other(e)))?;
+    let groups = [batch.slice(0, live), batch.slice(live, rows.len() - live)];
+    for group in groups.iter().filter(|g| g.num_rows() > 0) {
+        writer
+            .write(group)
+            .and_then(|()| writer.flush())
+            .map_err(|e| Error::io("delta checkpoint", std::io::Error::other(e)))?;
+    }
+    writer
+        .close()
+        .map_err(|e| Error::io("delta checkpoint", std::io::Error::other(e)))?;
+    Ok(bytes)
+}
+
+/// One row per action, in the checkpoint's columns.
+fn batch_of(actions: &[Action]) -> Result<RecordBatch> {
     let columns: Vec<(&str, ArrayRef)> = vec![
         ("txn", txn_column(actions.len())?),
         ("add", add_column(actions)?),
@@ -284,22 +316,11 @@ pub(crate) fn encode(actions: &[Action]) -> Result<Vec<u8>> {
             .map(|(name, a)| Field::new(*name, a.data_type().clone(), true))
             .collect::<Vec<_>>(),
     );
-    let batch = RecordBatch::try_new(
+    RecordBatch::try_new(
         Arc::new(schema),
         columns.into_iter().map(|(_, a)| a).collect(),
     )
-    .map_err(arrow_error)?;
-    let properties = WriterProperties::builder()
-        .set_compression(Compression::SNAPPY)
-        .build();
-    let mut bytes = Vec::new();
-    let mut writer = ArrowWriter::try_new(&mut bytes, batch.schema(), Some(properties))
-        .map_err(|e| Error::io("delta checkpoint", std::io::Error::other(e)))?;
-    writer
-        .write(&batch)
-        .and_then(|()| writer.close().map(|_| ()))
-        .map_err(|e| Error::io("delta checkpoint", std::io::Error::other(e)))?;
-    Ok(bytes)
+    .map_err(arrow_error)
 }
 
 /// Writes the checkpoint of `version` (create-only: one that is already

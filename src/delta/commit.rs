@@ -181,7 +181,7 @@ pub(crate) fn commit_from(
         match log.put_new(&key, &bytes) {
             Ok(()) => {
                 let sha256 = hex::encode(Sha256::digest(&bytes));
-                after_commit(log, version, hint, now);
+                after_commit(log, version, change.removes.len(), hint, now);
                 return Ok(Committed { version, sha256 });
             }
             // A folder reports a taken name as corrupt, a bucket as a
@@ -201,16 +201,20 @@ pub(crate) fn commit_from(
     })
 }
 
-/// The checkpoint (and cleanup) a commit at `version` owes: when it lands
-/// on a multiple of [`CHECKPOINT_INTERVAL`], or when the newest checkpoint
-/// is an interval or more behind (one that a killed writer never wrote).
-/// A failure here loses nothing (the commit stands; the next commit tries
-/// again), so it is logged, not returned.
-fn after_commit(log: &Log, version: u64, hint: Option<&LastCheckpoint>, now: i64) {
+/// The checkpoint (and cleanup) a commit at `version` that removed
+/// `removes` files owes: when it lands on a multiple of
+/// [`CHECKPOINT_INTERVAL`], when the newest checkpoint is an interval or
+/// more behind (one that a killed writer never wrote), or when it removed
+/// an interval's worth of files or more (a day's compaction): every reader
+/// until the next checkpoint would otherwise parse all those `remove`
+/// actions, which costs more than reading the checkpoint, whose live files
+/// the removal has just cut down. A failure here loses nothing (the commit
+/// stands; the next commit tries again), so it is logged, not returned.
+fn after_commit(log: &Log, version: u64, removes: usize, hint: Option<&LastCheckpoint>, now: i64) {
     let behind = version.saturating_sub(hint.map_or(0, |h| h.version));
-    if version == 0
-        || (!version.is_multiple_of(CHECKPOINT_INTERVAL) && behind <= CHECKPOINT_INTERVAL)
-    {
+    let interval = CHECKPOINT_INTERVAL;
+    let owed = version.is_multiple_of(interval) || behind > interval || removes as u64 >= interval;
+    if version == 0 || !owed {
         return;
     }
     if let Err(e) = checkpoint_and_clean(log, version, now) {
@@ -221,7 +225,7 @@ fn after_commit(log: &Log, version: u64, hint: Option<&LastCheckpoint>, now: i64
 /// Writes the checkpoint of `version`, points `_last_checkpoint` at it and
 /// cleans the log up.
 pub(crate) fn checkpoint_and_clean(log: &Log, version: u64, now: i64) -> Result<()> {
-    let Some(snapshot) = snapshot::load(log, Some(version))? else {
+    let Some(snapshot) = snapshot::load(log, Some(version), checkpoint::Rows::All)? else {
         return Ok(());
     };
     // A commit does not re-read the protocol (that costs the checkpoint's

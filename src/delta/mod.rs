@@ -20,7 +20,8 @@
 //!   plus the commits after it ([`Snapshot`], time travel);
 //! - `checkpoint`: classic single-file Parquet checkpoints
 //!   (`<v:020>.checkpoint.parquet`, Spark's layout) every
-//!   [`CHECKPOINT_INTERVAL`] versions, and `_last_checkpoint`;
+//!   [`CHECKPOINT_INTERVAL`] versions and after a commit that removes as
+//!   many files (a day's compaction), and `_last_checkpoint`;
 //! - `cleanup`: log retention per `delta.logRetentionDuration` (default 30
 //!   days), below a kept checkpoint only;
 //! - `stats`: `numRecords` and min/max/null counts of the ID and time
@@ -155,16 +156,29 @@ impl Table {
     /// retried at the next free one (at most [`MAX_ATTEMPTS`]), unless the
     /// winner removed a file this change removes too
     /// ([`crate::Error::DeltaConflict`]). A commit that crosses a multiple
-    /// of [`CHECKPOINT_INTERVAL`] then writes a checkpoint and cleans the log.
+    /// of [`CHECKPOINT_INTERVAL`], or removes that many files or more, then
+    /// writes a checkpoint and cleans the log.
+    ///
+    /// The commit's `commitInfo.timestamp` is its time (the wall clock when
+    /// it is unset): the tombstones' and the log's retentions are counted
+    /// from it, on the same clock as the timestamps they compare (a
+    /// commit's age is its `commitInfo.timestamp`, a tombstone's its
+    /// `deletionTimestamp`, both dated by the runs).
     pub fn commit(&self, change: &Change) -> Result<Committed> {
-        commit::commit(&self.log, self.kind, change, now_ms())
+        let now = match change.info.timestamp {
+            t if t > 0 => t,
+            _ => now_ms(),
+        };
+        commit::commit(&self.log, self.kind, change, now)
     }
 
     /// The table at `version` (the latest when `None`), replayed from the
     /// newest checkpoint at or before it; `None` when there is no table.
-    /// Asking for a version the table does not have is bad input.
+    /// Asking for a version the table does not have is bad input. The
+    /// checkpoint's tombstones are not read (a reader needs its live files
+    /// only): [`Snapshot::removed`] holds those of the commits after it.
     pub fn snapshot(&self, version: Option<u64>) -> Result<Option<Snapshot>> {
-        snapshot::load(&self.log, version)
+        snapshot::load(&self.log, version, checkpoint::Rows::Live)
     }
 
     /// The bytes and actions of the commit file of `version`; `None` when

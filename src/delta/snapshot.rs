@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use super::actions::{Action, Add, Metadata, Protocol, Remove};
-use super::checkpoint;
+use super::checkpoint::{self, Rows};
 use super::log::Log;
 use crate::error::{Error, Result};
 
@@ -19,8 +19,11 @@ pub struct Snapshot {
     pub version: u64,
     /// The live data files, by path relative to the table root.
     pub files: BTreeMap<String, Add>,
-    /// Tombstones (removed files), by path; a checkpoint keeps those within
-    /// the deleted-file retention.
+    /// Tombstones (removed files), by path, of the commits replayed after
+    /// the checkpoint the snapshot starts from: a reader needs none of the
+    /// checkpoint's own (see [`super::Table::snapshot`]); the checkpoint
+    /// writer reads those too, and keeps them within the deleted-file
+    /// retention.
     pub removed: BTreeMap<String, Remove>,
     /// The protocol in force.
     pub protocol: Protocol,
@@ -114,8 +117,9 @@ impl Snapshot {
 }
 
 /// Where a replay starts: the newest usable checkpoint at or before
-/// `target` (any version when `None`), or the empty table before version 0.
-fn start(log: &Log, target: Option<u64>) -> Result<Replay> {
+/// `target` (any version when `None`), or the empty table before version 0;
+/// of the checkpoint, its `rows`.
+fn start(log: &Log, target: Option<u64>, rows: Rows) -> Result<Replay> {
     let hinted = log.last_checkpoint()?.map(|h| h.version);
     let from = match (hinted, target) {
         (Some(c), None) => Some(c),
@@ -134,15 +138,16 @@ fn start(log: &Log, target: Option<u64>) -> Result<Replay> {
     };
     let mut replay = Replay::default();
     if let Some(c) = from {
-        replay.apply(c, checkpoint::read(log, c)?);
+        replay.apply(c, checkpoint::read_rows(log, c, rows)?);
     }
     Ok(replay)
 }
 
 /// The table at `target` (the latest when `None`); `None` when the table
-/// has no log. Reads the checkpoint and the commits after it only.
-pub(crate) fn load(log: &Log, target: Option<u64>) -> Result<Option<Snapshot>> {
-    let mut replay = start(log, target)?;
+/// has no log. Reads the checkpoint (its `rows`) and the commits after it
+/// only.
+pub(crate) fn load(log: &Log, target: Option<u64>, rows: Rows) -> Result<Option<Snapshot>> {
+    let mut replay = start(log, target, rows)?;
     let mut next = replay.version.map_or(0, |v| v + 1);
     if replay.version.is_none() && !log.has_commit(0)? {
         return match target {

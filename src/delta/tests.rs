@@ -340,17 +340,24 @@ fn a_checkpoint_every_hundred_versions_keeps_replay_short() {
     assert_eq!(table.latest_version().unwrap(), Some(204));
 }
 
-#[test]
-fn a_checkpoint_reads_back_as_the_snapshot_it_was_written_from() {
-    let (_dir, storage) = folder();
+/// A table of three files, one of which a compaction then removed: two
+/// versions, one tombstone.
+fn table_with_a_tombstone(storage: &Storage) -> Table {
     let table = Table::new(storage.clone(), TableKind::Messages);
     table.commit(&write("r1", 3, now())).unwrap();
     let mut change = write("c1", 1, now());
     change.removes = vec![add("r1", 2).to_remove(now(), false)];
     table.commit(&change).unwrap();
+    table
+}
+
+#[test]
+fn a_checkpoint_reads_back_as_the_snapshot_it_was_written_from() {
+    let (_dir, storage) = folder();
+    let table = table_with_a_tombstone(&storage);
     let snapshot = table.snapshot(None).unwrap().unwrap();
     table.checkpoint_at(1, now()).unwrap();
-    let back = checkpoint::read(&table.log, 1).unwrap();
+    let back = checkpoint::read_rows(&table.log, 1, checkpoint::Rows::All).unwrap();
     assert_eq!(back, snapshot.to_actions(now() - 7 * DAY));
     // A path that needs escaping round-trips.
     let odd = Add {
@@ -359,7 +366,10 @@ fn a_checkpoint_reads_back_as_the_snapshot_it_was_written_from() {
     };
     let bytes = checkpoint::encode(&[Action::Add(odd.clone())]).unwrap();
     storage.put_new(&table.checkpoint_key(9), &bytes).unwrap();
-    assert_eq!(checkpoint::read(&table.log, 9).unwrap(), [Action::Add(odd)]);
+    assert_eq!(
+        checkpoint::read_rows(&table.log, 9, checkpoint::Rows::All).unwrap(),
+        [Action::Add(odd)]
+    );
 }
 
 #[test]
@@ -694,4 +704,70 @@ fn the_newest_version_is_found_by_probing_from_the_checkpoint_hint() {
     storage.delete(&table.commit_key(100)).unwrap();
     let err = table.latest_version().unwrap_err();
     assert!(err.to_string().contains("_last_checkpoint"), "{err}");
+}
+
+#[test]
+fn a_reader_skips_the_tombstones_of_a_checkpoint_and_the_next_checkpoint_keeps_them() {
+    let (_dir, storage) = folder();
+    let table = table_with_a_tombstone(&storage);
+    table.checkpoint_at(1, now()).unwrap();
+    let bytes = storage
+        .get(&table.checkpoint_key(1))
+        .unwrap()
+        .unwrap()
+        .bytes;
+    let file = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+        bytes::Bytes::from(bytes),
+    )
+    .unwrap();
+    let groups: Vec<i64> = file
+        .metadata()
+        .row_groups()
+        .iter()
+        .map(|g| g.num_rows())
+        .collect();
+    assert_eq!(
+        groups,
+        [5, 1],
+        "protocol, metaData, three adds; the tombstone"
+    );
+    let all = checkpoint::read_rows(&table.log, 1, checkpoint::Rows::All).unwrap();
+    let live = checkpoint::read_rows(&table.log, 1, checkpoint::Rows::Live).unwrap();
+    assert_eq!(all.len(), 6);
+    assert_eq!(live, all[..5]);
+    let snapshot = table.snapshot(None).unwrap().unwrap();
+    assert_eq!(snapshot.files.len(), 3);
+    assert!(snapshot.removed.is_empty());
+    // The checkpoint writer reads them, and keeps them within the retention.
+    table.commit(&write("r2", 1, now())).unwrap();
+    table.checkpoint_at(2, now()).unwrap();
+    let next = checkpoint::read_rows(&table.log, 2, checkpoint::Rows::All).unwrap();
+    let kept = next.iter().filter(|a| matches!(a, Action::Remove(_)));
+    assert_eq!(kept.count(), 1);
+}
+
+#[test]
+fn a_commit_that_removes_an_intervals_worth_of_files_is_checkpointed_at_once() {
+    let (_dir, storage) = folder();
+    let table = Table::new(storage, TableKind::Messages);
+    let files = CHECKPOINT_INTERVAL;
+    table.commit(&write("r1", files, now())).unwrap();
+    let before = table.snapshot(None).unwrap().unwrap();
+    let mut compact = write("c1", 1, now());
+    compact.removes = before
+        .files
+        .values()
+        .map(|a| a.to_remove(now(), false))
+        .collect();
+    assert_eq!(table.commit(&compact).unwrap().version, 1);
+    // No reader parses those removes again: it starts from version 1.
+    assert_eq!(table.checkpoints().unwrap(), [1]);
+    let after = table.snapshot(None).unwrap().unwrap();
+    assert_eq!(after.files.len(), 1);
+    assert!(after.removed.is_empty());
+    // A smaller removal waits for the interval.
+    let mut small = write("c2", 1, now());
+    small.removes = vec![add("c1", 1).to_remove(now(), false)];
+    table.commit(&small).unwrap();
+    assert_eq!(table.checkpoints().unwrap(), [1]);
 }

@@ -303,6 +303,17 @@ impl Store {
         &self.stamp.run_id
     }
 
+    /// This run's stamp.
+    pub fn stamp(&self) -> &RunStamp {
+        &self.stamp
+    }
+
+    /// Milliseconds since the epoch on this run's clock now (see
+    /// [`RunStamp::clock`]): what its Delta commits are dated.
+    pub(crate) fn clock_ms(&self) -> i64 {
+        self.stamp.clock(self.opened.elapsed()).timestamp_millis()
+    }
+
     /// The checkpoint as it will be committed next.
     pub fn checkpoint(&self) -> &Checkpoint {
         &self.checkpoint

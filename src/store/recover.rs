@@ -127,7 +127,7 @@ pub(super) fn run(shared: &Storage, stamp: &RunStamp) -> Result<Recovered> {
     let stamp = unused_stamp(storage, &tail, stamp)?;
     let killed = claim(storage, &mut checkpoint, &tail, &stamp)?;
     audit::cut_torn_chain(storage, torn_at)?;
-    let delta_reverted = revert_delta(shared, killed.as_deref(), &stamp.run_id)?;
+    let delta_reverted = revert_delta(shared, killed.as_deref(), &stamp)?;
     let (audit_repair, parquet_removed) =
         remove_killed_runs(storage, &checkpoint, killed, &stamp.run_id)?;
     let (pointer, last) = pointer_from_chain(storage, tail.last())?;
@@ -155,12 +155,14 @@ pub(super) fn run(shared: &Storage, stamp: &RunStamp) -> Result<Recovered> {
 
 /// Step 5: undoes, in each Delta table, the commits of the `killed` runs
 /// (or, when the checkpoint names none, of every run the chain does not
-/// hold), naming `run_id`.
+/// hold), naming the run `stamp` and dated on its clock.
 fn revert_delta(
     storage: &Storage,
     killed: Option<&[Claim]>,
-    run_id: &str,
+    stamp: &RunStamp,
 ) -> Result<BTreeMap<TableKind, DeltaRevert>> {
+    let run_id = stamp.run_id.as_str();
+    let timestamp = stamp.clock(std::time::Duration::ZERO).timestamp_millis();
     // Only runs known to have been killed count: a commit of a run sealed
     // long ago (which the chain's tail, read from the checkpoint on, may
     // not hold) ends the walk back through the log.
@@ -170,7 +172,7 @@ fn revert_delta(
         Some([]) => Ok(BTreeMap::new()),
         Some(claims) => {
             let runs: HashSet<&str> = claims.iter().map(|c| c.run.as_str()).collect();
-            tables::revert_killed(storage, &|run| runs.contains(run), run_id)
+            tables::revert_killed(storage, &|run| runs.contains(run), run_id, timestamp)
         }
         None => {
             let (chain, _) = audit::read_chain(storage.as_ref())?;
@@ -179,6 +181,7 @@ fn revert_delta(
                 storage,
                 &|run| run != run_id && !sealed.contains(run),
                 run_id,
+                timestamp,
             )
         }
     }

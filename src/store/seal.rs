@@ -114,6 +114,7 @@ impl Store {
     /// that order.
     pub fn seal(mut self, body: ManifestBody) -> Result<Sealed> {
         self.close_tables()?;
+        let now = self.clock_ms();
         let files = self.listed_files();
         let coverage = self.coverage();
         let audit_rows = self.rows.finish()?;
@@ -122,6 +123,7 @@ impl Store {
         let previous = self.head.clone();
         let delta = tables::commit_run(
             &self.storage,
+            now,
             &RunFiles {
                 run_id: &self.stamp.run_id,
                 command: body.command,

@@ -35,6 +35,20 @@ impl RunStamp {
         }
     }
 
+    /// The run's clock `elapsed` after it started: its start time plus
+    /// `elapsed`. For a run stamped now that is the wall clock; for a run
+    /// stamped in the past (tests, `bench --longevity`'s simulated days)
+    /// it is that past, so that everything the run dates (its Delta
+    /// commits, the compaction after it) keeps to one clock.
+    pub fn clock(&self, elapsed: std::time::Duration) -> chrono::DateTime<chrono::Utc> {
+        let elapsed = chrono::Duration::from_std(elapsed).unwrap_or_default();
+        match chrono::DateTime::parse_from_rfc3339(&self.started_at) {
+            Ok(start) => start.with_timezone(&chrono::Utc) + elapsed,
+            // Stamps are made by `at`; one that does not parse is dated now.
+            Err(_) => chrono::Utc::now(),
+        }
+    }
+
     /// The same stamp with a new random part.
     pub(super) fn with_new_suffix(&self) -> RunStamp {
         let second = self.run_id.split('-').next().unwrap_or_default();

@@ -184,14 +184,15 @@ fn stats_of(file: &WrittenFile) -> FileStats {
 /// when it opened. With `converting` (an output with sealed runs that no run
 /// sealed with the tables yet), a table with no log is converted in the
 /// same commit: it also adds every file the sealed manifests list, so that
-/// its first version holds everything the chain does.
+/// its first version holds everything the chain does. `timestamp` (ms
+/// since the epoch, on the run's clock) dates the commits.
 pub(super) fn commit_run(
     storage: &Storage,
+    timestamp: i64,
     run: &RunFiles<'_>,
     converting: bool,
     reverted: BTreeMap<TableKind, DeltaRevert>,
 ) -> Result<BTreeMap<String, DeltaEntry>> {
-    let timestamp = chrono::Utc::now().timestamp_millis();
     let mut changes = project(run, timestamp);
     let mut entries: BTreeMap<String, DeltaEntry> = reverted
         .into_iter()
@@ -271,9 +272,10 @@ pub(super) type Killed<'a> = &'a dyn Fn(&str) -> bool;
 
 /// The repair step for the Delta tables: in each table, the commits at the
 /// end of the log whose run is `killed` are undone by one commit, named
-/// after `run_id`, that restores the snapshot before them (removes what
-/// they added, adds back what they removed). Returns, by table, the
-/// commits undone and the restoring one, for this run's manifest.
+/// after `run_id` and dated `timestamp` (ms since the epoch, on the run's
+/// clock), that restores the snapshot before them (removes what they
+/// added, adds back what they removed). Returns, by table, the commits
+/// undone and the restoring one, for this run's manifest.
 ///
 /// A shard that shares the table (`table_part`) considers only its own
 /// commits and files: other shards' commits, which may follow or
@@ -285,6 +287,7 @@ pub(super) fn revert_killed(
     storage: &Storage,
     killed: Killed<'_>,
     run_id: &str,
+    timestamp: i64,
 ) -> Result<BTreeMap<TableKind, DeltaRevert>> {
     let mut reverted = BTreeMap::new();
     let part = storage.table_part();
@@ -305,7 +308,7 @@ pub(super) fn revert_killed(
         let info = CommitInfo {
             run_id: run_id.to_owned(),
             operation: "RESTORE".to_owned(),
-            timestamp: chrono::Utc::now().timestamp_millis(),
+            timestamp,
             part: part.map(str::to_owned),
         };
         let committed = table.commit(&restore(info, now.as_ref(), before.as_ref(), part))?;

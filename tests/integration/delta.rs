@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use xquik_dm::commands::mock::{SYNTHETIC_ACCOUNT, synthetic_user, synthetic_world};
 use xquik_dm::commands::sync;
 use xquik_dm::mock::MockServer;
 use xquik_dm::storage::Storage;
@@ -596,5 +597,145 @@ fn a_changed_a_missing_and_an_extra_commit_each_fail_verify() {
             report.contains("_delta_log/0000000000000000000"),
             "{what}: {report}"
         );
+    }
+}
+
+/// The synthetic world `fixtures/pre-delta/` was written against (see its
+/// README): 4 conversations of 20 messages, 3 more in conversation `i % 4`
+/// before each of its 4 syncs, with the tests' key.
+async fn pre_delta_world() -> MockServer {
+    let mut config = synthetic_world(4, 20);
+    config.api_key = Some(crate::KEY.to_owned());
+    let server = MockServer::start(config).await.unwrap();
+    for i in 0..4 {
+        server.append_messages(SYNTHETIC_ACCOUNT, &synthetic_user(i % 4), 3);
+    }
+    server
+}
+
+/// A sync of the synthetic world's conversations into `out`, sealed.
+async fn sync_synthetic(server: &MockServer, out: &Path) {
+    let mut options = sync_options(server, out, &[]);
+    options.targets = (0..4)
+        .map(|i| sync::Target {
+            account: xquik_dm::Account::parse(SYNTHETIC_ACCOUNT).unwrap(),
+            user: xquik_dm::UserRef::Id(synthetic_user(i)),
+        })
+        .collect();
+    let report = sync::run(options).await.unwrap();
+    assert_eq!(report.exit_code(), 0);
+}
+
+/// The messages table's data files the sealed manifests list now: every
+/// file listed, but those a later compaction removed.
+fn listed_messages(manifests: &[Value]) -> Vec<String> {
+    let mut listed = std::collections::BTreeSet::new();
+    for m in manifests {
+        for f in m["files"].as_array().unwrap() {
+            listed.insert(f["path"].as_str().unwrap().to_owned());
+        }
+        for removed in m["compaction"]["removed"].as_array().into_iter().flatten() {
+            assert!(
+                listed.remove(removed["path"].as_str().unwrap()),
+                "{removed}"
+            );
+        }
+    }
+    listed
+        .into_iter()
+        .filter_map(|p| p.strip_prefix("parquet/messages/").map(str::to_owned))
+        .collect()
+}
+
+/// The paths a commit's actions add.
+fn added(actions: &[Value]) -> Vec<String> {
+    let mut paths: Vec<String> = actions
+        .iter()
+        .filter_map(|a| a["add"]["path"].as_str().map(str::to_owned))
+        .collect();
+    paths.sort();
+    paths
+}
+
+/// An output written before the tables existed (by commit ba20297, see
+/// `fixtures/pre-delta/README.md`: sealed manifests without a `delta`
+/// field, a compaction among them, no `_delta_log`) becomes a table on its
+/// next run: version 0 adds every file the sealed manifests list (not the
+/// compacted-away ones) plus the run's own, the readers read exactly the
+/// JSONL, `verify` passes, and the run after that is a normal commit.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_output_written_before_the_tables_becomes_a_table_on_its_next_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    copy_dir(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/pre-delta/out"),
+        &out,
+    );
+    let before = crate::chain_manifests(&out);
+    assert_eq!(before.len(), 5, "four syncs and a compaction");
+    assert!(before.iter().all(|m| m.get("delta").is_none()));
+    assert!(before.iter().any(|m| m["command"] == "compact"));
+    assert!(!out.join("parquet/messages/_delta_log").exists());
+    let checkpoint: Value =
+        serde_json::from_slice(&std::fs::read(out.join("state/checkpoint.json")).unwrap()).unwrap();
+    assert!(checkpoint.get("delta_converted").is_none(), "{checkpoint}");
+    verify_ok(&out);
+
+    let server = pre_delta_world().await;
+    server.append_messages(SYNTHETIC_ACCOUNT, &synthetic_user(1), 5);
+    sync_synthetic(&server, &out).await;
+    let manifests = crate::chain_manifests(&out);
+    let converting = manifests.last().unwrap();
+    assert_eq!(converting["delta"]["messages"]["version"], 0);
+    let (version, actions) = last_commit(&out);
+    assert_eq!(version, 0);
+    let info = actions.iter().find_map(|a| a.get("commitInfo")).unwrap();
+    assert_eq!(info["operation"], "CONVERT");
+    assert_eq!(info["runId"], converting["run_id"]);
+    assert!(actions.iter().any(|a| a.get("protocol").is_some()));
+    assert!(actions.iter().any(|a| a.get("metaData").is_some()));
+    assert!(actions.iter().all(|a| a.get("remove").is_none()));
+    let old = listed_messages(&before);
+    assert_eq!(old.len(), 2, "the compacted day's file and the next day's");
+    let all = listed_messages(&manifests);
+    assert_eq!(all.len(), 3, "and the converting run's own");
+    assert!(old.iter().all(|p| all.contains(p)));
+    assert_eq!(added(&actions), all);
+    assert_pre_delta_rows_read(&out, 1);
+    verify_ok(&out);
+
+    // The next run is a normal commit: its own file, nothing else.
+    server.append_messages(SYNTHETIC_ACCOUNT, &synthetic_user(2), 4);
+    sync_synthetic(&server, &out).await;
+    let manifests = crate::chain_manifests(&out);
+    let last = manifests.last().unwrap();
+    let (version, actions) = last_commit(&out);
+    assert_eq!(version, 1);
+    assert_eq!(last["delta"]["messages"]["version"], 1);
+    let info = actions.iter().find_map(|a| a.get("commitInfo")).unwrap();
+    assert_eq!(info["operation"], "WRITE");
+    assert_eq!(info["runId"], last["run_id"]);
+    assert!(actions.iter().all(|a| a.get("protocol").is_none()));
+    let own: Vec<String> = listed_messages(&manifests[manifests.len() - 1..]);
+    assert_eq!(own.len(), 1);
+    assert_eq!(added(&actions), own);
+    assert_pre_delta_rows_read(&out, 2);
+    verify_ok(&out);
+}
+
+/// delta-rs and Polars read exactly the JSONL's rows of `out`, whose
+/// messages table is at `version`, with one history entry per version.
+fn assert_pre_delta_rows_read(out: &Path, commits: u64) {
+    let read = read_messages(out);
+    assert_eq!(read["version"], commits - 1);
+    assert_eq!(read["history"].as_array().unwrap().len() as u64, commits);
+    let records = jsonl_history(out);
+    assert!(records.len() > 80, "{}", records.len());
+    for rows in [&read["rows"], &read["polars"]] {
+        let rows = rows.as_array().unwrap();
+        assert_eq!(rows.len(), records.len());
+        for (row, record) in rows.iter().zip(&records) {
+            assert_row_is_record(row, record);
+        }
     }
 }

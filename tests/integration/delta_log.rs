@@ -324,10 +324,11 @@ fn compact_first_two(storage: &Storage, at: i64) {
 fn past_a_hundred_versions_readers_load_the_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path();
-    // 105 versions, all but the last four made 40 days ago: the checkpoint
-    // at version 100 lets cleanup delete versions 0 to 99, so a reader can
-    // only load the table through the checkpoint.
-    let storage = long_table(out, 105, 101);
+    // 105 versions, all but the last five made 40 days ago: the checkpoint
+    // at version 100, made now (retentions count from the commit's time),
+    // lets cleanup delete versions 0 to 99, so a reader can only load the
+    // table through the checkpoint.
+    let storage = long_table(out, 105, 100);
     let table = Table::new(storage.clone(), TableKind::Messages);
     assert_eq!(table.latest_version().unwrap(), Some(104));
     assert_eq!(table.checkpoints().unwrap(), [100]);
@@ -395,7 +396,7 @@ print(json.dumps({"rows": rows[0], "ids": rows[1], "min_date": rows[2], "late": 
 fn duckdb_delta_scan_reads_the_table_through_its_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path();
-    long_table(out, 105, 101);
+    long_table(out, 105, 100);
     let (python, extensions) = duckdb_with_delta();
     let seen = run_python(
         python,
@@ -435,15 +436,27 @@ deltalake.DeltaTable(sys.argv[1]).create_checkpoint()
     assert_eq!(theirs.protocol, ours.protocol);
     assert_eq!(theirs.metadata.schema_string, ours.metadata.schema_string);
     assert_eq!(theirs.metadata.partition_columns, ["date"]);
-    assert_eq!(
-        theirs.removed.keys().collect::<Vec<_>>(),
-        ours.removed.keys().collect::<Vec<_>>()
-    );
-    // And this module commits on top of it.
+    // A reader skips a checkpoint's tombstones.
+    assert!(theirs.removed.is_empty(), "{:?}", theirs.removed);
+    assert_eq!(ours.removed.len(), 2, "the compaction's inputs");
+    // And this module commits on top of it; its own checkpoint carries
+    // delta-rs's tombstones forward, which delta-rs reads back.
     run_at_day(table.storage(), 53, now());
     assert_eq!(
         table.snapshot(None).unwrap().unwrap().files.len(),
         ours.files.len() + 1
+    );
+    table.checkpoint_at(53, now()).unwrap();
+    let script = r#"
+import sys, json, pyarrow.parquet as pq
+rows = pq.read_table(sys.argv[1]).to_pylist()
+print(json.dumps(sorted(r["remove"]["path"] for r in rows if r["remove"] is not None)))
+"#;
+    let tombstones = run_python(readers(), script, &[&out.join(table.checkpoint_key(53))]);
+    let tombstones: Vec<String> = serde_json::from_str(&tombstones).unwrap();
+    assert_eq!(
+        tombstones.iter().collect::<Vec<_>>(),
+        ours.removed.keys().collect::<Vec<_>>()
     );
 }
 

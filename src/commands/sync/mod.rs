@@ -67,6 +67,7 @@ pub async fn run(options: SyncOptions) -> Result<SyncReport> {
     options.stamp = Some(stamp.clone());
     let (run, mut store, storage) = set_up(options).await?;
     let run_id = store.run_id().to_owned();
+    let stamp = store.stamp().clone();
     let repair = store.repair().clone();
     let (resolved, mut reports) = resolve_targets(&run, &mut store).await;
 
@@ -90,7 +91,10 @@ pub async fn run(options: SyncOptions) -> Result<SyncReport> {
     }
     if run.options.compact {
         let key = run.options.signing_key.clone();
-        compact_after(storage, key, &mut report).await?;
+        // A run of its own, on the sync's clock (a stamped sync's
+        // simulated day decides which dates have closed).
+        let stamp = RunStamp::at(stamp.clock(started.elapsed()));
+        compact_after(storage, stamp, key, &mut report).await?;
     }
     report.elapsed = started.elapsed();
     Ok(report)
@@ -162,13 +166,14 @@ async fn retain_after(
 /// last compaction. A failure is put in the report; the run stays sealed.
 async fn compact_after(
     storage: Storage,
+    stamp: RunStamp,
     key: Option<SigningKey>,
     report: &mut SyncReport,
 ) -> Result<()> {
     // A run of its own, after this one is sealed and has let go of
     // the output.
     let compacted =
-        tokio::task::spawn_blocking(move || super::compact::auto(&storage, key.as_ref()))
+        tokio::task::spawn_blocking(move || super::compact::auto(&storage, &stamp, key.as_ref()))
             .await
             .map_err(|e| Error::io("<compact>", std::io::Error::other(e)))?;
     match compacted {

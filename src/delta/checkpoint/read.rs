@@ -8,7 +8,10 @@ use std::collections::BTreeMap;
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Int32Type, Int64Type};
 use arrow_array::{Array, MapArray, RecordBatch, StructArray};
+use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::file::metadata::RowGroupMetaData;
+use parquet::schema::types::SchemaDescriptor;
 
 use crate::delta::actions::{Action, Add, FileStats, Format, Metadata, Protocol, Remove};
 use crate::delta::log::Log;
@@ -185,13 +188,75 @@ fn batch_actions(batch: &RecordBatch, actions: &mut Vec<Action>) -> Result<(), S
     Ok(())
 }
 
-/// The actions of the checkpoint of `version`.
-pub(crate) fn read(log: &Log, version: u64) -> Result<Vec<Action>> {
+/// The top-level columns a reader needs: all but `remove` and `txn`.
+fn live_columns(schema: &SchemaDescriptor) -> ProjectionMask {
+    let fields = schema.root_schema().get_fields();
+    let wanted = fields
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| !matches!(f.name(), "remove" | "txn"))
+        .map(|(i, _)| i);
+    ProjectionMask::roots(schema, wanted)
+}
+
+/// A field every action of each live kind has: a row group in which all
+/// three are null (by its statistics) holds tombstones (or `txn` rows)
+/// only.
+const LIVE_FIELDS: [&str; 3] = ["add.path", "metaData.id", "protocol.minReaderVersion"];
+
+/// The row groups that may hold a live row: all but those whose
+/// statistics say that every row is something else (this tool writes the
+/// tombstones in a row group of their own; a group without statistics is
+/// read).
+fn live_row_groups(groups: &[RowGroupMetaData]) -> Vec<usize> {
+    let may_hold_live = |group: &RowGroupMetaData| {
+        let rows = u64::try_from(group.num_rows()).unwrap_or(u64::MAX);
+        let mut fields = group
+            .columns()
+            .iter()
+            .filter(|c| LIVE_FIELDS.contains(&c.column_path().string().as_str()))
+            .peekable();
+        fields.peek().is_none()
+            || fields.any(|c| {
+                c.statistics()
+                    .and_then(|s| s.null_count_opt())
+                    .is_none_or(|nulls| nulls < rows)
+            })
+    };
+    (0..groups.len())
+        .filter(|&i| may_hold_live(&groups[i]))
+        .collect()
+}
+
+/// Which rows of a checkpoint to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Rows {
+    /// Every action: what the next checkpoint carries forward.
+    All,
+    /// The live files, metadata and protocol, without the tombstones: what
+    /// a reader needs. A checkpoint is already reconciled, so none of its
+    /// `remove` rows cancels one of its `add` rows; neither the `remove`
+    /// column nor a row group of tombstones only is decoded (a week of
+    /// compactions' tombstones would otherwise be most of the cost of
+    /// opening a table, see `cleanup`).
+    Live,
+}
+
+/// The `rows` of the checkpoint of `version`.
+pub(crate) fn read_rows(log: &Log, version: u64, rows: Rows) -> Result<Vec<Action>> {
     let key = log.checkpoint_key(version);
     let Some(stored) = log.storage.get(&key)? else {
         return Err(log.corrupt(&key, "missing, though the log names this checkpoint"));
     };
     let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(stored.bytes))
+        .map(|builder| match rows {
+            Rows::All => builder,
+            Rows::Live => {
+                let mask = live_columns(builder.parquet_schema());
+                let groups = live_row_groups(builder.metadata().row_groups());
+                builder.with_projection(mask).with_row_groups(groups)
+            }
+        })
         .and_then(|builder| builder.build())
         .map_err(|e| log.corrupt(&key, format!("not a readable Parquet checkpoint ({e})")))?;
     let mut actions = Vec::new();
