@@ -126,6 +126,10 @@ fn describe(out: &Path) -> String {
     lines.push("== Parquet rows, as DuckDB reads them".to_owned());
     lines.extend(parquet_rows(out).lines().map(str::to_owned));
     lines.push("== manifests, in chain order".to_owned());
+    // A send record's `sent_at` is written with as many fractional digits
+    // as the clock gave it, so from the first send on, the handoff file's
+    // length (and each later segment's offset) depends on the clock.
+    let mut sent = false;
     for run in &runs {
         let text =
             std::fs::read_to_string(out.join(format!("audit/runs/{run}.manifest.json"))).unwrap();
@@ -141,6 +145,19 @@ fn describe(out: &Path) -> String {
         if manifest["command"] == "send" {
             let files = manifest["files"].as_array().map_or(0, Vec::len);
             timed.extend((0..files).map(|i| format!("/files/{i}/sha256")));
+            sent = true;
+        }
+        if sent {
+            timed.push("/coverage/jsonl_bytes".to_owned());
+            let files = manifest["files"].as_array().cloned().unwrap_or_default();
+            for (i, file) in files.iter().enumerate() {
+                if file["path"] == "xquik-dm-handoff.jsonl" {
+                    timed.extend(
+                        ["bytes", "length", "offset", "sha256"]
+                            .map(|key| format!("/files/{i}/{key}")),
+                    );
+                }
+            }
         }
         for pointer in timed {
             if let Some(v) = manifest.pointer_mut(&pointer).filter(|v| !v.is_null()) {
