@@ -131,7 +131,12 @@ async fn erase(
 /// The user IDs of `options.users`: each as given, from the recipients of
 /// the roots' checkpoints, or looked up.
 async fn resolve_all(options: &ForgetOptions, roots: &[Storage]) -> Result<Vec<String>> {
-    let roots = roots.to_vec();
+    // Only a username needs the recipients the checkpoints remember.
+    let named = options
+        .users
+        .iter()
+        .any(|u| matches!(u, UserRef::Username(_)));
+    let roots = if named { roots.to_vec() } else { Vec::new() };
     let known = tokio::task::spawn_blocking(move || {
         roots
             .iter()
