@@ -3,10 +3,10 @@
 //! (20 conversations; before each run a few new messages arrive in one of
 //! them) — the scheduled job the README recommends, which compacts the
 //! dates closed since the last compaction once a day. The runs are stamped
-//! five minutes apart, starting days ago, so that they fill date partitions
-//! as a real job would, and everything they date (Delta commits, the daily
-//! compaction, the tombstone and log retentions) follows that simulated
-//! clock; each writes to a real folder with every fsync.
+//! five minutes apart, starting at midnight UTC days ago, so that they fill
+//! date partitions as a real job would, and everything they date (Delta
+//! commits, the daily compaction, the tombstone and log retentions) follows
+//! that simulated clock; each writes to a real folder with every fsync.
 //!
 //! It prints what a job operator would watch over years: the median wall
 //! time of the first and the last 10% of the runs (a run must not get
@@ -241,7 +241,10 @@ struct Synced {
     compactions: u64,
 }
 
-/// `runs` syncs five minutes apart over `days` days ending yesterday, with
+/// `runs` syncs five minutes apart over `days` days ending yesterday (from
+/// midnight UTC, so that the figures do not depend on the time of day the
+/// benchmark is run: each tenth of the runs then holds the same mix of
+/// young and old days), with
 /// new messages in one conversation before each, each followed by the
 /// compaction of the dates closed since the last one (`sync --compact`).
 async fn sync_runs(
@@ -252,7 +255,10 @@ async fn sync_runs(
     runs: u64,
     days: u64,
 ) -> Result<Synced> {
-    let start = chrono::Utc::now() - chrono::Duration::days(days as i64 + 1);
+    let start = (chrono::Utc::now() - chrono::Duration::days(days as i64 + 1))
+        .date_naive()
+        .and_time(chrono::NaiveTime::MIN)
+        .and_utc();
     let checkpoint = dir.join(crate::checkpoint::KEY);
     let mut times = Vec::with_capacity(runs as usize);
     let mut snapshot_times = Vec::with_capacity(runs as usize);

@@ -37,6 +37,51 @@ pub struct FileStats {
     pub columns: BTreeMap<String, ColumnStats>,
 }
 
+/// The `stats` of an `add` as the log holds them: the JSON string, parsed
+/// only when a caller asks ([`Stats::parse`]). Opening a table decodes one
+/// `add` per live file, and most readers never look at the statistics, so
+/// they are carried as read (and written forward as read by a checkpoint).
+#[derive(Debug, Clone)]
+pub struct Stats(String);
+
+impl Stats {
+    /// A `stats` string as read from the log.
+    pub fn from_json(json: String) -> Stats {
+        Stats(json)
+    }
+
+    /// The JSON string, as the log holds it.
+    pub fn json(&self) -> &str {
+        &self.0
+    }
+
+    /// The statistics; `None` when the string is not one this tool can use
+    /// (statistics only ever help skipping, so they are never an error).
+    pub fn parse(&self) -> Option<FileStats> {
+        FileStats::from_json(&self.0)
+    }
+}
+
+impl From<&FileStats> for Stats {
+    fn from(stats: &FileStats) -> Stats {
+        Stats(stats.to_json())
+    }
+}
+
+impl From<FileStats> for Stats {
+    fn from(stats: FileStats) -> Stats {
+        Stats::from(&stats)
+    }
+}
+
+/// Equal when they say the same: the same string, or the same statistics
+/// however their JSON is spelled.
+impl PartialEq for Stats {
+    fn eq(&self, other: &Stats) -> bool {
+        self.0 == other.0 || self.parse() == other.parse()
+    }
+}
+
 /// A data file added to the table. Serialised as the log spells an `add`:
 /// `path` as a URI reference, `date` as `partitionValues`, `stats` as a
 /// JSON string.
@@ -61,7 +106,7 @@ pub struct Add {
         skip_serializing_if = "Option::is_none",
         with = "stats_string"
     )]
-    pub stats: Option<FileStats>,
+    pub stats: Option<Stats>,
 }
 
 /// A data file removed from the table (a tombstone).
@@ -338,23 +383,68 @@ impl Action {
 
     /// Reads one line of a commit file. `Err` holds what is wrong (the
     /// shape, never a value).
+    ///
+    /// The action's body is deserialized straight from the line into its
+    /// type, with no JSON tree in between: replaying a table parses every
+    /// commit after its checkpoint.
     pub fn parse(line: &[u8]) -> std::result::Result<Action, String> {
-        let object: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(line)
-            .map_err(|e| crate::error::json_error_category(&e).to_owned())?;
-        let mut entries = object.into_iter();
-        let Some((name, body)) = entries.next() else {
-            return Err("an empty action".to_owned());
+        use serde::Deserializer as _;
+        let mut state = LineState::default();
+        let mut de = serde_json::Deserializer::from_slice(line);
+        let action = de
+            .deserialize_map(LineVisitor(&mut state))
+            .and_then(|action| de.end().map(|()| action));
+        action.map_err(|e| {
+            let category = crate::error::json_error_category(&e);
+            match (state.problem, state.body_of) {
+                (Some(problem), _) => problem.to_owned(),
+                (None, Some(name)) => format!("{name}: {category}"),
+                (None, None) => category.to_owned(),
+            }
+        })
+    }
+}
+
+/// What went wrong reading a line, besides what the JSON error says.
+#[derive(Default)]
+struct LineState {
+    /// The action whose body was being read.
+    body_of: Option<String>,
+    /// A line that is JSON but not one action.
+    problem: Option<&'static str>,
+}
+
+/// Reads a line's one key and its body as that action.
+struct LineVisitor<'s>(&'s mut LineState);
+
+impl LineVisitor<'_> {
+    fn problem<E: serde::de::Error>(self, problem: &'static str) -> E {
+        self.0.problem = Some(problem);
+        E::custom(problem)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for LineVisitor<'_> {
+    type Value = Action;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("one Delta action")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> std::result::Result<Action, A::Error> {
+        let Some(name) = map.next_key::<String>()? else {
+            return Err(self.problem("an empty action"));
         };
-        if entries.next().is_some() {
-            return Err("an action line with more than one action".to_owned());
-        }
-        let shape =
-            |e: serde_json::Error| format!("{name}: {}", crate::error::json_error_category(&e));
-        Ok(match name.as_str() {
-            "add" => Action::Add(serde_json::from_value(body).map_err(shape)?),
-            "remove" => Action::Remove(remove_from(serde_json::from_value(body).map_err(shape)?)),
+        self.0.body_of = Some(name);
+        let name = self.0.body_of.as_deref().unwrap_or_default();
+        let action = match name {
+            "add" => Action::Add(map.next_value()?),
+            "remove" => Action::Remove(remove_from(map.next_value()?)),
             "commitInfo" => {
-                let wire: CommitInfoWire = serde_json::from_value(body).map_err(shape)?;
+                let wire: CommitInfoWire = map.next_value()?;
                 Action::CommitInfo(CommitInfo {
                     run_id: wire.run_id,
                     operation: wire.operation,
@@ -362,12 +452,21 @@ impl Action {
                     part: wire.part,
                 })
             }
-            "protocol" => Action::Protocol(serde_json::from_value(body).map_err(shape)?),
-            "metaData" => Action::Metadata(serde_json::from_value(body).map_err(shape)?),
-            _ => Action::Other(serde_json::Value::Object(serde_json::Map::from_iter([(
-                name, body,
-            )]))),
-        })
+            "protocol" => Action::Protocol(map.next_value()?),
+            "metaData" => Action::Metadata(map.next_value()?),
+            _ => {
+                let body: serde_json::Value = map.next_value()?;
+                Action::Other(serde_json::Value::Object(serde_json::Map::from_iter([(
+                    name.to_owned(),
+                    body,
+                )])))
+            }
+        };
+        self.0.body_of = None;
+        if map.next_key::<serde::de::IgnoredAny>()?.is_some() {
+            return Err(self.problem("an action line with more than one action"));
+        }
+        Ok(action)
     }
 }
 
@@ -428,22 +527,20 @@ mod date_partition {
     }
 }
 
-/// `add.stats`: a JSON document in a string; one this tool cannot use
-/// reads as none (statistics only ever help skipping).
+/// `add.stats`: a JSON document in a string, kept as it is (see [`Stats`]).
 mod stats_string {
     use serde::{Deserialize, Deserializer, Serializer};
 
-    use super::FileStats;
+    use super::Stats;
 
-    pub fn serialize<S: Serializer>(stats: &Option<FileStats>, s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: Serializer>(stats: &Option<Stats>, s: S) -> Result<S::Ok, S::Error> {
         match stats {
-            Some(stats) => s.serialize_str(&stats.to_json()),
+            Some(stats) => s.serialize_str(stats.json()),
             None => s.serialize_none(),
         }
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<FileStats>, D::Error> {
-        let text: Option<String> = Option::deserialize(d)?;
-        Ok(text.as_deref().and_then(FileStats::from_json))
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Stats>, D::Error> {
+        Ok(Option::<String>::deserialize(d)?.map(Stats::from_json))
     }
 }

@@ -100,7 +100,7 @@ fn add_column(actions: &[Action]) -> Result<ArrayRef> {
         size.append_option(add.map(|a| i64::try_from(a.size).unwrap_or(i64::MAX)));
         time.append_option(add.map(|a| a.modification_time));
         change.append_option(add.map(|a| a.data_change));
-        stats.append_option(add.and_then(|a| a.stats.as_ref()).map(|s| s.to_json()));
+        stats.append_option(add.and_then(|a| a.stats.as_ref()).map(super::Stats::json));
         push_map(&mut tags, None)?;
     }
     let valid = actions.iter().map(|a| as_add(a).is_some()).collect();

@@ -92,7 +92,7 @@ mod snapshot;
 mod stats;
 
 pub use actions::{
-    Action, Add, ColumnStats, CommitInfo, FileStats, Format, Metadata, Protocol, Remove,
+    Action, Add, ColumnStats, CommitInfo, FileStats, Format, Metadata, Protocol, Remove, Stats,
 };
 pub use commit::{CHECKPOINT_INTERVAL, Change, Committed, MAX_ATTEMPTS};
 pub use schema::TableKind;

@@ -34,10 +34,13 @@ fn add(run: &str, n: u64) -> Add {
         size: 1000 + n,
         modification_time: 1_764_700_000_000,
         data_change: true,
-        stats: Some(FileStats {
-            num_records: 10,
-            columns,
-        }),
+        stats: Some(
+            FileStats {
+                num_records: 10,
+                columns,
+            }
+            .into(),
+        ),
     }
 }
 
@@ -439,7 +442,24 @@ fn unknown_actions_and_fields_are_tolerated() {
     assert!(matches!(&actions[1], Action::Other(v) if v["txn"]["appId"] == "x"));
     let snapshot = table.snapshot(None).unwrap().unwrap();
     let b = &snapshot.files["date=2026-12-04/part b.parquet"];
-    assert_eq!(b.stats.as_ref().map(|s| s.num_records), Some(4));
+    assert_eq!(
+        b.stats
+            .as_ref()
+            .and_then(Stats::parse)
+            .map(|s| s.num_records),
+        Some(4)
+    );
+    // A checkpoint carries another writer's statistics forward as it wrote
+    // them (fields this tool does not know included), and a reader of the
+    // checkpoint sees the same snapshot.
+    table.checkpoint_at(1, now()).unwrap();
+    let from_checkpoint = table.snapshot(None).unwrap().unwrap();
+    let b = &from_checkpoint.files["date=2026-12-04/part b.parquet"];
+    assert_eq!(
+        b.stats.as_ref().map(Stats::json),
+        Some(r#"{"numRecords":4,"tightBounds":true}"#)
+    );
+    assert_eq!(from_checkpoint.files, snapshot.files);
 }
 
 #[test]
@@ -770,4 +790,32 @@ fn a_commit_that_removes_an_intervals_worth_of_files_is_checkpointed_at_once() {
     small.removes = vec![add("c1", 1).to_remove(now(), false)];
     table.commit(&small).unwrap();
     assert_eq!(table.checkpoints().unwrap(), [1]);
+}
+
+#[test]
+fn a_commit_line_is_one_action_or_an_error_naming_its_shape() {
+    let add = r#"{"add":{"path":"date=2026-12-04/a.parquet","partitionValues":{"date":"2026-12-04"},"size":5,"modificationTime":2,"dataChange":true}}"#;
+    assert!(matches!(Action::parse(add.as_bytes()), Ok(Action::Add(a)) if a.date == "2026-12-04"));
+    let other = Action::parse(br#"{"cdc":{"path":"x"}}"#).unwrap();
+    assert_eq!(
+        other,
+        Action::Other(serde_json::json!({"cdc": {"path": "x"}}))
+    );
+    let error = |line: &str| Action::parse(line.as_bytes()).unwrap_err();
+    assert_eq!(error("{}"), "an empty action");
+    assert_eq!(
+        error(r#"{"protocol":{"minReaderVersion":1,"minWriterVersion":2},"txn":{}}"#),
+        "an action line with more than one action"
+    );
+    assert_eq!(error(r#"{"add":{"path":3}}"#), "add: unexpected JSON shape");
+    assert_eq!(
+        error(r#"{"remove":{"path":"secret-value""#),
+        "remove: truncated JSON"
+    );
+    assert_eq!(error("[1]"), "unexpected JSON shape");
+    assert_eq!(error("{\"add\" 1}"), "add: malformed JSON");
+    assert_eq!(
+        error(r#"{"protocol":{"minReaderVersion":1,"minWriterVersion":2}} x"#),
+        "malformed JSON"
+    );
 }

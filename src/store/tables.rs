@@ -91,7 +91,7 @@ pub fn project(run: &RunFiles<'_>, timestamp: i64) -> BTreeMap<TableKind, Change
             size: file.bytes,
             modification_time: timestamp,
             data_change,
-            stats: Some(stats_of(file)),
+            stats: Some(stats_of(file).into()),
         });
     }
     for removed in run.compaction.iter().flat_map(|c| &c.removed) {
@@ -437,7 +437,7 @@ mod tests {
         assert_eq!(add.path, "date=2026-12-01/part-r1-0001.parquet");
         assert_eq!(add.date, "2026-12-01");
         assert_eq!((add.size, add.data_change), (20, true));
-        assert_eq!(add.stats.as_ref().unwrap().num_records, 2);
+        assert_eq!(add.stats.as_ref().unwrap().parse().unwrap().num_records, 2);
         assert!(messages.removes.is_empty());
     }
 

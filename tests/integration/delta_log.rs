@@ -78,7 +78,7 @@ fn add_of(storage: &Storage, key: &str, rows: u64, size: u64) -> Add {
         size,
         modification_time: 1_796_083_200_000,
         data_change: true,
-        stats: Some(stats),
+        stats: Some(stats.into()),
     }
 }
 
@@ -559,7 +559,11 @@ print(json.dumps({"version": dt.version(), "paths": sorted(a["path"] for a in ad
             ["2026-12-01", "2026-12-02"].contains(&add.date.as_str()),
             "{add:?}"
         );
-        let stats = add.stats.as_ref().expect("delta-rs writes statistics");
+        let stats = add
+            .stats
+            .as_ref()
+            .and_then(|s| s.parse())
+            .expect("delta-rs writes statistics");
         assert_eq!(stats.num_records, 5);
         assert!(stats.columns["created_at"].min.is_string(), "{stats:?}");
     }

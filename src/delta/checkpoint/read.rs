@@ -7,13 +7,15 @@ use std::collections::BTreeMap;
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Int32Type, Int64Type};
-use arrow_array::{Array, MapArray, RecordBatch, StructArray};
+use arrow_array::{
+    Array, BooleanArray, Int64Array, MapArray, RecordBatch, StringArray, StructArray,
+};
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::file::metadata::RowGroupMetaData;
 use parquet::schema::types::SchemaDescriptor;
 
-use crate::delta::actions::{Action, Add, FileStats, Format, Metadata, Protocol, Remove};
+use crate::delta::actions::{Action, Add, Format, Metadata, Protocol, Remove, Stats};
 use crate::delta::log::Log;
 use crate::error::Result;
 
@@ -103,21 +105,71 @@ fn map_row(map: &MapArray, row: usize) -> BTreeMap<String, String> {
         .collect()
 }
 
-fn add_at(add: &Column<'_>, row: usize) -> Option<Add> {
-    Some(Add {
-        path: crate::delta::actions::decode_path(&add.string("path", row)?),
-        date: add
-            .map("partitionValues", row)
-            .remove("date")
-            .unwrap_or_default(),
-        size: u64::try_from(add.int64("size", row)?).ok()?,
-        modification_time: add.int64("modificationTime", row)?,
-        data_change: add.boolean("dataChange", row)?,
-        stats: add
-            .string("stats", row)
-            .as_deref()
-            .and_then(FileStats::from_json),
-    })
+/// The `add` column of a batch, its children resolved once: opening a
+/// table decodes one `add` per live file, so the per-row work is one
+/// allocation for the path and one for the statistics string.
+struct AddColumns<'a> {
+    add: Column<'a>,
+    path: Option<&'a StringArray>,
+    partition: Option<&'a MapArray>,
+    size: Option<&'a Int64Array>,
+    modification_time: Option<&'a Int64Array>,
+    data_change: Option<&'a BooleanArray>,
+    stats: Option<&'a StringArray>,
+}
+
+impl<'a> AddColumns<'a> {
+    fn of(add: Column<'a>) -> AddColumns<'a> {
+        AddColumns {
+            path: add.child("path").and_then(|a| a.as_string_opt::<i32>()),
+            partition: add.child("partitionValues").and_then(|a| a.as_map_opt()),
+            size: add
+                .child("size")
+                .and_then(|a| a.as_primitive_opt::<Int64Type>()),
+            modification_time: add
+                .child("modificationTime")
+                .and_then(|a| a.as_primitive_opt::<Int64Type>()),
+            data_change: add.child("dataChange").and_then(|a| a.as_boolean_opt()),
+            stats: add.child("stats").and_then(|a| a.as_string_opt::<i32>()),
+            add,
+        }
+    }
+
+    fn at(&self, row: usize) -> Option<Add> {
+        let valid = |a: &dyn Array| a.is_valid(row);
+        let path = self.path.filter(|a| valid(*a))?.value(row);
+        let size = self.size.filter(|a| valid(*a))?.value(row);
+        Some(Add {
+            path: crate::delta::actions::decode_path(path),
+            date: self
+                .partition
+                .and_then(|map| map_value(map, row, "date"))
+                .unwrap_or_default()
+                .to_owned(),
+            size: u64::try_from(size).ok()?,
+            modification_time: self.modification_time.filter(|a| valid(*a))?.value(row),
+            data_change: self.data_change.filter(|a| valid(*a))?.value(row),
+            stats: self
+                .stats
+                .filter(|a| valid(*a))
+                .map(|a| Stats::from_json(a.value(row).to_owned())),
+        })
+    }
+}
+
+/// The value of `key` in row `row` of a string map, without copying.
+fn map_value<'a>(map: &'a MapArray, row: usize, key: &str) -> Option<&'a str> {
+    if !map.is_valid(row) {
+        return None;
+    }
+    let keys = map.keys().as_string_opt::<i32>()?;
+    let values = map.values().as_string_opt::<i32>()?;
+    let offsets = map.value_offsets();
+    let (start, end) = (*offsets.get(row)?, *offsets.get(row + 1)?);
+    (usize::try_from(start).ok()?..usize::try_from(end).ok()?)
+        .find(|&i| keys.value(i) == key)
+        .filter(|&i| values.is_valid(i))
+        .map(|i| values.value(i))
 }
 
 fn remove_at(remove: &Column<'_>, row: usize) -> Option<Remove> {
@@ -163,14 +215,14 @@ fn protocol_at(protocol: &Column<'_>, row: usize) -> Option<Protocol> {
 
 /// The actions of one batch; `Err` names the row that is malformed.
 fn batch_actions(batch: &RecordBatch, actions: &mut Vec<Action>) -> Result<(), String> {
-    let add = Column::of(batch, "add");
+    let add = Column::of(batch, "add").map(AddColumns::of);
     let remove = Column::of(batch, "remove");
     let meta = Column::of(batch, "metaData");
     let protocol = Column::of(batch, "protocol");
     let bad = |what: &str, row: usize| format!("row {row}: a malformed {what} action");
     for row in 0..batch.num_rows() {
-        if let Some(c) = add.as_ref().filter(|c| c.valid(row)) {
-            actions.push(Action::Add(add_at(c, row).ok_or_else(|| bad("add", row))?));
+        if let Some(c) = add.as_ref().filter(|c| c.add.valid(row)) {
+            actions.push(Action::Add(c.at(row).ok_or_else(|| bad("add", row))?));
         } else if let Some(c) = remove.as_ref().filter(|c| c.valid(row)) {
             actions.push(Action::Remove(
                 remove_at(c, row).ok_or_else(|| bad("remove", row))?,
