@@ -438,8 +438,7 @@ impl<'de> serde::de::Visitor<'de> for LineVisitor<'_> {
         let Some(name) = map.next_key::<String>()? else {
             return Err(self.problem("an empty action"));
         };
-        self.0.body_of = Some(name);
-        let name = self.0.body_of.as_deref().unwrap_or_default();
+        let name: &str = self.0.body_of.insert(name);
         let action = match name {
             "add" => Action::Add(map.next_value()?),
             "remove" => Action::Remove(remove_from(map.next_value()?)),

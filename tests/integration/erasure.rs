@@ -265,6 +265,20 @@ fn assert_verifies(out: &Path) {
     assert_eq!(report.exit_code(), 0, "{:#?}", report.failures);
 }
 
+/// Sends one text DM to `to` into `out`.
+async fn send_text(
+    server: &xquik_dm::mock::MockServer,
+    out: &Path,
+    to: &str,
+    text: &str,
+) -> xquik_dm::commands::send::SendReport {
+    use xquik_dm::commands::send::{self, BatchLine, SendRequest};
+    let dm = SendRequest::validate(ACCOUNT, to, text, None, None, None).unwrap();
+    send::run(crate::send_options(server, out, vec![BatchLine::Valid(dm)]))
+        .await
+        .unwrap()
+}
+
 /// Sync, forget one conversation and two messages of another: nothing of
 /// them is left in any file of the output, everything else is, DuckDB reads
 /// exactly the remaining rows, verify passes; a later sync (the mock still
@@ -283,19 +297,13 @@ async fn forget_erases_completely_and_stays_erased() {
         .unwrap();
     // A DM sent to the conversation that will be forgotten: its send
     // record goes too.
-    let dm = xquik_dm::commands::send::SendRequest::validate(
-        ACCOUNT,
+    let sent = send_text(
+        &server,
+        &out,
         &users[1],
         "a send that must be erased, Zürich 7f3e",
-        None,
-        None,
-        None,
     )
-    .unwrap();
-    let line = xquik_dm::commands::send::BatchLine::Valid(dm);
-    let mut send = crate::send_options(&server, &out, vec![line]);
-    send.batch = false;
-    let sent = xquik_dm::commands::send::run(send).await.unwrap();
+    .await;
     assert_eq!(sent.exit_code(), 0);
     let head = verify::run(&out, None, None).unwrap().head.unwrap();
     let before = jsonl_records(&out);
@@ -396,19 +404,7 @@ async fn forget_erases_completely_and_stays_erased() {
 
     // A DM to the forgotten person is refused before any request: it
     // would put a new body about them into the output.
-    let dm = xquik_dm::commands::send::SendRequest::validate(
-        ACCOUNT,
-        &users[1],
-        "a DM to someone forgotten",
-        None,
-        None,
-        None,
-    )
-    .unwrap();
-    let line = xquik_dm::commands::send::BatchLine::Valid(dm);
-    let mut send = crate::send_options(&server, &out, vec![line]);
-    send.batch = false;
-    let refused = xquik_dm::commands::send::run(send).await.unwrap();
+    let refused = send_text(&server, &out, &users[1], "a DM to someone forgotten").await;
     assert_eq!(refused.exit_code(), 3);
     let outcome = &refused.sends[0];
     assert_eq!(

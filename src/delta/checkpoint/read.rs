@@ -67,6 +67,14 @@ impl<'a> Column<'a> {
         map_row(map, row)
     }
 
+    /// The partition value of `date` in row `row`.
+    fn date(&self, row: usize) -> String {
+        partition_date(
+            self.child("partitionValues").and_then(|a| a.as_map_opt()),
+            row,
+        )
+    }
+
     fn strings(&self, name: &str, row: usize) -> Vec<String> {
         let Some(list) = self.child(name).and_then(|a| a.as_list_opt::<i32>()) else {
             return Vec::new();
@@ -88,21 +96,41 @@ impl<'a> Column<'a> {
     }
 }
 
+/// The entries of row `row` of a string map (none when the row is null or
+/// the map is not of strings), borrowed from the batch.
+fn map_entries(map: &MapArray, row: usize) -> impl Iterator<Item = (&str, Option<&str>)> {
+    let strings = (map.keys().as_string_opt::<i32>()).zip(map.values().as_string_opt::<i32>());
+    let offsets = map.value_offsets();
+    let bounds = offsets.get(row).zip(offsets.get(row + 1));
+    let range = bounds
+        .filter(|_| map.is_valid(row))
+        .map_or(0..0, |(&start, &end)| {
+            usize::try_from(start).unwrap_or(0)..usize::try_from(end).unwrap_or(0)
+        });
+    strings.into_iter().flat_map(move |(keys, values)| {
+        let value = move |i: usize| values.is_valid(i).then(|| values.value(i));
+        range.clone().map(move |i| (keys.value(i), value(i)))
+    })
+}
+
+/// The `date` of an action's `partitionValues` in row `row` (empty when
+/// it has none).
+fn partition_date(partition: Option<&MapArray>, row: usize) -> String {
+    partition
+        .and_then(|map| map_value(map, row, "date"))
+        .unwrap_or_default()
+        .to_owned()
+}
+
 fn map_row(map: &MapArray, row: usize) -> BTreeMap<String, String> {
-    if !map.is_valid(row) {
-        return BTreeMap::new();
-    }
-    let entries = map.value(row);
-    let (Some(keys), Some(values)) = (
-        entries.column(0).as_string_opt::<i32>(),
-        entries.column(1).as_string_opt::<i32>(),
-    ) else {
-        return BTreeMap::new();
-    };
-    (0..entries.len())
-        .filter(|&i| values.is_valid(i))
-        .map(|i| (keys.value(i).to_owned(), values.value(i).to_owned()))
+    map_entries(map, row)
+        .filter_map(|(key, value)| Some((key.to_owned(), value?.to_owned())))
         .collect()
+}
+
+/// The value of `key` in row `row` of a string map, without copying.
+fn map_value<'a>(map: &'a MapArray, row: usize, key: &str) -> Option<&'a str> {
+    map_entries(map, row).find(|(k, _)| *k == key)?.1
 }
 
 /// The `add` column of a batch, its children resolved once: opening a
@@ -141,11 +169,7 @@ impl<'a> AddColumns<'a> {
         let size = self.size.filter(|a| valid(*a))?.value(row);
         Some(Add {
             path: crate::delta::actions::decode_path(path),
-            date: self
-                .partition
-                .and_then(|map| map_value(map, row, "date"))
-                .unwrap_or_default()
-                .to_owned(),
+            date: partition_date(self.partition, row),
             size: u64::try_from(size).ok()?,
             modification_time: self.modification_time.filter(|a| valid(*a))?.value(row),
             data_change: self.data_change.filter(|a| valid(*a))?.value(row),
@@ -157,28 +181,10 @@ impl<'a> AddColumns<'a> {
     }
 }
 
-/// The value of `key` in row `row` of a string map, without copying.
-fn map_value<'a>(map: &'a MapArray, row: usize, key: &str) -> Option<&'a str> {
-    if !map.is_valid(row) {
-        return None;
-    }
-    let keys = map.keys().as_string_opt::<i32>()?;
-    let values = map.values().as_string_opt::<i32>()?;
-    let offsets = map.value_offsets();
-    let (start, end) = (*offsets.get(row)?, *offsets.get(row + 1)?);
-    (usize::try_from(start).ok()?..usize::try_from(end).ok()?)
-        .find(|&i| keys.value(i) == key)
-        .filter(|&i| values.is_valid(i))
-        .map(|i| values.value(i))
-}
-
 fn remove_at(remove: &Column<'_>, row: usize) -> Option<Remove> {
     Some(Remove {
         path: crate::delta::actions::decode_path(&remove.string("path", row)?),
-        date: remove
-            .map("partitionValues", row)
-            .remove("date")
-            .unwrap_or_default(),
+        date: remove.date(row),
         size: remove
             .int64("size", row)
             .and_then(|s| u64::try_from(s).ok())
