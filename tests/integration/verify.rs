@@ -499,8 +499,9 @@ async fn verify_since_checks_only_the_runs_after_a_verified_head() {
 
 /// A sync killed after its seal wrote `SHA256SUMS` and before its
 /// checkpoint followed (the checkpoint still points at the run before, and
-/// lists the run's Parquet files): verify passes with a note, and the next
-/// run completes the seal.
+/// lists the run's Parquet files): verify passes with a note, also when the
+/// next run was killed right after its claim, and the next run completes
+/// the seal.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_run_killed_between_its_checksums_and_its_checkpoint_verifies() {
     let (dir, server) = two_runs(None).await;
@@ -534,15 +535,33 @@ async fn a_run_killed_between_its_checksums_and_its_checkpoint_verifies() {
         .collect();
     checkpoint["parquet"]["listed_before"] = before["coverage"]["parquet_files"].clone();
     std::fs::write(&path, serde_json::to_vec_pretty(&checkpoint).unwrap()).unwrap();
-    let report = verify::run(dir.path(), None, None).unwrap();
-    assert_eq!(report.exit_code(), 0, "{report}");
-    assert!(
-        report
-            .notes
-            .iter()
-            .any(|n| n.contains("interrupted after it sealed")),
-        "{report}"
-    );
+    let verifies_interrupted = || {
+        let report = verify::run(dir.path(), None, None).unwrap();
+        assert_eq!(report.exit_code(), 0, "{report}");
+        assert!(
+            report
+                .notes
+                .iter()
+                .any(|n| n.contains("interrupted after it sealed")),
+            "{report}"
+        );
+    };
+    verifies_interrupted();
+    // The next run claims the output before it completes the seal: killed
+    // in between, it leaves its claim over the same pointer.
+    let next = "20991231T000000Z-0123456789abcdef";
+    checkpoint["run"] = serde_json::json!(next);
+    checkpoint["unsealed"] = serde_json::json!([{"run": next, "dirs": []}]);
+    std::fs::write(&path, serde_json::to_vec_pretty(&checkpoint).unwrap()).unwrap();
+    verifies_interrupted();
+    // A claim by a run the chain holds is not that state.
+    checkpoint["run"] = first["run_id"].clone();
+    checkpoint["unsealed"] = serde_json::json!([{"run": first["run_id"], "dirs": []}]);
+    std::fs::write(&path, serde_json::to_vec_pretty(&checkpoint).unwrap()).unwrap();
+    assert_eq!(verify::run(dir.path(), None, None).unwrap().exit_code(), 5);
+    checkpoint["run"] = serde_json::json!(next);
+    checkpoint["unsealed"] = serde_json::json!([{"run": next, "dirs": []}]);
+    std::fs::write(&path, serde_json::to_vec_pretty(&checkpoint).unwrap()).unwrap();
     let rerun = sync::run(sync_options(&server, dir.path(), &users(3)))
         .await
         .unwrap();

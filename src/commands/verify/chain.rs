@@ -315,6 +315,11 @@ fn lighten(mut manifest: Manifest) -> Manifest {
 /// Checks that the checkpoint's audit pointer names the last run of the
 /// chain; returns whether the last run sealed and was killed before its
 /// checkpoint followed (it names the run before then).
+///
+/// Then the checkpoint names, as the run that claimed it, either that
+/// last run, or a later one that has not sealed: the next run claims the
+/// output before it completes the seal (see `store/recover.rs`), so a kill
+/// in between leaves the pointer one run behind under its claim.
 fn check_pointer(dir: &dyn Backend, chain: &[ChainEntry], report: &mut VerifyReport) -> bool {
     let mut sealing_interrupted = false;
     match Checkpoint::load(dir) {
@@ -325,10 +330,17 @@ fn check_pointer(dir: &dyn Backend, chain: &[ChainEntry], report: &mut VerifyRep
                 c.audit.last_digest.as_deref() == entry.map(|e| e.sha256.as_str())
                     && c.audit.last_manifest.as_deref() == entry.map(|e| e.manifest.as_str())
             };
+            let claimed_unsealed = |run: &str| {
+                c.unsealed.iter().flatten().any(|claim| claim.run == run)
+                    && !chain.iter().any(|e| e.run_id == run)
+            };
+            let claimed_by = |l: &ChainEntry| {
+                c.run
+                    .as_deref()
+                    .is_some_and(|run| run == l.run_id || claimed_unsealed(run))
+            };
             if names(last) {
-            } else if names(before_last)
-                && last.is_some_and(|l| c.run.as_deref() == Some(l.run_id.as_str()))
-            {
+            } else if names(before_last) && last.is_some_and(claimed_by) {
                 // The last run sealed and was killed before its checkpoint
                 // followed: the next run completes it.
                 sealing_interrupted = true;
